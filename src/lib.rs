@@ -1,0 +1,24 @@
+//! pgvault: PostgreSQL backups for Azure, run as Azure Functions through a custom handler.
+//!
+//! # Layout
+//! - Domain core (no SDK types):
+//!   - [`layout`]: the one place that knows blob names.
+//!   - [`manifest`]: the versioned, self-describing manifest written last.
+//!   - [`backup`]: the streaming pipeline (pg_dump -> zstd -> staged blocks -> commit -> manifest).
+//!   - [`catalog`]: listing and verifying backups.
+//!   - [`jobs`]: the queue messages and the scheduler's planning.
+//!   - [`pg`]: PostgreSQL connections and the tool binaries (pg_dump, pg_restore, pg_dumpall).
+//! - Seams (traits the core depends on): [`store::BlobStore`], [`queue::JobQueue`],
+//!   [`credentials::SecretSource`].
+//! - Adapters: [`store::local`] (a directory) and [`azure`] (Blob, Queue, identity via the
+//!   official SDK).
+//! - Edges: [`settings`] (typed, validated app settings), [`handler`] (the axum custom handler,
+//!   one module per function), [`cli`] (the same operations as subcommands).
+//! - Cross-cutting: [`error`] (kinds that decide retry vs keep), [`secret`] (secret types and
+//!   redaction), [`progress`].
+
+pub mod azure;
+pub mod error;
+pub mod queue;
+pub mod secret;
+pub mod store;

@@ -1,0 +1,147 @@
+//! Secret values and redaction.
+//!
+//! Passwords, tokens, SAS strings and connection strings live in [`Secret`], which has no
+//! `Display` and whose `Debug` prints `**redacted**`. The only way to the value is
+//! [`Secret::expose`], so every place that hands a secret on is easy to find with grep.
+//! [`redact`] scrubs free text (tool output, URLs, error messages from SDKs) of the shapes a
+//! secret takes in the wild: a SAS `sig=`, an `Authorization` header, a password in a URI or a
+//! key/value connection string.
+
+use std::fmt;
+
+/// A secret string. Not `Display`; `Debug` is redacted; compared in constant time is not needed
+/// because secrets are never compared with attacker input here.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself. Call only where the secret leaves pgvault for its rightful consumer:
+    /// an environment variable of a child process, a password message, a signed URL.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**redacted**")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+const REDACTED: &str = "**redacted**";
+
+/// Scrub text of anything shaped like a secret.
+///
+/// Covers `sig=...` (SAS signatures, in URLs or bare query strings), `Authorization:`/`Bearer`
+/// values, `password=...` in key/value connection strings, and `user:password@` in URIs.
+pub fn redact(text: &str) -> String {
+    let mut out = redact_after(text, "sig=", |c| {
+        c == '&' || c == '"' || c == '\'' || c.is_whitespace()
+    });
+    out = redact_after(&out, "Bearer ", |c| {
+        c == '"' || c == '\'' || c == ',' || c.is_whitespace()
+    });
+    out = redact_after(&out, "password=", |c| {
+        c == '&' || c == '"' || c == '\'' || c.is_whitespace()
+    });
+    out = redact_after(&out, "PGPASSWORD=", |c| {
+        c == '"' || c == '\'' || c.is_whitespace()
+    });
+    redact_uri_passwords(&out)
+}
+
+/// Replace the value after every case-insensitive occurrence of `key` up to a stop character.
+fn redact_after(text: &str, key: &str, stop: impl Fn(char) -> bool) -> String {
+    let lower = text.to_ascii_lowercase();
+    let key_lower = key.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    while let Some(found) = lower[pos..].find(&key_lower) {
+        let value_start = pos + found + key.len();
+        out.push_str(&text[pos..value_start]);
+        let value_len = text[value_start..]
+            .find(&stop)
+            .unwrap_or(text.len() - value_start);
+        if value_len > 0 {
+            out.push_str(REDACTED);
+        }
+        pos = value_start + value_len;
+    }
+    out.push_str(&text[pos..]);
+    out
+}
+
+/// `scheme://user:secret@host` -> `scheme://user:**redacted**@host`.
+fn redact_uri_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| c == '/' || c == '?' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..=colon]);
+                out.push_str(REDACTED);
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_redacted() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "**redacted**");
+        assert!(!format!("{:?}", Some(&s)).contains("hunter2"));
+    }
+
+    #[test]
+    fn redacts_sas_signature() {
+        let url = "https://a.blob.core.windows.net/c?sv=2024&sig=abc%2Bdef&se=2026";
+        let r = redact(url);
+        assert!(!r.contains("abc%2Bdef"), "{r}");
+        assert!(r.contains("sv=2024") && r.contains("se=2026"));
+    }
+
+    #[test]
+    fn redacts_connection_string_passwords() {
+        let r = redact("host=x user=u password=s3cret dbname=d");
+        assert!(!r.contains("s3cret"), "{r}");
+        let r =
+            redact("postgres://u:s3cret@db.example:5432/d and Authorization: Bearer eyJhbGc.x.y");
+        assert!(!r.contains("s3cret") && !r.contains("eyJhbGc"), "{r}");
+        assert!(r.contains("postgres://u:**redacted**@db.example"), "{r}");
+    }
+
+    #[test]
+    fn leaves_ordinary_text_alone() {
+        let t = "pg_dump: error: connection to server failed: FATAL: role \"x\" does not exist";
+        assert_eq!(redact(t), t);
+    }
+}

@@ -1,0 +1,86 @@
+//! The blob-store seam: what the backup and restore pipelines need from object storage.
+//!
+//! Two implementations: [`local::LocalStore`] (a directory, the default for running without
+//! Azure) and `crate::azure::AzureBlobStore` (Azure Blob Storage through the official SDK).
+//! Both pass the same contract suite in `tests/store_contract.rs`.
+//!
+//! Names are `/`-separated paths relative to the store's root (a container in Azure). Only
+//! [`crate::layout`] builds them.
+
+use crate::error::Result;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+
+pub mod local;
+
+/// Blob index tags (Azure) or their local equivalent: small key/value strings, set at commit.
+pub type Tags = BTreeMap<String, String>;
+
+/// A stream of a blob's bytes, in order.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// The largest block Azure accepts (4000 MiB). The pipeline never asks for more.
+pub const MAX_BLOCK_SIZE: usize = 4000 * 1024 * 1024;
+/// The most blocks one block blob may have.
+pub const MAX_BLOCKS: usize = 50_000;
+
+/// One listed blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// The storage contract.
+///
+/// Every method may be retried by the caller after a [`crate::error::Kind::Transient`] error;
+/// each is written so that a retry is safe. A [`crate::error::Kind::Permanent`] error (a missing
+/// blob, a refused precondition, a forbidden request) will not get better by retrying.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// A short human description ("local:/var/x", "azure:https://acct/container") for logs.
+    fn describe(&self) -> String;
+
+    /// Stage one block of a blob that is being written. Staged blocks are invisible to readers
+    /// until [`BlobStore::commit_blocks`]. Idempotent: staging the same `block_id` again replaces
+    /// it. All block ids of one blob have the same length.
+    async fn stage_block(&self, name: &str, block_id: &str, data: Bytes) -> Result<()>;
+
+    /// Make the blob's content the concatenation of the given staged blocks, atomically: a reader
+    /// sees the old content (or no blob) before, and the whole new content after. Sets the tags.
+    /// Replaces an existing blob of the same name.
+    async fn commit_blocks(&self, name: &str, block_ids: &[String], tags: &Tags) -> Result<()>;
+
+    /// Write a small blob in one atomic step, failing with a permanent error (and writing
+    /// nothing) if a blob of that name already exists. This is how manifests are written, so that
+    /// exactly one attempt of a job can publish its backup.
+    async fn create(&self, name: &str, data: Bytes, tags: &Tags) -> Result<CreateOutcome>;
+
+    /// Read a whole blob into memory. For small blobs (manifests) only.
+    async fn get(&self, name: &str) -> Result<Bytes>;
+
+    /// Stream a blob's bytes in order. A missing blob is a permanent error.
+    async fn read(&self, name: &str) -> Result<ByteStream>;
+
+    /// The blob's tags.
+    async fn tags(&self, name: &str) -> Result<Tags>;
+
+    /// Committed blobs whose names start with `prefix`, sorted by name.
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>>;
+
+    /// Whether a committed blob of that name exists.
+    async fn exists(&self, name: &str) -> Result<bool>;
+
+    /// Remove a blob. Idempotent: removing a missing blob succeeds.
+    async fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// What [`BlobStore::create`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// A blob of that name was already there; nothing was written.
+    AlreadyExists,
+}
