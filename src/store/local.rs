@@ -221,6 +221,13 @@ impl BlobStore for LocalStore {
         Ok(tokio::fs::try_exists(self.path(name)?).await?)
     }
 
+    async fn discard_staged(&self, name: &str) -> Result<()> {
+        match tokio::fs::remove_dir_all(self.staging_dir(name)?).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     async fn delete(&self, name: &str) -> Result<()> {
         match tokio::fs::remove_file(self.path(name)?).await {
             Ok(()) => {}

@@ -75,6 +75,12 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Remove a blob. Idempotent: removing a missing blob succeeds.
     async fn delete(&self, name: &str) -> Result<()>;
+
+    /// Forget the blocks staged for a blob that will not be committed, where the store can.
+    /// Azure cannot (it discards uncommitted blocks after a week), so the default does nothing.
+    async fn discard_staged(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What [`BlobStore::create`] did.

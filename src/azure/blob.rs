@@ -1,0 +1,348 @@
+//! [`BlobStore`] on Azure Blob Storage, through `azure_storage_blob` with a token credential.
+//!
+//! Mapping of the contract:
+//! - `stage_block` / `commit_blocks`: Put Block / Put Block List. The trait's block id string is
+//!   sent as the raw block id (the SDK base64-encodes it), so equal-length ids stay equal-length.
+//!   Tags travel in the commit itself (`x-ms-tags`), so content and tags appear together.
+//! - `create`: one Put Blob with `If-None-Match: *`; 409/412 means someone else was first.
+//! - `read`: the SDK's partitioned download, which yields the bytes in order and pins the blob's
+//!   ETag, so a blob replaced mid-read fails instead of mixing two versions.
+
+use super::{Service, sdk_error};
+use crate::error::{Error, Result};
+use crate::store::{BlobInfo, BlobStore, ByteStream, CreateOutcome, Tags};
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::http::{ClientOptions, RequestContent, StatusCode, Url};
+use azure_storage_blob::models::{
+    BlobClientDeleteOptions, BlobClientDownloadOptions, BlobContainerClientListBlobsOptions,
+    BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockLookupList,
+    DeleteSnapshotsOptionType,
+};
+use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZero;
+use std::sync::Arc;
+
+/// Parallel range requests of one `read`, and their size: at most 4 × 8 MiB in flight.
+const READ_PARALLEL: NonZero<usize> = NonZero::new(4).unwrap();
+const READ_PARTITION: NonZero<usize> = NonZero::new(8 * 1024 * 1024).unwrap();
+/// The longest blob name Azure accepts.
+const MAX_NAME_LEN: usize = 1024;
+
+/// A container in Azure Blob Storage.
+pub struct AzureBlobStore {
+    container: BlobContainerClient,
+    /// The container URL, for logs. Never holds a credential (token auth only, no SAS).
+    url: String,
+}
+
+impl fmt::Debug for AzureBlobStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureBlobStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AzureBlobStore {
+    /// A store on `container` of the blob service at `endpoint`
+    /// (`https://acct.blob.core.windows.net`, or `https://127.0.0.1:P/devstoreaccount1` for
+    /// Azurite). A trailing slash on the endpoint is ignored. Nothing is sent yet.
+    pub async fn new(
+        endpoint: &str,
+        container: &str,
+        credential: Arc<dyn TokenCredential>,
+        options: ClientOptions,
+    ) -> Result<Self> {
+        let shown = crate::secret::redact(endpoint);
+        let mut url = Url::parse(endpoint.trim_end_matches('/'))
+            .map_err(|e| Error::permanent(format!("blob endpoint {shown:?} is not a url: {e}")))?;
+        if url.scheme() != "https" {
+            return Err(Error::permanent(format!(
+                "blob endpoint {shown:?} must use https (token authentication needs it)"
+            )));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(Error::permanent(format!(
+                "blob endpoint {shown:?} must not carry a query string: pgvault authenticates \
+                 with a token, not a SAS"
+            )));
+        }
+        if !valid_container_name(container) {
+            return Err(Error::permanent(format!(
+                "invalid container name {container:?}: 3-63 characters of lower-case letters, \
+                 digits and single hyphens, starting and ending with a letter or digit"
+            )));
+        }
+        url.path_segments_mut()
+            .map_err(|()| Error::permanent(format!("blob endpoint {shown:?} is not a base url")))?
+            .pop_if_empty()
+            .push(container);
+        let client = BlobContainerClient::new(
+            url.clone(),
+            Some(credential),
+            Some(BlobContainerClientOptions {
+                client_options: options,
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| sdk_error(Service::Blob, format!("open container {url}"), e))?;
+        Ok(Self {
+            container: client,
+            url: crate::secret::redact(url.as_str()),
+        })
+    }
+
+    /// Create the container if it does not exist. Idempotent.
+    pub async fn ensure_container(&self) -> Result<()> {
+        match self.container.create(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if error_code(&e) == Some("ContainerAlreadyExists") => Ok(()),
+            Err(e) if error_code(&e) == Some("ContainerBeingDeleted") => {
+                Err(Error::transient(format!(
+                    "create container {}: the container is being deleted; try again later",
+                    self.url
+                )))
+            }
+            Err(e) => Err(sdk_error(
+                Service::Blob,
+                format!("create container {}", self.url),
+                e,
+            )),
+        }
+    }
+
+    fn blob(&self, name: &str) -> Result<BlobClient> {
+        check_name(name)?;
+        Ok(self.container.blob_client(name))
+    }
+}
+
+/// Azure's container naming rules.
+fn valid_container_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+/// Names are `/`-separated paths: no empty, `.` or `..` segment, at most 1024 characters.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= MAX_NAME_LEN
+        && name
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
+        && !name.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::permanent(format!("invalid blob name {name:?}")))
+    }
+}
+
+/// The service's error code (`x-ms-error-code`), if the error is an HTTP error.
+fn error_code(e: &azure_core::Error) -> Option<&str> {
+    match e.kind() {
+        ErrorKind::HttpResponse { error_code, .. } => error_code.as_deref(),
+        _ => None,
+    }
+}
+
+fn is_not_found(e: &azure_core::Error) -> bool {
+    e.http_status() == Some(StatusCode::NotFound)
+}
+
+fn sdk_tags(tags: &Tags) -> HashMap<String, String> {
+    tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[async_trait]
+impl BlobStore for AzureBlobStore {
+    fn describe(&self) -> String {
+        format!("azure:{}", self.url)
+    }
+
+    async fn stage_block(&self, name: &str, block_id: &str, data: Bytes) -> Result<()> {
+        let len = data.len() as u64;
+        self.blob(name)?
+            .block_blob_client()
+            .stage_block(block_id.as_bytes(), len, data.into(), None)
+            .await
+            .map_err(|e| {
+                sdk_error(
+                    Service::Blob,
+                    format!("stage block {block_id:?} of blob {name:?}"),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn commit_blocks(&self, name: &str, block_ids: &[String], tags: &Tags) -> Result<()> {
+        let what = || format!("commit {} blocks of blob {name:?}", block_ids.len());
+        let list = BlockLookupList {
+            latest: Some(block_ids.iter().map(|id| id.as_bytes().to_vec()).collect()),
+            ..Default::default()
+        };
+        let body =
+            RequestContent::try_from(list).map_err(|e| sdk_error(Service::Blob, what(), e))?;
+        let options = BlockBlobClientCommitBlockListOptions::default().with_tags(sdk_tags(tags));
+        self.blob(name)?
+            .block_blob_client()
+            .commit_block_list(body, Some(options))
+            .await
+            .map_err(|e| sdk_error(Service::Blob, what(), e))?;
+        Ok(())
+    }
+
+    async fn create(&self, name: &str, data: Bytes, tags: &Tags) -> Result<CreateOutcome> {
+        // A partition at least as large as the data keeps this one Put Blob request, so the
+        // If-None-Match condition covers the whole write.
+        let one_shot = NonZero::new((data.len() as u64).max(1)).expect("at least 1");
+        let options = BlockBlobClientUploadOptions {
+            partition_size: Some(one_shot),
+            parallel: Some(NonZero::new(1).expect("1")),
+            ..Default::default()
+        }
+        .if_not_exists()
+        .with_tags(sdk_tags(tags));
+        match self.blob(name)?.upload(data.into(), Some(options)).await {
+            Ok(_) => Ok(CreateOutcome::Created),
+            Err(e)
+                if matches!(
+                    e.http_status(),
+                    Some(StatusCode::Conflict | StatusCode::PreconditionFailed)
+                ) && error_code(&e) != Some("ContainerBeingDeleted") =>
+            {
+                Ok(CreateOutcome::AlreadyExists)
+            }
+            Err(e) => Err(sdk_error(Service::Blob, format!("create blob {name:?}"), e)),
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<Bytes> {
+        let what = || format!("get blob {name:?}");
+        let rsp = self
+            .blob(name)?
+            .download(Some(BlobClientDownloadOptions {
+                parallel: Some(READ_PARALLEL),
+                partition_size: Some(READ_PARTITION),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| sdk_error(Service::Blob, what(), e))?;
+        let mut buf = BytesMut::with_capacity(rsp.properties.content_length.unwrap_or(0) as usize);
+        let mut body = rsp.body;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| sdk_error(Service::Blob, what(), e))?
+        {
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
+    async fn read(&self, name: &str) -> Result<ByteStream> {
+        let rsp = self
+            .blob(name)?
+            .download(Some(BlobClientDownloadOptions {
+                parallel: Some(READ_PARALLEL),
+                partition_size: Some(READ_PARTITION),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| sdk_error(Service::Blob, format!("read blob {name:?}"), e))?;
+        let name = name.to_string();
+        Ok(rsp
+            .body
+            .map(move |r| r.map_err(|e| sdk_error(Service::Blob, format!("read blob {name:?}"), e)))
+            .boxed())
+    }
+
+    async fn tags(&self, name: &str) -> Result<Tags> {
+        let what = || format!("get tags of blob {name:?}");
+        let tags = self
+            .blob(name)?
+            .get_tags(None)
+            .await
+            .and_then(|r| r.into_model())
+            .map_err(|e| sdk_error(Service::Blob, what(), e))?;
+        Ok(tags
+            .blob_tag_set
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
+            .collect())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>> {
+        let what = || format!("list blobs with prefix {prefix:?} in {}", self.url);
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+            ..Default::default()
+        };
+        let mut pager = self
+            .container
+            .list_blobs(Some(options))
+            .map_err(|e| sdk_error(Service::Blob, what(), e))?;
+        let mut out = Vec::new();
+        while let Some(item) = pager
+            .try_next()
+            .await
+            .map_err(|e| sdk_error(Service::Blob, what(), e))?
+        {
+            let Some(name) = item.name else { continue };
+            let size = item.properties.and_then(|p| p.content_length).unwrap_or(0);
+            out.push(BlobInfo { name, size });
+        }
+        // The service sorts too, but by its own collation; the contract is byte order.
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn exists(&self, name: &str) -> Result<bool> {
+        self.blob(name)?
+            .exists()
+            .await
+            .map_err(|e| sdk_error(Service::Blob, format!("check blob {name:?}"), e))
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let options = BlobClientDeleteOptions {
+            delete_snapshots: Some(DeleteSnapshotsOptionType::Include),
+            ..Default::default()
+        };
+        match self.blob(name)?.delete(Some(options)).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) && error_code(&e) != Some("ContainerNotFound") => Ok(()),
+            Err(e) => Err(sdk_error(Service::Blob, format!("delete blob {name:?}"), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("a/b c/d=e/ü.zst").is_ok());
+        for bad in ["", "/a", "a/", "a//b", "a/./b", "../a", "a\nb"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(valid_container_name("pgvault-backups"));
+        for bad in ["ab", "Upper", "-a-b", "a--b", "a_b"] {
+            assert!(!valid_container_name(bad), "{bad:?}");
+        }
+    }
+}

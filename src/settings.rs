@@ -1,0 +1,394 @@
+//! One typed settings struct, read once from the environment (the Functions app settings) and
+//! validated at start-up. Every error names the setting.
+//!
+//! The README's settings table and `local.settings.sample.json` list the same names; a test
+//! checks all three agree with [`ALL`].
+
+use crate::error::{Error, Result};
+use crate::manifest::Compression;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Every setting pgvault reads, with a one-line description (the README table is checked
+/// against this list).
+pub const ALL: &[(&str, &str)] = &[
+    ("PGVAULT_INVENTORY", "the server inventory as JSON (or use PGVAULT_INVENTORY_FILE)"),
+    ("PGVAULT_INVENTORY_FILE", "path of a file holding the inventory JSON"),
+    ("PGVAULT_STORAGE", "where backups go: `azure` or `local` (default `local`)"),
+    ("PGVAULT_LOCAL_DIR", "directory of the local store (default `.pgvault-local/store`)"),
+    ("PGVAULT_BLOB_ENDPOINT", "Blob service URL of the backup account, e.g. `https://acct.blob.core.windows.net`"),
+    ("PGVAULT_BACKUP_CONTAINER", "container for dumps and manifests (default `pgvault-backups`)"),
+    ("JobsQueue__queueServiceUri", "Queue service URL of the job queues (identity-based connection `JobsQueue`)"),
+    ("JobsQueue__credential", "`managedidentity`: read by the Functions host for the queue triggers"),
+    ("JobsQueue__clientId", "client id of the user-assigned identity, for the host's queue triggers"),
+    ("PGVAULT_IDENTITY", "`managed-identity` (default) or `azure-cli` for local runs"),
+    ("PGVAULT_IDENTITY_CLIENT_ID", "client id of a user-assigned managed identity (default: system-assigned)"),
+    ("PGVAULT_CA_FILE", "extra CA certificates (PEM) trusted for Azure endpoints and PostgreSQL"),
+    ("PGVAULT_BACKUP_SCHEDULE", "NCRONTAB schedule (UTC) of `backup-scheduler`, e.g. `0 0 2 * * *`"),
+    ("PGVAULT_COMPRESSION", "`zstd:<1-19>` (default `zstd:3`), `none`, or `pg_dump`"),
+    ("PGVAULT_ZSTD_THREADS", "zstd worker threads (default 2)"),
+    ("PGVAULT_BLOCK_SIZE_MIB", "initial block size in MiB (default 8); grows for very long streams"),
+    ("PGVAULT_BLOCKS_IN_FLIGHT", "blocks uploaded concurrently (default 4); memory is about this times the block size"),
+    ("PGVAULT_PG_BIN_DIRS", "`:`-separated PostgreSQL bin directories (default: /usr/lib/postgresql/*/bin)"),
+    ("PGVAULT_ROW_COUNTS", "`exact` (default, count(*) in pg_dump's snapshot), `estimate`, or `off`"),
+    ("PGVAULT_LOG", "log filter, e.g. `info` or `pgvault=debug` (default `info`)"),
+    ("PGVAULT_LOG_FORMAT", "`json` (default under the Functions host) or `text`"),
+    ("FUNCTIONS_CUSTOMHANDLER_PORT", "set by the Functions host: the port `pgvault serve` listens on"),
+];
+
+/// A PostgreSQL server pgvault backs up.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Short unique name used in blob names and job messages.
+    pub name: String,
+    /// Host name, IP address, or an absolute Unix-socket directory.
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Role pgvault logs in as.
+    pub user: String,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Database to connect to for listing databases.
+    #[serde(default = "default_maintenance_db")]
+    pub maintenance_db: String,
+    /// Back up only these databases (empty: all).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Never back up these databases.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where the password comes from.
+    #[serde(default)]
+    pub credentials: CredentialRef,
+    /// PostgreSQL bin directories for this server (default: the global setting).
+    #[serde(default)]
+    pub pg_bin_dirs: Vec<PathBuf>,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+fn default_maintenance_db() -> String {
+    "postgres".into()
+}
+
+/// libpq's sslmode names. `verify-full` is the default; weaker modes log a warning.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    Require,
+    VerifyCa,
+    #[default]
+    VerifyFull,
+}
+
+impl TlsMode {
+    pub fn as_libpq(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Where a server's password comes from. The value itself is never in the inventory.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialRef {
+    /// No password (trust, peer, or a client certificate).
+    #[default]
+    None,
+    /// An app setting / environment variable holding the password.
+    PasswordEnv(String),
+    /// A PostgreSQL password file (`host:port:db:user:password` lines).
+    Passfile(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageSettings {
+    Local { dir: PathBuf },
+    Azure { blob_endpoint: String, container: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowCountMode {
+    Exact,
+    Estimate,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySettings {
+    ManagedIdentity { client_id: Option<String> },
+    AzureCli,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub inventory: Vec<Server>,
+    pub storage: StorageSettings,
+    pub queue_service_uri: Option<String>,
+    pub identity: IdentitySettings,
+    pub ca_file: Option<PathBuf>,
+    pub backup_schedule: Option<String>,
+    pub compression: Compression,
+    pub zstd_threads: u32,
+    pub block_size: usize,
+    pub blocks_in_flight: usize,
+    pub pg_bin_dirs: Vec<PathBuf>,
+    pub row_counts: RowCountMode,
+    pub log_filter: String,
+    pub log_format: Option<LogFormat>,
+    pub handler_port: Option<u16>,
+    /// The raw environment, for credential references such as `password_env`.
+    env: HashMap<String, String>,
+}
+
+fn bad(name: &str, why: impl std::fmt::Display) -> Error {
+    Error::permanent(format!("setting {name}: {why}"))
+}
+
+impl Settings {
+    /// Read from the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_map(std::env::vars().collect())
+    }
+
+    /// Read from a map of settings (the environment, or a `local.settings.json` `Values`).
+    pub fn from_map(env: HashMap<String, String>) -> Result<Self> {
+        let get = |k: &str| env.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let inventory_json = match (get("PGVAULT_INVENTORY"), get("PGVAULT_INVENTORY_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(bad("PGVAULT_INVENTORY", "set either PGVAULT_INVENTORY or PGVAULT_INVENTORY_FILE, not both"));
+            }
+            (Some(j), None) => Some(("PGVAULT_INVENTORY", j)),
+            (None, Some(path)) => Some((
+                "PGVAULT_INVENTORY_FILE",
+                std::fs::read_to_string(&path).map_err(|e| bad("PGVAULT_INVENTORY_FILE", format!("cannot read {path}: {e}")))?,
+            )),
+            (None, None) => None,
+        };
+        let inventory = match inventory_json {
+            Some((name, json)) => parse_inventory(&json).map_err(|e| bad(name, e))?,
+            None => Vec::new(),
+        };
+
+        let storage = match get("PGVAULT_STORAGE").as_deref().unwrap_or("local") {
+            "local" => StorageSettings::Local {
+                dir: get("PGVAULT_LOCAL_DIR").unwrap_or_else(|| ".pgvault-local/store".into()).into(),
+            },
+            "azure" => {
+                let blob_endpoint = get("PGVAULT_BLOB_ENDPOINT")
+                    .ok_or_else(|| bad("PGVAULT_BLOB_ENDPOINT", "required when PGVAULT_STORAGE=azure"))?;
+                check_https_url("PGVAULT_BLOB_ENDPOINT", &blob_endpoint)?;
+                let container = get("PGVAULT_BACKUP_CONTAINER").unwrap_or_else(|| "pgvault-backups".into());
+                check_container_name("PGVAULT_BACKUP_CONTAINER", &container)?;
+                StorageSettings::Azure { blob_endpoint: blob_endpoint.trim_end_matches('/').to_string(), container }
+            }
+            other => return Err(bad("PGVAULT_STORAGE", format!("{other:?} is neither `azure` nor `local`"))),
+        };
+
+        let queue_service_uri = get("JobsQueue__queueServiceUri");
+        if let Some(q) = &queue_service_uri {
+            check_https_url("JobsQueue__queueServiceUri", q)?;
+        }
+        let client_id = get("PGVAULT_IDENTITY_CLIENT_ID");
+        let identity = match get("PGVAULT_IDENTITY").as_deref().unwrap_or("managed-identity") {
+            "managed-identity" => IdentitySettings::ManagedIdentity { client_id },
+            "azure-cli" => IdentitySettings::AzureCli,
+            other => {
+                return Err(bad("PGVAULT_IDENTITY", format!("{other:?} is neither `managed-identity` nor `azure-cli`")));
+            }
+        };
+        let ca_file = get("PGVAULT_CA_FILE").map(PathBuf::from);
+        if let Some(ca) = &ca_file {
+            if !ca.is_file() {
+                return Err(bad("PGVAULT_CA_FILE", format!("{} is not a readable file", ca.display())));
+            }
+        }
+        let backup_schedule = get("PGVAULT_BACKUP_SCHEDULE");
+        if let Some(s) = &backup_schedule {
+            crate::jobs::parse_ncrontab(s).map_err(|e| bad("PGVAULT_BACKUP_SCHEDULE", e))?;
+        }
+        let compression = Compression::parse(get("PGVAULT_COMPRESSION").as_deref().unwrap_or("zstd:3"))
+            .map_err(|e| bad("PGVAULT_COMPRESSION", e))?;
+        let zstd_threads = number(&get, "PGVAULT_ZSTD_THREADS", 2, 0, 64)? as u32;
+        let block_size = number(&get, "PGVAULT_BLOCK_SIZE_MIB", 8, 1, 4000)? as usize * 1024 * 1024;
+        let blocks_in_flight = number(&get, "PGVAULT_BLOCKS_IN_FLIGHT", 4, 1, 64)? as usize;
+        let pg_bin_dirs = match get("PGVAULT_PG_BIN_DIRS") {
+            Some(dirs) => dirs.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect(),
+            None => crate::pg::default_bin_dirs(),
+        };
+        let row_counts = match get("PGVAULT_ROW_COUNTS").as_deref().unwrap_or("exact") {
+            "exact" => RowCountMode::Exact,
+            "estimate" => RowCountMode::Estimate,
+            "off" => RowCountMode::Off,
+            other => return Err(bad("PGVAULT_ROW_COUNTS", format!("{other:?} is not `exact`, `estimate` or `off`"))),
+        };
+        let log_format = match get("PGVAULT_LOG_FORMAT").as_deref() {
+            None => None,
+            Some("json") => Some(LogFormat::Json),
+            Some("text") => Some(LogFormat::Text),
+            Some(other) => return Err(bad("PGVAULT_LOG_FORMAT", format!("{other:?} is neither `json` nor `text`"))),
+        };
+        let handler_port = match get("FUNCTIONS_CUSTOMHANDLER_PORT") {
+            None => None,
+            Some(p) => Some(p.parse::<u16>().map_err(|_| bad("FUNCTIONS_CUSTOMHANDLER_PORT", format!("{p:?} is not a port")))?),
+        };
+        Ok(Settings {
+            inventory,
+            storage,
+            queue_service_uri,
+            identity,
+            ca_file,
+            backup_schedule,
+            compression,
+            zstd_threads,
+            block_size,
+            blocks_in_flight,
+            pg_bin_dirs,
+            row_counts,
+            log_filter: get("PGVAULT_LOG").unwrap_or_else(|| "info".into()),
+            log_format,
+            handler_port,
+            env,
+        })
+    }
+
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.inventory.iter().find(|s| s.name == name)
+    }
+
+    /// An environment value named by the inventory (e.g. `password_env`).
+    pub fn env_value(&self, name: &str) -> Option<&str> {
+        self.env.get(name).map(String::as_str)
+    }
+
+    /// Bin directories for a server: its own, then the global ones.
+    pub fn bin_dirs_for(&self, server: &Server) -> Vec<PathBuf> {
+        server.pg_bin_dirs.iter().chain(self.pg_bin_dirs.iter()).cloned().collect()
+    }
+}
+
+fn number(get: &impl Fn(&str) -> Option<String>, name: &str, default: u64, min: u64, max: u64) -> Result<u64> {
+    match get(name) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(bad(name, format!("{v:?} is not a whole number from {min} to {max}"))),
+        },
+    }
+}
+
+fn check_https_url(name: &str, value: &str) -> Result<()> {
+    match url::Url::parse(value) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => Ok(()),
+        Ok(_) => Err(bad(name, format!("{value:?} must be an https:// URL"))),
+        Err(e) => Err(bad(name, format!("{value:?} is not a URL: {e}"))),
+    }
+}
+
+fn check_container_name(name: &str, value: &str) -> Result<()> {
+    let ok = (3..=63).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-')
+        && !value.contains("--");
+    if ok { Ok(()) } else { Err(bad(name, format!("{value:?} is not a valid container name (3-63 of a-z, 0-9, -)"))) }
+}
+
+/// Parse and validate the inventory JSON: an array of servers with unique, non-empty names.
+pub fn parse_inventory(json: &str) -> Result<Vec<Server>> {
+    let servers: Vec<Server> =
+        serde_json::from_str(json).map_err(|e| Error::permanent(format!("inventory is not valid: {e}")))?;
+    let mut seen = std::collections::HashSet::new();
+    for s in &servers {
+        if s.name.trim().is_empty() {
+            return Err(Error::permanent("inventory: a server has an empty name"));
+        }
+        if !seen.insert(s.name.as_str()) {
+            return Err(Error::permanent(format!("inventory: server name {:?} appears twice", s.name)));
+        }
+        if s.user.trim().is_empty() {
+            return Err(Error::permanent(format!("inventory: server {:?} has an empty user", s.name)));
+        }
+        if !s.include.is_empty() && !s.exclude.is_empty() {
+            return Err(Error::permanent(format!("inventory: server {:?} sets both include and exclude", s.name))
+                .with_hint("list the databases to back up in include, or the ones to skip in exclude"));
+        }
+    }
+    Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::from_map(map(&[])).unwrap();
+        assert_eq!(s.storage, StorageSettings::Local { dir: ".pgvault-local/store".into() });
+        assert_eq!(s.compression, Compression::Zstd { level: 3 });
+        assert_eq!(s.block_size, 8 << 20);
+        assert_eq!(s.row_counts, RowCountMode::Exact);
+        assert!(s.inventory.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases = [
+            ("PGVAULT_STORAGE", "s3"),
+            ("PGVAULT_COMPRESSION", "gzip"),
+            ("PGVAULT_BLOCK_SIZE_MIB", "0"),
+            ("PGVAULT_BLOCKS_IN_FLIGHT", "many"),
+            ("PGVAULT_INVENTORY", "[{\"name\":\"a\"}]"),
+            ("PGVAULT_ROW_COUNTS", "some"),
+            ("PGVAULT_BACKUP_SCHEDULE", "every day"),
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "99999"),
+            ("PGVAULT_CA_FILE", "/nonexistent/ca.pem"),
+        ];
+        for (k, v) in cases {
+            let e = Settings::from_map(map(&[(k, v)])).unwrap_err();
+            assert!(e.to_string().contains(k), "{k}={v}: {e}");
+        }
+        let e = Settings::from_map(map(&[("PGVAULT_STORAGE", "azure")])).unwrap_err();
+        assert!(e.to_string().contains("PGVAULT_BLOB_ENDPOINT"), "{e}");
+        let e = Settings::from_map(map(&[
+            ("PGVAULT_STORAGE", "azure"),
+            ("PGVAULT_BLOB_ENDPOINT", "http://acct.blob.core.windows.net"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("https"), "{e}");
+    }
+
+    #[test]
+    fn inventory_rules() {
+        let ok = r#"[{"name":"a","host":"h","user":"u","exclude":["x"],"credentials":{"password_env":"PW"}}]"#;
+        let inv = parse_inventory(ok).unwrap();
+        assert_eq!(inv[0].port, 5432);
+        assert_eq!(inv[0].tls, TlsMode::VerifyFull);
+        assert_eq!(inv[0].credentials, CredentialRef::PasswordEnv("PW".into()));
+        let dup = r#"[{"name":"a","host":"h","user":"u"},{"name":"a","host":"h","user":"u"}]"#;
+        assert!(parse_inventory(dup).unwrap_err().to_string().contains("twice"));
+        let both = r#"[{"name":"a","host":"h","user":"u","include":["x"],"exclude":["y"]}]"#;
+        assert!(parse_inventory(both).unwrap_err().to_string().contains("both include and exclude"));
+        let typo = r#"[{"name":"a","host":"h","user":"u","exlude":["y"]}]"#;
+        assert!(parse_inventory(typo).unwrap_err().to_string().contains("exlude"));
+    }
+}
