@@ -69,7 +69,9 @@ pub fn unknown_server(name: &str) -> Error {
 pub enum Outcome {
     Created(Box<Manifest>),
     /// A manifest for this job already exists (a redelivered message); nothing was written.
-    AlreadyDone { id: String },
+    AlreadyDone {
+        id: String,
+    },
 }
 
 /// Block sizes: `base` for the first 4,000 blocks, then doubling every 4,000 blocks up to
@@ -85,7 +87,7 @@ impl BlockSizer {
     const GROWN_CAP: usize = 256 << 20;
 
     pub fn size_for(&self, index: usize) -> usize {
-        let cap = self.base.max(Self::GROWN_CAP).min(MAX_BLOCK_SIZE);
+        let cap = self.base.clamp(Self::GROWN_CAP, MAX_BLOCK_SIZE);
         let doublings = (index / Self::STEP).min(20) as u32;
         self.base.saturating_mul(1 << doublings).min(cap)
     }
@@ -122,16 +124,16 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     let (server_version, server_version_num) = pg::server_version(&client).await?;
     let server_major = pg::major_of(server_version_num);
     let tool_name = if job.kind == BackupKind::Database { "pg_dump" } else { "pg_dumpall" };
-    let tool = pg::pick_tool(tool_name, &settings.bin_dirs_for(server), server_major, &format!("server {:?}", server.name)).await?;
+    let tool =
+        pg::pick_tool(tool_name, &settings.bin_dirs_for(server), server_major, &format!("server {:?}", server.name))
+            .await?;
 
     let compression = settings.compression;
     let mut args: Vec<String> = match job.kind {
         BackupKind::Database => vec!["--format=custom".into()],
-        BackupKind::Globals => vec![
-            "--globals-only".into(),
-            "--no-role-passwords".into(),
-            format!("--database={}", server.maintenance_db),
-        ],
+        BackupKind::Globals => {
+            vec!["--globals-only".into(), "--no-role-passwords".into(), format!("--database={}", server.maintenance_db)]
+        }
     };
     if job.kind == BackupKind::Database && compression != Compression::PgDump {
         args.push("--compress=0".into());
@@ -172,7 +174,12 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         .spawn()
         .map_err(|e| Error::permanent(format!("start {}: {e}", tool.path.display())))?;
     let stdout = std::fs::File::from(
-        child.stdout.take().expect("piped").into_owned_fd().map_err(|e| Error::transient(format!("pg_dump stdout: {e}")))?,
+        child
+            .stdout
+            .take()
+            .expect("piped")
+            .into_owned_fd()
+            .map_err(|e| Error::transient(format!("pg_dump stdout: {e}")))?,
     );
     let stderr_task = tokio::spawn(read_stderr(child.stderr.take().expect("piped")));
 
@@ -187,7 +194,8 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         progress: progress.clone(),
     };
     let producer = tokio::task::spawn_blocking(move || producer_cfg.run(stdout, tx));
-    let uploader = upload_blocks(ctx.store.clone(), data_blob.clone(), rx, settings.blocks_in_flight, ctx.cancel.clone());
+    let uploader =
+        upload_blocks(ctx.store.clone(), data_blob.clone(), rx, settings.blocks_in_flight, ctx.cancel.clone());
     let counts = async {
         match (job.kind, settings.row_counts, snapshot_client) {
             (BackupKind::Database, RowCountMode::Exact, Some(c)) => exact_counts(c).await.map(Some),
@@ -255,7 +263,11 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     };
     let created = ctx
         .store
-        .create(&paths.manifest, Bytes::from(manifest.to_json()), &layout::tags(job.kind, &job.server, &database, "manifest"))
+        .create(
+            &paths.manifest,
+            Bytes::from(manifest.to_json()),
+            &layout::tags(job.kind, &job.server, &database, "manifest"),
+        )
         .await;
     match created {
         Ok(CreateOutcome::Created) => {
@@ -266,7 +278,13 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
             Ok(Outcome::Created(Box::new(manifest)))
         }
         Ok(CreateOutcome::AlreadyExists) => {
-            // Another attempt of the same job published first; ours is an orphan.
+            // Either another attempt of the same job published first (ours is then an orphan), or
+            // a retried create of our own manifest found the first try's success. The existing
+            // manifest says which.
+            let existing = ctx.store.get(&paths.manifest).await?;
+            if Manifest::from_json(&paths.manifest, &existing)?.data_blob == data_blob {
+                return Ok(Outcome::Created(Box::new(manifest)));
+            }
             let _ = ctx.store.delete(&data_blob).await;
             Ok(Outcome::AlreadyDone { id: paths.id })
         }
@@ -438,12 +456,12 @@ impl Producer {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(io_err(e)),
                 };
-                if let Some(magic) = self.expect_magic {
-                    if head.len() < magic.len() {
-                        head.extend_from_slice(&buf[..n.min(magic.len() - head.len())]);
-                        if head.len() == magic.len() && head != magic {
-                            return Err(Error::transient("pg_dump output is not a custom-format archive"));
-                        }
+                if let Some(magic) = self.expect_magic
+                    && head.len() < magic.len()
+                {
+                    head.extend_from_slice(&buf[..n.min(magic.len() - head.len())]);
+                    if head.len() == magic.len() && head != magic {
+                        return Err(Error::transient("pg_dump output is not a custom-format archive"));
                     }
                 }
                 raw_bytes += n as u64;
@@ -485,7 +503,14 @@ struct BlockSink {
 
 impl BlockSink {
     fn new(sizer: BlockSizer, tx: mpsc::Sender<(usize, Bytes)>) -> Self {
-        Self { current: Vec::with_capacity(sizer.size_for(0)), sizer, tx, whole: Sha256::new(), blocks: Vec::new(), stored: 0 }
+        Self {
+            current: Vec::with_capacity(sizer.size_for(0)),
+            sizer,
+            tx,
+            whole: Sha256::new(),
+            blocks: Vec::new(),
+            stored: 0,
+        }
     }
 
     fn ship(&mut self) -> std::io::Result<()> {
@@ -508,7 +533,12 @@ impl BlockSink {
 
     fn finish(mut self) -> Result<Produced> {
         self.ship().map_err(|e| Error::transient(format!("backup stream: {e}")))?;
-        Ok(Produced { raw_bytes: 0, stored_bytes: self.stored, sha256: hex::encode(self.whole.finalize()), blocks: self.blocks })
+        Ok(Produced {
+            raw_bytes: 0,
+            stored_bytes: self.stored,
+            sha256: hex::encode(self.whole.finalize()),
+            blocks: self.blocks,
+        })
     }
 }
 
@@ -597,7 +627,8 @@ mod tests {
             progress: Progress::start(progress::Mode::Off, "t", None),
         };
         let data = input.clone();
-        let produced = tokio::task::spawn_blocking(move || p.run(std::io::Cursor::new(data), tx)).await.unwrap().unwrap();
+        let produced =
+            tokio::task::spawn_blocking(move || p.run(std::io::Cursor::new(data), tx)).await.unwrap().unwrap();
         let blocks = collect.await.unwrap();
         assert_eq!(produced.raw_bytes, input.len() as u64);
         assert_eq!(blocks.len(), produced.blocks.len());

@@ -36,15 +36,16 @@ impl SecretSource for SettingsSecrets {
             CredentialRef::None => Ok(None),
             CredentialRef::PasswordEnv(name) => match self.settings.env_value(name) {
                 Some(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
-                _ => Err(Error::permanent(format!(
-                    "password for server {:?}: setting {name} is not set",
-                    server.name
-                ))
-                .with_hint("set it, or change credentials in the inventory")),
+                _ => Err(Error::permanent(format!("password for server {:?}: setting {name} is not set", server.name))
+                    .with_hint("set it, or change credentials in the inventory")),
             },
             CredentialRef::Passfile(path) => {
                 let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-                    Error::permanent(format!("password for server {:?}: cannot read password file {}: {e}", server.name, path.display()))
+                    Error::permanent(format!(
+                        "password for server {:?}: cannot read password file {}: {e}",
+                        server.name,
+                        path.display()
+                    ))
                 })?;
                 passfile_lookup(&text, &server.host, server.port, database, &server.user)
                     .map(|pw| Some(Secret::new(pw)))
@@ -79,7 +80,11 @@ pub fn passfile_lookup(text: &str, host: &str, port: u16, database: &str, user: 
             continue;
         }
         let matches = |field: &str, value: &str| field == "*" || field == value;
-        if matches(&fields[0], host) && matches(&fields[1], &port) && matches(&fields[2], database) && matches(&fields[3], user) {
+        if matches(&fields[0], host)
+            && matches(&fields[1], &port)
+            && matches(&fields[2], database)
+            && matches(&fields[3], user)
+        {
             return Some(fields[4].clone());
         }
     }

@@ -30,19 +30,11 @@ pub struct Error {
 
 impl Error {
     pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            kind: Kind::Transient,
-            message: message.into(),
-            hint: None,
-        }
+        Self { kind: Kind::Transient, message: message.into(), hint: None }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            kind: Kind::Permanent,
-            message: message.into(),
-            hint: None,
-        }
+        Self { kind: Kind::Permanent, message: message.into(), hint: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -101,9 +93,7 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
         match e.kind() {
-            K::NotFound | K::PermissionDenied | K::InvalidInput | K::InvalidData => {
-                Error::permanent(e.to_string())
-            }
+            K::NotFound | K::PermissionDenied | K::InvalidInput | K::InvalidData => Error::permanent(e.to_string()),
             _ => Error::transient(e.to_string()),
         }
     }

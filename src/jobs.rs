@@ -44,7 +44,13 @@ pub struct BackupJob {
 }
 
 impl BackupJob {
-    pub fn new(kind: BackupKind, server: &str, database: Option<&str>, requested_at: OffsetDateTime, trigger: Trigger) -> Self {
+    pub fn new(
+        kind: BackupKind,
+        server: &str,
+        database: Option<&str>,
+        requested_at: OffsetDateTime,
+        trigger: Trigger,
+    ) -> Self {
         BackupJob {
             version: MESSAGE_VERSION,
             job_id: uuid::Uuid::new_v4().to_string(),
@@ -93,8 +99,12 @@ impl BackupJob {
         }
         match (self.kind, &self.database) {
             (BackupKind::Database, None) => Err(Error::permanent("backup job of kind database names no database")),
-            (BackupKind::Database, Some(d)) if d.is_empty() => Err(Error::permanent("backup job has an empty database name")),
-            (BackupKind::Globals, Some(_)) => Err(Error::permanent("backup job of kind globals must not name a database")),
+            (BackupKind::Database, Some(d)) if d.is_empty() => {
+                Err(Error::permanent("backup job has an empty database name"))
+            }
+            (BackupKind::Globals, Some(_)) => {
+                Err(Error::permanent("backup job of kind globals must not name a database"))
+            }
             _ => Ok(()),
         }
     }
@@ -113,10 +123,8 @@ pub fn select_databases(server: &Server, existing: &[String]) -> (Vec<String>, V
 
 /// The jobs for one server in one scheduler run: one per chosen database, plus the globals.
 pub fn plan_backups(server: &Server, databases: &[String], now: OffsetDateTime, trigger: Trigger) -> Vec<BackupJob> {
-    let mut jobs: Vec<BackupJob> = databases
-        .iter()
-        .map(|db| BackupJob::new(BackupKind::Database, &server.name, Some(db), now, trigger))
-        .collect();
+    let mut jobs: Vec<BackupJob> =
+        databases.iter().map(|db| BackupJob::new(BackupKind::Database, &server.name, Some(db), now, trigger)).collect();
     jobs.push(BackupJob::new(BackupKind::Globals, &server.name, None, now, trigger));
     jobs
 }
@@ -179,9 +187,18 @@ mod tests {
         let cases = [
             ("{", "not valid"),
             (r#"{"version":1}"#, "missing field"),
-            (r#"{"version":1,"job_id":"a b","kind":"database","server":"s","database":"d","requested_at":"2026-11-21T02:00:00Z","trigger":"timer"}"#, "job id"),
-            (r#"{"version":1,"job_id":"j","kind":"database","server":"s","requested_at":"2026-11-21T02:00:00Z","trigger":"timer"}"#, "names no database"),
-            (r#"{"version":2,"job_id":"j","kind":"globals","server":"s","requested_at":"2026-11-21T02:00:00Z","trigger":"timer"}"#, "version 2"),
+            (
+                r#"{"version":1,"job_id":"a b","kind":"database","server":"s","database":"d","requested_at":"2026-11-21T02:00:00Z","trigger":"timer"}"#,
+                "job id",
+            ),
+            (
+                r#"{"version":1,"job_id":"j","kind":"database","server":"s","requested_at":"2026-11-21T02:00:00Z","trigger":"timer"}"#,
+                "names no database",
+            ),
+            (
+                r#"{"version":2,"job_id":"j","kind":"globals","server":"s","requested_at":"2026-11-21T02:00:00Z","trigger":"timer"}"#,
+                "version 2",
+            ),
         ];
         for (text, want) in cases {
             let e = BackupJob::from_json(text).unwrap_err();

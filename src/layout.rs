@@ -104,8 +104,20 @@ fn db_segment(kind: BackupKind, database: &str) -> String {
     }
 }
 
-pub fn backup_paths(kind: BackupKind, server: &str, database: &str, requested_at: OffsetDateTime, job_id: &str) -> BackupPaths {
-    let id = format!("{}/{}/{}-{}", encode_segment(server), db_segment(kind, database), stamp(requested_at), encode_segment(job_id));
+pub fn backup_paths(
+    kind: BackupKind,
+    server: &str,
+    database: &str,
+    requested_at: OffsetDateTime,
+    job_id: &str,
+) -> BackupPaths {
+    let id = format!(
+        "{}/{}/{}-{}",
+        encode_segment(server),
+        db_segment(kind, database),
+        stamp(requested_at),
+        encode_segment(job_id)
+    );
     BackupPaths { manifest: format!("{id}{MANIFEST_SUFFIX}"), id }
 }
 

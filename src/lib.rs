@@ -18,15 +18,21 @@
 //!   redaction), [`progress`].
 
 pub mod azure;
-pub mod error;
-pub mod queue;
-pub mod secret;
-pub mod store;
 pub mod backup;
+pub mod catalog;
+pub mod cli;
 pub mod credentials;
+pub mod error;
+pub mod handler;
+pub mod hostsim;
 pub mod jobs;
 pub mod layout;
 pub mod manifest;
 pub mod pg;
 pub mod progress;
+pub mod queue;
+pub mod runtime;
+pub mod scheduler;
+pub mod secret;
 pub mod settings;
+pub mod store;

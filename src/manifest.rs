@@ -146,7 +146,10 @@ impl Manifest {
         let head: Head = serde_json::from_slice(bytes)
             .map_err(|e| Error::permanent(format!("manifest {name:?} is not a pgvault manifest: {e}")))?;
         if head.format != FORMAT_NAME {
-            return Err(Error::permanent(format!("manifest {name:?} has format {:?}, not {FORMAT_NAME:?}", head.format)));
+            return Err(Error::permanent(format!(
+                "manifest {name:?} has format {:?}, not {FORMAT_NAME:?}",
+                head.format
+            )));
         }
         if head.format_version > FORMAT_VERSION {
             return Err(Error::permanent(format!(

@@ -116,13 +116,17 @@ fn connect_error(spec: &ConnSpec, e: tokio_postgres::Error) -> Error {
         Some(code) if code == tokio_postgres::error::SqlState::INVALID_CATALOG_NAME => {
             Error::permanent(format!("{what}: database {:?} does not exist", spec.dbname))
         }
-        Some(code) if code == tokio_postgres::error::SqlState::INVALID_PASSWORD
-            || code == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        Some(code)
+            if code == tokio_postgres::error::SqlState::INVALID_PASSWORD
+                || code == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
         {
             Error::permanent(format!("{what}: authentication failed for role {:?}: {text}", spec.user))
                 .with_hint("check the role and the credentials secret named in the inventory")
         }
-        _ if text.contains("certificate") || text.contains("InvalidCertificate") || text.contains("NotValidForName") => {
+        _ if text.contains("certificate")
+            || text.contains("InvalidCertificate")
+            || text.contains("NotValidForName") =>
+        {
             Error::permanent(format!("{what}: TLS certificate rejected: {text}"))
                 .with_hint("trust the server's CA with PGVAULT_CA_FILE, or check the host name in the inventory")
         }
@@ -182,14 +186,11 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore> {
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| Error::permanent(format!("read CA file {}: {e}", path.display())))?;
+        let pem = std::fs::read(path).map_err(|e| Error::permanent(format!("read CA file {}: {e}", path.display())))?;
         let mut n = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| Error::permanent(format!("CA file {}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| Error::permanent(format!("CA file {}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| Error::permanent(format!("CA file {}: {e}", path.display())))?;
             n += 1;
         }
         if n == 0 {
@@ -312,7 +313,7 @@ pub fn default_bin_dirs() -> Vec<PathBuf> {
             bin.is_dir().then_some((major, bin))
         })
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     dirs.into_iter().map(|(_, d)| d).collect()
 }
 
@@ -338,10 +339,10 @@ pub async fn find_tools(tool: &str, dirs: &[PathBuf]) -> Vec<ToolBinary> {
             continue;
         }
         let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if let Some(major) = parse_tool_major(&version) {
-            if !found.iter().any(|t: &ToolBinary| t.path == path) {
-                found.push(ToolBinary { path, version, major });
-            }
+        if let Some(major) = parse_tool_major(&version)
+            && !found.iter().any(|t: &ToolBinary| t.path == path)
+        {
+            found.push(ToolBinary { path, version, major });
         }
     }
     found
@@ -370,7 +371,9 @@ pub async fn pick_tool(tool: &str, dirs: &[PathBuf], min_major: u32, for_what: &
         if have.is_empty() { "none".to_string() } else { have.join(", ") },
         if searched.is_empty() { "nothing".to_string() } else { searched.join(":") }
     ))
-    .with_hint(format!("install PostgreSQL {min_major}+ client tools and list their bin directory in PGVAULT_PG_BIN_DIRS")))
+    .with_hint(format!(
+        "install PostgreSQL {min_major}+ client tools and list their bin directory in PGVAULT_PG_BIN_DIRS"
+    )))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Progress of long runs: bytes, rate, elapsed and (when the size is known) time remaining.
 //! A bar on a terminal (indicatif), log lines at a steady interval otherwise.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,14 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        let inner = Arc::new(Inner { label, bytes: AtomicU64::new(0), total, started: Instant::now(), bar, ticker: Mutex::new(None) });
+        let inner = Arc::new(Inner {
+            label,
+            bytes: AtomicU64::new(0),
+            total,
+            started: Instant::now(),
+            bar,
+            ticker: Mutex::new(None),
+        });
         if let (Mode::Log { every }, Ok(handle)) = (mode, tokio::runtime::Handle::try_current()) {
             // The ticker holds a weak reference, so it ends when the last Progress is dropped.
             let weak = Arc::downgrade(&inner);
@@ -98,17 +105,13 @@ impl Inner {
         let bytes = self.bytes.load(Ordering::Relaxed);
         let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = bytes as f64 / elapsed;
-        let mut line = format!(
-            "{}: {} in {:.0} s ({}/s)",
-            self.label,
-            human_bytes(bytes),
-            elapsed,
-            human_bytes(rate as u64)
-        );
-        if let Some(total) = self.total {
-            if rate > 0.0 && total > bytes {
-                line.push_str(&format!(", about {:.0} s remaining", (total - bytes) as f64 / rate));
-            }
+        let mut line =
+            format!("{}: {} in {:.0} s ({}/s)", self.label, human_bytes(bytes), elapsed, human_bytes(rate as u64));
+        if let Some(total) = self.total
+            && rate > 0.0
+            && total > bytes
+        {
+            line.push_str(&format!(", about {:.0} s remaining", (total - bytes) as f64 / rate));
         }
         line
     }

@@ -49,18 +49,10 @@ const REDACTED: &str = "**redacted**";
 /// Covers `sig=...` (SAS signatures, in URLs or bare query strings), `Authorization:`/`Bearer`
 /// values, `password=...` in key/value connection strings, and `user:password@` in URIs.
 pub fn redact(text: &str) -> String {
-    let mut out = redact_after(text, "sig=", |c| {
-        c == '&' || c == '"' || c == '\'' || c.is_whitespace()
-    });
-    out = redact_after(&out, "Bearer ", |c| {
-        c == '"' || c == '\'' || c == ',' || c.is_whitespace()
-    });
-    out = redact_after(&out, "password=", |c| {
-        c == '&' || c == '"' || c == '\'' || c.is_whitespace()
-    });
-    out = redact_after(&out, "PGPASSWORD=", |c| {
-        c == '"' || c == '\'' || c.is_whitespace()
-    });
+    let mut out = redact_after(text, "sig=", |c| c == '&' || c == '"' || c == '\'' || c.is_whitespace());
+    out = redact_after(&out, "Bearer ", |c| c == '"' || c == '\'' || c == ',' || c.is_whitespace());
+    out = redact_after(&out, "password=", |c| c == '&' || c == '"' || c == '\'' || c.is_whitespace());
+    out = redact_after(&out, "PGPASSWORD=", |c| c == '"' || c == '\'' || c.is_whitespace());
     redact_uri_passwords(&out)
 }
 
@@ -73,9 +65,7 @@ fn redact_after(text: &str, key: &str, stop: impl Fn(char) -> bool) -> String {
     while let Some(found) = lower[pos..].find(&key_lower) {
         let value_start = pos + found + key.len();
         out.push_str(&text[pos..value_start]);
-        let value_len = text[value_start..]
-            .find(&stop)
-            .unwrap_or(text.len() - value_start);
+        let value_len = text[value_start..].find(&stop).unwrap_or(text.len() - value_start);
         if value_len > 0 {
             out.push_str(REDACTED);
         }
@@ -92,9 +82,7 @@ fn redact_uri_passwords(text: &str) -> String {
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let authority_end = tail
-            .find(|c: char| c == '/' || c == '?' || c.is_whitespace())
-            .unwrap_or(tail.len());
+        let authority_end = tail.find(|c: char| c == '/' || c == '?' || c.is_whitespace()).unwrap_or(tail.len());
         let authority = &tail[..authority_end];
         match (authority.rfind('@'), authority.find(':')) {
             (Some(at), Some(colon)) if colon < at => {
@@ -133,8 +121,7 @@ mod tests {
     fn redacts_connection_string_passwords() {
         let r = redact("host=x user=u password=s3cret dbname=d");
         assert!(!r.contains("s3cret"), "{r}");
-        let r =
-            redact("postgres://u:s3cret@db.example:5432/d and Authorization: Bearer eyJhbGc.x.y");
+        let r = redact("postgres://u:s3cret@db.example:5432/d and Authorization: Bearer eyJhbGc.x.y");
         assert!(!r.contains("s3cret") && !r.contains("eyJhbGc"), "{r}");
         assert!(r.contains("postgres://u:**redacted**@db.example"), "{r}");
     }

@@ -171,12 +171,16 @@ impl Settings {
         let get = |k: &str| env.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let inventory_json = match (get("PGVAULT_INVENTORY"), get("PGVAULT_INVENTORY_FILE")) {
             (Some(_), Some(_)) => {
-                return Err(bad("PGVAULT_INVENTORY", "set either PGVAULT_INVENTORY or PGVAULT_INVENTORY_FILE, not both"));
+                return Err(bad(
+                    "PGVAULT_INVENTORY",
+                    "set either PGVAULT_INVENTORY or PGVAULT_INVENTORY_FILE, not both",
+                ));
             }
             (Some(j), None) => Some(("PGVAULT_INVENTORY", j)),
             (None, Some(path)) => Some((
                 "PGVAULT_INVENTORY_FILE",
-                std::fs::read_to_string(&path).map_err(|e| bad("PGVAULT_INVENTORY_FILE", format!("cannot read {path}: {e}")))?,
+                std::fs::read_to_string(&path)
+                    .map_err(|e| bad("PGVAULT_INVENTORY_FILE", format!("cannot read {path}: {e}")))?,
             )),
             (None, None) => None,
         };
@@ -209,14 +213,17 @@ impl Settings {
             "managed-identity" => IdentitySettings::ManagedIdentity { client_id },
             "azure-cli" => IdentitySettings::AzureCli,
             other => {
-                return Err(bad("PGVAULT_IDENTITY", format!("{other:?} is neither `managed-identity` nor `azure-cli`")));
+                return Err(bad(
+                    "PGVAULT_IDENTITY",
+                    format!("{other:?} is neither `managed-identity` nor `azure-cli`"),
+                ));
             }
         };
         let ca_file = get("PGVAULT_CA_FILE").map(PathBuf::from);
-        if let Some(ca) = &ca_file {
-            if !ca.is_file() {
-                return Err(bad("PGVAULT_CA_FILE", format!("{} is not a readable file", ca.display())));
-            }
+        if let Some(ca) = &ca_file
+            && !ca.is_file()
+        {
+            return Err(bad("PGVAULT_CA_FILE", format!("{} is not a readable file", ca.display())));
         }
         let backup_schedule = get("PGVAULT_BACKUP_SCHEDULE");
         if let Some(s) = &backup_schedule {
@@ -245,7 +252,9 @@ impl Settings {
         };
         let handler_port = match get("FUNCTIONS_CUSTOMHANDLER_PORT") {
             None => None,
-            Some(p) => Some(p.parse::<u16>().map_err(|_| bad("FUNCTIONS_CUSTOMHANDLER_PORT", format!("{p:?} is not a port")))?),
+            Some(p) => Some(
+                p.parse::<u16>().map_err(|_| bad("FUNCTIONS_CUSTOMHANDLER_PORT", format!("{p:?} is not a port")))?,
+            ),
         };
         Ok(Settings {
             inventory,

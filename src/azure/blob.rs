@@ -17,8 +17,7 @@ use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RequestContent, StatusCode, Url};
 use azure_storage_blob::models::{
     BlobClientDeleteOptions, BlobClientDownloadOptions, BlobContainerClientListBlobsOptions,
-    BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockLookupList,
-    DeleteSnapshotsOptionType,
+    BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockLookupList, DeleteSnapshotsOptionType,
 };
 use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
 use bytes::{Bytes, BytesMut};
@@ -43,9 +42,7 @@ pub struct AzureBlobStore {
 
 impl fmt::Debug for AzureBlobStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AzureBlobStore")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
+        f.debug_struct("AzureBlobStore").field("url", &self.url).finish_non_exhaustive()
     }
 }
 
@@ -86,16 +83,10 @@ impl AzureBlobStore {
         let client = BlobContainerClient::new(
             url.clone(),
             Some(credential),
-            Some(BlobContainerClientOptions {
-                client_options: options,
-                ..Default::default()
-            }),
+            Some(BlobContainerClientOptions { client_options: options, ..Default::default() }),
         )
         .map_err(|e| sdk_error(Service::Blob, format!("open container {url}"), e))?;
-        Ok(Self {
-            container: client,
-            url: crate::secret::redact(url.as_str()),
-        })
+        Ok(Self { container: client, url: crate::secret::redact(url.as_str()) })
     }
 
     /// Create the container if it does not exist. Idempotent.
@@ -103,17 +94,11 @@ impl AzureBlobStore {
         match self.container.create(None).await {
             Ok(_) => Ok(()),
             Err(e) if error_code(&e) == Some("ContainerAlreadyExists") => Ok(()),
-            Err(e) if error_code(&e) == Some("ContainerBeingDeleted") => {
-                Err(Error::transient(format!(
-                    "create container {}: the container is being deleted; try again later",
-                    self.url
-                )))
-            }
-            Err(e) => Err(sdk_error(
-                Service::Blob,
-                format!("create container {}", self.url),
-                e,
-            )),
+            Err(e) if error_code(&e) == Some("ContainerBeingDeleted") => Err(Error::transient(format!(
+                "create container {}: the container is being deleted; try again later",
+                self.url
+            ))),
+            Err(e) => Err(sdk_error(Service::Blob, format!("create container {}", self.url), e)),
         }
     }
 
@@ -126,9 +111,7 @@ impl AzureBlobStore {
 /// Azure's container naming rules.
 fn valid_container_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
         && !name.contains("--")
@@ -138,15 +121,9 @@ fn valid_container_name(name: &str) -> bool {
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.chars().count() <= MAX_NAME_LEN
-        && name
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != "..")
+        && name.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
         && !name.chars().any(char::is_control);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::permanent(format!("invalid blob name {name:?}")))
-    }
+    if ok { Ok(()) } else { Err(Error::permanent(format!("invalid blob name {name:?}"))) }
 }
 
 /// The service's error code (`x-ms-error-code`), if the error is an HTTP error.
@@ -177,13 +154,7 @@ impl BlobStore for AzureBlobStore {
             .block_blob_client()
             .stage_block(block_id.as_bytes(), len, data.into(), None)
             .await
-            .map_err(|e| {
-                sdk_error(
-                    Service::Blob,
-                    format!("stage block {block_id:?} of blob {name:?}"),
-                    e,
-                )
-            })?;
+            .map_err(|e| sdk_error(Service::Blob, format!("stage block {block_id:?} of blob {name:?}"), e))?;
         Ok(())
     }
 
@@ -193,8 +164,7 @@ impl BlobStore for AzureBlobStore {
             latest: Some(block_ids.iter().map(|id| id.as_bytes().to_vec()).collect()),
             ..Default::default()
         };
-        let body =
-            RequestContent::try_from(list).map_err(|e| sdk_error(Service::Blob, what(), e))?;
+        let body = RequestContent::try_from(list).map_err(|e| sdk_error(Service::Blob, what(), e))?;
         let options = BlockBlobClientCommitBlockListOptions::default().with_tags(sdk_tags(tags));
         self.blob(name)?
             .block_blob_client()
@@ -218,10 +188,8 @@ impl BlobStore for AzureBlobStore {
         match self.blob(name)?.upload(data.into(), Some(options)).await {
             Ok(_) => Ok(CreateOutcome::Created),
             Err(e)
-                if matches!(
-                    e.http_status(),
-                    Some(StatusCode::Conflict | StatusCode::PreconditionFailed)
-                ) && error_code(&e) != Some("ContainerBeingDeleted") =>
+                if matches!(e.http_status(), Some(StatusCode::Conflict | StatusCode::PreconditionFailed))
+                    && error_code(&e) != Some("ContainerBeingDeleted") =>
             {
                 Ok(CreateOutcome::AlreadyExists)
             }
@@ -242,11 +210,7 @@ impl BlobStore for AzureBlobStore {
             .map_err(|e| sdk_error(Service::Blob, what(), e))?;
         let mut buf = BytesMut::with_capacity(rsp.properties.content_length.unwrap_or(0) as usize);
         let mut body = rsp.body;
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| sdk_error(Service::Blob, what(), e))?
-        {
+        while let Some(chunk) = body.try_next().await.map_err(|e| sdk_error(Service::Blob, what(), e))? {
             buf.extend_from_slice(&chunk);
         }
         Ok(buf.freeze())
@@ -263,10 +227,7 @@ impl BlobStore for AzureBlobStore {
             .await
             .map_err(|e| sdk_error(Service::Blob, format!("read blob {name:?}"), e))?;
         let name = name.to_string();
-        Ok(rsp
-            .body
-            .map(move |r| r.map_err(|e| sdk_error(Service::Blob, format!("read blob {name:?}"), e)))
-            .boxed())
+        Ok(rsp.body.map(move |r| r.map_err(|e| sdk_error(Service::Blob, format!("read blob {name:?}"), e))).boxed())
     }
 
     async fn tags(&self, name: &str) -> Result<Tags> {
@@ -291,16 +252,9 @@ impl BlobStore for AzureBlobStore {
             prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
             ..Default::default()
         };
-        let mut pager = self
-            .container
-            .list_blobs(Some(options))
-            .map_err(|e| sdk_error(Service::Blob, what(), e))?;
+        let mut pager = self.container.list_blobs(Some(options)).map_err(|e| sdk_error(Service::Blob, what(), e))?;
         let mut out = Vec::new();
-        while let Some(item) = pager
-            .try_next()
-            .await
-            .map_err(|e| sdk_error(Service::Blob, what(), e))?
-        {
+        while let Some(item) = pager.try_next().await.map_err(|e| sdk_error(Service::Blob, what(), e))? {
             let Some(name) = item.name else { continue };
             let size = item.properties.and_then(|p| p.content_length).unwrap_or(0);
             out.push(BlobInfo { name, size });
@@ -311,10 +265,7 @@ impl BlobStore for AzureBlobStore {
     }
 
     async fn exists(&self, name: &str) -> Result<bool> {
-        self.blob(name)?
-            .exists()
-            .await
-            .map_err(|e| sdk_error(Service::Blob, format!("check blob {name:?}"), e))
+        self.blob(name)?.exists().await.map_err(|e| sdk_error(Service::Blob, format!("check blob {name:?}"), e))
     }
 
     async fn delete(&self, name: &str) -> Result<()> {

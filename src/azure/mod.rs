@@ -38,11 +38,7 @@ pub(crate) fn sdk_error(service: Service, what: impl fmt::Display, e: azure_core
         ErrorKind::HttpResponse { status, .. } => {
             let code = u16::from(*status);
             let transient = code == 408 || code == 429 || (code >= 500 && code != 501);
-            let err = if transient {
-                Error::transient(message)
-            } else {
-                Error::permanent(message)
-            };
+            let err = if transient { Error::transient(message) } else { Error::permanent(message) };
             match code {
                 403 => err.with_hint(match service {
                     Service::Blob => {
@@ -85,43 +81,24 @@ pub(crate) fn sdk_error(service: Service, what: impl fmt::Display, e: azure_core
 /// The SDK error as text: the status, the service's error code and message for an HTTP error;
 /// the whole cause chain otherwise (the SDK's own message alone hides the TLS reason).
 fn describe(e: &azure_core::Error) -> String {
-    if let ErrorKind::HttpResponse {
-        status,
-        error_code,
-        raw_response,
-    } = e.kind()
-    {
+    if let ErrorKind::HttpResponse { status, error_code, raw_response } = e.kind() {
         let mut s = format!("http {}", u16::from(*status));
         match error_code {
             Some(code) => s.push_str(&format!(" {code}")),
             None => s.push_str(&format!(" {}", status.canonical_reason())),
         }
-        if let Some(msg) = raw_response
-            .as_ref()
-            .and_then(|r| xml_element(r.body().as_ref(), "Message"))
-        {
+        if let Some(msg) = raw_response.as_ref().and_then(|r| xml_element(r.body().as_ref(), "Message")) {
             s.push_str(&format!(" ({msg})"));
         }
         return s;
     }
     let mut parts: Vec<String> = vec![e.to_string()];
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
+    for_each_cause(e, &mut |err| {
         let text = err.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
-        source = err.source();
-        // io::Error::source() skips the wrapped error itself; look inside explicitly.
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-        {
-            let text = inner.to_string();
-            if !parts.iter().any(|p| p.contains(&text)) {
-                parts.push(text);
-            }
-        }
-    }
+    });
     parts.join(": ")
 }
 
@@ -135,33 +112,47 @@ fn xml_element(body: &[u8], name: &str) -> Option<String> {
     (!line.is_empty()).then(|| line.to_string())
 }
 
+/// Visit every cause below `e`. `io::Error::source()` skips the error it wraps (it returns
+/// that error's own source), and TLS failures arrive as io errors nested in io errors, so those
+/// are unwrapped explicitly.
+fn for_each_cause(e: &azure_core::Error, f: &mut dyn FnMut(&(dyn std::error::Error + 'static))) {
+    fn visit(
+        err: &(dyn std::error::Error + 'static),
+        f: &mut dyn FnMut(&(dyn std::error::Error + 'static)),
+        depth: usize,
+    ) {
+        if depth > 32 {
+            return;
+        }
+        f(err);
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            visit(inner, f, depth + 1);
+        } else if let Some(next) = err.source() {
+            visit(next, f, depth + 1);
+        }
+    }
+    if let Some(first) = std::error::Error::source(e) {
+        visit(first, f, 0);
+    }
+}
+
 /// Whether a transport error is a certificate the client refused (or none was presented).
 fn is_certificate_error(e: &azure_core::Error) -> bool {
-    fn rustls_cert(err: &(dyn std::error::Error + 'static)) -> bool {
-        matches!(
+    let mut found = false;
+    for_each_cause(e, &mut |err| {
+        found |= matches!(
             err.downcast_ref::<rustls::Error>(),
             Some(
                 rustls::Error::InvalidCertificate(_)
                     | rustls::Error::NoCertificatesPresented
                     | rustls::Error::UnsupportedNameType
             )
-        )
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = source {
-        eprintln!("DEBUGCHAIN io={} rustls={} {err:?}", err.downcast_ref::<std::io::Error>().is_some(), err.downcast_ref::<rustls::Error>().is_some());
-        if rustls_cert(err) {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && rustls_cert(inner)
-        {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+        );
+    });
+    found
 }
 
 #[cfg(test)]
@@ -214,18 +205,11 @@ mod tests {
             http_error(403, "AuthorizationPermissionMismatch", body),
         );
         let text = e.to_string();
-        assert!(
-            text.starts_with("stage block 1 of blob \"a\": http 403"),
-            "{text}"
-        );
+        assert!(text.starts_with("stage block 1 of blob \"a\": http 403"), "{text}");
         assert!(text.contains("Storage Blob Data Contributor"), "{text}");
         assert!(!text.contains("SECRETSIG"), "{text}");
         assert!(!text.contains("RequestId"), "{text}");
-        let e = sdk_error(
-            Service::Queue,
-            "send to queue q",
-            http_error(403, "AuthorizationPermissionMismatch", ""),
-        );
+        let e = sdk_error(Service::Queue, "send to queue q", http_error(403, "AuthorizationPermissionMismatch", ""));
         assert!(e.to_string().contains("Storage Queue Data Contributor"));
     }
 }

@@ -13,8 +13,7 @@ use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RequestContent, StatusCode, Url};
 use azure_storage_queue::models::{
-    QueueClientPeekMessagesOptions, QueueClientReceiveMessagesOptions,
-    QueueClientSendMessageOptions, QueueMessage,
+    QueueClientPeekMessagesOptions, QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions, QueueMessage,
 };
 use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOptions};
 use std::fmt;
@@ -38,9 +37,7 @@ pub struct AzureQueue {
 
 impl fmt::Debug for AzureQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AzureQueue")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
+        f.debug_struct("AzureQueue").field("url", &self.url).finish_non_exhaustive()
     }
 }
 
@@ -70,16 +67,10 @@ impl AzureQueue {
         let service = QueueServiceClient::new(
             url.clone(),
             Some(credential),
-            Some(QueueServiceClientOptions {
-                client_options: options,
-                ..Default::default()
-            }),
+            Some(QueueServiceClientOptions { client_options: options, ..Default::default() }),
         )
         .map_err(|e| sdk_error(Service::Queue, format!("open queue service {url}"), e))?;
-        Ok(Self {
-            service,
-            url: crate::secret::redact(url.as_str()),
-        })
+        Ok(Self { service, url: crate::secret::redact(url.as_str()) })
     }
 
     fn queue(&self, queue: &str) -> Result<QueueClient> {
@@ -89,18 +80,14 @@ impl AzureQueue {
                  and single hyphens, starting and ending with a letter or digit"
             )));
         }
-        self.service
-            .queue_client(queue)
-            .map_err(|e| sdk_error(Service::Queue, format!("open queue {queue:?}"), e))
+        self.service.queue_client(queue).map_err(|e| sdk_error(Service::Queue, format!("open queue {queue:?}"), e))
     }
 }
 
 /// Azure's queue naming rules.
 fn valid_queue_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
         && !name.contains("--")
@@ -129,11 +116,7 @@ impl JobQueue for AzureQueue {
                     Ok(())
                 }
             }
-            Err(e) => Err(sdk_error(
-                Service::Queue,
-                format!("create queue {queue:?}"),
-                e,
-            )),
+            Err(e) => Err(sdk_error(Service::Queue, format!("create queue {queue:?}"), e)),
         }
     }
 
@@ -146,19 +129,14 @@ impl JobQueue for AzureQueue {
                 text.len()
             )));
         }
-        let body = RequestContent::try_from(QueueMessage {
-            message_text: Some(text.to_string()),
-        })
-        .map_err(|e| sdk_error(Service::Queue, what(), e))?;
+        let body = RequestContent::try_from(QueueMessage { message_text: Some(text.to_string()) })
+            .map_err(|e| sdk_error(Service::Queue, what(), e))?;
         let options = QueueClientSendMessageOptions {
             // -1: the message never expires.
             message_time_to_live: keep_forever.then_some(-1),
             ..Default::default()
         };
-        self.queue(queue)?
-            .send_message(body, Some(options))
-            .await
-            .map_err(|e| sdk_error(Service::Queue, what(), e))?;
+        self.queue(queue)?.send_message(body, Some(options)).await.map_err(|e| sdk_error(Service::Queue, what(), e))?;
         Ok(())
     }
 
@@ -189,10 +167,7 @@ impl JobQueue for AzureQueue {
                 Ok(Received {
                     id,
                     pop_receipt,
-                    dequeue_count: m
-                        .dequeue_count
-                        .and_then(|c| u32::try_from(c).ok())
-                        .unwrap_or(0),
+                    dequeue_count: m.dequeue_count.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
                     text: m.message_text.unwrap_or_default(),
                     inserted_at: rfc3339(m.insertion_time),
                     expires_at: rfc3339(m.expiration_time),
@@ -211,48 +186,51 @@ impl JobQueue for AzureQueue {
             .peek_messages(Some(options))
             .await
             .and_then(|r| r.into_model())
-            .map_err(|e| {
-                sdk_error(
-                    Service::Queue,
-                    format!("peek at messages of queue {queue:?}"),
-                    e,
-                )
-            })?;
-        Ok(messages
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| m.message_text.unwrap_or_default())
-            .collect())
+            .map_err(|e| sdk_error(Service::Queue, format!("peek at messages of queue {queue:?}"), e))?;
+        Ok(messages.items.unwrap_or_default().into_iter().map(|m| m.message_text.unwrap_or_default()).collect())
     }
 
     async fn delete(&self, queue: &str, id: &str, pop_receipt: &str) -> Result<()> {
         let what = || format!("delete message {id:?} from queue {queue:?}");
-        // The SDK puts the id into the path unescaped; ids are GUIDs, so refuse anything else.
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(Error::permanent(format!("{}: invalid message id", what())));
-        }
-        match self
-            .queue(queue)?
-            .delete_message(id, pop_receipt, None)
-            .await
-        {
+        check_message_id(id).map_err(|e| e.context(what()))?;
+        match self.queue(queue)?.delete_message(id, pop_receipt, None).await {
             Ok(_) => Ok(()),
             // Already deleted (by us on an earlier try, or expired).
-            Err(e) if e.http_status() == Some(StatusCode::NotFound) => {
-                let queue_missing = matches!(
-                    e.kind(),
-                    ErrorKind::HttpResponse { error_code: Some(c), .. } if c == "QueueNotFound"
-                );
-                if queue_missing {
-                    Err(sdk_error(Service::Queue, what(), e))
-                } else {
-                    Ok(())
-                }
-            }
+            Err(e) if is_message_gone(&e) => Ok(()),
             Err(e) => Err(sdk_error(Service::Queue, what(), e)),
         }
     }
+
+    async fn release(&self, queue: &str, id: &str, pop_receipt: &str, visibility_secs: u32) -> Result<()> {
+        let what = || format!("release message {id:?} of queue {queue:?}");
+        check_message_id(id).map_err(|e| e.context(what()))?;
+        // Update Message without a body keeps the text and only moves the visibility time.
+        let visibility = visibility_secs.min(MAX_VISIBILITY_SECS) as i32;
+        match self.queue(queue)?.update_message(id, pop_receipt, visibility, None).await {
+            Ok(_) => Ok(()),
+            // Deleted or expired meanwhile: there is nothing left to release.
+            Err(e) if is_message_gone(&e) => Ok(()),
+            Err(e) => Err(sdk_error(Service::Queue, what(), e)),
+        }
+    }
+}
+
+/// The SDK puts the message id into the URL path unescaped; ids are GUIDs, so refuse the rest.
+fn check_message_id(id: &str) -> Result<()> {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        Ok(())
+    } else {
+        Err(Error::permanent(format!("invalid message id {id:?}")))
+    }
+}
+
+/// A 404 about the message (not about the queue, which is a configuration error).
+fn is_message_gone(e: &azure_core::Error) -> bool {
+    e.http_status() == Some(StatusCode::NotFound)
+        && !matches!(
+            e.kind(),
+            ErrorKind::HttpResponse { error_code: Some(c), .. } if c == "QueueNotFound"
+        )
 }
 
 #[cfg(test)]

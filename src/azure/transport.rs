@@ -7,9 +7,7 @@
 use crate::error::{Error, Result};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
-use azure_identity::{
-    AzureCliCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-};
+use azure_identity::{AzureCliCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,11 +33,7 @@ impl Default for RetrySettings {
     /// Production: patient enough to ride out throttling and a short outage (about 3 min in all)
     /// before the error reaches the job, which is then retried by the queue.
     fn default() -> Self {
-        Self {
-            max_retries: 8,
-            initial_delay: Duration::from_millis(800),
-            max_delay: Duration::from_secs(60),
-        }
+        Self { max_retries: 8, initial_delay: Duration::from_millis(800), max_delay: Duration::from_secs(60) }
     }
 }
 
@@ -47,20 +41,12 @@ impl RetrySettings {
     /// For tests: one quick retry, so a misconfiguration (for example an untrusted TLS
     /// certificate) fails within about a second instead of a minute.
     pub fn fast() -> Self {
-        Self {
-            max_retries: 1,
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_secs(1),
-        }
+        Self { max_retries: 1, initial_delay: Duration::from_millis(10), max_delay: Duration::from_secs(1) }
     }
 
     /// No retries at all.
     pub fn none() -> Self {
-        Self {
-            max_retries: 0,
-            initial_delay: Duration::from_millis(1),
-            max_delay: Duration::from_secs(1),
-        }
+        Self { max_retries: 0, initial_delay: Duration::from_millis(1), max_delay: Duration::from_secs(1) }
     }
 
     fn to_sdk(&self) -> RetryOptions {
@@ -95,10 +81,7 @@ fn to_time(d: Duration) -> azure_core::time::Duration {
 ///
 /// Trusted roots are the system's (through `rustls-native-certs`, which honours
 /// `SSL_CERT_FILE` and `SSL_CERT_DIR`) plus every certificate in `extra_ca_pem_file`.
-pub fn client_options(
-    extra_ca_pem_file: Option<&Path>,
-    retry: &RetrySettings,
-) -> Result<ClientOptions> {
+pub fn client_options(extra_ca_pem_file: Option<&Path>, retry: &RetrySettings) -> Result<ClientOptions> {
     let mut roots: Vec<reqwest::Certificate> = Vec::new();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -109,18 +92,11 @@ pub fn client_options(
     }
     if let Some(path) = extra_ca_pem_file {
         let pem = std::fs::read(path).map_err(|e| {
-            Error::permanent(format!(
-                "read the extra CA certificate file {}: {e}",
-                path.display()
-            ))
-            .with_hint("point the CA file setting at a readable PEM file, or remove it")
+            Error::permanent(format!("read the extra CA certificate file {}: {e}", path.display()))
+                .with_hint("point the CA file setting at a readable PEM file, or remove it")
         })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            Error::permanent(format!(
-                "parse the extra CA certificate file {}: {e}",
-                path.display()
-            ))
-        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::permanent(format!("parse the extra CA certificate file {}: {e}", path.display())))?;
         if certs.is_empty() {
             return Err(Error::permanent(format!(
                 "the extra CA certificate file {} holds no PEM certificate",
@@ -151,11 +127,7 @@ pub fn client_options(
         .build()
         .map_err(|e| Error::permanent(format!("build the https client: {e}")))?;
 
-    Ok(ClientOptions {
-        transport: Some(Transport::new(Arc::new(client))),
-        retry: retry.to_sdk(),
-        ..Default::default()
-    })
+    Ok(ClientOptions { transport: Some(Transport::new(Arc::new(client))), retry: retry.to_sdk(), ..Default::default() })
 }
 
 /// Which identity authenticates to Azure. There is deliberately no shared-key option.
@@ -169,12 +141,11 @@ pub enum CredentialKind {
 }
 
 /// Construct the token credential. It uses `options` (our transport) for its own requests.
-pub fn credential(
-    kind: &CredentialKind,
-    options: &ClientOptions,
-) -> Result<Arc<dyn TokenCredential>> {
+pub fn credential(kind: &CredentialKind, options: &ClientOptions) -> Result<Arc<dyn TokenCredential>> {
     match kind {
         CredentialKind::ManagedIdentity { client_id } => {
+            // The options struct has a field that exists only in azure_identity's own tests.
+            #[allow(clippy::needless_update)]
             let opts = ManagedIdentityCredentialOptions {
                 user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
                 client_options: options.clone(),
@@ -190,10 +161,7 @@ pub fn credential(
         }
         CredentialKind::AzureCli => {
             let c = AzureCliCredential::new(None).map_err(|e| {
-                Error::permanent(format!(
-                    "set up the azure cli credential: {}",
-                    crate::secret::redact(&e.to_string())
-                ))
+                Error::permanent(format!("set up the azure cli credential: {}", crate::secret::redact(&e.to_string())))
             })?;
             Ok(c)
         }
@@ -209,10 +177,7 @@ mod tests {
         let path = Path::new("/nonexistent/pgvault-ca.pem");
         let err = client_options(Some(path), &RetrySettings::fast()).unwrap_err();
         assert!(err.is_permanent());
-        assert!(
-            err.to_string().contains("/nonexistent/pgvault-ca.pem"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/pgvault-ca.pem"), "{err}");
     }
 
     #[test]

@@ -35,4 +35,8 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// Remove a received message. Idempotent on an already removed message.
     async fn delete(&self, queue: &str, id: &str, pop_receipt: &str) -> Result<()>;
+
+    /// Make a received message visible again after `visibility_secs` (what the host does with a
+    /// message whose invocation failed).
+    async fn release(&self, queue: &str, id: &str, pop_receipt: &str, visibility_secs: u32) -> Result<()>;
 }

@@ -28,9 +28,8 @@ impl LocalStore {
 
     fn path(&self, name: &str) -> Result<PathBuf> {
         let rel = Path::new(name);
-        let ok = !name.is_empty()
-            && rel.components().all(|c| matches!(c, Component::Normal(_)))
-            && !name.starts_with('.');
+        let ok =
+            !name.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_))) && !name.starts_with('.');
         if !ok {
             return Err(Error::permanent(format!("invalid blob name {name:?}")));
         }
@@ -100,9 +99,7 @@ impl BlobStore for LocalStore {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(Error::permanent(format!(
-                        "commit blob {name:?}: block {id:?} was never staged"
-                    )));
+                    return Err(Error::permanent(format!("commit blob {name:?}: block {id:?} was never staged")));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -110,39 +107,16 @@ impl BlobStore for LocalStore {
         }
         out.sync_all().await?;
         drop(out);
-        write_atomic(
-            &self.tags_path(name)?,
-            &serde_json::to_vec(tags).expect("tags serialize"),
-        )
-        .await?;
-        tokio::fs::rename(&tmp, &dest).await?;
-        // Like Azure, a commit discards the blob's uncommitted blocks.
-        let _ = tokio::fs::remove_dir_all(self.staging_dir(name)?).await;
-        Ok(())
-    }
-
-    async fn create(&self, name: &str, data: Bytes, tags: &Tags) -> Result<CreateOutcome> {
-        let dest = self.path(name)?;
-        let dir = dest.parent().expect("blob paths have a parent");
-        tokio::fs::create_dir_all(dir).await?;
-        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
-        let mut f = tokio::fs::File::create(&tmp).await?;
-        f.write_all(&data).await?;
-        f.sync_all().await?;
-        drop(f);
-        write_atomic(
-            &self.tags_path(name)?,
-            &serde_json::to_vec(tags).expect("tags serialize"),
-        )
-        .await?;
-        // hard_link fails if the destination exists: an atomic create-if-absent.
+        // hard_link fails if the destination exists: an atomic create-if-absent. Tags are
+        // written only by the winner, so a losing create changes nothing.
         let linked = tokio::fs::hard_link(&tmp, &dest).await;
         let _ = tokio::fs::remove_file(&tmp).await;
         match linked {
-            Ok(()) => Ok(CreateOutcome::Created),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Ok(CreateOutcome::AlreadyExists)
+            Ok(()) => {
+                write_atomic(&self.tags_path(name)?, &serde_json::to_vec(tags).expect("tags serialize")).await?;
+                Ok(CreateOutcome::Created)
             }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(CreateOutcome::AlreadyExists),
             Err(e) => Err(e.into()),
         }
     }
@@ -172,9 +146,8 @@ impl BlobStore for LocalStore {
             return Err(Self::not_found(name));
         }
         match tokio::fs::read(self.tags_path(name)?).await {
-            Ok(v) => serde_json::from_slice(&v).map_err(|e| {
-                Error::permanent(format!("tags of blob {name:?} are unreadable: {e}"))
-            }),
+            Ok(v) => serde_json::from_slice(&v)
+                .map_err(|e| Error::permanent(format!("tags of blob {name:?} are unreadable: {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Tags::new()),
             Err(e) => Err(e.into()),
         }
@@ -202,14 +175,9 @@ impl BlobStore for LocalStore {
                     continue;
                 }
                 let rel = path.strip_prefix(&self.root).expect("under root");
-                let name = rel
-                    .to_string_lossy()
-                    .replace(std::path::MAIN_SEPARATOR, "/");
+                let name = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
                 if name.starts_with(prefix) {
-                    out.push(BlobInfo {
-                        name,
-                        size: meta.len(),
-                    });
+                    out.push(BlobInfo { name, size: meta.len() });
                 }
             }
         }

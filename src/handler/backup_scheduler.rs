@@ -1,0 +1,78 @@
+//! `backup-scheduler` (timer trigger): enqueue one backup job per eligible database, plus one
+//! globals job per server, on `backup-jobs`.
+
+use super::{AppState, Reply, parse_invocation};
+use crate::jobs::{BACKUP_JOBS_QUEUE, Trigger};
+use axum::body::Bytes;
+use axum::extract::State;
+use serde_json::json;
+use time::OffsetDateTime;
+
+pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
+    let inv = match parse_invocation(&body) {
+        Ok(inv) => inv,
+        Err(reply) => return reply,
+    };
+    // The TimerInfo is informational: a late run still backs up.
+    let past_due = inv
+        .data
+        .get("timer")
+        .map(|t| match t {
+            serde_json::Value::String(s) => serde_json::from_str(&super::unquote(s)).unwrap_or_default(),
+            other => other.clone(),
+        })
+        .and_then(|t| t.get("IsPastDue").and_then(|v| v.as_bool()))
+        .unwrap_or(false);
+    let (logs, value, all_ok) = run(&state, Trigger::Timer, past_due).await;
+    if all_ok { Reply::ok(logs, value) } else { Reply::retry(logs, value) }
+}
+
+/// Plan and enqueue. Returns the log lines, a summary, and whether every server was planned.
+pub async fn run(state: &AppState, trigger: Trigger, past_due: bool) -> (Vec<String>, serde_json::Value, bool) {
+    let now = OffsetDateTime::now_utc();
+    let mut logs = Vec::new();
+    if past_due {
+        logs.push("timer is past due; running now".to_string());
+    }
+    let plans = match crate::scheduler::plan(&state.ctx, None, &[], trigger, now).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "backup scheduler failed");
+            return (vec![e.to_string()], json!({ "error": e.to_string() }), false);
+        }
+    };
+    let mut enqueued = Vec::new();
+    let mut failed = Vec::new();
+    for plan in plans {
+        for m in &plan.missing {
+            let line = format!("server {:?}: included database {m:?} does not exist", plan.server);
+            tracing::warn!(server = %plan.server, database = %m, "included database does not exist");
+            logs.push(line);
+        }
+        let jobs = match plan.jobs {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(server = %plan.server, error = %e, "cannot plan backups for server");
+                logs.push(format!("server {:?}: {e}", plan.server));
+                failed.push(json!({ "server": plan.server, "error": e.to_string() }));
+                continue;
+            }
+        };
+        for job in jobs {
+            match state.queue.send(BACKUP_JOBS_QUEUE, &job.to_json(), false).await {
+                Ok(()) => {
+                    tracing::info!(job = %job.job_id, what = %job.describe(), "backup job enqueued");
+                    enqueued.push(json!({ "job_id": job.job_id, "server": job.server, "database": job.database, "kind": job.kind }));
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.job_id, error = %e, "cannot enqueue backup job");
+                    logs.push(format!("enqueue {}: {e}", job.describe()));
+                    failed.push(json!({ "server": job.server, "database": job.database, "error": e.to_string() }));
+                }
+            }
+        }
+    }
+    logs.push(format!("enqueued {} backup jobs, {} failures", enqueued.len(), failed.len()));
+    let ok = failed.is_empty();
+    (logs, json!({ "enqueued": enqueued, "failed": failed }), ok)
+}

@@ -1,0 +1,182 @@
+//! The Azure Functions custom handler: an axum server the Functions host POSTs invocations to.
+//!
+//! One route per folder in `functions/` (checked by a test), one module per function. Handlers
+//! are thin: decode the host's payload, call one domain function, encode the reply.
+//!
+//! The host's payload quirks (see DESIGN.md): string trigger data and string metadata may arrive
+//! JSON-encoded twice, `Id`/`PopReceipt` with embedded quotes, `DequeueCount` as a number or a
+//! string. [`Invocation`] accepts the clean form and all of those.
+
+pub mod backup_scheduler;
+pub mod backup_worker;
+
+use crate::backup::Ctx;
+use crate::queue::JobQueue;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+/// Function names: the folders under `functions/`, and the routes the host POSTs to.
+pub const FUNCTIONS: &[&str] = &["backup-scheduler", "backup-worker"];
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub ctx: Ctx,
+    pub queue: Arc<dyn JobQueue>,
+    /// `extensions.queues.maxDequeueCount` from host.json: after this many failed deliveries
+    /// the host moves a message to the poison queue.
+    pub max_dequeue_count: u32,
+}
+
+/// The router. `GET /` answers at once: the host polls it to learn that the handler is up.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { "pgvault" }))
+        .route("/backup-scheduler", post(backup_scheduler::handle))
+        .route("/backup-worker", post(backup_worker::handle))
+        .with_state(state)
+}
+
+/// The body the host POSTs for a non-HTTP trigger.
+#[derive(Debug, Deserialize)]
+pub struct Invocation {
+    #[serde(rename = "Data", default)]
+    pub data: Map<String, Value>,
+    #[serde(rename = "Metadata", default)]
+    pub metadata: Map<String, Value>,
+}
+
+impl Invocation {
+    /// A trigger value that should be text (a queue message): undo the host's extra JSON
+    /// encoding. An object or array is re-serialised, so a host that parsed the JSON for us
+    /// still hands over the message text.
+    pub fn text(&self, binding: &str) -> Option<String> {
+        let v = self.data.get(binding)?;
+        Some(match v {
+            Value::String(s) => unquote(s),
+            Value::Null => return None,
+            other => other.to_string(),
+        })
+    }
+
+    /// A metadata string (`Id`, `PopReceipt`), with embedded quotes removed.
+    pub fn meta_str(&self, key: &str) -> Option<String> {
+        match self.metadata.get(key)? {
+            Value::String(s) => Some(unquote(s)),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// `DequeueCount`: a number, a string, or a JSON-encoded string.
+    pub fn dequeue_count(&self) -> Option<u32> {
+        match self.metadata.get("DequeueCount")? {
+            Value::Number(n) => n.as_u64().map(|n| n as u32),
+            Value::String(s) => unquote(s).trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The invocation id the host sends in `Metadata.sys` (for logs).
+    pub fn method(&self) -> Option<String> {
+        self.metadata.get("sys")?.get("MethodName")?.as_str().map(str::to_string)
+    }
+}
+
+/// Peel JSON string encoding: `"\"{...}\""` -> `"{...}"` -> `{...}`, at most a few layers.
+pub fn unquote(s: &str) -> String {
+    let mut cur = s.to_string();
+    for _ in 0..4 {
+        let t = cur.trim();
+        if !(t.starts_with('"') && t.ends_with('"') && t.len() >= 2) {
+            break;
+        }
+        match serde_json::from_str::<String>(t) {
+            Ok(inner) => cur = inner,
+            Err(_) => break,
+        }
+    }
+    cur
+}
+
+/// The reply the host expects: `{"Outputs", "Logs", "ReturnValue"}`.
+pub struct Reply {
+    pub status: StatusCode,
+    pub logs: Vec<String>,
+    pub return_value: Value,
+}
+
+impl Reply {
+    pub fn ok(logs: Vec<String>, return_value: Value) -> Self {
+        Reply { status: StatusCode::OK, logs, return_value }
+    }
+
+    /// Non-2xx: the host counts the invocation as failed and, for a queue trigger, releases the
+    /// message for another try (and finally moves it to the poison queue).
+    pub fn retry(logs: Vec<String>, return_value: Value) -> Self {
+        Reply { status: StatusCode::INTERNAL_SERVER_ERROR, logs, return_value }
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let body = json!({ "Outputs": {}, "Logs": self.logs, "ReturnValue": self.return_value });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// A request body that is not even the host's invocation shape: 400, with the reason.
+pub fn bad_invocation(why: impl std::fmt::Display) -> Reply {
+    let msg = format!("invocation body is not a Functions host payload: {why}");
+    tracing::error!("{msg}");
+    Reply { status: StatusCode::BAD_REQUEST, logs: vec![msg.clone()], return_value: json!({ "error": msg }) }
+}
+
+/// Parse the body ourselves so a malformed one gets a clear 400 with the reason.
+pub fn parse_invocation(body: &[u8]) -> Result<Invocation, Reply> {
+    serde_json::from_slice(body).map_err(bad_invocation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unquote_peels_double_encoding() {
+        assert_eq!(unquote(r#"{"a":1}"#), r#"{"a":1}"#);
+        assert_eq!(unquote(r#""{\"a\":1}""#), r#"{"a":1}"#);
+        assert_eq!(unquote(r#""\"{\\\"a\\\":1}\"""#), r#"{"a":1}"#);
+        assert_eq!(unquote(r#""abc-123""#), "abc-123");
+        assert_eq!(unquote("plain"), "plain");
+    }
+
+    #[test]
+    fn invocation_accepts_clean_and_quirky_forms() {
+        let clean: Invocation = serde_json::from_value(json!({
+            "Data": {"job": "{\"x\":1}"},
+            "Metadata": {"Id": "abc", "DequeueCount": 2, "PopReceipt": "pr"}
+        }))
+        .unwrap();
+        let quirky: Invocation = serde_json::from_value(json!({
+            "Data": {"job": "\"{\\\"x\\\":1}\""},
+            "Metadata": {"Id": "\"abc\"", "DequeueCount": "2", "PopReceipt": "\"pr\""}
+        }))
+        .unwrap();
+        let object: Invocation =
+            serde_json::from_value(json!({"Data": {"job": {"x": 1}}, "Metadata": {"DequeueCount": "\"2\""}})).unwrap();
+        for inv in [&clean, &quirky] {
+            assert_eq!(inv.text("job").as_deref(), Some(r#"{"x":1}"#));
+            assert_eq!(inv.meta_str("Id").as_deref(), Some("abc"));
+            assert_eq!(inv.meta_str("PopReceipt").as_deref(), Some("pr"));
+            assert_eq!(inv.dequeue_count(), Some(2));
+        }
+        assert_eq!(object.text("job").as_deref(), Some(r#"{"x":1}"#));
+        assert_eq!(object.dequeue_count(), Some(2));
+        assert_eq!(clean.text("missing"), None);
+    }
+}
