@@ -107,6 +107,22 @@ impl BlobStore for LocalStore {
         }
         out.sync_all().await?;
         drop(out);
+        write_atomic(&self.tags_path(name)?, &serde_json::to_vec(tags).expect("tags serialize")).await?;
+        tokio::fs::rename(&tmp, &dest).await?;
+        // Like Azure, a commit discards the blob's uncommitted blocks.
+        let _ = tokio::fs::remove_dir_all(self.staging_dir(name)?).await;
+        Ok(())
+    }
+
+    async fn create(&self, name: &str, data: Bytes, tags: &Tags) -> Result<CreateOutcome> {
+        let dest = self.path(name)?;
+        let dir = dest.parent().expect("blob paths have a parent");
+        tokio::fs::create_dir_all(dir).await?;
+        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        f.write_all(&data).await?;
+        f.sync_all().await?;
+        drop(f);
         // hard_link fails if the destination exists: an atomic create-if-absent. Tags are
         // written only by the winner, so a losing create changes nothing.
         let linked = tokio::fs::hard_link(&tmp, &dest).await;
