@@ -113,7 +113,17 @@ pub async fn verified_blocks(manifest: &Manifest, mut stream: ByteStream, tx: mp
 
 /// The blocking consumer: decompress (if pgvault compressed) and write into `out`.
 /// Returns the number of raw (decompressed) bytes written.
-pub fn feed(mut rx: mpsc::Receiver<Bytes>, compression: Compression, out: impl Write) -> std::io::Result<u64> {
+///
+/// With `tolerate_early_close`, a reader that stops early (`pg_restore --list` reads only the
+/// table of contents) does not stop the stream: the rest is still decompressed, counted and,
+/// upstream, hashed, so every byte of the backup is checked.
+pub fn feed(
+    mut rx: mpsc::Receiver<Bytes>,
+    compression: Compression,
+    out: impl Write,
+    tolerate_early_close: bool,
+) -> std::io::Result<u64> {
+    let out = Tolerant { inner: out, closed: false, tolerate: tolerate_early_close };
     let mut counter = CountingWriter { inner: out, count: 0 };
     match compression {
         Compression::Zstd { .. } => {
@@ -131,6 +141,37 @@ pub fn feed(mut rx: mpsc::Receiver<Bytes>, compression: Compression, out: impl W
         }
     }
     Ok(counter.count)
+}
+
+/// A writer that, when allowed, turns a broken pipe into "discard the rest".
+struct Tolerant<W> {
+    inner: W,
+    closed: bool,
+    tolerate: bool,
+}
+
+impl<W: Write> Write for Tolerant<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if self.tolerate && e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e) if self.tolerate && e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    }
 }
 
 struct CountingWriter<W> {
@@ -181,7 +222,7 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
             let stdin = std::fs::File::from(
                 child.stdin.take().expect("piped").into_owned_fd().map_err(|e| Error::transient(e.to_string()))?,
             );
-            let consumer = tokio::task::spawn_blocking(move || feed(rx, compression, stdin));
+            let consumer = tokio::task::spawn_blocking(move || feed(rx, compression, stdin, true));
             let (pumped, fed, out) = tokio::join!(verified_blocks(&m, stream, tx), consumer, child.wait_with_output());
             pumped?;
             let out = out.map_err(|e| Error::transient(format!("pg_restore --list: {e}")))?;
@@ -209,7 +250,7 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
         BackupKind::Globals => {
             let consumer = tokio::task::spawn_blocking(move || {
                 let mut head = Vec::new();
-                let raw = feed(rx, compression, HeadWriter { head: &mut head, keep: 4096 })?;
+                let raw = feed(rx, compression, HeadWriter { head: &mut head, keep: 4096 }, false)?;
                 Ok::<_, std::io::Error>((raw, head))
             });
             let (pumped, fed) = tokio::join!(verified_blocks(&m, stream, tx), consumer);

@@ -150,13 +150,17 @@ pub fn extension(kind: BackupKind, compressed_by_pgvault: bool) -> &'static str 
     }
 }
 
-/// Blob index tags. Values are encoded segments, which Azure's tag character set accepts.
+/// Blob index tags. Values are encoded segments, which Azure's tag character set
+/// (`a-z A-Z 0-9 space + - . / : = _`) accepts.
 pub fn tags(kind: BackupKind, server: &str, database: &str, role: &str) -> crate::store::Tags {
     let mut t = crate::store::Tags::new();
     t.insert("pgvault".into(), role.into());
     t.insert("kind".into(), kind.as_str().into());
     t.insert("server".into(), encode_segment(server));
-    t.insert("database".into(), db_segment(kind, database));
+    // `@` is not a tag character; a globals backup is found by kind.
+    if kind == BackupKind::Database {
+        t.insert("database".into(), encode_segment(database));
+    }
     t
 }
 
@@ -174,6 +178,16 @@ mod tests {
             assert_eq!(decode_segment(&e).unwrap(), name);
         }
         assert_ne!(encode_segment("@globals"), GLOBALS_SEGMENT);
+    }
+
+    #[test]
+    fn tag_values_use_only_azure_tag_characters() {
+        for kind in [BackupKind::Database, BackupKind::Globals] {
+            for (k, v) in tags(kind, "prod/1", "we\"ird db@x", "data") {
+                let ok = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b" +-./:=_".contains(&b));
+                assert!(ok(&k) && ok(&v), "{k}={v}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,413 @@
+//! End to end on the real local stack: PostgreSQL 15, Azurite over HTTPS with OAuth, the
+//! identity endpoint, and the real `pgvault serve` receiving the host's payloads.
+
+#[path = "support/app.rs"]
+mod app;
+mod support;
+
+use app::{CONTAINER, Stack};
+use pgvault::hostsim::{self, Form};
+use pgvault::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
+use pgvault::layout::BackupKind;
+use pgvault::manifest::Manifest;
+use pgvault::queue::JobQueue;
+use pgvault::store::BlobStore;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const VARIED_DB: &str = "Round \"Trip\" DB";
+
+/// A database with a few hundred MB of varied data: several schemas, text, numeric,
+/// timestamps, jsonb, bytea, a large object, indexes, and names that need quoting.
+const VARIED_SQL: &str = r#"
+CREATE SCHEMA sales;
+CREATE SCHEMA "Weird Schema";
+CREATE TABLE sales.orders (
+    id bigserial PRIMARY KEY,
+    customer text NOT NULL,
+    amount numeric(12,2),
+    placed_at timestamptz,
+    doc jsonb,
+    payload bytea
+);
+INSERT INTO sales.orders (customer, amount, placed_at, doc, payload)
+SELECT md5(i::text) || ' ' || repeat(chr(65 + i % 26), i % 60),
+       (i * 7.13) % 100000,
+       timestamptz '2020-01-01 00:00:00+00' + i * interval '37 seconds',
+       jsonb_build_object('i', i, 'tags', jsonb_build_array(md5((i * 3)::text), i % 7), 'ok', i % 2 = 0),
+       decode(md5(i::text) || md5((i + 1)::text) || md5((i + 2)::text), 'hex')
+FROM generate_series(1, 900000) AS i;
+CREATE INDEX orders_placed ON sales.orders (placed_at);
+CREATE INDEX orders_doc ON sales.orders USING gin (doc);
+CREATE TABLE "Weird Schema"."Mixed ""Quoted"" Table" ("Key Col" int PRIMARY KEY, "väl" text, note varchar(200));
+INSERT INTO "Weird Schema"."Mixed ""Quoted"" Table"
+SELECT i, repeat(md5(i::text), 1 + i % 5), CASE WHEN i % 3 = 0 THEN NULL ELSE 'note ' || i END
+FROM generate_series(1, 200000) AS i;
+CREATE TABLE public.events (at timestamp, kind text, n int);
+INSERT INTO public.events SELECT timestamp '2024-02-29 12:00' + i * interval '1 minute', 'k' || (i % 13), i FROM generate_series(1, 100000) i;
+CREATE TABLE public.blobs (name text PRIMARY KEY, lo oid);
+INSERT INTO public.blobs SELECT 'big', lo_from_bytea(0, decode(string_agg(md5(i::text), ''), 'hex')) FROM generate_series(1, 50000) i;
+CREATE VIEW sales.big_orders AS SELECT id, amount FROM sales.orders WHERE amount > 50000;
+ANALYZE;
+"#;
+
+/// Per-table content checksums, the large objects' checksum, and the schema, for comparing two
+/// databases.
+fn fingerprint(stack: &Stack, db: &str) -> (Vec<String>, String) {
+    let tables = stack.pg.psql(
+        db,
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+    );
+    let mut sums = Vec::new();
+    for t in tables.lines() {
+        let sum = stack.pg.psql(
+            db,
+            &format!(
+                "SELECT count(*) || ':' || coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) FROM {t} t"
+            ),
+        );
+        sums.push(format!("{t}={sum}"));
+    }
+    sums.push(format!(
+        "largeobjects={}",
+        stack.pg.psql(
+            db,
+            "SELECT count(*) || ':' || coalesce(sum(('x' || substr(md5(lo_get(oid)), 1, 15))::bit(60)::bigint), 0) FROM pg_largeobject_metadata"
+        )
+    ));
+    let out = Command::new(stack.pg.bin_dir.join("pg_dump"))
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "-h",
+            &stack.pg.host,
+            "-p",
+            &stack.pg.port.to_string(),
+            "-U",
+            &stack.pg.superuser,
+        ])
+        .arg(format!("--dbname=dbname='{}'", db.replace('\'', "\\'")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let schema = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        // \restrict lines carry a random key per dump (pg_dump 15.14+).
+        .filter(|l| {
+            !l.starts_with("--")
+                && !l.trim().is_empty()
+                && !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (sums, schema)
+}
+
+async fn manifests(store: &dyn BlobStore, prefix: &str) -> Vec<Manifest> {
+    let mut out = Vec::new();
+    for b in store.list(prefix).await.unwrap() {
+        if b.name.ends_with(".manifest.json") {
+            out.push(Manifest::from_json(&b.name, &store.get(&b.name).await.unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+async fn download(store: &dyn BlobStore, name: &str, to: &Path) {
+    use futures::StreamExt;
+    use std::io::Write;
+    let mut f = std::fs::File::create(to).unwrap();
+    let mut s = store.read(name).await.unwrap();
+    while let Some(chunk) = s.next().await {
+        f.write_all(&chunk.unwrap()).unwrap();
+    }
+}
+
+async fn psql_blocking(stack: &Stack, db: &str, sql: &str) -> String {
+    // psql is synchronous; run it off the async runtime's worker.
+    tokio::task::block_in_place(|| stack.pg.psql(db, sql))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn varied_database_round_trips_through_the_worker_and_plain_tools() {
+    let stack = Stack::start().await;
+    psql_blocking(&stack, "postgres", &format!("CREATE DATABASE {}", pgvault::pg::quote_ident(VARIED_DB))).await;
+    psql_blocking(&stack, VARIED_DB, VARIED_SQL).await;
+
+    let served = stack.serve();
+    let (status, reply) = served.invoke("backup-scheduler", &hostsim::timer_payload("backup-scheduler", false)).await;
+    assert_eq!(status, 200, "{reply}");
+    let queue = stack.queue();
+    let report =
+        hostsim::drain(&queue, BACKUP_JOBS_QUEUE, &served.url, "backup-worker", "job", 3, Form::Host).await.unwrap();
+    assert_eq!(report.succeeded, 2, "one database and the globals: {:?}", report.replies);
+    for r in &report.replies {
+        assert_eq!(r["reply"]["ReturnValue"]["status"], "succeeded", "{r}");
+    }
+
+    let store = stack.store().await;
+    let db_prefix = pgvault::layout::prefix(Some("main"), Some(VARIED_DB));
+    let found = manifests(&store, &db_prefix).await;
+    assert_eq!(found.len(), 1);
+    let m = &found[0];
+    assert_eq!(m.database, VARIED_DB);
+    assert!(m.raw_bytes > 150 << 20, "a few hundred MB of data dumped: {}", m.raw_bytes);
+    assert!(m.blocks.len() > 10, "1 MiB blocks: {}", m.blocks.len());
+    assert_eq!(store.tags(&m.data_blob).await.unwrap().get("kind").map(String::as_str), Some("database"));
+    let globals = manifests(&store, "main/@globals/").await;
+    assert_eq!(globals.len(), 1);
+
+    // Plain tools only: zstd -d, then pg_restore into a fresh database.
+    let dir = tempfile::tempdir().unwrap();
+    let zst = dir.path().join("backup.dump.zst");
+    let dump = dir.path().join("backup.dump");
+    download(&store, &m.data_blob, &zst).await;
+    let ok = Command::new("zstd").args(["-q", "-d", "-o"]).arg(&dump).arg(&zst).status().unwrap();
+    assert!(ok.success());
+    assert_eq!(std::fs::metadata(&dump).unwrap().len(), m.raw_bytes);
+    psql_blocking(&stack, "postgres", "CREATE DATABASE restored").await;
+    let out = tokio::task::block_in_place(|| {
+        Command::new(stack.pg.bin_dir.join("pg_restore"))
+            .args(["-h", &stack.pg.host, "-p", &stack.pg.port.to_string(), "-U", &stack.pg.superuser, "-d", "restored"])
+            .arg(&dump)
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "pg_restore: {}", String::from_utf8_lossy(&out.stderr));
+    let (orig_sums, orig_schema) = tokio::task::block_in_place(|| fingerprint(&stack, VARIED_DB));
+    let (new_sums, new_schema) = tokio::task::block_in_place(|| fingerprint(&stack, "restored"));
+    assert_eq!(orig_sums, new_sums);
+    assert_eq!(orig_schema, new_schema);
+    assert!(orig_sums.iter().any(|s| s.contains("Mixed \"\"Quoted\"\" Table")), "{orig_sums:?}");
+
+    // The manifest's exact row counts equal the restored tables' counts.
+    let counts = m.row_counts.as_ref().expect("row counts");
+    assert_eq!(counts.method, "exact");
+    assert_eq!(counts.tables.len(), 4);
+    for t in &counts.tables {
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            pgvault::pg::quote_ident(&t.schema),
+            pgvault::pg::quote_ident(&t.table)
+        );
+        let n: i64 = psql_blocking(&stack, "restored", &sql).await.parse().unwrap();
+        assert_eq!(n, t.rows, "{}.{}", t.schema, t.table);
+    }
+
+    // The CLI sees the same catalog, and verify proves both archives read.
+    let out = stack.cli(&["list", "--json"]);
+    assert!(out.status.success());
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 2);
+    let out = stack.cli(&["verify", "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("2 verified, 0 failed"), "{text}");
+}
+
+/// Start `pgvault backup` of `db`, wait until pg_dump's COPY runs, and hand back the child.
+fn wait_for_copy(stack: &Stack) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pid = stack.pg.psql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgvault' AND query LIKE 'COPY %' LIMIT 1",
+        );
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "pg_dump never reached COPY");
+        std::thread::yield_now();
+    }
+}
+
+fn make_big_db(stack: &Stack, db: &str) {
+    stack.pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+    stack.pg.psql(db, "CREATE TABLE big AS SELECT i, repeat(md5(i::text), 12) AS t FROM generate_series(1, 400000) i");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dump_commits_nothing_and_reports_pg_dump_error() {
+    let stack = Stack::start().await;
+    tokio::task::block_in_place(|| make_big_db(&stack, "big"));
+    let mut child = stack
+        .command(&["backup", "--server", "main", "--database", "big"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = tokio::task::block_in_place(|| wait_for_copy(&stack));
+    psql_blocking(&stack, "postgres", &format!("SELECT pg_terminate_backend({pid})")).await;
+    let out = tokio::task::block_in_place(|| {
+        child.stdin.take();
+        let mut stdout = String::new();
+        use std::io::Read;
+        child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        (child.wait().unwrap(), stdout)
+    });
+    assert!(!out.0.success());
+    assert!(out.1.contains("FAILED"), "{}", out.1);
+    assert!(out.1.contains("pg_dump failed"), "{}", out.1);
+    assert!(out.1.contains("terminating connection") || out.1.contains("server closed the connection"), "{}", out.1);
+    let store = stack.store().await;
+    assert_eq!(store.list("main/").await.unwrap(), vec![], "no committed blob and no manifest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_running_backup_without_committing() {
+    let stack = Stack::start().await;
+    tokio::task::block_in_place(|| make_big_db(&stack, "big"));
+    let mut served = stack.serve();
+    let job =
+        BackupJob::new(BackupKind::Database, "main", Some("big"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+    let payload = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m1", "p1", 1, Form::Host);
+    let url = served.url.clone();
+    let call = tokio::spawn(async move { hostsim::invoke(&url, "backup-worker", &payload).await });
+    tokio::task::block_in_place(|| wait_for_copy(&stack));
+    let status = tokio::task::block_in_place(|| served.terminate());
+    let (code, reply) = call.await.unwrap().expect("the running invocation gets a reply");
+    assert_eq!(code, 500, "the host must retry it: {reply}");
+    assert!(reply["ReturnValue"]["error"].as_str().unwrap().contains("cancelled"), "{reply}");
+    assert!(status.success(), "clean exit: {status:?}\n{}", served.output());
+    let store = stack.store().await;
+    assert_eq!(store.list("main/").await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_enqueues_one_job_per_eligible_database_and_the_globals() {
+    let mut stack = Stack::start().await;
+    for db in ["alpha", "beta", "gamma"] {
+        psql_blocking(&stack, "postgres", &format!("CREATE DATABASE {db}")).await;
+    }
+    psql_blocking(&stack, "postgres", "CREATE DATABASE closed; ALTER DATABASE closed ALLOW_CONNECTIONS false").await;
+    let inventory = stack.inventory(&["postgres", "gamma"]);
+    stack.set("PGVAULT_INVENTORY", &inventory);
+    let served = stack.serve();
+    let (status, reply) = served.invoke("backup-scheduler", &hostsim::timer_payload("backup-scheduler", true)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.get("Outputs").is_some() && reply["Logs"].is_array(), "{reply}");
+    let texts = stack.queue().peek(BACKUP_JOBS_QUEUE, 32).await.unwrap();
+    let jobs: Vec<BackupJob> = texts.iter().map(|t| BackupJob::from_json(t).unwrap()).collect();
+    let mut dbs: Vec<String> = jobs.iter().filter_map(|j| j.database.clone()).collect();
+    dbs.sort();
+    assert_eq!(dbs, ["alpha", "beta"]);
+    assert_eq!(jobs.iter().filter(|j| j.kind == BackupKind::Globals).count(), 1);
+    assert!(jobs.iter().all(|j| j.server == "main" && j.trigger == Trigger::Timer));
+    let ids: std::collections::HashSet<_> = jobs.iter().map(|j| &j.job_id).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(reply["ReturnValue"]["enqueued"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_payload_forms_work_and_a_redelivered_job_backs_up_once() {
+    let stack = Stack::start().await;
+    psql_blocking(&stack, "postgres", "CREATE DATABASE small").await;
+    psql_blocking(&stack, "small", "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i").await;
+    let served = stack.serve();
+    let root = reqwest::get(format!("{}/", served.url)).await.unwrap();
+    assert_eq!(root.status(), 200, "the host polls GET / for readiness");
+
+    let job =
+        BackupJob::new(BackupKind::Database, "main", Some("small"), time::OffsetDateTime::now_utc(), Trigger::Timer);
+    // The host's real form: message double-encoded, quoted Id/PopReceipt, DequeueCount a string.
+    let host = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "id-1", "pr-1", 1, Form::Host);
+    assert!(host["Data"]["job"].as_str().unwrap().starts_with('"'));
+    assert_eq!(host["Metadata"]["DequeueCount"], json!("1"));
+    let (status, reply) = served.invoke("backup-worker", &host).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["ReturnValue"]["status"], "succeeded", "{reply}");
+    for key in ["Outputs", "Logs", "ReturnValue"] {
+        assert!(reply.get(key).is_some(), "reply lacks {key}: {reply}");
+    }
+    // The documented clean form, DequeueCount a number: the same job again.
+    let clean = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "id-1", "pr-2", 2, Form::Clean);
+    assert_eq!(clean["Metadata"]["DequeueCount"], json!(2));
+    let (status, reply) = served.invoke("backup-worker", &clean).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["ReturnValue"]["status"], "already-done", "{reply}");
+
+    let store = stack.store().await;
+    let blobs = store.list("main/small/").await.unwrap();
+    assert_eq!(blobs.len(), 2, "one data blob and one manifest: {blobs:?}");
+    // A clean-form job for another id makes a second backup.
+    let other =
+        BackupJob::new(BackupKind::Database, "main", Some("small"), time::OffsetDateTime::now_utc(), Trigger::Timer);
+    let (status, reply) = served
+        .invoke(
+            "backup-worker",
+            &hostsim::queue_payload("backup-worker", "job", &other.to_json(), "id-2", "pr", 1, Form::Clean),
+        )
+        .await;
+    assert_eq!((status, reply["ReturnValue"]["status"].as_str()), (200, Some("succeeded")), "{reply}");
+    assert_eq!(manifests(&store, "main/small/").await.len(), 2);
+    drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprocessable_messages_are_kept_with_their_reason() {
+    let stack = Stack::start().await;
+    let served = stack.serve();
+    let now = time::OffsetDateTime::now_utc();
+    let unknown_server = BackupJob::new(BackupKind::Database, "nowhere", Some("x"), now, Trigger::Timer).to_json();
+    let unknown_db = BackupJob::new(BackupKind::Database, "main", Some("no_such_db"), now, Trigger::Timer).to_json();
+    let cases: Vec<(String, &str)> = vec![
+        ("this is not json".into(), "not valid"),
+        (r#"{"version":1,"kind":"database"}"#.into(), "missing field"),
+        (unknown_server, "unknown server \"nowhere\""),
+        (unknown_db, "database \"no_such_db\" does not exist"),
+    ];
+    for (i, (text, _)) in cases.iter().enumerate() {
+        let form = if i % 2 == 0 { Form::Host } else { Form::Clean };
+        let payload = hostsim::queue_payload("backup-worker", "job", text, &format!("m{i}"), "pr", 1, form);
+        let (status, reply) = served.invoke("backup-worker", &payload).await;
+        assert_eq!(status, 200, "not retried: {reply}");
+        assert_eq!(reply["ReturnValue"]["status"], "rejected", "{reply}");
+    }
+    let kept = stack.queue().peek("backup-jobs-rejected", 32).await.unwrap();
+    assert_eq!(kept.len(), cases.len());
+    for (text, why) in &cases {
+        let record: Value = kept
+            .iter()
+            .map(|k| serde_json::from_str::<Value>(k).unwrap())
+            .find(|r| r["message"] == *text)
+            .unwrap_or_else(|| panic!("{text} was not kept: {kept:?}"));
+        assert!(record["reason"].as_str().unwrap().contains(why), "{record}");
+        assert_eq!(record["queue"], BACKUP_JOBS_QUEUE);
+    }
+    assert!(served.output().contains("rejected and kept"), "{}", served.output());
+    assert_eq!(stack.store().await.list("").await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_flipped_byte_and_names_the_block() {
+    let mut stack = Stack::start().await;
+    let local = tempfile::tempdir().unwrap();
+    stack.set("PGVAULT_STORAGE", "local");
+    stack.set("PGVAULT_LOCAL_DIR", local.path().to_str().unwrap());
+    stack.set("PGVAULT_COMPRESSION", "none");
+    psql_blocking(&stack, "postgres", "CREATE DATABASE small").await;
+    psql_blocking(&stack, "small", "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 100000) i").await;
+    let out = stack.cli(&["backup", "--server", "main", "--database", "small"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let store = pgvault::store::local::LocalStore::new(local.path());
+    let m = manifests(&store, "main/small/").await.remove(0);
+    assert!(m.blocks.len() >= 3, "{}", m.blocks.len());
+    let id = m.id.clone();
+    let out = stack.cli(&["verify", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let path = local.path().join(&m.data_blob);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = m.blocks[0].size as usize + 10;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    let out = stack.cli(&["verify", &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains(&format!("backup {id:?} is corrupt: block 1 (bytes {}..)", m.blocks[0].size)), "{text}");
+    let _ = CONTAINER;
+}

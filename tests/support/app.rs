@@ -1,0 +1,166 @@
+#![allow(dead_code)]
+//! The whole local stack for end-to-end tests, and the real `pgvault` binary run against it
+//! exactly as the Functions host runs it: every Azure credential comes through the identity
+//! endpoint, storage is Azurite over HTTPS with OAuth.
+
+use crate::support::{Azurite, Cluster, IdentityServer, TestCa, spawn_tied, test_credential};
+use pgvault::azure::{AzureBlobStore, AzureQueue, RetrySettings, client_options};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+pub const CONTAINER: &str = "backups";
+
+pub struct Stack {
+    pub ca: TestCa,
+    pub azurite: Azurite,
+    pub identity: IdentityServer,
+    pub pg: Cluster,
+    /// Extra settings for the pgvault processes (override the defaults below).
+    pub env: Vec<(String, String)>,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let ca = TestCa::new();
+        let azurite = Azurite::start(&ca).await;
+        let identity = IdentityServer::start().await;
+        let pg = tokio::task::spawn_blocking(Cluster::start).await.expect("cluster thread");
+        let stack = Stack { ca, azurite, identity, pg, env: Vec::new() };
+        let out = stack.cli(&["init"]);
+        assert!(out.status.success(), "pgvault init failed: {}", String::from_utf8_lossy(&out.stderr));
+        stack
+    }
+
+    /// The inventory: server "main" is the test cluster.
+    pub fn inventory(&self, exclude: &[&str]) -> String {
+        serde_json::json!([{
+            "name": "main",
+            "host": self.pg.host,
+            "port": self.pg.port,
+            "user": self.pg.superuser,
+            "tls": "disable",
+            "exclude": exclude,
+        }])
+        .to_string()
+    }
+
+    /// Settings of a pgvault process on this stack.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("PGVAULT_STORAGE".into(), "azure".into()),
+            ("PGVAULT_BLOB_ENDPOINT".into(), self.azurite.blob_endpoint.clone()),
+            ("PGVAULT_BACKUP_CONTAINER".into(), CONTAINER.into()),
+            ("JobsQueue__queueServiceUri".into(), self.azurite.queue_endpoint.clone()),
+            ("PGVAULT_CA_FILE".into(), self.ca.ca_pem_path().display().to_string()),
+            ("PGVAULT_INVENTORY".into(), self.inventory(&["postgres"])),
+            ("PGVAULT_PG_BIN_DIRS".into(), self.pg.bin_dir.display().to_string()),
+            ("PGVAULT_BLOCK_SIZE_MIB".into(), "1".into()),
+            ("PGVAULT_LOG_FORMAT".into(), "text".into()),
+            ("PGVAULT_LOG".into(), "info".into()),
+        ];
+        env.extend(self.identity.env());
+        for (k, v) in &self.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgvault"));
+        cmd.args(args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).envs(self.settings());
+        cmd
+    }
+
+    /// Run a CLI command to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().expect("run pgvault")
+    }
+
+    /// Start `pgvault serve` on a port of its choosing.
+    pub fn serve(&self) -> Served {
+        let mut cmd = self.command(&["serve"]);
+        cmd.env("FUNCTIONS_CUSTOMHANDLER_PORT", "0");
+        Served::start(cmd)
+    }
+
+    pub async fn store(&self) -> AzureBlobStore {
+        let options = client_options(Some(self.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
+        AzureBlobStore::new(&self.azurite.blob_endpoint, CONTAINER, test_credential(), options).await.unwrap()
+    }
+
+    pub fn queue(&self) -> AzureQueue {
+        let options = client_options(Some(self.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
+        AzureQueue::new(&self.azurite.queue_endpoint, test_credential(), options).unwrap()
+    }
+}
+
+/// A running `pgvault serve`; its output is captured (for log assertions) and it is killed on
+/// drop.
+pub struct Served {
+    pub child: Child,
+    pub url: String,
+    output: Arc<Mutex<String>>,
+}
+
+impl Served {
+    fn start(cmd: Command) -> Served {
+        let mut child = spawn_tied(cmd).expect("spawn pgvault serve");
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.strip_prefix("pgvault listening on ") {
+                        let _ = tx.send(addr.to_string());
+                    }
+                    output.lock().unwrap().push_str(&format!("{line}\n"));
+                }
+            });
+        }
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    output.lock().unwrap().push_str(&format!("{line}\n"));
+                }
+            });
+        }
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("pgvault serve did not start: {}", output.lock().unwrap()));
+        Served { child, url: format!("http://{addr}"), output }
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// POST an invocation payload to a function.
+    pub async fn invoke(&self, function: &str, payload: &serde_json::Value) -> (u16, serde_json::Value) {
+        pgvault::hostsim::invoke(&self.url, function, payload).await.expect("invoke")
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().expect("wait for pgvault serve")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
