@@ -1,0 +1,126 @@
+//! The files the Functions host reads agree with the code: routes and `functions/` folders,
+//! binding names, host.json's queue settings, and the settings documented in the sample and
+//! the README.
+
+use pgvault::handler::FUNCTIONS;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn json(path: &str) -> Value {
+    let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn every_function_folder_has_a_route_and_every_route_a_folder() {
+    let folders: BTreeSet<String> = std::fs::read_dir(root().join("functions"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().join("function.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let routes: BTreeSet<String> = FUNCTIONS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(folders, routes);
+}
+
+#[tokio::test]
+async fn the_router_answers_every_listed_function() {
+    // A route that is listed but not wired would answer 404; a wired one answers 400 to junk.
+    let dir = tempfile::tempdir().unwrap();
+    let mut map = std::collections::HashMap::new();
+    map.insert("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string());
+    let settings = pgvault::settings::Settings::from_map(map).unwrap();
+    let rt = pgvault::runtime::Runtime::build(settings, pgvault::progress::Mode::Off, Default::default()).await.unwrap();
+    struct NoQueue;
+    #[async_trait::async_trait]
+    impl pgvault::queue::JobQueue for NoQueue {
+        async fn ensure(&self, _: &str) -> pgvault::error::Result<()> {
+            unreachable!()
+        }
+        async fn send(&self, _: &str, _: &str, _: bool) -> pgvault::error::Result<()> {
+            unreachable!()
+        }
+        async fn receive(&self, _: &str, _: u8, _: u32) -> pgvault::error::Result<Vec<pgvault::queue::Received>> {
+            unreachable!()
+        }
+        async fn peek(&self, _: &str, _: u8) -> pgvault::error::Result<Vec<String>> {
+            unreachable!()
+        }
+        async fn delete(&self, _: &str, _: &str, _: &str) -> pgvault::error::Result<()> {
+            unreachable!()
+        }
+        async fn release(&self, _: &str, _: &str, _: &str, _: u32) -> pgvault::error::Result<()> {
+            unreachable!()
+        }
+    }
+    let state = pgvault::handler::AppState { ctx: rt.ctx, queue: std::sync::Arc::new(NoQueue), max_dequeue_count: 3 };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, pgvault::handler::app(state)).await });
+    let client = reqwest::Client::new();
+    let root = client.get(format!("http://{addr}/")).send().await.unwrap();
+    assert_eq!(root.status(), 200);
+    for f in FUNCTIONS {
+        let r = client.post(format!("http://{addr}/{f}")).body("not json").send().await.unwrap();
+        assert_eq!(r.status(), 400, "{f}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["ReturnValue"]["error"].as_str().unwrap().contains("not a Functions host payload"), "{body}");
+    }
+    let r = client.post(format!("http://{addr}/no-such-function")).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn function_bindings_match_the_handlers() {
+    let worker = json("functions/backup-worker/function.json");
+    let b = &worker["bindings"][0];
+    assert_eq!(b["type"], "queueTrigger");
+    assert_eq!(b["name"], pgvault::handler::backup_worker::BINDING);
+    assert_eq!(b["queueName"], pgvault::jobs::BACKUP_JOBS_QUEUE);
+    assert_eq!(b["connection"], "JobsQueue", "identity-based connection prefix of JobsQueue__queueServiceUri");
+    let sched = json("functions/backup-scheduler/function.json");
+    let b = &sched["bindings"][0];
+    assert_eq!(b["type"], "timerTrigger");
+    assert_eq!(b["name"], "timer");
+    assert_eq!(b["schedule"], "%PGVAULT_BACKUP_SCHEDULE%");
+}
+
+#[test]
+fn host_json_is_deliberate() {
+    let host = json("host.json");
+    let q = &host["extensions"]["queues"];
+    assert_eq!(q["batchSize"], 1, "one dump per instance");
+    assert_eq!(q["newBatchThreshold"], 0);
+    assert_eq!(q["maxDequeueCount"], pgvault::cli::MAX_DEQUEUE_COUNT);
+    assert_eq!(q["messageEncoding"], "none", "pgvault sends JSON text verbatim");
+    assert!(host["functionTimeout"].is_string());
+    let exe = &host["customHandler"]["description"];
+    assert_eq!(exe["defaultExecutablePath"], "pgvault");
+    assert_eq!(exe["arguments"][0], "serve");
+}
+
+#[test]
+fn sample_settings_parse_and_list_every_setting() {
+    let sample = json("local.settings.sample.json");
+    let values = sample["Values"].as_object().unwrap();
+    for (name, _) in pgvault::settings::ALL {
+        assert!(values.contains_key(*name), "local.settings.sample.json lacks {name}");
+    }
+    let map = values.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
+    let s = pgvault::settings::Settings::from_map(map).unwrap();
+    assert_eq!(s.inventory.len(), 1);
+    assert_eq!(s.handler_port, Some(7071));
+}
+
+#[test]
+fn readme_documents_every_setting() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for (name, _) in pgvault::settings::ALL {
+        assert!(readme.contains(&format!("| `{name}` |")), "README's settings table lacks {name}");
+    }
+}
