@@ -207,7 +207,7 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
     let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let compression = m.compression;
-    match m.kind {
+    let (raw, toc_entries) = match m.kind {
         BackupKind::Database => {
             let tool =
                 pg::pick_tool("pg_restore", &ctx.settings.pg_bin_dirs, m.tool.major, &format!("backup {id:?}")).await?;
@@ -238,14 +238,7 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
                 .lines()
                 .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
                 .count();
-            check_raw(&m, raw)?;
-            Ok(VerifyReport {
-                id: m.id.clone(),
-                blocks: m.blocks.len(),
-                stored_bytes: m.stored_bytes,
-                raw_bytes: raw,
-                toc_entries: toc,
-            })
+            (raw, toc)
         }
         BackupKind::Globals => {
             let consumer = tokio::task::spawn_blocking(move || {
@@ -261,16 +254,11 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
             if !String::from_utf8_lossy(&head).contains("PostgreSQL database cluster dump") {
                 return Err(Error::permanent(format!("backup {id:?} is not a pg_dumpall globals script")));
             }
-            check_raw(&m, raw)?;
-            Ok(VerifyReport {
-                id: m.id.clone(),
-                blocks: m.blocks.len(),
-                stored_bytes: m.stored_bytes,
-                raw_bytes: raw,
-                toc_entries: 0,
-            })
+            (raw, 0)
         }
-    }
+    };
+    check_raw(&m, raw)?;
+    Ok(VerifyReport { id: m.id.clone(), blocks: m.blocks.len(), stored_bytes: m.stored_bytes, raw_bytes: raw, toc_entries })
 }
 
 fn check_raw(m: &Manifest, raw: u64) -> Result<()> {

@@ -253,7 +253,7 @@ async fn azure_blob_store_honours_the_contract_on_azurite() {
         AzureBlobStore::new(&az.blob_endpoint, "no-such-container", support::test_credential(), options).await.unwrap();
     let e = nowhere.get("a/b").await.unwrap_err();
     assert!(e.is_permanent(), "{e}");
-    assert!(e.to_string().starts_with("get blob \"a/b\": http 404"), "{e}");
+    assert!(e.to_string().starts_with("read blob \"a/b\": http 404"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

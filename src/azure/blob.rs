@@ -198,19 +198,9 @@ impl BlobStore for AzureBlobStore {
     }
 
     async fn get(&self, name: &str) -> Result<Bytes> {
-        let what = || format!("get blob {name:?}");
-        let rsp = self
-            .blob(name)?
-            .download(Some(BlobClientDownloadOptions {
-                parallel: Some(READ_PARALLEL),
-                partition_size: Some(READ_PARTITION),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| sdk_error(Service::Blob, what(), e))?;
-        let mut buf = BytesMut::with_capacity(rsp.properties.content_length.unwrap_or(0) as usize);
-        let mut body = rsp.body;
-        while let Some(chunk) = body.try_next().await.map_err(|e| sdk_error(Service::Blob, what(), e))? {
+        let mut body = self.read(name).await?;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = body.try_next().await? {
             buf.extend_from_slice(&chunk);
         }
         Ok(buf.freeze())
