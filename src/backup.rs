@@ -39,21 +39,25 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Connection details for a server and database, with the password read now (per job).
+    /// Connection details for a server and database, with the login read now: the password (a
+    /// Key Vault secret is read, an Entra token fetched, on every call, so call it right before
+    /// connecting), and the role and `sslmode` a Key Vault connection string states, which
+    /// override the inventory's.
     pub async fn conn_spec(&self, server_name: &str, database: &str) -> Result<ConnSpec> {
         let server = self.settings.server(server_name).ok_or_else(|| unknown_server(server_name))?;
-        let password = self.secrets.password(server, database).await?;
-        if server.tls != crate::settings::TlsMode::VerifyFull && !server.host.starts_with('/') {
-            tracing::warn!(server = %server.name, tls = server.tls.as_libpq(), "TLS to PostgreSQL is not verify-full");
+        let login = self.secrets.login(server, database).await?;
+        let tls = login.tls.unwrap_or(server.tls);
+        if tls != crate::settings::TlsMode::VerifyFull && !server.host.starts_with('/') {
+            tracing::warn!(server = %server.name, tls = tls.as_libpq(), from_secret = login.tls.is_some(), "TLS to PostgreSQL is not verify-full");
         }
         Ok(ConnSpec {
             server: server.name.clone(),
             host: server.host.clone(),
             port: server.port,
-            user: server.user.clone(),
+            user: login.user.unwrap_or_else(|| server.user.clone()),
             dbname: database.to_string(),
-            tls: server.tls,
-            password,
+            tls,
+            password: login.password,
             ca_file: self.settings.ca_file.clone(),
         })
     }

@@ -58,6 +58,23 @@ pub enum Command {
     /// Play the Functions host against a running `pgvault serve` (local stacks and tests).
     #[command(subcommand)]
     HostSim(HostSim),
+    /// Print, or apply, the least-privilege SQL for pgvault's database role.
+    GrantSql {
+        /// The role pgvault logs in as.
+        #[arg(long)]
+        role: String,
+        /// The restore role (CREATEDB and what pg_restore needs) instead of the backup role.
+        #[arg(long)]
+        restore: bool,
+        /// Grant per schema even on PostgreSQL 14+, instead of pg_read_all_data.
+        #[arg(long, conflicts_with = "restore")]
+        per_schema: bool,
+        /// Run the SQL on --server, logged in as that server's inventory login (an admin).
+        #[arg(long, requires = "server")]
+        apply: bool,
+        #[arg(long, requires = "apply")]
+        server: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +221,10 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             }
             println!("{} verified, {failed} failed", ids.len() - failed);
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::GrantSql { role, restore, per_schema, apply, server } => {
+            let opts = crate::grant::GrantOptions { role, restore, per_schema };
+            crate::grant::run(&rt.ctx, opts, server.as_deref().filter(|_| apply)).await
         }
         Command::HostSim(HostSim::Timer { url, function }) => {
             let (status, reply) = hostsim::invoke(&url, &function, &hostsim::timer_payload(&function, false)).await?;

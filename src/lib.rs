@@ -9,11 +9,13 @@
 //!   - [`jobs`]: the queue messages and the scheduler's planning.
 //!   - [`pg`]: PostgreSQL connections and the tool binaries (pg_dump, pg_restore, pg_dumpall).
 //! - Seams (traits the core depends on): [`store::BlobStore`], [`queue::JobQueue`],
-//!   [`credentials::SecretSource`].
-//! - Adapters: [`store::local`] (a directory) and [`azure`] (Blob, Queue, identity via the
-//!   official SDK).
+//!   [`credentials::SecretSource`] (with [`credentials::CloudSecrets`] for Key Vault and Entra).
+//!   [`connstr`] reads the connection strings kept in Key Vault.
+//! - Adapters: [`store::local`] (a directory) and [`azure`] (Blob, Queue, Key Vault, identity
+//!   via the official SDK).
 //! - Edges: [`settings`] (typed, validated app settings), [`handler`] (the axum custom handler,
-//!   one module per function), [`cli`] (the same operations as subcommands).
+//!   one module per function), [`cli`] (the same operations as subcommands), [`grant`] (the
+//!   least-privilege SQL of `pgvault grant-sql`).
 //! - Cross-cutting: [`error`] (kinds that decide retry vs keep), [`secret`] (secret types and
 //!   redaction), [`progress`].
 
@@ -21,8 +23,10 @@ pub mod azure;
 pub mod backup;
 pub mod catalog;
 pub mod cli;
+pub mod connstr;
 pub mod credentials;
 pub mod error;
+pub mod grant;
 pub mod handler;
 pub mod hostsim;
 pub mod jobs;

@@ -27,8 +27,10 @@ pub struct Runtime {
 impl Runtime {
     pub async fn build(settings: Settings, progress: progress::Mode, cancel: CancellationToken) -> Result<Runtime> {
         let settings = Arc::new(settings);
-        let needs_azure =
-            matches!(settings.storage, StorageSettings::Azure { .. }) || settings.queue_service_uri.is_some();
+        let cloud_credentials = settings.inventory.iter().any(|s| s.credentials.needs_azure());
+        let needs_azure = matches!(settings.storage, StorageSettings::Azure { .. })
+            || settings.queue_service_uri.is_some()
+            || cloud_credentials;
         let azure = if needs_azure {
             let options = azure::client_options(settings.ca_file.as_deref(), &RetrySettings::default())?;
             let kind = match &settings.identity {
@@ -59,12 +61,17 @@ impl Runtime {
         };
         let queue: Option<Arc<dyn JobQueue>> = match &settings.queue_service_uri {
             Some(uri) => {
-                let (credential, options) = azure.expect("built above");
+                let (credential, options) = azure.clone().expect("built above");
                 Some(Arc::new(azure::AzureQueue::new(uri, credential, options)?))
             }
             None => None,
         };
-        let ctx = Ctx { secrets: Arc::new(SettingsSecrets::new(settings.clone())), settings, store, progress, cancel };
+        let mut secrets = SettingsSecrets::new(settings.clone());
+        if cloud_credentials {
+            let (credential, options) = azure.clone().expect("built above");
+            secrets = secrets.with_cloud(Arc::new(azure::AzureCloudSecrets::new(credential, options)));
+        }
+        let ctx = Ctx { secrets: Arc::new(secrets), settings, store, progress, cancel };
         Ok(Runtime { ctx, queue, azure_store })
     }
 

@@ -53,7 +53,37 @@ pub fn redact(text: &str) -> String {
     out = redact_after(&out, "Bearer ", |c| c == '"' || c == '\'' || c == ',' || c.is_whitespace());
     out = redact_after(&out, "password=", |c| c == '&' || c == '"' || c == '\'' || c.is_whitespace());
     out = redact_after(&out, "PGPASSWORD=", |c| c == '"' || c == '\'' || c.is_whitespace());
+    out = redact_jwts(&out);
     redact_uri_passwords(&out)
+}
+
+/// A bare JWT (an Entra access token, e.g. echoed by a tool as the password it was given):
+/// `eyJ<base64url>.<base64url>.<base64url>`.
+fn redact_jwts(text: &str) -> String {
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    while let Some(found) = text[pos..].find("eyJ") {
+        let start = pos + found;
+        // The token's three segments: two dots, base64url everywhere else.
+        let mut end = start;
+        let mut dots = 0;
+        while end < bytes.len() && (is_b64(bytes[end]) || (bytes[end] == b'.' && dots < 2)) {
+            dots += usize::from(bytes[end] == b'.');
+            end += 1;
+        }
+        let preceded_by_b64 = start > 0 && is_b64(bytes[start - 1]);
+        if dots == 2 && !preceded_by_b64 && end - start >= 20 {
+            out.push_str(&text[pos..start]);
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(&text[pos..end.max(start + 3)]);
+        }
+        pos = end.max(start + 3);
+    }
+    out.push_str(&text[pos..]);
+    out
 }
 
 /// Replace the value after every case-insensitive occurrence of `key` up to a stop character.
@@ -124,6 +154,14 @@ mod tests {
         let r = redact("postgres://u:s3cret@db.example:5432/d and Authorization: Bearer eyJhbGc.x.y");
         assert!(!r.contains("s3cret") && !r.contains("eyJhbGc"), "{r}");
         assert!(r.contains("postgres://u:**redacted**@db.example"), "{r}");
+    }
+
+    #[test]
+    fn redacts_bare_jwts() {
+        let jwt = "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJ4In0.c2lnbmF0dXJl";
+        let r = redact(&format!("password authentication failed; PGPASSWORD {jwt}, token=\"{jwt}\"."));
+        assert!(!r.contains("eyJhdWQiOiJ4In0") && !r.contains("c2lnbmF0dXJl"), "{r}");
+        assert_eq!(redact("keyJust.some.text"), "keyJust.some.text");
     }
 
     #[test]

@@ -108,6 +108,56 @@ pub enum CredentialRef {
     PasswordEnv(String),
     /// A PostgreSQL password file (`host:port:db:user:password` lines).
     Passfile(PathBuf),
+    /// A Key Vault secret, read through the managed identity at the start of every job. It holds
+    /// a connection string (a `postgresql://` URI, a libpq `key=value` string, or Azure Backup's
+    /// `Server=..;User Id=..;Password=..;` form) with the password; the user and `sslmode` in it
+    /// override the inventory's. `vault` is `https://<name>.vault.azure.net` or just `<name>`.
+    KeyVault { vault: String, secret: String },
+    /// Microsoft Entra authentication (Azure Database for PostgreSQL): the managed identity's
+    /// token for `https://ossrdbms-aad.database.windows.net` is the password; `user` is the
+    /// database role of the identity. Needs TLS.
+    Entra,
+}
+
+impl CredentialRef {
+    /// Whether reading this credential needs the Azure identity.
+    pub fn needs_azure(&self) -> bool {
+        matches!(self, CredentialRef::KeyVault { .. } | CredentialRef::Entra)
+    }
+}
+
+/// The vault URL for an inventory's `vault`: an `https://` URL as given (without a trailing
+/// slash), or `https://<name>.vault.azure.net` for a bare vault name.
+pub fn key_vault_url(vault: &str) -> Result<String> {
+    let vault = vault.trim();
+    if vault.contains("://") {
+        return match url::Url::parse(vault) {
+            Ok(u)
+                if u.scheme() == "https"
+                    && u.host().is_some()
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none() =>
+            {
+                Ok(vault.trim_end_matches('/').to_string())
+            }
+            _ => Err(Error::permanent(format!("key vault {vault:?} is not an https:// URL of a vault"))),
+        };
+    }
+    let ok = (3..=24).contains(&vault.len())
+        && vault.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && vault.as_bytes()[0].is_ascii_alphabetic()
+        && !vault.ends_with('-')
+        && !vault.contains("--");
+    if ok {
+        Ok(format!("https://{vault}.vault.azure.net"))
+    } else {
+        Err(Error::permanent(format!("key vault {vault:?} is neither a vault name nor an https:// URL")))
+    }
+}
+
+/// Key Vault object names: 1-127 of `0-9 a-z A-Z -`.
+fn check_secret_name(name: &str) -> bool {
+    (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -333,6 +383,25 @@ pub fn parse_inventory(json: &str) -> Result<Vec<Server>> {
         if s.user.trim().is_empty() {
             return Err(Error::permanent(format!("inventory: server {:?} has an empty user", s.name)));
         }
+        match &s.credentials {
+            CredentialRef::KeyVault { vault, secret } => {
+                key_vault_url(vault).map_err(|e| e.context(format!("inventory: server {:?}", s.name)))?;
+                if !check_secret_name(secret) {
+                    return Err(Error::permanent(format!(
+                        "inventory: server {:?}: {secret:?} is not a Key Vault secret name (1-127 of 0-9, a-z, A-Z, -)",
+                        s.name
+                    )));
+                }
+            }
+            CredentialRef::Entra if s.tls == TlsMode::Disable || s.host.starts_with('/') => {
+                return Err(Error::permanent(format!(
+                    "inventory: server {:?}: Entra authentication sends a token as the password and needs TLS",
+                    s.name
+                ))
+                .with_hint("use tls verify-full (the default) with a host name"));
+            }
+            _ => {}
+        }
         if !s.include.is_empty() && !s.exclude.is_empty() {
             return Err(Error::permanent(format!("inventory: server {:?} sets both include and exclude", s.name))
                 .with_hint("list the databases to back up in include, or the ones to skip in exclude"));
@@ -399,5 +468,30 @@ mod tests {
         assert!(parse_inventory(both).unwrap_err().to_string().contains("both include and exclude"));
         let typo = r#"[{"name":"a","host":"h","user":"u","exlude":["y"]}]"#;
         assert!(parse_inventory(typo).unwrap_err().to_string().contains("exlude"));
+    }
+
+    #[test]
+    fn key_vault_and_entra_credentials() {
+        let kv = r#"[{"name":"a","host":"h","user":"u","credentials":{"key_vault":{"vault":"my-vault","secret":"pg-a"}}},
+                     {"name":"b","host":"h","user":"u","credentials":{"key_vault":{"vault":"https://127.0.0.1:8443/","secret":"pg-b"}}},
+                     {"name":"c","host":"h","user":"mi-name","credentials":"entra"}]"#;
+        let inv = parse_inventory(kv).unwrap();
+        assert_eq!(inv[0].credentials, CredentialRef::KeyVault { vault: "my-vault".into(), secret: "pg-a".into() });
+        assert_eq!(key_vault_url("my-vault").unwrap(), "https://my-vault.vault.azure.net");
+        assert_eq!(key_vault_url("https://127.0.0.1:8443/").unwrap(), "https://127.0.0.1:8443");
+        assert_eq!(inv[2].credentials, CredentialRef::Entra);
+        assert!(inv.iter().all(|s| s.credentials.needs_azure()));
+        for (bad, why) in [
+            (r#"{"key_vault":{"vault":"http://v.example","secret":"s"}}"#, "https://"),
+            (r#"{"key_vault":{"vault":"v","secret":"s"}}"#, "vault name"),
+            (r#"{"key_vault":{"vault":"good-vault","secret":"no_underscores"}}"#, "secret name"),
+            (r#"{"key_vault":{"vault":"good-vault","secret":"s","version":"x"}}"#, "version"),
+        ] {
+            let json = format!(r#"[{{"name":"a","host":"h","user":"u","credentials":{bad}}}]"#);
+            let e = parse_inventory(&json).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let plain = r#"[{"name":"a","host":"h","user":"u","tls":"disable","credentials":"entra"}]"#;
+        assert!(parse_inventory(plain).unwrap_err().to_string().contains("needs TLS"));
     }
 }

@@ -1,11 +1,13 @@
-//! Azure adapters: Blob Storage and Queue Storage through the official SDK, with a token
-//! credential (managed identity in production). The only module that uses SDK types.
+//! Azure adapters: Blob Storage, Queue Storage and Key Vault through the official SDK, with a
+//! token credential (managed identity in production). The only module that uses SDK types.
 
 pub mod blob;
+pub mod keyvault;
 pub mod queue;
 pub mod transport;
 
 pub use blob::AzureBlobStore;
+pub use keyvault::AzureCloudSecrets;
 pub use queue::AzureQueue;
 pub use transport::{CredentialKind, RetrySettings, client_options, credential};
 

@@ -3,7 +3,7 @@
 //! exactly as the Functions host runs it: every Azure credential comes through the identity
 //! endpoint, storage is Azurite over HTTPS with OAuth.
 
-use crate::support::{Azurite, Cluster, IdentityServer, TestCa, spawn_tied, test_credential};
+use crate::support::{Azurite, Cluster, ClusterOptions, IdentityServer, TestCa, spawn_tied, test_credential};
 use pgvault::azure::{AzureBlobStore, AzureQueue, RetrySettings, client_options};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -26,6 +26,20 @@ impl Stack {
         let azurite = Azurite::start(&ca).await;
         let identity = IdentityServer::start().await;
         let pg = tokio::task::spawn_blocking(Cluster::start).await.expect("cluster thread");
+        let stack = Stack { ca, azurite, identity, pg, env: Vec::new() };
+        let out = stack.cli(&["init"]);
+        assert!(out.status.success(), "pgvault init failed: {}", String::from_utf8_lossy(&out.stderr));
+        stack
+    }
+
+    /// Like [`Stack::start`], with the cluster built from options that may use the stack's CA
+    /// (e.g. its leaf certificate for `ssl`).
+    pub async fn start_with(cluster: impl FnOnce(&TestCa) -> ClusterOptions) -> Stack {
+        let ca = TestCa::new();
+        let azurite = Azurite::start(&ca).await;
+        let identity = IdentityServer::start().await;
+        let opts = cluster(&ca);
+        let pg = tokio::task::spawn_blocking(move || Cluster::start_with(opts)).await.expect("cluster thread");
         let stack = Stack { ca, azurite, identity, pg, env: Vec::new() };
         let out = stack.cli(&["init"]);
         assert!(out.status.success(), "pgvault init failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -37,6 +37,9 @@ struct Inner {
     served: AtomicUsize,
     resources: Mutex<Vec<String>>,
     client_ids: Mutex<Vec<Option<String>>>,
+    /// resource -> the token always issued for it (see `pin_token`).
+    pinned: Mutex<HashMap<String, String>>,
+    issued: Mutex<Vec<String>>,
 }
 
 pub struct IdentityServer {
@@ -127,6 +130,18 @@ impl IdentityServer {
     pub fn set_failing(&self, fail: bool) {
         self.inner.failing.store(fail, Ordering::SeqCst);
     }
+
+    /// From now on, answer every request for `resource` (e.g.
+    /// `https://ossrdbms-aad.database.windows.net`) with `token`, so a test can make it a role's
+    /// password. Expiry is still an hour from each request.
+    pub fn pin_token(&self, resource: &str, token: &str) {
+        self.inner.pinned.lock().unwrap_or_else(|e| e.into_inner()).insert(resource.to_string(), token.to_string());
+    }
+
+    /// Every access token issued so far, in order.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner.issued.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Drop for IdentityServer {
@@ -165,7 +180,11 @@ async fn token(
     };
     let client_id = query.get("client_id").cloned();
     let appid = client_id.clone().unwrap_or_else(|| TEST_CLIENT_ID.to_string());
-    let (access_token, expires_on) = mint(resource, &appid);
+    let (mut access_token, expires_on) = mint(resource, &appid);
+    if let Some(pinned) = inner.pinned.lock().unwrap_or_else(|e| e.into_inner()).get(scope_to_resource(resource)) {
+        access_token = pinned.clone();
+    }
+    inner.issued.lock().unwrap_or_else(|e| e.into_inner()).push(access_token.clone());
 
     inner.resources.lock().unwrap_or_else(|e| e.into_inner()).push(resource.clone());
     inner.client_ids.lock().unwrap_or_else(|e| e.into_inner()).push(client_id);

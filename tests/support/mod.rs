@@ -1,5 +1,6 @@
 //! Shared integration-test kit: a test CA, Azurite over HTTPS with OAuth, an App Service
-//! managed-identity token server, and throwaway PostgreSQL clusters.
+//! managed-identity token server, a Key Vault (secrets) server, and throwaway PostgreSQL
+//! clusters.
 //!
 //! Use from an integration test file with `mod support;`.
 #![allow(dead_code, unused_imports)]
@@ -7,11 +8,13 @@
 pub mod azurite;
 pub mod certs;
 pub mod identity;
+pub mod keyvault;
 pub mod pg;
 
 pub use azurite::Azurite;
 pub use certs::TestCa;
 pub use identity::{IdentityServer, mint_jwt, test_credential};
+pub use keyvault::KeyVault;
 pub use pg::{Cluster, ClusterOptions, newer_bin_dir};
 
 use std::io;
