@@ -22,7 +22,7 @@ pub async fn list(store: &dyn BlobStore, server: Option<&str>, database: Option<
     let prefix = layout::prefix(server, database);
     let mut out = Vec::new();
     for blob in store.list(&prefix).await? {
-        if !blob.name.ends_with(MANIFEST_SUFFIX) {
+        if !blob.name.ends_with(MANIFEST_SUFFIX) || is_job_record(&blob.name) {
             continue;
         }
         let bytes = store.get(&blob.name).await?;
@@ -30,6 +30,11 @@ pub async fn list(store: &dyn BlobStore, server: Option<&str>, database: Option<
     }
     out.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
     Ok(out)
+}
+
+/// Job records share the store but are not backups (see [`crate::jobrecords`]).
+fn is_job_record(name: &str) -> bool {
+    name.starts_with(crate::jobrecords::PREFIX)
 }
 
 /// Read one manifest by backup id.
@@ -51,7 +56,8 @@ pub async fn manifest(store: &dyn BlobStore, id: &str) -> Result<Manifest> {
 /// run of retention that was interrupted. They are not backups.
 pub async fn orphans(store: &dyn BlobStore, server: Option<&str>) -> Result<Vec<String>> {
     let prefix = layout::prefix(server, None);
-    let blobs = store.list(&prefix).await?;
+    let mut blobs = store.list(&prefix).await?;
+    blobs.retain(|b| !is_job_record(&b.name));
     let mut named = std::collections::HashSet::new();
     for b in blobs.iter().filter(|b| b.name.ends_with(MANIFEST_SUFFIX)) {
         named.insert(Manifest::from_json(&b.name, &store.get(&b.name).await?)?.data_blob);

@@ -55,6 +55,20 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Restore now, in this process: the same request as one posted on restore-requests.
+    Restore(Box<RestoreArgs>),
+    /// List the job records of restore requests and tasks.
+    Jobs {
+        /// restore-request or restore-task.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this request (and its tasks) or task.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print JSON (with every detail, including as-files URLs) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Play the Functions host against a running `pgvault serve` (local stacks and tests).
     #[command(subcommand)]
     HostSim(HostSim),
@@ -226,6 +240,8 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             let opts = crate::grant::GrantOptions { role, restore, per_schema };
             crate::grant::run(&rt.ctx, opts, server.as_deref().filter(|_| apply)).await
         }
+        Command::Restore(args) => restore_now(&rt, *args).await,
+        Command::Jobs { kind, id, json } => list_jobs(&rt, kind.as_deref(), id.as_deref(), json).await,
         Command::HostSim(HostSim::Timer { url, function }) => {
             let (status, reply) = hostsim::invoke(&url, &function, &hostsim::timer_payload(&function, false)).await?;
             println!("{status} {}", serde_json::to_string_pretty(&reply).expect("serializes"));
@@ -316,4 +332,244 @@ async fn shutdown_signal() {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// `pgvault restore`: the request, from flags or from a JSON file.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// A restore request as JSON (a file, or `-` for stdin), exactly as posted on restore-requests.
+    #[arg(long, conflicts_with_all = ["server", "whole_server", "target_server"])]
+    request: Option<std::path::PathBuf>,
+    /// The source server (it may have left the inventory; its backups are what count).
+    #[arg(long, required_unless_present = "request")]
+    server: Option<String>,
+    /// The source database.
+    #[arg(long, conflicts_with = "whole_server")]
+    database: Option<String>,
+    /// Every database of --server with a backup (plus the globals with --globals).
+    #[arg(long)]
+    whole_server: bool,
+    /// A backup id, as `pgvault list` prints it (default: the latest).
+    #[arg(long, conflicts_with = "latest_before")]
+    backup: Option<String>,
+    /// The newest backup taken at or before this RFC 3339 time.
+    #[arg(long)]
+    latest_before: Option<String>,
+    #[arg(long, value_enum, default_value = "create")]
+    mode: crate::restore::Mode,
+    /// create / replace: a server of the inventory.
+    #[arg(long)]
+    target_server: Option<String>,
+    /// create / replace of one database: its new name (default: the same name).
+    #[arg(long)]
+    target_database: Option<String>,
+    /// as-files: the container to copy into.
+    #[arg(long)]
+    container: Option<String>,
+    /// as-files: a name prefix in that container.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// as-files: seconds the URLs work (default 3600).
+    #[arg(long)]
+    expires_in: Option<u64>,
+    #[arg(long)]
+    no_owner: bool,
+    #[arg(long)]
+    no_privileges: bool,
+    /// Every restored object belongs to this existing role.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Restore the roles of the globals backup first (existing roles are skipped).
+    #[arg(long)]
+    globals: bool,
+    /// pg_restore --jobs, when the scratch disk has room for the archive.
+    #[arg(long)]
+    jobs: Option<u32>,
+    /// The idempotency key (default: a new one).
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Free text recorded with the request (default: $USER).
+    #[arg(long)]
+    requested_by: Option<String>,
+    /// Print the plan and do nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON reports (with the as-files URLs) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn restore_request(a: &RestoreArgs) -> Result<crate::restore::RestoreRequest> {
+    use crate::restore::{BackupChoice, MESSAGE_VERSION, Options, RestoreRequest, Source, Target};
+    if let Some(path) = &a.request {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).map_err(|e| Error::permanent(format!("read stdin: {e}")))?
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::permanent(format!("read request file {}: {e}", path.display())))?
+        };
+        return RestoreRequest::from_json(&text);
+    }
+    if a.database.is_none() && !a.whole_server {
+        return Err(Error::permanent("name the source database with --database, or restore all with --whole-server"));
+    }
+    let backup = match (&a.backup, &a.latest_before) {
+        (Some(id), _) => BackupChoice::Id(id.clone()),
+        (None, Some(t)) => BackupChoice::LatestBefore(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| Error::permanent(format!("--latest-before {t:?} is not an RFC 3339 time: {e}")))?,
+        ),
+        (None, None) => BackupChoice::Latest,
+    };
+    let req = RestoreRequest {
+        version: MESSAGE_VERSION,
+        request_id: a.request_id.clone().unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple())),
+        requested_by: a.requested_by.clone().or_else(|| std::env::var("USER").ok().map(|u| format!("{u} (cli)"))),
+        source: Source { server: a.server.clone().unwrap_or_default(), database: a.database.clone(), backup },
+        target: Target {
+            mode: a.mode,
+            server: a.target_server.clone(),
+            database: a.target_database.clone(),
+            container: a.container.clone(),
+            prefix: a.prefix.clone(),
+            expires_in_seconds: a.expires_in,
+        },
+        options: Options {
+            no_owner: a.no_owner,
+            no_privileges: a.no_privileges,
+            owner: a.owner.clone(),
+            globals: a.globals,
+            jobs: a.jobs,
+        },
+    };
+    req.validate()?;
+    Ok(req)
+}
+
+async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
+    use crate::restore::{self, Submitted, TaskOutcome};
+    let req = restore_request(&a)?;
+    if a.dry_run {
+        let backups = catalog::list(rt.ctx.store.as_ref(), Some(&req.source.server), None).await?;
+        let plan = restore::plan(&req, &rt.ctx.settings, &backups)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&plan).expect("serializes"));
+        } else {
+            for c in &plan.choices {
+                println!("plan: {}: {}", c.what, c.reason);
+            }
+            for t in &plan.tasks {
+                println!("task {}: {}", t.task_id, t.describe());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plan = match restore::submit(&rt.ctx, None, &req).await? {
+        Submitted::Duplicate(rec) => {
+            println!(
+                "request {} was submitted before (status {}); nothing to do{}",
+                rec.id,
+                rec.status.as_str(),
+                rec.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Submitted::Planned(plan) => plan,
+    };
+    if !a.json {
+        println!("request {}", plan.request_id);
+        for c in &plan.choices {
+            println!("plan: {}: {}", c.what, c.reason);
+        }
+    }
+    let mut failed = 0;
+    let mut reports = Vec::new();
+    for task in &plan.tasks {
+        match restore::execute_task(&rt.ctx, task, true).await {
+            Ok(TaskOutcome::Done(r)) => {
+                if !a.json {
+                    print_task_report(task, &r);
+                }
+                reports.push(serde_json::json!({ "task_id": task.task_id, "status": "succeeded", "report": r }));
+            }
+            Ok(TaskOutcome::AlreadyDone(_)) => {
+                if !a.json {
+                    println!("ok {}: done before", task.task_id);
+                }
+                reports.push(serde_json::json!({ "task_id": task.task_id, "status": "already-done" }));
+            }
+            Err(e) => {
+                failed += 1;
+                if !a.json {
+                    println!("FAILED {}: {}: {e}", task.task_id, task.describe());
+                }
+                reports
+                    .push(serde_json::json!({ "task_id": task.task_id, "status": "failed", "error": e.to_string() }));
+            }
+        }
+    }
+    if a.json {
+        let out = serde_json::json!({ "request_id": plan.request_id, "choices": plan.choices, "tasks": reports });
+        println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+    } else {
+        println!("{} restored, {failed} failed", plan.tasks.len() - failed);
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_task_report(task: &crate::restore::RestoreTask, r: &crate::restore::TaskReport) {
+    println!("ok {}: {} ({}, {:.1} s)", task.task_id, task.describe(), human_bytes(r.stored_bytes), r.seconds);
+    if let Some(g) = &r.globals {
+        println!("   roles created: {:?}; existing, left as they are: {:?}", g.created, g.skipped);
+        for n in &g.not_applied {
+            println!("   not applied: {n}");
+        }
+    }
+    if let Some(d) = &r.database {
+        println!(
+            "   into {:?} on {:?} (PostgreSQL {}) with {}: {} ({})",
+            d.database, d.server, d.target_version, d.pg_restore, d.method, d.method_reason
+        );
+        println!("   {} tables' row counts match the manifest", d.tables_checked);
+        for n in &d.notes {
+            println!("   {n}");
+        }
+    }
+    for f in &r.files {
+        let expires = f.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        println!(
+            "   file {}/{} ({} bytes, sha256 {}), until {expires}:\n   {}",
+            f.container, f.blob, f.bytes, f.sha256, f.url
+        );
+    }
+}
+
+async fn list_jobs(rt: &Runtime, kind: Option<&str>, id: Option<&str>, json: bool) -> Result<ExitCode> {
+    use crate::jobrecords::{self, JobKind};
+    let kind = kind.map(JobKind::parse).transpose()?;
+    let mut records = jobrecords::list(rt.ctx.store.as_ref(), kind).await?;
+    if let Some(id) = id {
+        records.retain(|r| r.id == id || r.parent.as_deref() == Some(id));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records).expect("serializes"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rfc = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    println!("{:<16} {:<40} {:<10} {:<21} {:>10} what", "kind", "id", "status", "updated", "bytes");
+    for r in &records {
+        println!(
+            "{:<16} {:<40} {:<10} {:<21} {:>10} {}",
+            r.kind.as_str(),
+            r.id,
+            r.status.as_str(),
+            rfc(r.updated_at),
+            r.bytes.map(human_bytes).unwrap_or_default(),
+            r.summary
+        );
+        if let Some(reason) = &r.reason {
+            println!("{:<16} {}", "", reason.replace('\n', " "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,9 @@
 //!   - [`manifest`]: the versioned, self-describing manifest written last.
 //!   - [`backup`]: the streaming pipeline (pg_dump -> zstd -> staged blocks -> commit -> manifest).
 //!   - [`catalog`]: listing and verifying backups.
+//!   - [`restore`]: restore requests, their plan, and the never-destructive restore pipeline
+//!     (verified blocks -> zstd -> pg_restore into a temporary database -> verify -> rename).
+//!   - [`jobrecords`]: the status record of every restore request and task (`pgvault jobs`).
 //!   - [`jobs`]: the queue messages and the scheduler's planning.
 //!   - [`pg`]: PostgreSQL connections and the tool binaries (pg_dump, pg_restore, pg_dumpall).
 //! - Seams (traits the core depends on): [`store::BlobStore`], [`queue::JobQueue`],
@@ -30,11 +33,13 @@ pub mod grant;
 pub mod handler;
 pub mod hostsim;
 pub mod jobs;
+pub mod jobrecords;
 pub mod layout;
 pub mod manifest;
 pub mod pg;
 pub mod progress;
 pub mod queue;
+pub mod restore;
 pub mod runtime;
 pub mod scheduler;
 pub mod secret;

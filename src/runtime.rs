@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::jobs::{BACKUP_JOBS_QUEUE, rejected_queue};
 use crate::progress;
 use crate::queue::JobQueue;
+use crate::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
 use crate::settings::{IdentitySettings, Settings, StorageSettings};
 use crate::store::BlobStore;
 use crate::store::local::LocalStore;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The queues pgvault sends to or that the host reads; `pgvault init` creates them.
-pub const QUEUES: &[&str] = &[BACKUP_JOBS_QUEUE];
+pub const QUEUES: &[&str] = &[BACKUP_JOBS_QUEUE, RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE];
 
 pub struct Runtime {
     pub ctx: Ctx,

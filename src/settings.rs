@@ -32,6 +32,14 @@ pub const ALL: &[(&str, &str)] = &[
     ("PGVAULT_BLOCKS_IN_FLIGHT", "blocks uploaded concurrently (default 4); memory is about this times the block size"),
     ("PGVAULT_PG_BIN_DIRS", "`:`-separated PostgreSQL bin directories (default: /usr/lib/postgresql/*/bin)"),
     ("PGVAULT_ROW_COUNTS", "`exact` (default, count(*) in pg_dump's snapshot), `estimate`, or `off`"),
+    (
+        "PGVAULT_RESTORE_SCRATCH_DIR",
+        "where a parallel restore (`jobs` > 1) keeps its local copy of the archive (default: the system temp dir)",
+    ),
+    (
+        "PGVAULT_RESTORE_SCRATCH_RESERVE_MIB",
+        "free space (MiB) that must remain in the scratch dir after that copy, else the restore streams (default 1024)",
+    ),
     ("PGVAULT_LOG", "log filter, e.g. `info` or `pgvault=debug` (default `info`)"),
     ("PGVAULT_LOG_FORMAT", "`json` (default under the Functions host) or `text`"),
     ("FUNCTIONS_CUSTOMHANDLER_PORT", "set by the Functions host: the port `pgvault serve` listens on"),
@@ -199,6 +207,10 @@ pub struct Settings {
     pub blocks_in_flight: usize,
     pub pg_bin_dirs: Vec<PathBuf>,
     pub row_counts: RowCountMode,
+    /// Where a parallel restore downloads its archive.
+    pub restore_scratch_dir: PathBuf,
+    /// Bytes that must stay free in `restore_scratch_dir` after the download.
+    pub restore_scratch_reserve: u64,
     pub log_filter: String,
     pub log_format: Option<LogFormat>,
     pub handler_port: Option<u16>,
@@ -294,6 +306,9 @@ impl Settings {
             "off" => RowCountMode::Off,
             other => return Err(bad("PGVAULT_ROW_COUNTS", format!("{other:?} is not `exact`, `estimate` or `off`"))),
         };
+        let restore_scratch_dir =
+            get("PGVAULT_RESTORE_SCRATCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let restore_scratch_reserve = number(&get, "PGVAULT_RESTORE_SCRATCH_RESERVE_MIB", 1024, 0, 1 << 30)? << 20;
         let log_format = match get("PGVAULT_LOG_FORMAT").as_deref() {
             None => None,
             Some("json") => Some(LogFormat::Json),
@@ -319,6 +334,8 @@ impl Settings {
             blocks_in_flight,
             pg_bin_dirs,
             row_counts,
+            restore_scratch_dir,
+            restore_scratch_reserve,
             log_filter: get("PGVAULT_LOG").unwrap_or_else(|| "info".into()),
             log_format,
             handler_port,
@@ -437,6 +454,7 @@ mod tests {
             ("PGVAULT_BLOCKS_IN_FLIGHT", "many"),
             ("PGVAULT_INVENTORY", "[{\"name\":\"a\"}]"),
             ("PGVAULT_ROW_COUNTS", "some"),
+            ("PGVAULT_RESTORE_SCRATCH_RESERVE_MIB", "-1"),
             ("PGVAULT_BACKUP_SCHEDULE", "every day"),
             ("FUNCTIONS_CUSTOMHANDLER_PORT", "99999"),
             ("PGVAULT_CA_FILE", "/nonexistent/ca.pem"),

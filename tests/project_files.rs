@@ -83,6 +83,19 @@ fn function_bindings_match_the_handlers() {
     assert_eq!(b["name"], pgvault::handler::backup_worker::BINDING);
     assert_eq!(b["queueName"], pgvault::jobs::BACKUP_JOBS_QUEUE);
     assert_eq!(b["connection"], "JobsQueue", "identity-based connection prefix of JobsQueue__queueServiceUri");
+    for (folder, binding, queue) in [
+        ("restore-requests", pgvault::handler::restore_requests::BINDING, pgvault::restore::RESTORE_REQUESTS_QUEUE),
+        ("restore-worker", pgvault::handler::restore_worker::BINDING, pgvault::restore::RESTORE_TASKS_QUEUE),
+    ] {
+        let f = json(&format!("functions/{folder}/function.json"));
+        let b = &f["bindings"][0];
+        assert_eq!(b["type"], "queueTrigger", "{folder}");
+        assert_eq!(b["direction"], "in", "{folder}");
+        assert_eq!(b["name"], binding, "{folder}");
+        assert_eq!(b["queueName"], queue, "{folder}");
+        assert_eq!(b["connection"], "JobsQueue", "{folder}");
+        assert!(pgvault::runtime::QUEUES.contains(&queue), "`pgvault init` creates {queue}");
+    }
     let sched = json("functions/backup-scheduler/function.json");
     let b = &sched["bindings"][0];
     assert_eq!(b["type"], "timerTrigger");

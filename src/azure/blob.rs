@@ -10,7 +10,7 @@
 
 use super::{Service, sdk_error};
 use crate::error::{Error, Result};
-use crate::store::{BlobInfo, BlobStore, ByteStream, CreateOutcome, Tags};
+use crate::store::{BlobInfo, BlobStore, ByteStream, CreateOutcome, FileExport, Tags};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
@@ -38,6 +38,8 @@ pub struct AzureBlobStore {
     container: BlobContainerClient,
     /// The container URL, for logs. Never holds a credential (token auth only, no SAS).
     url: String,
+    /// Other containers of the account and user-delegation SAS, for restores as files.
+    export: super::sas::AzureExport,
 }
 
 impl fmt::Debug for AzureBlobStore {
@@ -80,13 +82,14 @@ impl AzureBlobStore {
             .map_err(|()| Error::permanent(format!("blob endpoint {shown:?} is not a base url")))?
             .pop_if_empty()
             .push(container);
+        let export = super::sas::AzureExport::new(endpoint, credential.clone(), options.clone())?;
         let client = BlobContainerClient::new(
             url.clone(),
             Some(credential),
             Some(BlobContainerClientOptions { client_options: options, ..Default::default() }),
         )
         .map_err(|e| sdk_error(Service::Blob, format!("open container {url}"), e))?;
-        Ok(Self { container: client, url: crate::secret::redact(url.as_str()) })
+        Ok(Self { container: client, url: crate::secret::redact(url.as_str()), export })
     }
 
     /// Create the container if it does not exist. Idempotent.
@@ -146,6 +149,10 @@ fn sdk_tags(tags: &Tags) -> HashMap<String, String> {
 impl BlobStore for AzureBlobStore {
     fn describe(&self) -> String {
         format!("azure:{}", self.url)
+    }
+
+    fn file_export(&self) -> Option<&dyn FileExport> {
+        Some(&self.export)
     }
 
     async fn stage_block(&self, name: &str, block_id: &str, data: Bytes) -> Result<()> {

@@ -4,6 +4,7 @@
 pub mod blob;
 pub mod keyvault;
 pub mod queue;
+pub mod sas;
 pub mod transport;
 
 pub use blob::AzureBlobStore;

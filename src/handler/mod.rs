@@ -9,6 +9,8 @@
 
 pub mod backup_scheduler;
 pub mod backup_worker;
+pub mod restore_requests;
+pub mod restore_worker;
 
 use crate::backup::Ctx;
 use crate::queue::JobQueue;
@@ -21,7 +23,7 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 /// Function names: the folders under `functions/`, and the routes the host POSTs to.
-pub const FUNCTIONS: &[&str] = &["backup-scheduler", "backup-worker"];
+pub const FUNCTIONS: &[&str] = &["backup-scheduler", "backup-worker", "restore-requests", "restore-worker"];
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -39,6 +41,8 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(|| async { "pgvault" }))
         .route("/backup-scheduler", post(backup_scheduler::handle))
         .route("/backup-worker", post(backup_worker::handle))
+        .route("/restore-requests", post(restore_requests::handle))
+        .route("/restore-worker", post(restore_worker::handle))
         .with_state(state)
 }
 

@@ -81,6 +81,29 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn discard_staged(&self, _name: &str) -> Result<()> {
         Ok(())
     }
+
+    /// Exporting blobs as plain files behind time-limited, read-only URLs ("restore as files"),
+    /// where the store can sign such URLs: Azure can (user-delegation SAS), a directory cannot.
+    fn file_export(&self) -> Option<&dyn FileExport> {
+        None
+    }
+}
+
+/// The capability behind a restore's `as-files` mode.
+#[async_trait]
+pub trait FileExport: Send + Sync {
+    /// A store on another container of the same account, created if it is missing. Idempotent.
+    async fn container(&self, name: &str) -> Result<std::sync::Arc<dyn BlobStore>>;
+
+    /// A URL that lets anyone holding it read one blob, and nothing else, over HTTPS only, until
+    /// `expires_at`. Signed with a user-delegation key (the identity's own rights, revocable),
+    /// never an account key. The URL is a secret: it carries the signature.
+    async fn read_only_url(
+        &self,
+        container: &str,
+        blob: &str,
+        expires_at: time::OffsetDateTime,
+    ) -> Result<crate::secret::Secret>;
 }
 
 /// What [`BlobStore::create`] did.

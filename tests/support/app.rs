@@ -59,6 +59,24 @@ impl Stack {
         .to_string()
     }
 
+    /// An inventory entry for another cluster (trust auth over TCP, no TLS).
+    pub fn server_entry(name: &str, cluster: &Cluster) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "host": cluster.host,
+            "port": cluster.port,
+            "user": cluster.superuser,
+            "tls": "disable",
+        })
+    }
+
+    /// The inventory with server "main" (excluding `exclude`) plus more servers.
+    pub fn inventory_with(&self, exclude: &[&str], extra: &[(&str, &Cluster)]) -> String {
+        let mut servers: Vec<serde_json::Value> = serde_json::from_str(&self.inventory(exclude)).unwrap();
+        servers.extend(extra.iter().map(|(name, c)| Stack::server_entry(name, c)));
+        serde_json::Value::Array(servers).to_string()
+    }
+
     /// Settings of a pgvault process on this stack.
     pub fn settings(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![

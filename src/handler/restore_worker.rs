@@ -1,0 +1,73 @@
+//! `restore-worker` (queue trigger on `restore-tasks`): run one restore task (one database
+//! restored into its target, or one backup exported as files) and keep its job record.
+//!
+//! Error policy, as in `backup-worker`: a task that can never succeed (corrupt backup, target
+//! exists in mode create, a swap refused because sessions hold the old database, ...) is kept on
+//! `restore-tasks-rejected` with its reason and the reply is 200; a transient failure (a killed
+//! pg_restore, a lost connection, shutdown) replies 500 so the host retries it, then poison. A
+//! task whose record says it succeeded is not run again.
+
+use super::{AppState, Reply, parse_invocation};
+use crate::restore::{self, RESTORE_TASKS_QUEUE, RestoreTask, TaskOutcome};
+use axum::body::Bytes;
+use axum::extract::State;
+use serde_json::json;
+
+/// The queue binding's name in `functions/restore-worker/function.json`.
+pub const BINDING: &str = "task";
+
+pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
+    let inv = match parse_invocation(&body) {
+        Ok(inv) => inv,
+        Err(reply) => return reply,
+    };
+    let Some(text) = inv.text(BINDING) else {
+        return super::bad_invocation(format!("Data has no {BINDING:?} binding"));
+    };
+    let message_id = inv.meta_str("Id").unwrap_or_default();
+    let dequeue_count = inv.dequeue_count().unwrap_or(1);
+    let task = match RestoreTask::from_json(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            return super::restore_requests::reject(&state, RESTORE_TASKS_QUEUE, &text, &message_id, dequeue_count, &e)
+                .await;
+        }
+    };
+    if state.ctx.cancel.is_cancelled() {
+        return Reply::retry(
+            vec!["shutting down; the message will be retried".into()],
+            json!({ "error": "shutting down" }),
+        );
+    }
+    let last = dequeue_count >= state.max_dequeue_count;
+    match restore::execute_task(&state.ctx, &task, last).await {
+        Ok(TaskOutcome::Done(report)) => {
+            // The URLs of as-files are secrets: they are in the job record, not in the reply.
+            let files: Vec<&str> = report.files.iter().map(|f| f.blob.as_str()).collect();
+            Reply::ok(
+                vec![format!("task {}: {} done in {:.1} s", task.task_id, task.describe(), report.seconds)],
+                json!({
+                    "status": "succeeded", "task_id": task.task_id, "backup": report.backup,
+                    "database": report.database, "globals": report.globals, "files": files,
+                    "stored_bytes": report.stored_bytes, "seconds": report.seconds,
+                }),
+            )
+        }
+        Ok(TaskOutcome::AlreadyDone(rec)) => Reply::ok(
+            vec![format!("task {} succeeded before; nothing to do", task.task_id)],
+            json!({ "status": "already-done", "task_id": task.task_id, "finished_at": rec.finished_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()) }),
+        ),
+        Err(e) if e.is_permanent() => {
+            super::restore_requests::reject(&state, RESTORE_TASKS_QUEUE, &text, &message_id, dequeue_count, &e).await
+        }
+        Err(e) => {
+            let mut logs = vec![format!("task {} failed (attempt {dequeue_count}): {e}", task.task_id)];
+            if last {
+                logs.push(format!(
+                    "this was the last attempt; the host moves the message to {RESTORE_TASKS_QUEUE}-poison"
+                ));
+            }
+            Reply::retry(logs, json!({ "status": "failed", "task_id": task.task_id, "error": e.to_string() }))
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Job records: one small JSON document per restore request and per restore task, kept in the
+//! backup store under [`PREFIX`], so `pgvault jobs` (and, later, the monitoring API and alerts)
+//! can say what was asked, what ran, and how it ended.
+//!
+//! ```text
+//! @jobs/restore-request/<request id>.json
+//! @jobs/restore-task/<task id>.json
+//! ```
+//!
+//! The prefix starts with `@`, which [`crate::layout::encode_segment`] never produces, so no
+//! server's backups can share it; the catalog skips it.
+//!
+//! Contract: a record is created with create-if-absent ([`create`], used to claim a request id
+//! exactly once) and then replaced whole by [`put`] as the job moves on (`queued` → `running` →
+//! `succeeded` | `failed`). A reader sees either the old or the new document, never a mix. Records
+//! are written by one job at a time; two writers of the same record (a redelivered message racing
+//! its first delivery) leave the last one's document.
+
+use crate::error::{Error, Result};
+use crate::layout::encode_segment;
+use crate::store::{BlobStore, CreateOutcome, Tags};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// Where job records live in the backup store. Not a possible server segment (see module docs).
+pub const PREFIX: &str = "@jobs/";
+pub const FORMAT_NAME: &str = "pgvault-job-record";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// A restore request as posted (and its plan).
+    RestoreRequest,
+    /// One restore task: one database restored, or one backup exported as files.
+    RestoreTask,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::RestoreRequest => "restore-request",
+            JobKind::RestoreTask => "restore-task",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "restore-request" => Ok(JobKind::RestoreRequest),
+            "restore-task" => Ok(JobKind::RestoreTask),
+            other => Err(Error::permanent(format!("unknown job kind {other:?}"))
+                .with_hint("use restore-request or restore-task")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// One job's status document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub format: String,
+    pub format_version: u32,
+    pub kind: JobKind,
+    pub id: String,
+    /// For a task: the request it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub status: Status,
+    /// Why it failed (or, for a duplicate or skipped job, why nothing ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Free text from the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// One line: what the job does.
+    pub summary: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Deliveries that ran this job so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Backup bytes read (as stored), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Kind-specific detail: the plan of a request, the report of a task.
+    #[serde(default)]
+    pub detail: Value,
+}
+
+impl JobRecord {
+    pub fn new(kind: JobKind, id: &str, summary: impl Into<String>, now: OffsetDateTime) -> Self {
+        JobRecord {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            kind,
+            id: id.to_string(),
+            parent: None,
+            status: Status::Queued,
+            reason: None,
+            requested_by: None,
+            summary: summary.into(),
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            attempts: 0,
+            bytes: None,
+            detail: Value::Null,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("record serializes");
+        v.push(b'\n');
+        v
+    }
+
+    pub fn from_json(name: &str, bytes: &[u8]) -> Result<Self> {
+        let rec: JobRecord = serde_json::from_slice(bytes)
+            .map_err(|e| Error::permanent(format!("job record {name:?} is not readable: {e}")))?;
+        if rec.format != FORMAT_NAME || rec.format_version > FORMAT_VERSION {
+            return Err(Error::permanent(format!(
+                "job record {name:?} has format {:?} version {}, this pgvault reads {FORMAT_NAME:?} up to {FORMAT_VERSION}",
+                rec.format, rec.format_version
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Whether the job ended (nothing more will happen to it unless it is posted again).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, Status::Succeeded | Status::Failed)
+    }
+}
+
+/// The blob name of a record.
+pub fn name(kind: JobKind, id: &str) -> String {
+    format!("{PREFIX}{}/{}.json", kind.as_str(), encode_segment(id))
+}
+
+fn tags(rec: &JobRecord) -> Tags {
+    let mut t = Tags::new();
+    t.insert("pgvault".into(), "job".into());
+    t.insert("kind".into(), rec.kind.as_str().into());
+    t.insert("status".into(), rec.status.as_str().into());
+    t
+}
+
+/// Create a record if none of that kind and id exists (how a request id is claimed once).
+pub async fn create(store: &dyn BlobStore, rec: &JobRecord) -> Result<CreateOutcome> {
+    let name = name(rec.kind, &rec.id);
+    store
+        .create(&name, Bytes::from(rec.to_json()), &tags(rec))
+        .await
+        .map_err(|e| e.context(format!("write job record {name:?}")))
+}
+
+/// Write a record, replacing the one there (one staged block, then commit: atomic).
+pub async fn put(store: &dyn BlobStore, rec: &JobRecord) -> Result<()> {
+    let name = name(rec.kind, &rec.id);
+    let id = crate::backup::block_id(0);
+    store
+        .stage_block(&name, &id, Bytes::from(rec.to_json()))
+        .await
+        .map_err(|e| e.context(format!("write job record {name:?}")))?;
+    store.commit_blocks(&name, &[id], &tags(rec)).await.map_err(|e| e.context(format!("write job record {name:?}")))
+}
+
+/// Write a record, logging (not failing) on error: bookkeeping must not fail a restore that
+/// otherwise worked, nor hide the error of one that did not.
+pub async fn put_logged(store: &dyn BlobStore, rec: &JobRecord) {
+    if let Err(e) = put(store, rec).await {
+        tracing::warn!(kind = rec.kind.as_str(), id = %rec.id, status = rec.status.as_str(), error = %e, "cannot write job record");
+    }
+}
+
+/// Read a record, if it exists.
+pub async fn get(store: &dyn BlobStore, kind: JobKind, id: &str) -> Result<Option<JobRecord>> {
+    let name = name(kind, id);
+    if !store.exists(&name).await? {
+        return Ok(None);
+    }
+    let bytes = store.get(&name).await?;
+    JobRecord::from_json(&name, &bytes).map(Some)
+}
+
+/// Every record (of one kind, if given), oldest first. Unreadable records are skipped with a
+/// warning, so one bad document does not hide the others.
+pub async fn list(store: &dyn BlobStore, kind: Option<JobKind>) -> Result<Vec<JobRecord>> {
+    let prefix = match kind {
+        Some(k) => format!("{PREFIX}{}/", k.as_str()),
+        None => PREFIX.to_string(),
+    };
+    let mut out = Vec::new();
+    for blob in store.list(&prefix).await? {
+        if !blob.name.ends_with(".json") {
+            continue;
+        }
+        match store.get(&blob.name).await.and_then(|b| JobRecord::from_json(&blob.name, &b)) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!(blob = %blob.name, error = %e, "skipping unreadable job record"),
+        }
+    }
+    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+    use time::macros::datetime;
+
+    #[tokio::test]
+    async fn create_claims_once_put_replaces_and_list_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let now = datetime!(2026-11-21 02:00:00 UTC);
+        let mut rec = JobRecord::new(JobKind::RestoreRequest, "req-1", "restore x", now);
+        assert_eq!(create(&store, &rec).await.unwrap(), CreateOutcome::Created);
+        assert_eq!(create(&store, &rec).await.unwrap(), CreateOutcome::AlreadyExists);
+        rec.status = Status::Succeeded;
+        rec.bytes = Some(42);
+        put(&store, &rec).await.unwrap();
+        let back = get(&store, JobKind::RestoreRequest, "req-1").await.unwrap().unwrap();
+        assert_eq!(back, rec);
+        assert!(back.is_finished());
+        assert!(get(&store, JobKind::RestoreTask, "req-1").await.unwrap().is_none());
+        let task = JobRecord::new(JobKind::RestoreTask, "req-1-t1", "t", now + time::Duration::seconds(1));
+        put(&store, &task).await.unwrap();
+        let all = list(&store, None).await.unwrap();
+        assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["req-1", "req-1-t1"]);
+        assert_eq!(list(&store, Some(JobKind::RestoreTask)).await.unwrap().len(), 1);
+        assert!(name(JobKind::RestoreTask, "x").starts_with(PREFIX));
+        assert_eq!(store.tags(&name(JobKind::RestoreRequest, "req-1")).await.unwrap()["status"], "succeeded");
+    }
+}
