@@ -287,7 +287,7 @@ async fn backup_now(rt: &Runtime, server: Option<&str>, databases: &[String]) ->
 }
 
 /// `pgvault serve`: bind first (the host polls `GET /` within about 30 s), then wire up.
-async fn serve(settings: Settings) -> Result<ExitCode> {
+async fn serve(mut settings: Settings) -> Result<ExitCode> {
     let port = settings
         .handler_port
         .ok_or_else(|| Error::permanent("setting FUNCTIONS_CUSTOMHANDLER_PORT: required by `pgvault serve`"))?;
@@ -298,6 +298,16 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
     // Tests and the local stack read this line to learn the port when it was 0.
     println!("pgvault listening on {addr}");
     tracing::info!(%addr, "custom handler listening");
+    // The Flex package's PostgreSQL tools: copied out of the read-only app folder now that the
+    // host can see us (a second or so), searched after PGVAULT_PG_BIN_DIRS.
+    if let Some(bundle) = crate::bundle::package_bundle_dir() {
+        let dest = std::path::Path::new(crate::bundle::DEFAULT_DEST);
+        let bins = tokio::task::spawn_blocking(move || crate::bundle::install(&bundle, dest))
+            .await
+            .map_err(|e| Error::transient(format!("bundled PostgreSQL tools: {e}")))??;
+        tracing::info!(dirs = ?bins, "bundled PostgreSQL tools installed");
+        settings.pg_bin_dirs.extend(bins);
+    }
     let cancel = CancellationToken::new();
     let rt =
         Runtime::build(settings, progress::Mode::Log { every: std::time::Duration::from_secs(30) }, cancel.clone())

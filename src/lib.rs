@@ -19,11 +19,14 @@
 //! - Edges: [`settings`] (typed, validated app settings), [`handler`] (the axum custom handler,
 //!   one module per function), [`cli`] (the same operations as subcommands), [`grant`] (the
 //!   least-privilege SQL of `pgvault grant-sql`).
+//! - Packaging: [`bundle`] (the PostgreSQL tools shipped in the Flex package, copied to a
+//!   writable directory at start-up).
 //! - Cross-cutting: [`error`] (kinds that decide retry vs keep), [`secret`] (secret types and
 //!   redaction), [`progress`].
 
 pub mod azure;
 pub mod backup;
+pub mod bundle;
 pub mod catalog;
 pub mod cli;
 pub mod connstr;
