@@ -314,13 +314,16 @@ fn check_run(
     if cancelled {
         return Err(Error::transient(format!("{what}: cancelled by shutdown; nothing was committed")));
     }
+    // Root cause first: a failed upload closes the pipe, which then kills pg_dump with SIGPIPE,
+    // and a stream that is not an archive does the same. pg_dump's own failure leaves both
+    // halves of the pipeline intact (they just see the end of the stream).
+    let uploaded = uploaded.map_err(|e| e.context(&what))?;
+    let produced = produced.map_err(|e| e.context(&what))?;
     let tool_error = stderr.lines().filter(|l| is_error_line(l)).collect::<Vec<_>>().join("\n");
     if !status.success() || !tool_error.is_empty() {
         let detail = if tool_error.is_empty() { stderr.trim().to_string() } else { tool_error };
         return Err(Error::transient(format!("{what}: {tool} failed ({status}): {}", redact(&detail))));
     }
-    let produced = produced.map_err(|e| e.context(&what))?;
-    let uploaded = uploaded.map_err(|e| e.context(&what))?;
     if produced.raw_bytes == 0 {
         return Err(Error::transient(format!("{what}: {tool} wrote nothing")));
     }
