@@ -72,6 +72,9 @@ pub enum Command {
     /// Play the Functions host against a running `pgvault serve` (local stacks and tests).
     #[command(subcommand)]
     HostSim(HostSim),
+    /// SAS for VM-hosted pgBackRest: rotate, freshness (operator); sync, doctor (on the VM).
+    #[command(subcommand, name = "pgbackrest-sas")]
+    PgbackrestSas(crate::pgbackrest::commands::PgbackrestSas),
     /// Print, or apply, the least-privilege SQL for pgvault's database role.
     GrantSql {
         /// The role pgvault logs in as.
@@ -147,6 +150,8 @@ pub async fn run(cli: Cli) -> ExitCode {
     init_logging(Some(&settings), serving);
     let result = match cli.command {
         Command::Serve => serve(settings).await,
+        // Runs on a VM: no backup store, no queues.
+        Command::PgbackrestSas(c) if c.is_vm_side() => crate::pgbackrest::commands::run_vm(&settings, c).await,
         other => {
             let cancel = CancellationToken::new();
             let c = cancel.clone();
@@ -241,6 +246,9 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             crate::grant::run(&rt.ctx, opts, server.as_deref().filter(|_| apply)).await
         }
         Command::Restore(args) => restore_now(&rt, *args).await,
+        Command::PgbackrestSas(c) => {
+            crate::pgbackrest::commands::run(&rt.ctx.settings, Some(rt.ctx.store.as_ref()), c).await
+        }
         Command::Jobs { kind, id, json } => list_jobs(&rt, kind.as_deref(), id.as_deref(), json).await,
         Command::HostSim(HostSim::Timer { url, function }) => {
             let (status, reply) = hostsim::invoke(&url, &function, &hostsim::timer_payload(&function, false)).await?;

@@ -37,6 +37,10 @@ pub enum JobKind {
     RestoreRequest,
     /// One restore task: one database restored, or one backup exported as files.
     RestoreTask,
+    /// One SAS rotation (and delivery) of a pgBackRest target.
+    PgbackrestSas,
+    /// One freshness check of a pgBackRest target's stanzas.
+    PgbackrestFreshness,
 }
 
 impl JobKind {
@@ -44,6 +48,8 @@ impl JobKind {
         match self {
             JobKind::RestoreRequest => "restore-request",
             JobKind::RestoreTask => "restore-task",
+            JobKind::PgbackrestSas => "pgbackrest-sas",
+            JobKind::PgbackrestFreshness => "pgbackrest-freshness",
         }
     }
 
@@ -51,6 +57,8 @@ impl JobKind {
         match s {
             "restore-request" => Ok(JobKind::RestoreRequest),
             "restore-task" => Ok(JobKind::RestoreTask),
+            "pgbackrest-sas" => Ok(JobKind::PgbackrestSas),
+            "pgbackrest-freshness" => Ok(JobKind::PgbackrestFreshness),
             other => Err(Error::permanent(format!("unknown job kind {other:?}"))
                 .with_hint("use restore-request or restore-task")),
         }

@@ -10,6 +10,8 @@
 //!     (verified blocks -> zstd -> pg_restore into a temporary database -> verify -> rename).
 //!   - [`jobrecords`]: the status record of every restore request and task (`pgvault jobs`).
 //!   - [`jobs`]: the queue messages and the scheduler's planning.
+//!   - [`pgbackrest`]: SAS rotation for VM-hosted pgBackRest (plan, token, include file,
+//!     rotator, VM sync and doctor, repository freshness).
 //!   - [`pg`]: PostgreSQL connections and the tool binaries (pg_dump, pg_restore, pg_dumpall).
 //! - Seams (traits the core depends on): [`store::BlobStore`], [`queue::JobQueue`],
 //!   [`credentials::SecretSource`] (with [`credentials::CloudSecrets`] for Key Vault and Entra).
@@ -24,6 +26,7 @@
 //! - Cross-cutting: [`error`] (kinds that decide retry vs keep), [`secret`] (secret types and
 //!   redaction), [`progress`].
 
+pub mod alerts;
 pub mod azure;
 pub mod backup;
 pub mod bundle;
@@ -40,9 +43,11 @@ pub mod jobrecords;
 pub mod layout;
 pub mod manifest;
 pub mod pg;
+pub mod pgbackrest;
 pub mod progress;
 pub mod queue;
 pub mod restore;
+pub mod retention;
 pub mod runtime;
 pub mod scheduler;
 pub mod secret;

@@ -40,6 +40,12 @@ pub const ALL: &[(&str, &str)] = &[
         "PGVAULT_RESTORE_SCRATCH_RESERVE_MIB",
         "free space (MiB) that must remain in the scratch dir after that copy, else the restore streams (default 1024)",
     ),
+    (
+        "PGVAULT_PGBACKREST_TARGETS",
+        "pgBackRest targets whose SAS `sas-rotator` rotates, as JSON (see docs/vm-pgbackrest.md)",
+    ),
+    ("PGVAULT_SAS_ROTATOR_SCHEDULE", "NCRONTAB schedule (UTC) of `sas-rotator`, e.g. `0 0 * * * *` (hourly)"),
+    ("PGVAULT_ARM_ENDPOINT", "Azure Resource Manager URL for push delivery (default `https://management.azure.com`)"),
     ("PGVAULT_LOG", "log filter, e.g. `info` or `pgvault=debug` (default `info`)"),
     ("PGVAULT_LOG_FORMAT", "`json` (default under the Functions host) or `text`"),
     ("FUNCTIONS_CUSTOMHANDLER_PORT", "set by the Functions host: the port `pgvault serve` listens on"),
@@ -211,6 +217,10 @@ pub struct Settings {
     pub restore_scratch_dir: PathBuf,
     /// Bytes that must stay free in `restore_scratch_dir` after the download.
     pub restore_scratch_reserve: u64,
+    /// VM-hosted pgBackRest repositories whose SAS `sas-rotator` rotates.
+    pub pgbackrest_targets: Vec<crate::pgbackrest::target::Target>,
+    pub sas_rotator_schedule: Option<String>,
+    pub arm_endpoint: String,
     pub log_filter: String,
     pub log_format: Option<LogFormat>,
     pub handler_port: Option<u16>,
@@ -309,6 +319,19 @@ impl Settings {
         let restore_scratch_dir =
             get("PGVAULT_RESTORE_SCRATCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let restore_scratch_reserve = number(&get, "PGVAULT_RESTORE_SCRATCH_RESERVE_MIB", 1024, 0, 1 << 30)? << 20;
+        let pgbackrest_targets = match get("PGVAULT_PGBACKREST_TARGETS") {
+            Some(j) => {
+                crate::pgbackrest::target::parse_targets(&j).map_err(|e| bad("PGVAULT_PGBACKREST_TARGETS", e))?
+            }
+            None => Vec::new(),
+        };
+        let sas_rotator_schedule = get("PGVAULT_SAS_ROTATOR_SCHEDULE");
+        if let Some(s) = &sas_rotator_schedule {
+            crate::jobs::parse_ncrontab(s).map_err(|e| bad("PGVAULT_SAS_ROTATOR_SCHEDULE", e))?;
+        }
+        let arm_endpoint =
+            get("PGVAULT_ARM_ENDPOINT").unwrap_or_else(|| crate::azure::arm::DEFAULT_ARM_ENDPOINT.into());
+        check_https_url("PGVAULT_ARM_ENDPOINT", &arm_endpoint)?;
         let log_format = match get("PGVAULT_LOG_FORMAT").as_deref() {
             None => None,
             Some("json") => Some(LogFormat::Json),
@@ -336,6 +359,9 @@ impl Settings {
             row_counts,
             restore_scratch_dir,
             restore_scratch_reserve,
+            pgbackrest_targets,
+            sas_rotator_schedule,
+            arm_endpoint,
             log_filter: get("PGVAULT_LOG").unwrap_or_else(|| "info".into()),
             log_format,
             handler_port,

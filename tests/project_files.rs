@@ -101,6 +101,12 @@ fn function_bindings_match_the_handlers() {
     assert_eq!(b["type"], "timerTrigger");
     assert_eq!(b["name"], "timer");
     assert_eq!(b["schedule"], "%PGVAULT_BACKUP_SCHEDULE%");
+    let rot = json("functions/sas-rotator/function.json");
+    let b = &rot["bindings"][0];
+    assert_eq!(b["type"], "timerTrigger");
+    assert_eq!(b["direction"], "in");
+    assert_eq!(b["name"], "timer");
+    assert_eq!(b["schedule"], "%PGVAULT_SAS_ROTATOR_SCHEDULE%");
 }
 
 #[test]
@@ -128,6 +134,7 @@ fn sample_settings_parse_and_list_every_setting() {
     let s = pgvault::settings::Settings::from_map(map).unwrap();
     assert_eq!(s.inventory.len(), 1);
     assert_eq!(s.handler_port, Some(7071));
+    assert_eq!(s.pgbackrest_targets.len(), 1);
 }
 
 #[test]

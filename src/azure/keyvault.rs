@@ -102,7 +102,7 @@ impl CloudSecrets for AzureCloudSecrets {
 }
 
 /// Turn a Key Vault SDK error into ours: what went wrong in words, with the service's own code.
-fn vault_error(what: &str, e: azure_core::Error) -> Error {
+pub(crate) fn vault_error(what: &str, e: azure_core::Error) -> Error {
     match e.kind() {
         ErrorKind::HttpResponse { status, error_code, raw_response } => {
             let code = u16::from(*status);

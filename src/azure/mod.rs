@@ -1,8 +1,10 @@
 //! Azure adapters: Blob Storage, Queue Storage and Key Vault through the official SDK, with a
 //! token credential (managed identity in production). The only module that uses SDK types.
 
+pub mod arm;
 pub mod blob;
 pub mod keyvault;
+pub mod pgbackrest;
 pub mod queue;
 pub mod sas;
 pub mod transport;

@@ -11,6 +11,7 @@ pub mod backup_scheduler;
 pub mod backup_worker;
 pub mod restore_requests;
 pub mod restore_worker;
+pub mod sas_rotator;
 
 use crate::backup::Ctx;
 use crate::queue::JobQueue;
@@ -23,7 +24,8 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 /// Function names: the folders under `functions/`, and the routes the host POSTs to.
-pub const FUNCTIONS: &[&str] = &["backup-scheduler", "backup-worker", "restore-requests", "restore-worker"];
+pub const FUNCTIONS: &[&str] =
+    &["backup-scheduler", "backup-worker", "restore-requests", "restore-worker", "sas-rotator"];
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -43,6 +45,7 @@ pub fn app(state: AppState) -> Router {
         .route("/backup-worker", post(backup_worker::handle))
         .route("/restore-requests", post(restore_requests::handle))
         .route("/restore-worker", post(restore_worker::handle))
+        .route("/sas-rotator", post(sas_rotator::handle))
         .with_state(state)
 }
 

@@ -1,0 +1,34 @@
+//! `sas-rotator` (timer trigger): rotate the SAS of every pgBackRest target inside its
+//! renew-before window, push it to push-delivery VMs, raise alarms, then check each target's
+//! repository freshness (`backup.info`). See [`crate::pgbackrest`].
+
+use super::{AppState, Reply, parse_invocation};
+use axum::body::Bytes;
+use axum::extract::State;
+use serde_json::json;
+
+pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
+    if let Err(reply) = parse_invocation(&body) {
+        return reply;
+    }
+    let settings = &state.ctx.settings;
+    if settings.pgbackrest_targets.is_empty() {
+        return Reply::ok(vec!["no pgBackRest targets configured".into()], json!({ "rotation": [], "freshness": [] }));
+    }
+    match crate::pgbackrest::commands::rotate(settings, Some(state.ctx.store.as_ref()), None, true).await {
+        // A failed target is reported, recorded and alarmed; failing the invocation would only
+        // make the host log it twice (a timer is not retried), so the reply is 200 either way.
+        Ok((value, ok)) => {
+            let line = if ok {
+                "pgBackRest SAS rotation done".to_string()
+            } else {
+                "pgBackRest SAS rotation: some targets failed or alarm".to_string()
+            };
+            Reply::ok(vec![line], value)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "sas rotator failed");
+            Reply::retry(vec![e.to_string()], json!({ "error": e.to_string() }))
+        }
+    }
+}
