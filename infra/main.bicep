@@ -1,0 +1,368 @@
+// pgvault: PostgreSQL backups for Azure, locked down by default.
+//
+//   azd up                                   (azure.yaml: provision this, deploy the package)
+//   az deployment group create -g <rg> -f infra/main.bicep -p @infra/main.example.parameters.json
+//
+// Identity only (a user-assigned managed identity, no shared keys, no connection strings with
+// secrets), TLS 1.2+, private endpoints behind `privateNetworking`, least-privilege role
+// assignments (the table is in docs/deploy.md; tests/infra.rs checks it against the code's
+// needs), versioned and soft-deleted backups with optional WORM. Every app setting pgvault reads
+// is generated here from the parameters; tests/infra.rs fails when the code reads one that is not.
+
+targetScope = 'resourceGroup'
+
+@description('Short name used in resource names: 3-11 lowercase letters and digits.')
+@minLength(3)
+@maxLength(11)
+param name string = 'pgvault'
+param location string = resourceGroup().location
+param tags object = {}
+
+// ---- hosting ----------------------------------------------------------------------------------
+@description('flex: Flex Consumption with the zip of scripts/package. premium-container: Elastic Premium with the Dockerfile image, for dumps longer than Flex grace periods allow (docs/deploy.md).')
+@allowed(['flex', 'premium-container'])
+param hosting string = 'flex'
+@description('Flex instance memory (MB). pgvault needs about blocksInFlight x blockSizeMiB plus zstd.')
+@allowed([512, 2048, 4096])
+param instanceMemoryMB int = 2048
+@description('Upper bound of instances (Flex) or elastic workers (Premium): the most dumps at once.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 10
+@description('Elastic Premium SKU (premium-container).')
+param premiumSku string = 'EP1'
+@description('Container image (premium-container), e.g. myacr.azurecr.io/pgvault:0.1.0; the identity needs AcrPull on its registry.')
+param containerImage string = ''
+
+// ---- what to back up, and when ----------------------------------------------------------------
+@description('The server inventory (PGVAULT_INVENTORY): an array of servers as in README.md. Passwords never go here: use key_vault (in the database-secrets vault this deploys) or entra.')
+param inventory array
+@description('NCRONTAB (UTC; Flex has no WEBSITE_TIME_ZONE) of backup-scheduler.')
+param backupSchedule string = '0 0 2 * * *'
+@description('PostgreSQL majors whose client tools are bundled (Flex) or installed (container); newest first.')
+param pgMajors array = [
+  17
+]
+param compression string = 'zstd:3'
+param zstdThreads int = 2
+param blockSizeMiB int = 8
+param blocksInFlight int = 4
+@allowed(['exact', 'estimate', 'off'])
+param rowCounts string = 'exact'
+param restoreScratchReserveMiB int = 1024
+param logFilter string = 'info'
+@description('NCRONTAB (UTC) of the retention timer (prune by each server\'s inventory retention policy, then the RPO check). Retention policies live in the inventory (per server and per database).')
+param retentionSchedule string = '0 30 * * * *'
+@description('Minutes a scheduled backup may be late before a missed-schedule (RPO) alert.')
+param rpoMarginMinutes int = 60
+@description('NCRONTAB (UTC) of restore-drill.')
+param drillSchedule string = '0 0 5 * * 0'
+@description('Inventory server restore drills restore into (a scratch server); empty: no drills.')
+param drillServer string = ''
+@description('Days finished job records are kept.')
+param jobRecordDays int = 400
+@description('Name of a secret in the database-secrets vault holding the alert webhook URL (Teams/Slack); empty: alerts only in the log. Read through a Key Vault reference, never stored in the app settings.')
+param alertWebhookSecretName string = ''
+
+// ---- pgBackRest targets -------------------------------------------------------------------------
+@description('pgBackRest VMs whose SAS pgvault rotates: [{name, vmResourceId, vmPrincipalId, delivery: pull|push|auto, secretReady: bool, options: {more PGVAULT_PGBACKREST_TARGETS fields}}]. See docs/vm-pgbackrest.md.')
+param pgbackrestTargets array = []
+@description('NCRONTAB (UTC) of sas-rotator.')
+param sasRotatorSchedule string = '0 0 * * * *'
+@description('Role definition GUID for Run Command on push-target VMs (modules/run-command-role.bicep); empty: Virtual Machine Contributor.')
+param runCommandRoleDefinitionId string = ''
+
+// ---- backup storage protection ------------------------------------------------------------------
+param dumpsContainerName string = 'pgvault-backups'
+@description('Container that restore mode as-files copies into (target.container of such requests).')
+param exportContainerName string = 'pgvault-exports'
+param backupStorageSku string = 'Standard_ZRS'
+@minValue(1)
+@maxValue(365)
+param softDeleteDays int = 14
+@description('Version-level immutability (WORM) on the dumps container.')
+param immutableDumps bool = true
+@minValue(1)
+param immutabilityDays int = 7
+@description('Lifecycle tiering of dump data blobs, days after creation (-1: never). pgvault has no tiering setting of its own; these rules are the only tiering. Archive needs rehydration before restore.')
+param coolAfterDays int = 30
+param coldAfterDays int = 90
+param archiveAfterDays int = -1
+
+// ---- network, monitoring, access ----------------------------------------------------------------
+@description('VNet integration + private endpoints for blob, queue and vault; publicNetworkAccess Disabled on storage and Key Vault.')
+param privateNetworking bool = true
+param vnetAddressPrefix string = '10.60.0.0/24'
+param appSubnetPrefix string = '10.60.0.0/26'
+param endpointSubnetPrefix string = '10.60.0.64/26'
+@description('Existing action group for the alert rules; empty: alertEmail.')
+param actionGroupId string = ''
+param alertEmail string = ''
+@description('Object ids of admins who put database secrets into the vault (Key Vault Secrets Officer there).')
+param secretAdminPrincipalIds array = []
+@description('More app settings (name -> value), merged last.')
+param extraAppSettings object = {}
+
+var suffix = take(uniqueString(resourceGroup().id, name), 10)
+var isFlex = hosting == 'flex'
+var storageSuffix = environment().suffixes.storage
+var hostStorageName = take('${name}h${suffix}', 24)
+var backupStorageName = take('${name}b${suffix}', 24)
+var dbVaultName = take('${name}-db-${suffix}', 24)
+var sasVaultName = take('${name}-sas-${suffix}', 24)
+var deploymentContainerName = 'app-package'
+
+// Queues the functions read or pgvault writes (function.json queueName values and
+// runtime::QUEUES); each also gets -poison and -rejected (modules/host-storage.bicep).
+var jobQueues = [
+  'backup-jobs'
+  'restore-requests'
+  'restore-tasks'
+]
+
+var targets = [
+  for t in pgbackrestTargets: {
+    name: t.name
+    vmResourceId: t.vmResourceId
+    vmPrincipalId: contains(t, 'vmPrincipalId') ? t.vmPrincipalId : ''
+    delivery: contains(t, 'delivery') ? t.delivery : 'pull'
+    secretReady: contains(t, 'secretReady') ? t.secretReady : false
+    container: 'pgbackrest-${t.name}'
+    secret: 'pgbackrest-sas-${t.name}'
+    options: contains(t, 'options') ? t.options : {}
+  }
+]
+var targetsSetting = [
+  for t in targets: union(t.options, {
+    name: t.name
+    vm_resource_id: t.vmResourceId
+    delivery: t.delivery
+    blob_endpoint: 'https://${backupStorageName}.blob.${storageSuffix}'
+    container: t.container
+    vault: sasVaultName
+    secret: t.secret
+  })
+]
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${name}-id'
+  location: location
+  tags: tags
+}
+
+module network 'modules/network.bicep' = if (privateNetworking) {
+  name: 'network'
+  params: {
+    name: name
+    location: location
+    tags: tags
+    addressPrefix: vnetAddressPrefix
+    appSubnetPrefix: appSubnetPrefix
+    endpointSubnetPrefix: endpointSubnetPrefix
+    appSubnetDelegation: isFlex ? 'Microsoft.App/environments' : 'Microsoft.Web/serverFarms'
+  }
+}
+
+module hostStorage 'modules/host-storage.bicep' = {
+  name: 'host-storage'
+  params: {
+    name: hostStorageName
+    location: location
+    tags: tags
+    jobQueues: jobQueues
+    deploymentContainerName: deploymentContainerName
+    principalId: identity.properties.principalId
+    privateNetworking: privateNetworking
+  }
+}
+
+module backupStorage 'modules/backup-storage.bicep' = {
+  name: 'backup-storage'
+  params: {
+    name: backupStorageName
+    location: location
+    tags: tags
+    skuName: backupStorageSku
+    dumpsContainerName: dumpsContainerName
+    exportContainerName: exportContainerName
+    pgbackrestContainers: [for t in targets: t.container]
+    autoTargetAccess: [for t in filter(targets, x => x.delivery == 'auto'): { container: t.container, principalId: t.vmPrincipalId }]
+    principalId: identity.properties.principalId
+    privateNetworking: privateNetworking
+    softDeleteDays: softDeleteDays
+    immutableDumps: immutableDumps
+    immutabilityDays: immutabilityDays
+    coolAfterDays: coolAfterDays
+    coldAfterDays: coldAfterDays
+    archiveAfterDays: archiveAfterDays
+  }
+}
+
+// Database credentials: the app only reads (Key Vault Secrets User).
+module dbVault 'modules/keyvault.bicep' = {
+  name: 'db-vault'
+  params: {
+    name: dbVaultName
+    location: location
+    tags: tags
+    privateNetworking: privateNetworking
+    principalId: identity.properties.principalId
+    appAccess: 'reader'
+    adminPrincipalIds: secretAdminPrincipalIds
+  }
+}
+
+// pgBackRest SAS tokens: the app writes (Key Vault Secrets Officer), only here.
+module sasVault 'modules/keyvault.bicep' = if (!empty(pgbackrestTargets)) {
+  name: 'sas-vault'
+  params: {
+    name: sasVaultName
+    location: location
+    tags: tags
+    privateNetworking: privateNetworking
+    principalId: identity.properties.principalId
+    appAccess: 'writer'
+  }
+}
+
+module sasReaders 'modules/sas-secret-reader.bicep' = [
+  for t in filter(targets, x => x.secretReady && x.delivery == 'pull'): {
+    name: 'sas-reader-${t.name}'
+    params: {
+      vaultName: sasVaultName
+      secretName: t.secret
+      vmPrincipalId: t.vmPrincipalId
+    }
+    dependsOn: [
+      sasVault
+    ]
+  }
+]
+
+module runCommands 'modules/vm-run-command.bicep' = [
+  for t in filter(targets, x => x.delivery == 'push'): {
+    name: 'run-command-${t.name}'
+    scope: resourceGroup(split(t.vmResourceId, '/')[2], split(t.vmResourceId, '/')[4])
+    params: {
+      vmName: last(split(t.vmResourceId, '/'))
+      principalId: identity.properties.principalId
+      runCommandRoleDefinitionId: runCommandRoleDefinitionId
+    }
+  }
+]
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    name: name
+    location: location
+    tags: tags
+    principalId: identity.properties.principalId
+    actionGroupId: actionGroupId
+    alertEmail: alertEmail
+  }
+}
+
+var endpoints = !privateNetworking
+  ? []
+  : [
+      { key: 'host-blob', target: hostStorage.outputs.id, group: 'blob', zone: network.outputs.blobZoneId }
+      { key: 'host-queue', target: hostStorage.outputs.id, group: 'queue', zone: network.outputs.queueZoneId }
+      { key: 'backup-blob', target: backupStorage.outputs.id, group: 'blob', zone: network.outputs.blobZoneId }
+      { key: 'db-vault', target: dbVault.outputs.id, group: 'vault', zone: network.outputs.vaultZoneId }
+    ]
+var sasEndpoint = privateNetworking && !empty(pgbackrestTargets)
+  ? [{ key: 'sas-vault', target: sasVault.outputs.id, group: 'vault', zone: network.outputs.vaultZoneId }]
+  : []
+
+module privateEndpoints 'modules/private-endpoint.bicep' = [
+  for e in concat(endpoints, sasEndpoint): {
+    name: 'pe-${e.key}'
+    params: {
+      name: '${name}-pe-${e.key}'
+      location: location
+      tags: tags
+      subnetId: network.outputs.endpointSubnetId
+      targetId: e.target
+      groupId: e.group
+      dnsZoneId: e.zone
+    }
+  }
+]
+
+var pgBinDirs = join(map(pgMajors, m => isFlex ? '/tmp/pgvault-pg/${m}/bin' : '/usr/lib/postgresql/${m}/bin'), ':')
+
+// Every setting pgvault reads (src/settings.rs ALL), generated from the parameters. The names
+// only production never uses (a local store, an inventory file, test CAs, the host's port) are
+// listed with their reasons in tests/infra.rs.
+var pgvaultSettings = {
+  PGVAULT_INVENTORY: string(inventory)
+  PGVAULT_STORAGE: 'azure'
+  PGVAULT_BLOB_ENDPOINT: 'https://${backupStorageName}.blob.${storageSuffix}'
+  PGVAULT_BACKUP_CONTAINER: dumpsContainerName
+  JobsQueue__queueServiceUri: 'https://${hostStorageName}.queue.${storageSuffix}'
+  JobsQueue__credential: 'managedidentity'
+  JobsQueue__clientId: identity.properties.clientId
+  PGVAULT_IDENTITY: 'managed-identity'
+  PGVAULT_IDENTITY_CLIENT_ID: identity.properties.clientId
+  PGVAULT_BACKUP_SCHEDULE: backupSchedule
+  PGVAULT_COMPRESSION: compression
+  PGVAULT_ZSTD_THREADS: string(zstdThreads)
+  PGVAULT_BLOCK_SIZE_MIB: string(blockSizeMiB)
+  PGVAULT_BLOCKS_IN_FLIGHT: string(blocksInFlight)
+  PGVAULT_PG_BIN_DIRS: pgBinDirs
+  PGVAULT_ROW_COUNTS: rowCounts
+  PGVAULT_RESTORE_SCRATCH_DIR: '/tmp'
+  PGVAULT_RESTORE_SCRATCH_RESERVE_MIB: string(restoreScratchReserveMiB)
+  PGVAULT_LOG: logFilter
+  PGVAULT_LOG_FORMAT: 'json'
+  PGVAULT_PGBACKREST_TARGETS: string(targetsSetting)
+  PGVAULT_SAS_ROTATOR_SCHEDULE: sasRotatorSchedule
+  PGVAULT_ARM_ENDPOINT: environment().resourceManager
+  PGVAULT_RETENTION_SCHEDULE: retentionSchedule
+  PGVAULT_RPO_MARGIN_MINUTES: string(rpoMarginMinutes)
+  PGVAULT_DRILL_SCHEDULE: drillSchedule
+  PGVAULT_DRILL_SERVER: drillServer
+  PGVAULT_JOB_RECORD_DAYS: string(jobRecordDays)
+  PGVAULT_ALERT_WEBHOOK: empty(alertWebhookSecretName) ? '' : '@Microsoft.KeyVault(VaultName=${dbVaultName};SecretName=${alertWebhookSecretName})'
+}
+
+// The Functions host's own settings: identity-based AzureWebJobsStorage and keyless
+// Application Insights ingestion.
+var hostSettings = {
+  AzureWebJobsStorage__blobServiceUri: 'https://${hostStorageName}.blob.${storageSuffix}'
+  AzureWebJobsStorage__queueServiceUri: 'https://${hostStorageName}.queue.${storageSuffix}'
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identity.properties.clientId
+  APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.properties.clientId};Authorization=AAD'
+}
+
+module app 'modules/functionapp.bicep' = {
+  name: 'functionapp'
+  params: {
+    name: '${name}-${suffix}'
+    location: location
+    tags: tags
+    hosting: hosting
+    identityId: identity.id
+    identityClientId: identity.properties.clientId
+    appSettings: union(hostSettings, pgvaultSettings, extraAppSettings)
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    deploymentContainerUrl: hostStorage.outputs.deploymentContainerUrl
+    premiumSku: premiumSku
+    containerImage: containerImage
+    subnetId: privateNetworking ? network.outputs.appSubnetId : ''
+  }
+}
+
+output AZURE_FUNCTION_APP_NAME string = app.outputs.name
+output functionAppHostName string = app.outputs.defaultHostName
+output identityClientId string = identity.properties.clientId
+output identityPrincipalId string = identity.properties.principalId
+output backupStorageAccount string = backupStorage.outputs.name
+output hostStorageAccount string = hostStorage.outputs.name
+output databaseSecretsVault string = dbVault.outputs.name
+output sasSecretsVault string = empty(pgbackrestTargets) ? '' : sasVaultName
+output appInsightsId string = monitoring.outputs.insightsId

