@@ -263,29 +263,27 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
-var endpoints = !privateNetworking
+// A for-expression's array must be known when the deployment starts, so the loop runs over fixed
+// keys and looks the targets up inside.
+var endpointKeys = !privateNetworking
   ? []
-  : [
-      { key: 'host-blob', target: hostStorage.outputs.id, group: 'blob', zone: network.outputs.blobZoneId }
-      { key: 'host-queue', target: hostStorage.outputs.id, group: 'queue', zone: network.outputs.queueZoneId }
-      { key: 'backup-blob', target: backupStorage.outputs.id, group: 'blob', zone: network.outputs.blobZoneId }
-      { key: 'db-vault', target: dbVault.outputs.id, group: 'vault', zone: network.outputs.vaultZoneId }
-    ]
-var sasEndpoint = privateNetworking && !empty(pgbackrestTargets)
-  ? [{ key: 'sas-vault', target: sasVault.outputs.id, group: 'vault', zone: network.outputs.vaultZoneId }]
-  : []
+  : concat(['host-blob', 'host-queue', 'backup-blob', 'db-vault'], empty(pgbackrestTargets) ? [] : ['sas-vault'])
 
 module privateEndpoints 'modules/private-endpoint.bicep' = [
-  for e in concat(endpoints, sasEndpoint): {
-    name: 'pe-${e.key}'
+  for key in endpointKeys: {
+    name: 'pe-${key}'
     params: {
-      name: '${name}-pe-${e.key}'
+      name: '${name}-pe-${key}'
       location: location
       tags: tags
       subnetId: network.outputs.endpointSubnetId
-      targetId: e.target
-      groupId: e.group
-      dnsZoneId: e.zone
+      targetId: startsWith(key, 'host-')
+        ? hostStorage.outputs.id
+        : (key == 'backup-blob' ? backupStorage.outputs.id : (key == 'db-vault' ? dbVault.outputs.id : sasVault.outputs.id))
+      groupId: endsWith(key, '-blob') ? 'blob' : (endsWith(key, '-queue') ? 'queue' : 'vault')
+      dnsZoneId: endsWith(key, '-blob')
+        ? network.outputs.blobZoneId
+        : (endsWith(key, '-queue') ? network.outputs.queueZoneId : network.outputs.vaultZoneId)
     }
   }
 ]

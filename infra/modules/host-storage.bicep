@@ -20,7 +20,7 @@ var roleStorageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 // '' is the queue itself; -poison is where the host moves a message after maxDequeueCount
 // attempts; -rejected is where pgvault keeps a message that can never succeed.
 var queueSuffixes = ['', '-poison', '-rejected']
-var queueNames = flatten([for q in jobQueues: [for s in queueSuffixes: '${q}${s}']])
+var queueNames = flatten(map(jobQueues, q => map(queueSuffixes, s => '${q}${s}')))
 
 resource account 'Microsoft.Storage/storageAccounts@2024-01-01' = {
   name: name
