@@ -254,7 +254,7 @@ async fn finish(
             alarm = %why,
             newest_expiry = newest.and_then(|n| n.expires).map(rfc3339),
             alarm_window_secs = t.policy.alarm_window.whole_seconds(),
-            "pgbackrest sas alarm: the newest token expires soon"
+            "pgbackrest sas alarm: no token with margin for this target"
         );
     }
     rec["ok"] = json!(ok && rec.get("alarm").is_none());

@@ -51,8 +51,10 @@ pub struct Plan {
 
 /// Decide for one target.
 pub fn plan(current: Option<&TokenState>, policy: &Policy, now: OffsetDateTime) -> Plan {
+    // SAS times have whole seconds; so do the secret's attributes and tags.
+    let whole = now.replace_nanosecond(0).unwrap_or(now);
     let rotate = |reason: String| Plan {
-        action: Action::Rotate { start: now - START_BACKDATE, expiry: now + policy.lifetime },
+        action: Action::Rotate { start: whole - START_BACKDATE, expiry: whole + policy.lifetime },
         reason,
     };
     let Some(cur) = current else {

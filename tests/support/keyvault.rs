@@ -384,7 +384,7 @@ fn route(inner: &Inner, method: &Method, uri: &Uri, body: &[u8]) -> Response {
     }
 }
 
-fn server_config(cert: &std::path::Path, key: &std::path::Path) -> rustls::ServerConfig {
+pub(crate) fn server_config(cert: &std::path::Path, key: &std::path::Path) -> rustls::ServerConfig {
     let certs: Vec<_> = rustls_pemfile::certs(&mut std::fs::read(cert).expect("read leaf cert").as_slice())
         .collect::<Result<_, _>>()
         .expect("parse leaf cert");
@@ -404,13 +404,17 @@ fn server_config(cert: &std::path::Path, key: &std::path::Path) -> rustls::Serve
 
 /// Accepts TCP connections and hands TLS streams to axum; handshakes run in their own tasks,
 /// so a client that stalls or fails the handshake (untrusted CA) blocks nobody.
-struct TlsListener {
+pub(crate) struct TlsListener {
     rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
     addr: SocketAddr,
 }
 
 impl TlsListener {
-    fn spawn(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, addr: SocketAddr) -> TlsListener {
+    pub(crate) fn spawn(
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        addr: SocketAddr,
+    ) -> TlsListener {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         tokio::spawn(async move {

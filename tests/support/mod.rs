@@ -5,6 +5,7 @@
 //! Use from an integration test file with `mod support;`.
 #![allow(dead_code, unused_imports)]
 
+pub mod arm;
 pub mod azurite;
 pub mod certs;
 pub mod identity;
