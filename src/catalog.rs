@@ -32,9 +32,10 @@ pub async fn list(store: &dyn BlobStore, server: Option<&str>, database: Option<
     Ok(out)
 }
 
-/// Job records share the store but are not backups (see [`crate::jobrecords`]).
+/// Job records and holds share the store but are not backups (see [`crate::jobrecords`] and
+/// [`crate::holds`]): every name starting with `@`, which no server segment does.
 fn is_job_record(name: &str) -> bool {
-    name.starts_with(crate::jobrecords::PREFIX)
+    name.starts_with('@')
 }
 
 /// Read one manifest by backup id.

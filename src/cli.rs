@@ -1,6 +1,6 @@
 //! The command line: the same operations the functions run, for operators and local runs.
 
-use crate::backup::{self, Outcome};
+use crate::backup::Outcome;
 use crate::catalog;
 use crate::error::{Error, Result};
 use crate::handler::{self, AppState};
@@ -54,20 +54,53 @@ pub enum Command {
         ids: Vec<String>,
         #[arg(long)]
         all: bool,
+        /// With --all: remove the orphans (data without a manifest) it reports.
+        #[arg(long, requires = "all")]
+        clean_orphans: bool,
     },
     /// Restore now, in this process: the same request as one posted on restore-requests.
     Restore(Box<RestoreArgs>),
-    /// List the job records of restore requests and tasks.
+    /// List job records (backup, restore, retention, verify, drill, ...), or the summary view.
     Jobs {
-        /// restore-request or restore-task.
+        /// backup, restore-request, restore-task, retention, verify, drill, pgbackrest-sas, ...
         #[arg(long)]
         kind: Option<String>,
         /// Only this request (and its tasks) or task.
         #[arg(long)]
         id: Option<String>,
+        /// Only failed jobs.
+        #[arg(long)]
+        failed: bool,
+        /// Only jobs updated since: an RFC 3339 time or a duration back (36h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only jobs about this server.
+        #[arg(long)]
+        server: Option<String>,
+        /// Per database: last success, last failure, next scheduled run, last proven restore.
+        #[arg(long)]
+        summary: bool,
         /// Print JSON (with every detail, including as-files URLs) instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Plan retention and remove what it says (manifest first, then data); --dry-run prints it.
+    Retention {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Set (or with --off release) a legal hold: retention never removes a held backup.
+    Keep {
+        id: String,
+        #[arg(long)]
+        off: bool,
+    },
+    /// Restore drills: newest and a random older backup of each database into PGVAULT_DRILL_SERVER.
+    Drill {
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Play the Functions host against a running `pgvault serve` (local stacks and tests).
     #[command(subcommand)]
@@ -210,7 +243,8 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { ids, all } => {
+        Command::Verify { ids, all, clean_orphans } => {
+            let mut rec = crate::monitor::start_record(crate::jobrecords::JobKind::Verify, "*", "pgvault verify", "cli");
             let ids = if all {
                 catalog::list(rt.ctx.store.as_ref(), None, None).await?.into_iter().map(|m| m.id).collect()
             } else {
@@ -233,12 +267,21 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                     }
                 }
             }
+            let mut orphans = Vec::new();
             if all {
-                for orphan in catalog::orphans(rt.ctx.store.as_ref(), None).await? {
+                orphans = catalog::orphans(rt.ctx.store.as_ref(), None).await?;
+                for orphan in &orphans {
                     println!("orphan (data without manifest, not a backup): {orphan}");
+                    if clean_orphans {
+                        rt.ctx.store.delete(orphan).await?;
+                        println!("removed orphan {orphan}");
+                    }
                 }
             }
             println!("{} verified, {failed} failed", ids.len() - failed);
+            let detail = serde_json::json!({"verified": ids.len() - failed, "orphans": orphans, "cleaned": clean_orphans});
+            let result = if failed == 0 { Ok(detail) } else { Err(format!("{failed} of {} backups failed verification", ids.len())) };
+            crate::monitor::finish_record(&rt.ctx, &mut rec, result).await;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::GrantSql { role, restore, per_schema, apply, server } => {
@@ -249,7 +292,20 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
         Command::PgbackrestSas(c) => {
             crate::pgbackrest::commands::run(&rt.ctx.settings, Some(rt.ctx.store.as_ref()), c).await
         }
-        Command::Jobs { kind, id, json } => list_jobs(&rt, kind.as_deref(), id.as_deref(), json).await,
+        Command::Jobs { kind, id, failed, since, server, summary, json } => {
+            let now = time::OffsetDateTime::now_utc();
+            let filter = crate::monitor::Filter {
+                kind: kind.as_deref().map(crate::jobrecords::JobKind::parse).transpose()?,
+                failed,
+                since: since.as_deref().map(|s| crate::monitor::parse_since(s, now)).transpose()?,
+                server,
+                id,
+            };
+            list_jobs(&rt, &filter, summary, json).await
+        }
+        Command::Retention { dry_run, server } => crate::monitor_cli::retention(&rt.ctx, dry_run, server.as_deref()).await,
+        Command::Keep { id, off } => crate::monitor_cli::keep(&rt.ctx, &id, off).await,
+        Command::Drill { server } => crate::monitor_cli::drill(&rt.ctx, server.as_deref()).await,
         Command::HostSim(HostSim::Timer { url, function }) => {
             let (status, reply) = hostsim::invoke(&url, &function, &hostsim::timer_payload(&function, false)).await?;
             println!("{status} {}", serde_json::to_string_pretty(&reply).expect("serializes"));
@@ -279,7 +335,7 @@ async fn backup_now(rt: &Runtime, server: Option<&str>, databases: &[String]) ->
             }
         };
         for job in jobs {
-            match backup::run(&rt.ctx, &job).await {
+            match crate::monitor::run_backup(&rt.ctx, &job, true).await {
                 Ok(Outcome::Created(m)) => {
                     println!("ok {} ({} -> {} stored)", m.id, human_bytes(m.raw_bytes), human_bytes(m.stored_bytes))
                 }
@@ -562,17 +618,21 @@ fn print_task_report(task: &crate::restore::RestoreTask, r: &crate::restore::Tas
     }
 }
 
-async fn list_jobs(rt: &Runtime, kind: Option<&str>, id: Option<&str>, json: bool) -> Result<ExitCode> {
-    use crate::jobrecords::{self, JobKind};
-    let kind = kind.map(JobKind::parse).transpose()?;
-    let mut records = jobrecords::list(rt.ctx.store.as_ref(), kind).await?;
-    if let Some(id) = id {
-        records.retain(|r| r.id == id || r.parent.as_deref() == Some(id));
-    }
+async fn list_jobs(rt: &Runtime, filter: &crate::monitor::Filter, summary: bool, json: bool) -> Result<ExitCode> {
+    use crate::jobrecords;
+    let now = time::OffsetDateTime::now_utc();
     if json {
-        println!("{}", serde_json::to_string_pretty(&records).expect("serializes"));
+        let v = crate::monitor::query(&rt.ctx, filter, summary, now).await?;
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
         return Ok(ExitCode::SUCCESS);
     }
+    if summary {
+        let records = jobrecords::list(rt.ctx.store.as_ref(), None).await?;
+        crate::monitor_cli::print_summary(&crate::monitor::summary(&rt.ctx.settings, &records, now), filter);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let records: Vec<_> =
+        jobrecords::list(rt.ctx.store.as_ref(), filter.kind).await?.into_iter().filter(|r| filter.matches(r)).collect();
     let rfc = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     println!("{:<16} {:<40} {:<10} {:<21} {:>10} what", "kind", "id", "status", "updated", "bytes");
     for r in &records {

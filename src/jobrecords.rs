@@ -41,6 +41,14 @@ pub enum JobKind {
     PgbackrestSas,
     /// One freshness check of a pgBackRest target's stanzas.
     PgbackrestFreshness,
+    /// One backup job: a database or a server's globals (record id: the job id).
+    Backup,
+    /// One run of retention over the store.
+    Retention,
+    /// One run of `pgvault verify`.
+    Verify,
+    /// One restore drill of one backup into the scratch server.
+    Drill,
 }
 
 impl JobKind {
@@ -50,6 +58,10 @@ impl JobKind {
             JobKind::RestoreTask => "restore-task",
             JobKind::PgbackrestSas => "pgbackrest-sas",
             JobKind::PgbackrestFreshness => "pgbackrest-freshness",
+            JobKind::Backup => "backup",
+            JobKind::Retention => "retention",
+            JobKind::Verify => "verify",
+            JobKind::Drill => "drill",
         }
     }
 
@@ -59,8 +71,12 @@ impl JobKind {
             "restore-task" => Ok(JobKind::RestoreTask),
             "pgbackrest-sas" => Ok(JobKind::PgbackrestSas),
             "pgbackrest-freshness" => Ok(JobKind::PgbackrestFreshness),
+            "backup" => Ok(JobKind::Backup),
+            "retention" => Ok(JobKind::Retention),
+            "verify" => Ok(JobKind::Verify),
+            "drill" => Ok(JobKind::Drill),
             other => Err(Error::permanent(format!("unknown job kind {other:?}"))
-                .with_hint("use restore-request or restore-task")),
+                .with_hint("use backup, restore-request, restore-task, retention, verify, drill, pgbackrest-sas or pgbackrest-freshness")),
         }
     }
 }
@@ -118,6 +134,12 @@ pub struct JobRecord {
     /// Backup bytes read (as stored), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// What the job works on: `server/database`, `server/@globals`, a server, or `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// What started it: `timer`, `queue`, `http` or `cli`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
     /// Kind-specific detail: the plan of a request, the report of a task.
     #[serde(default)]
     pub detail: Value,
@@ -141,6 +163,8 @@ impl JobRecord {
             finished_at: None,
             attempts: 0,
             bytes: None,
+            target: None,
+            trigger: None,
             detail: Value::Null,
         }
     }
@@ -161,6 +185,13 @@ impl JobRecord {
             )));
         }
         Ok(rec)
+    }
+
+    /// Bytes per second over the run, when bytes and both times are known.
+    pub fn rate(&self) -> Option<f64> {
+        let secs = (self.finished_at? - self.started_at?).as_seconds_f64();
+        let bytes = self.bytes?;
+        (secs > 0.0).then(|| bytes as f64 / secs)
     }
 
     /// Whether the job ended (nothing more will happen to it unless it is posted again).

@@ -10,6 +10,10 @@
 //!     (verified blocks -> zstd -> pg_restore into a temporary database -> verify -> rename).
 //!   - [`jobrecords`]: the status record of every restore request and task (`pgvault jobs`).
 //!   - [`jobs`]: the queue messages and the scheduler's planning.
+//!   - [`retention`]: policies and the pure GFS plan, and its execution (manifest first);
+//!     [`holds`]: legal holds retention never removes.
+//!   - [`monitor`]: backup job records, `pgvault jobs` filters and summary, RPO checks, alerts.
+//!   - [`drill`]: restore drills into the scratch server (RTO evidence).
 //!   - [`pgbackrest`]: SAS rotation for VM-hosted pgBackRest (plan, token, include file,
 //!     rotator, VM sync and doctor, repository freshness).
 //!   - [`pg`]: PostgreSQL connections and the tool binaries (pg_dump, pg_restore, pg_dumpall).
@@ -34,14 +38,18 @@ pub mod catalog;
 pub mod cli;
 pub mod connstr;
 pub mod credentials;
+pub mod drill;
 pub mod error;
 pub mod grant;
 pub mod handler;
+pub mod holds;
 pub mod hostsim;
 pub mod jobs;
 pub mod jobrecords;
 pub mod layout;
 pub mod manifest;
+pub mod monitor;
+pub mod monitor_cli;
 pub mod pg;
 pub mod pgbackrest;
 pub mod progress;

@@ -9,8 +9,10 @@
 //! it is still the newest among the kept ones, and planning again removes nothing more.
 
 use crate::error::{Error, Result};
+use crate::layout::BackupKind;
+use crate::store::BlobStore;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use time::OffsetDateTime;
 
 /// The most years a policy may keep.
@@ -188,6 +190,164 @@ fn removal_reason(t: OffsetDateTime, tiers: &[(Tier, u32)], kept: &[HashSet<Stri
     }
 }
 
+/// Per-database overrides in the inventory (`servers[].databases.<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DatabasePolicy {
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub retention: Option<Policy>,
+}
+
+/// Validate a server's schedule and policies, naming the server and database on error.
+pub fn check_server(s: &crate::settings::Server) -> Result<()> {
+    let what = |db: Option<&str>| match db {
+        Some(d) => format!("inventory: server {:?}, database {d:?}", s.name),
+        None => format!("inventory: server {:?}", s.name),
+    };
+    let check = |db: Option<&str>, schedule: &Option<String>, policy: &Option<Policy>| -> Result<()> {
+        if let Some(sch) = schedule {
+            crate::jobs::parse_ncrontab(sch).map_err(|e| e.context(format!("{} schedule", what(db))))?;
+        }
+        if let Some(p) = policy {
+            p.validate().map_err(|e| e.context(format!("{} retention", what(db))))?;
+        }
+        Ok(())
+    };
+    check(None, &s.schedule, &s.retention)?;
+    for (db, p) in &s.databases {
+        check(Some(db), &p.schedule, &p.retention)?;
+    }
+    Ok(())
+}
+
+/// The policy for a database (`None`: the server's globals): its override, else the server's.
+pub fn policy_for(s: &crate::settings::Server, database: Option<&str>) -> Option<Policy> {
+    database.and_then(|d| s.databases.get(d)).and_then(|p| p.retention).or(s.retention)
+}
+
+/// The schedule a database's backups are expected on: its override, the server's, the global.
+pub fn schedule_for<'a>(
+    s: &'a crate::settings::Server,
+    database: Option<&str>,
+    global: Option<&'a str>,
+) -> Option<&'a str> {
+    database.and_then(|d| s.databases.get(d)).and_then(|p| p.schedule.as_deref()).or(s.schedule.as_deref()).or(global)
+}
+
+/// The plan for one database (or the globals) of one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetPlan {
+    pub server: String,
+    /// `None`: the server's globals.
+    pub database: Option<String>,
+    pub policy: Option<Policy>,
+    /// Why nothing is planned (no policy), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    pub backups: Vec<Planned>,
+}
+
+/// Plan retention for every backup in the store of the inventory's servers (or one). Backups of
+/// servers that left the inventory are not touched.
+pub async fn plan_store(
+    settings: &crate::settings::Settings,
+    store: &dyn BlobStore,
+    only_server: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Vec<TargetPlan>> {
+    let held = crate::holds::list(store).await?;
+    let mut out = Vec::new();
+    for server in settings.inventory.iter().filter(|s| only_server.is_none_or(|o| o == s.name)) {
+        let manifests = crate::catalog::list(store, Some(&server.name), None).await?;
+        let mut groups: BTreeMap<Option<String>, Vec<Item>> = BTreeMap::new();
+        for m in &manifests {
+            let key = (m.kind == BackupKind::Database).then(|| m.database.clone());
+            groups.entry(key).or_default().push(Item {
+                id: m.id.clone(),
+                time: m.requested_at,
+                held: held.contains(&m.id),
+            });
+        }
+        for (database, items) in groups {
+            let policy = policy_for(server, database.as_deref());
+            let (skipped, backups) = match &policy {
+                Some(p) => (None, plan(&items, p, now)),
+                None => (
+                    Some("no retention policy in the inventory: everything is kept".to_string()),
+                    plan(&items, &Policy { daily: 0, weekly: 0, monthly: 0, yearly: 0, min_keep: u32::MAX }, now),
+                ),
+            };
+            out.push(TargetPlan { server: server.name.clone(), database, policy, skipped, backups });
+        }
+    }
+    Ok(out)
+}
+
+/// What [`execute`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Executed {
+    pub removed: Vec<String>,
+    /// Backups whose removal storage refused by policy (WORM): kept, with the reason.
+    pub refused: Vec<(String, String)>,
+    pub kept: usize,
+}
+
+/// Whether a store error is a delete refused by an immutability policy or legal hold.
+pub fn is_immutability_refusal(e: &Error) -> bool {
+    let m = e.message().to_ascii_lowercase();
+    m.contains("immutab") || m.contains("legal hold")
+}
+
+/// Remove what the plans say: for each backup, **the manifest first, then its data** (ordering
+/// invariant 5). A run stopped between the two leaves only data without a manifest, an orphan
+/// that `pgvault verify --all --clean-orphans` removes; never a manifest naming missing data. A
+/// delete refused by an immutability policy is skipped with a logged reason.
+pub async fn execute(store: &dyn BlobStore, plans: &[TargetPlan]) -> Result<Executed> {
+    let mut done = Executed::default();
+    for tp in plans {
+        for p in &tp.backups {
+            if p.decision.is_keep() {
+                done.kept += 1;
+                continue;
+            }
+            let m = match crate::catalog::manifest(store, &p.id).await {
+                Ok(m) => m,
+                Err(e) if e.is_permanent() => continue, // removed meanwhile
+                Err(e) => return Err(e),
+            };
+            let manifest = crate::layout::manifest_for_id(&p.id);
+            match store.delete(&manifest).await {
+                Ok(()) => {}
+                Err(e) if is_immutability_refusal(&e) => {
+                    tracing::warn!(backup = %p.id, reason = %e, "retention: removal refused by the container's immutability policy; kept");
+                    done.refused.push((p.id.clone(), e.to_string()));
+                    continue;
+                }
+                Err(e) => return Err(e.context(format!("retention: remove manifest of {:?}", p.id))),
+            }
+            if let Decision::Remove { reason } = &p.decision {
+                tracing::info!(backup = %p.id, reason = %reason, "retention: removed backup");
+            }
+            done.removed.push(p.id.clone());
+            match store.delete(&m.data_blob).await {
+                Ok(()) => {}
+                Err(e) if is_immutability_refusal(&e) => {
+                    tracing::warn!(blob = %m.data_blob, reason = %e, "retention: data blob kept by the immutability policy (an orphan now)");
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "retention: remove data {:?} (its manifest is gone: an orphan for verify --clean-orphans)",
+                        m.data_blob
+                    )));
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +470,161 @@ mod tests {
         assert!(Policy { daily: 0, weekly: 0, monthly: 0, yearly: 11, min_keep: 1 }.validate().is_err());
         assert!(Policy { daily: 0, weekly: 0, monthly: 0, yearly: 0, min_keep: 0 }.validate().is_err());
         assert!(Policy { daily: 7, weekly: 4, monthly: 12, yearly: 10, min_keep: 1 }.validate().is_ok());
+    }
+    mod execution {
+        use super::super::*;
+        use crate::store::local::LocalStore;
+        use crate::store::{BlobInfo, ByteStream, CreateOutcome, Tags};
+        use async_trait::async_trait;
+        use bytes::Bytes;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use time::macros::datetime;
+
+        /// Fails the first delete of a data blob: a run "killed" between manifest and data.
+        struct FailDataDelete {
+            inner: LocalStore,
+            armed: AtomicBool,
+        }
+
+        #[async_trait]
+        impl BlobStore for FailDataDelete {
+            fn describe(&self) -> String {
+                self.inner.describe()
+            }
+            async fn stage_block(&self, n: &str, id: &str, d: Bytes) -> Result<()> {
+                self.inner.stage_block(n, id, d).await
+            }
+            async fn commit_blocks(&self, n: &str, ids: &[String], t: &Tags) -> Result<()> {
+                self.inner.commit_blocks(n, ids, t).await
+            }
+            async fn create(&self, n: &str, d: Bytes, t: &Tags) -> Result<CreateOutcome> {
+                self.inner.create(n, d, t).await
+            }
+            async fn get(&self, n: &str) -> Result<Bytes> {
+                self.inner.get(n).await
+            }
+            async fn read(&self, n: &str) -> Result<ByteStream> {
+                self.inner.read(n).await
+            }
+            async fn tags(&self, n: &str) -> Result<Tags> {
+                self.inner.tags(n).await
+            }
+            async fn list(&self, p: &str) -> Result<Vec<BlobInfo>> {
+                self.inner.list(p).await
+            }
+            async fn exists(&self, n: &str) -> Result<bool> {
+                self.inner.exists(n).await
+            }
+            async fn delete(&self, n: &str) -> Result<()> {
+                if !n.ends_with(crate::layout::MANIFEST_SUFFIX) && self.armed.swap(false, Ordering::SeqCst) {
+                    return Err(Error::transient("injected: killed between manifest and data"));
+                }
+                self.inner.delete(n).await
+            }
+        }
+
+        async fn put_backup(store: &dyn BlobStore, server: &str, db: &str, t: OffsetDateTime, n: usize) -> String {
+            let p = crate::layout::backup_paths(BackupKind::Database, server, db, t, &format!("job{n}"));
+            let data = crate::layout::data_blob(&p.id, "0000abcd", "dump.zst");
+            let block = crate::backup::block_id(0);
+            store.stage_block(&data, &block, Bytes::from_static(b"x")).await.unwrap();
+            store.commit_blocks(&data, &[block], &Tags::new()).await.unwrap();
+            let m = serde_json::json!({
+                "format": "pgvault-backup-manifest", "format_version": 1, "pgvault_version": "0",
+                "id": p.id, "kind": "database", "job_id": format!("job{n}"), "server": server, "database": db,
+                "server_version": "15", "server_version_num": 150000,
+                "tool": {"name": "pg_dump", "version": "15", "major": 15, "args": []},
+                "archive_format": "custom", "compression": {"algorithm": "none"},
+                "data_blob": data, "raw_bytes": 1, "stored_bytes": 1, "sha256": "",
+                "blocks": [{"size": 1, "sha256": ""}],
+                "requested_at": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "started_at": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "finished_at": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "row_counts": null, "restore_hint": ""
+            });
+            store.create(&p.manifest, Bytes::from(m.to_string()), &Tags::new()).await.unwrap();
+            p.id
+        }
+
+        fn settings(dir: &std::path::Path) -> crate::settings::Settings {
+            let inv = r#"[{"name":"prod","host":"h","user":"u","retention":{"daily":3,"min_keep":1},
+                "databases":{"keepall":{"retention":{"daily":30}}}}]"#;
+            crate::settings::Settings::from_map(std::collections::HashMap::from([
+                ("PGVAULT_INVENTORY".to_string(), inv.to_string()),
+                ("PGVAULT_LOCAL_DIR".to_string(), dir.display().to_string()),
+            ]))
+            .unwrap()
+        }
+
+        #[tokio::test]
+        async fn interrupted_execution_leaves_only_orphan_data_and_holds_are_kept() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = FailDataDelete { inner: LocalStore::new(dir.path()), armed: AtomicBool::new(true) };
+            let settings = settings(dir.path());
+            let now = datetime!(2026-11-21 12:00 UTC);
+            let mut ids = Vec::new();
+            for d in 0..8 {
+                ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
+            }
+            for d in 0..5 {
+                put_backup(&store, "prod", "keepall", now - time::Duration::days(d), 100 + d as usize).await;
+            }
+            // A hold on the oldest: kept whatever the policy says.
+            crate::holds::set(&store, &ids[7], "test", now).await.unwrap();
+
+            let plans = plan_store(&settings, &store, None, now).await.unwrap();
+            let app = plans.iter().find(|p| p.database.as_deref() == Some("app")).unwrap();
+            let removing: Vec<&str> =
+                app.backups.iter().filter(|p| !p.decision.is_keep()).map(|p| p.id.as_str()).collect();
+            assert_eq!(removing, [&ids[3], &ids[4], &ids[5], &ids[6]].map(String::as_str));
+            assert!(
+                plans
+                    .iter()
+                    .find(|p| p.database.as_deref() == Some("keepall"))
+                    .unwrap()
+                    .backups
+                    .iter()
+                    .all(|p| p.decision.is_keep())
+            );
+
+            // First run dies between the first manifest delete and its data delete.
+            let err = execute(&store, &plans).await.unwrap_err();
+            assert!(err.to_string().contains("orphan"), "{err}");
+            // No manifest names missing data.
+            for m in crate::catalog::list(&store, None, None).await.unwrap() {
+                assert!(store.exists(&m.data_blob).await.unwrap(), "manifest {} points at missing data", m.id);
+            }
+            let orphans = crate::catalog::orphans(&store, None).await.unwrap();
+            assert_eq!(orphans.len(), 1, "{orphans:?}");
+            assert!(orphans[0].starts_with(&ids[3]), "{orphans:?}");
+
+            // A second run finishes the job; the orphan is verify's to clean.
+            let plans = plan_store(&settings, &store, None, now).await.unwrap();
+            let done = execute(&store, &plans).await.unwrap();
+            assert_eq!(done.removed.len(), 3);
+            let left: Vec<String> = crate::catalog::list(&store, Some("prod"), Some("app"))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            assert_eq!(left, [&ids[7], &ids[2], &ids[1], &ids[0]].map(String::clone));
+            // Idempotent: nothing more to remove.
+            let again = plan_store(&settings, &store, None, now).await.unwrap();
+            assert!(again.iter().all(|tp| tp.backups.iter().all(|p| p.decision.is_keep())));
+            // The hold marker is not an orphan.
+            assert_eq!(crate::catalog::orphans(&store, None).await.unwrap().len(), 1);
+            crate::holds::release(&store, &ids[7]).await.unwrap();
+            let plans = plan_store(&settings, &store, None, now).await.unwrap();
+            assert_eq!(execute(&store, &plans).await.unwrap().removed, [ids[7].clone()]);
+        }
+
+        #[test]
+        fn immutability_refusals_are_recognised() {
+            assert!(is_immutability_refusal(&Error::permanent(
+                "delete x: 409 BlobImmutableDueToPolicy: immutability policy"
+            )));
+            assert!(!is_immutability_refusal(&Error::permanent("delete x: 404 not found")));
+        }
     }
 }

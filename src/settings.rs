@@ -46,6 +46,12 @@ pub const ALL: &[(&str, &str)] = &[
     ),
     ("PGVAULT_SAS_ROTATOR_SCHEDULE", "NCRONTAB schedule (UTC) of `sas-rotator`, e.g. `0 0 * * * *` (hourly)"),
     ("PGVAULT_ARM_ENDPOINT", "Azure Resource Manager URL for push delivery (default `https://management.azure.com`)"),
+    ("PGVAULT_ALERT_WEBHOOK", "secret: incoming-webhook URL (Teams/Slack) that alerts are POSTed to; never logged"),
+    ("PGVAULT_RETENTION_SCHEDULE", "NCRONTAB schedule (UTC) of `retention` (prune, then RPO check), e.g. `0 30 * * * *`"),
+    ("PGVAULT_RPO_MARGIN_MINUTES", "minutes a scheduled backup may be late before a missed-schedule alert (default 60)"),
+    ("PGVAULT_DRILL_SCHEDULE", "NCRONTAB schedule (UTC) of `restore-drill`, e.g. `0 0 5 * * 0`"),
+    ("PGVAULT_DRILL_SERVER", "inventory server that restore drills restore into (a scratch server)"),
+    ("PGVAULT_JOB_RECORD_DAYS", "days finished job records are kept (default 400)"),
     ("PGVAULT_LOG", "log filter, e.g. `info` or `pgvault=debug` (default `info`)"),
     ("PGVAULT_LOG_FORMAT", "`json` (default under the Functions host) or `text`"),
     ("FUNCTIONS_CUSTOMHANDLER_PORT", "set by the Functions host: the port `pgvault serve` listens on"),
@@ -80,6 +86,16 @@ pub struct Server {
     /// PostgreSQL bin directories for this server (default: the global setting).
     #[serde(default)]
     pub pg_bin_dirs: Vec<PathBuf>,
+    /// Backup schedule (NCRONTAB, UTC) this server's backups are expected on (RPO checks);
+    /// default PGVAULT_BACKUP_SCHEDULE.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// GFS retention of this server's backups (and globals); absent: nothing is pruned.
+    #[serde(default)]
+    pub retention: Option<crate::retention::Policy>,
+    /// Per-database overrides of `schedule` and `retention`.
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, crate::retention::DatabasePolicy>,
 }
 
 fn default_port() -> u16 {
@@ -221,6 +237,13 @@ pub struct Settings {
     pub pgbackrest_targets: Vec<crate::pgbackrest::target::Target>,
     pub sas_rotator_schedule: Option<String>,
     pub arm_endpoint: String,
+    /// Where alerts are POSTed (a secret: the token is in the URL).
+    pub alert_webhook: Option<crate::secret::Secret>,
+    pub retention_schedule: Option<String>,
+    pub rpo_margin: time::Duration,
+    pub drill_schedule: Option<String>,
+    pub drill_server: Option<String>,
+    pub job_record_days: u64,
     pub log_filter: String,
     pub log_format: Option<LogFormat>,
     pub handler_port: Option<u16>,
@@ -332,6 +355,29 @@ impl Settings {
         let arm_endpoint =
             get("PGVAULT_ARM_ENDPOINT").unwrap_or_else(|| crate::azure::arm::DEFAULT_ARM_ENDPOINT.into());
         check_https_url("PGVAULT_ARM_ENDPOINT", &arm_endpoint)?;
+        let alert_webhook = match get("PGVAULT_ALERT_WEBHOOK") {
+            Some(u) => match url::Url::parse(&u) {
+                Ok(p) if matches!(p.scheme(), "https" | "http") => Some(crate::secret::Secret::new(u)),
+                // The value is a secret: name the setting, never echo it.
+                _ => return Err(bad("PGVAULT_ALERT_WEBHOOK", "is not an http(s) URL")),
+            },
+            None => None,
+        };
+        let retention_schedule = get("PGVAULT_RETENTION_SCHEDULE");
+        let drill_schedule = get("PGVAULT_DRILL_SCHEDULE");
+        for (name, v) in [("PGVAULT_RETENTION_SCHEDULE", &retention_schedule), ("PGVAULT_DRILL_SCHEDULE", &drill_schedule)] {
+            if let Some(s) = v {
+                crate::jobs::parse_ncrontab(s).map_err(|e| bad(name, e))?;
+            }
+        }
+        let rpo_margin = time::Duration::minutes(number(&get, "PGVAULT_RPO_MARGIN_MINUTES", 60, 0, 10_000_000)? as i64);
+        let drill_server = get("PGVAULT_DRILL_SERVER");
+        if let Some(d) = &drill_server
+            && !inventory.iter().any(|s| &s.name == d)
+        {
+            return Err(bad("PGVAULT_DRILL_SERVER", format!("{d:?} is not a server of the inventory")));
+        }
+        let job_record_days = number(&get, "PGVAULT_JOB_RECORD_DAYS", 400, 1, 100_000)?;
         let log_format = match get("PGVAULT_LOG_FORMAT").as_deref() {
             None => None,
             Some("json") => Some(LogFormat::Json),
@@ -362,6 +408,12 @@ impl Settings {
             pgbackrest_targets,
             sas_rotator_schedule,
             arm_endpoint,
+            alert_webhook,
+            retention_schedule,
+            rpo_margin,
+            drill_schedule,
+            drill_server,
+            job_record_days,
             log_filter: get("PGVAULT_LOG").unwrap_or_else(|| "info".into()),
             log_format,
             handler_port,
@@ -445,6 +497,7 @@ pub fn parse_inventory(json: &str) -> Result<Vec<Server>> {
             }
             _ => {}
         }
+        crate::retention::check_server(s)?;
         if !s.include.is_empty() && !s.exclude.is_empty() {
             return Err(Error::permanent(format!("inventory: server {:?} sets both include and exclude", s.name))
                 .with_hint("list the databases to back up in include, or the ones to skip in exclude"));

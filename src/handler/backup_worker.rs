@@ -6,7 +6,7 @@
 //! original text and the reason, and the reply is 200 so it is not retried.
 
 use super::{AppState, Reply, parse_invocation};
-use crate::backup::{self, Outcome};
+use crate::backup::Outcome;
 use crate::error::Error;
 use crate::jobs::{BACKUP_JOBS_QUEUE, BackupJob, rejected_queue};
 use axum::body::Bytes;
@@ -36,7 +36,8 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
             json!({ "error": "shutting down" }),
         );
     }
-    match backup::run(&state.ctx, &job).await {
+    // The record says queued/running/succeeded/failed; a failure that will not be retried alerts.
+    match crate::monitor::run_backup(&state.ctx, &job, dequeue_count >= state.max_dequeue_count).await {
         Ok(Outcome::Created(m)) => Reply::ok(
             vec![format!("backed up {} as {} ({} bytes stored)", job.describe(), m.id, m.stored_bytes)],
             json!({ "status": "succeeded", "backup": m.id, "stored_bytes": m.stored_bytes, "sha256": m.sha256 }),
@@ -66,6 +67,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
 /// Keep a message that can never succeed, with its reason, on the `-rejected` queue. If even that
 /// fails, reply 500 so the host keeps the message: nothing is lost.
 async fn reject(state: &AppState, text: &str, message_id: &str, dequeue_count: u32, why: &Error) -> Reply {
+    crate::monitor::record_rejected(&state.ctx, BackupJob::from_json(text).ok().as_ref(), message_id, why).await;
     let queue = rejected_queue(BACKUP_JOBS_QUEUE);
     let record = json!({
         "queue": BACKUP_JOBS_QUEUE,

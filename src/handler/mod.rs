@@ -7,10 +7,14 @@
 //! JSON-encoded twice, `Id`/`PopReceipt` with embedded quotes, `DequeueCount` as a number or a
 //! string. [`Invocation`] accepts the clean form and all of those.
 
+pub mod backup_now;
 pub mod backup_scheduler;
 pub mod backup_worker;
+pub mod jobs;
+pub mod restore_drill;
 pub mod restore_requests;
 pub mod restore_worker;
+pub mod retention;
 pub mod sas_rotator;
 
 use crate::backup::Ctx;
@@ -25,7 +29,7 @@ use std::sync::Arc;
 
 /// Function names: the folders under `functions/`, and the routes the host POSTs to.
 pub const FUNCTIONS: &[&str] =
-    &["backup-scheduler", "backup-worker", "restore-requests", "restore-worker", "sas-rotator"];
+    &["backup-scheduler", "backup-worker", "restore-requests", "restore-worker", "sas-rotator", "retention", "restore-drill", "jobs", "backup-now"];
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -46,6 +50,10 @@ pub fn app(state: AppState) -> Router {
         .route("/restore-requests", post(restore_requests::handle))
         .route("/restore-worker", post(restore_worker::handle))
         .route("/sas-rotator", post(sas_rotator::handle))
+        .route("/retention", post(retention::handle))
+        .route("/restore-drill", post(restore_drill::handle))
+        .route("/jobs", post(jobs::handle))
+        .route("/backup-now", post(backup_now::handle))
         .with_state(state)
 }
 

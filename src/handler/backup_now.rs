@@ -1,0 +1,70 @@
+//! `backup-now` (HTTP POST, function key): enqueue on-demand backups of one server (every
+//! database and the globals) or of one database, and answer 202 with the job ids at once; the
+//! backups run on `backup-worker`. Body: `{"server": "prod", "database": "app"}` (database
+//! optional). Each job gets a `queued` record (trigger `http`) before it is sent.
+
+use super::AppState;
+use super::jobs::{http_reply, http_request};
+use crate::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
+use crate::layout::BackupKind;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    server: String,
+    #[serde(default)]
+    database: Option<String>,
+}
+
+pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
+    let req = match http_request(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    if req.method != "POST" {
+        return http_reply(405, &json!({ "error": "backup-now answers POST only" }), vec![]);
+    }
+    let b: Body = match serde_json::from_str(&req.body) {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = format!("body is not {{\"server\": .., \"database\": ..}}: {e}");
+            return http_reply(400, &json!({ "error": msg }), vec![msg.clone()]);
+        }
+    };
+    if state.ctx.settings.server(&b.server).is_none() {
+        return http_reply(404, &json!({ "error": format!("server {:?} is not in the inventory", b.server) }), vec![]);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let jobs: Vec<BackupJob> = match &b.database {
+        // One database: no connection needed; backup-worker rejects a database that is gone.
+        Some(db) => vec![BackupJob::new(BackupKind::Database, &b.server, Some(db), now, Trigger::Http)],
+        None => match crate::scheduler::plan(&state.ctx, Some(&b.server), &[], Trigger::Http, now).await {
+            Ok(mut plans) => match plans.pop().map(|p| p.jobs) {
+                Some(Ok(jobs)) => jobs,
+                Some(Err(e)) => return http_reply(502, &json!({ "error": e.to_string() }), vec![e.to_string()]),
+                None => Vec::new(),
+            },
+            Err(e) => return http_reply(400, &json!({ "error": e.to_string() }), vec![e.to_string()]),
+        },
+    };
+    let mut ids = Vec::new();
+    for job in &jobs {
+        crate::jobrecords::put_logged(state.ctx.store.as_ref(), &crate::monitor::backup_record(job, now)).await;
+        if let Err(e) = state.queue.send(BACKUP_JOBS_QUEUE, &job.to_json(), false).await {
+            tracing::error!(job = %job.job_id, error = %e, "backup-now: cannot enqueue");
+            return http_reply(
+                503,
+                &json!({ "error": format!("enqueue {}: {e}", job.describe()), "enqueued": ids }),
+                vec![e.to_string()],
+            );
+        }
+        tracing::info!(job = %job.job_id, what = %job.describe(), "backup-now: enqueued");
+        ids.push(json!({ "job_id": job.job_id, "target": crate::monitor::backup_target(job) }));
+    }
+    http_reply(202, &json!({ "status": "queued", "jobs": ids }), vec![format!("enqueued {} backup jobs", ids.len())])
+}

@@ -1,0 +1,90 @@
+//! `jobs` (HTTP GET, function key): the job records and the summary as JSON, the same data as
+//! `pgvault jobs --json [--summary]`. Query: `kind`, `failed`, `since` (RFC 3339 or `36h`/`7d`),
+//! `server`, `id`, `summary`.
+//!
+//! HTTP triggers reach a custom handler (without request forwarding) as an invocation whose
+//! `Data.req` is `{Url, Method, Query, Headers, Params, Body}`; the answer is the `res` output
+//! binding `{"Outputs":{"res":{"statusCode","body","headers"}}}`, always in a 200 reply to the
+//! host (a non-2xx reply would fail the invocation).
+
+use super::{AppState, parse_invocation};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The HTTP trigger's binding name in `function.json`.
+pub const BINDING: &str = "req";
+
+/// The parts of `Data.req` the handlers use.
+#[derive(Debug, Default)]
+pub struct HttpRequest {
+    pub method: String,
+    pub query: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// Read `Data.req` (accepting a JSON-encoded string, as the host sometimes sends).
+pub fn http_request(body: &[u8]) -> Result<HttpRequest, Box<Response>> {
+    let inv = parse_invocation(body).map_err(|r| Box::new(r.into_response()))?;
+    let req = match inv.data.get(BINDING) {
+        Some(Value::String(s)) => serde_json::from_str(&super::unquote(s)).unwrap_or(Value::Null),
+        Some(v) => v.clone(),
+        None => Value::Null,
+    };
+    if !req.is_object() {
+        return Err(Box::new(super::bad_invocation(format!("Data has no {BINDING:?} HTTP request")).into_response()));
+    }
+    let query = req["Query"]
+        .as_object()
+        .map(|q| {
+            q.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = match &req["Body"] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    Ok(HttpRequest { method: req["Method"].as_str().unwrap_or("").to_ascii_uppercase(), query, body })
+}
+
+/// The host reply carrying an HTTP response in the `res` output binding.
+pub fn http_reply(status: u16, body: &Value, logs: Vec<String>) -> Response {
+    let out = json!({
+        "Outputs": { "res": {
+            "statusCode": status,
+            "body": body.to_string(),
+            "headers": { "Content-Type": "application/json" },
+        }},
+        "Logs": logs,
+        "ReturnValue": null,
+    });
+    (axum::http::StatusCode::OK, axum::Json(out)).into_response()
+}
+
+pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
+    let req = match http_request(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    if req.method != "GET" {
+        return http_reply(405, &json!({ "error": "jobs answers GET only" }), vec![]);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let filter = match crate::monitor::Filter::from_query(&req.query, now) {
+        Ok(f) => f,
+        Err(e) => return http_reply(400, &json!({ "error": e.to_string() }), vec![e.to_string()]),
+    };
+    let summary = req.query.get("summary").is_some_and(|v| matches!(v.as_str(), "" | "1" | "true" | "yes"));
+    match crate::monitor::query(&state.ctx, &filter, summary, now).await {
+        Ok(v) => http_reply(200, &v, vec![]),
+        Err(e) => {
+            tracing::error!(error = %e, "jobs query failed");
+            http_reply(503, &json!({ "error": e.to_string() }), vec![e.to_string()])
+        }
+    }
+}

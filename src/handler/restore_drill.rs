@@ -1,0 +1,28 @@
+//! `restore-drill` (timer, `PGVAULT_DRILL_SCHEDULE`): restore drills of every server (see
+//! [`crate::drill`]). Each drill is a job record; a failed drill alerts. The reply fails only
+//! when the drills could not start (e.g. no `PGVAULT_DRILL_SERVER`).
+
+use super::{AppState, Reply};
+use crate::jobrecords::Status;
+use axum::extract::State;
+use serde_json::json;
+
+pub async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> Reply {
+    if let Err(reply) = super::parse_invocation(&body) {
+        return reply;
+    }
+    match crate::drill::run(&state.ctx, None, "timer").await {
+        Ok(records) => {
+            let failed = records.iter().filter(|r| r.status != Status::Succeeded).count();
+            let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+            Reply::ok(
+                vec![format!("{} restore drills, {failed} failed", records.len())],
+                json!({ "drills": ids, "failed": failed }),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "restore drills could not run");
+            Reply::retry(vec![e.to_string()], json!({ "error": e.to_string() }))
+        }
+    }
+}
