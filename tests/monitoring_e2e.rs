@@ -1,0 +1,134 @@
+//! The HTTP functions (`backup-now`, `jobs`) through the custom handler's HTTP payload form, and
+//! a failed job's alert reaching a local webhook receiver. Local store, a recording queue.
+
+use pgvault::error::Result;
+use pgvault::queue::{JobQueue, Received};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, String)>>);
+
+#[async_trait::async_trait]
+impl JobQueue for Recorder {
+    async fn ensure(&self, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn send(&self, q: &str, m: &str, _: bool) -> Result<()> {
+        self.0.lock().unwrap().push((q.into(), m.into()));
+        Ok(())
+    }
+    async fn receive(&self, _: &str, _: u8, _: u32) -> Result<Vec<Received>> {
+        Ok(Vec::new())
+    }
+    async fn peek(&self, _: &str, _: u8) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &str, _: &str, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn release(&self, _: &str, _: &str, _: &str, _: u32) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn http(method: &str, query: Value, body: &str) -> Value {
+    json!({"Data": {"req": {"Url": "https://app/api/x", "Method": method, "Query": query,
+        "Headers": {}, "Params": {}, "Body": body}}, "Metadata": {"sys": {"MethodName": "x"}}})
+}
+
+#[tokio::test]
+async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_webhook() {
+    // The webhook receiver: records every body.
+    let hits: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let hook = {
+        let hits = hits.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+                let hits = hits.clone();
+                async move {
+                    hits.lock().unwrap().push(v);
+                    "ok"
+                }
+            }),
+        )
+    };
+    let hl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hl.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(hl, hook).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let map = std::collections::HashMap::from([
+        ("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string()),
+        (
+            "PGVAULT_INVENTORY".to_string(),
+            r#"[{"name":"prod","host":"127.0.0.1","port":1,"user":"u","tls":"disable"}]"#.to_string(),
+        ),
+        ("PGVAULT_BACKUP_SCHEDULE".to_string(), "0 0 2 * * *".to_string()),
+        ("PGVAULT_ALERT_WEBHOOK".to_string(), hook_url),
+    ]);
+    let settings = pgvault::settings::Settings::from_map(map).unwrap();
+    let rt =
+        pgvault::runtime::Runtime::build(settings, pgvault::progress::Mode::Off, Default::default()).await.unwrap();
+    let queue = Arc::new(Recorder::default());
+    let state = pgvault::handler::AppState { ctx: rt.ctx, queue: queue.clone(), max_dequeue_count: 3 };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, pgvault::handler::app(state)).await });
+
+    // backup-now for one database: 202 with the job id, the job on backup-jobs, a queued record.
+    let (status, reply) =
+        pgvault::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), r#"{"server":"prod","database":"app"}"#))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let res = &reply["Outputs"]["res"];
+    assert_eq!(res["statusCode"], 202, "{reply}");
+    let body: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+    let job_id = body["jobs"][0]["job_id"].as_str().unwrap().to_string();
+    let sent = queue.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, "backup-jobs");
+    assert!(sent[0].1.contains(&job_id));
+
+    // An unknown server is a 404, a bad body a 400; nothing more is enqueued.
+    let (_, r) =
+        pgvault::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), r#"{"server":"nope"}"#)).await.unwrap();
+    assert_eq!(r["Outputs"]["res"]["statusCode"], 404);
+    let (_, r) = pgvault::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), "{")).await.unwrap();
+    assert_eq!(r["Outputs"]["res"]["statusCode"], 400);
+    assert_eq!(queue.0.lock().unwrap().len(), 1);
+
+    // jobs (GET) shows the queued record with its trigger and target, and the summary.
+    let (_, r) = pgvault::hostsim::invoke(&url, "jobs", &http("GET", json!({"kind": "backup", "summary": "true"}), ""))
+        .await
+        .unwrap();
+    assert_eq!(r["Outputs"]["res"]["statusCode"], 200, "{r}");
+    let body: Value = serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{body}");
+    assert_eq!(jobs[0]["id"], job_id.as_str());
+    assert_eq!(jobs[0]["status"], "queued");
+    assert_eq!(jobs[0]["trigger"], "http");
+    assert_eq!(jobs[0]["target"], "prod/app");
+    assert_eq!(body["summary"][0]["database"], "app");
+    assert!(body["summary"][0]["next_run"].as_str().unwrap().ends_with("T02:00:00Z"), "{body}");
+
+    // The worker runs the job: the server is unreachable (port 1), the last attempt fails, the
+    // record says failed and the webhook gets the alert.
+    let msg = sent[0].1.clone();
+    let inv = json!({"Data": {"job": msg}, "Metadata": {"Id": "m1", "DequeueCount": "3"}});
+    let (status, _) = pgvault::hostsim::invoke(&url, "backup-worker", &inv).await.unwrap();
+    assert!(status == 200 || status == 500);
+    let (_, r) = pgvault::hostsim::invoke(&url, "jobs", &http("GET", json!({"failed": "true"}), "")).await.unwrap();
+    let body: Value = serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["jobs"][0]["id"], job_id.as_str(), "{body}");
+    assert_eq!(body["jobs"][0]["status"], "failed");
+    assert!(!body["jobs"][0]["reason"].as_str().unwrap().is_empty());
+    let hits = hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["kind"], "job-failed");
+    assert_eq!(hits[0]["job_id"], job_id.as_str());
+    assert!(!hits[0].to_string().contains("/hook"), "the webhook URL never appears in the body");
+}
