@@ -394,6 +394,20 @@ async fn rotate_sync_backup_expire_and_recover() {
         pgvault::jobrecords::list(&store, Some(pgvault::jobrecords::JobKind::PgbackrestFreshness)).await.unwrap();
     assert!(!fresh_records.is_empty());
 
+    // The sas-rotator function, as the Functions host invokes it: rotation and freshness.
+    let served = stack.serve();
+    let timer = json!({"Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}},
+                       "Metadata": {"sys": {"MethodName": "sas-rotator"}}});
+    let (status, reply) = served.invoke("sas-rotator", &timer).await;
+    assert_eq!(status, 200, "{reply}");
+    let value = &reply["ReturnValue"];
+    assert_eq!(by_target(value, "pg1")["action"], "keep", "{value}");
+    assert_eq!(by_target(value, "pg2")["delivery_result"]["ok"], true, "{value}");
+    assert!(by_target(value, "pg3")["alarm"].is_string());
+    assert_eq!(value["freshness"][0]["stanzas"][0]["fresh"], true, "{value}");
+    outputs.push_str(&served.output());
+    drop(served);
+
     // No token appears in any output (pgvault's or pgBackRest's).
     let newest = vault.current(&kv.url, "pgbackrest-sas-pg1").await.unwrap().unwrap().value.unwrap();
     for s in [&sas, &pg2, &expired, &newest] {

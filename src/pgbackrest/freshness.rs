@@ -122,7 +122,7 @@ pub async fn check(store: &dyn BlobStore, t: &Target, records: Option<&dyn BlobS
     }
     let v = json!({"target": t.name, "ok": ok, "stanzas": stanzas});
     if let Some(r) = records {
-        let id = format!("{}-{}", t.name, now.unix_timestamp());
+        let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut job = JobRecord::new(
             JobKind::PgbackrestFreshness,
             &id,

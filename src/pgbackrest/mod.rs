@@ -259,7 +259,7 @@ async fn finish(
     }
     rec["ok"] = json!(ok && rec.get("alarm").is_none());
     if let Some(store) = r.records {
-        let id = format!("{}-{}", t.name, now.unix_timestamp());
+        let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut job =
             JobRecord::new(JobKind::PgbackrestSas, &id, format!("sas rotation for pgBackRest target {}", t.name), now);
         job.status = if rec["ok"] == json!(true) { Status::Succeeded } else { Status::Failed };
