@@ -84,10 +84,14 @@ param softDeleteDays int = 14
 param immutableDumps bool = true
 @minValue(1)
 param immutabilityDays int = 7
-@description('Lifecycle tiering of dump data blobs, days after creation (-1: never). pgvault has no tiering setting of its own; these rules are the only tiering. Archive needs rehydration before restore.')
+@description('Lifecycle tiering of dump data blobs, days after creation (-1: never). One owner of tiering per deployment: either these rules or pgvault retention (pgvaultTierAfterDays), not both. Archive needs rehydration before restore (pgvault starts it and waits).')
 param coolAfterDays int = 30
 param coldAfterDays int = 90
 param archiveAfterDays int = -1
+@description('Tiering by pgvault retention instead of lifecycle rules (PGVAULT_TIER_AFTER_DAYS, -1: off). Set the three lifecycle parameters to -1 when using it.')
+param pgvaultTierAfterDays int = -1
+@allowed(['cool', 'cold', 'archive'])
+param pgvaultTier string = 'cool'
 
 // ---- network, monitoring, access ----------------------------------------------------------------
 @description('VNet integration + private endpoints for blob, queue and vault; publicNetworkAccess Disabled on storage and Key Vault.')
@@ -322,6 +326,8 @@ var pgvaultSettings = {
   PGVAULT_DRILL_SCHEDULE: drillSchedule
   PGVAULT_DRILL_SERVER: drillServer
   PGVAULT_JOB_RECORD_DAYS: string(jobRecordDays)
+  PGVAULT_TIER_AFTER_DAYS: pgvaultTierAfterDays >= 0 ? string(pgvaultTierAfterDays) : ''
+  PGVAULT_TIER: pgvaultTier
   PGVAULT_ALERT_WEBHOOK: empty(alertWebhookSecretName) ? '' : '@Microsoft.KeyVault(VaultName=${dbVaultName};SecretName=${alertWebhookSecretName})'
 }
 

@@ -244,7 +244,8 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { ids, all, clean_orphans } => {
-            let mut rec = crate::monitor::start_record(crate::jobrecords::JobKind::Verify, "*", "pgvault verify", "cli");
+            let mut rec =
+                crate::monitor::start_record(crate::jobrecords::JobKind::Verify, "*", "pgvault verify", "cli");
             let ids = if all {
                 catalog::list(rt.ctx.store.as_ref(), None, None).await?.into_iter().map(|m| m.id).collect()
             } else {
@@ -279,8 +280,13 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                 }
             }
             println!("{} verified, {failed} failed", ids.len() - failed);
-            let detail = serde_json::json!({"verified": ids.len() - failed, "orphans": orphans, "cleaned": clean_orphans});
-            let result = if failed == 0 { Ok(detail) } else { Err(format!("{failed} of {} backups failed verification", ids.len())) };
+            let detail =
+                serde_json::json!({"verified": ids.len() - failed, "orphans": orphans, "cleaned": clean_orphans});
+            let result = if failed == 0 {
+                Ok(detail)
+            } else {
+                Err(format!("{failed} of {} backups failed verification", ids.len()))
+            };
             crate::monitor::finish_record(&rt.ctx, &mut rec, result).await;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -303,7 +309,9 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             };
             list_jobs(&rt, &filter, summary, json).await
         }
-        Command::Retention { dry_run, server } => crate::monitor_cli::retention(&rt.ctx, dry_run, server.as_deref()).await,
+        Command::Retention { dry_run, server } => {
+            crate::monitor_cli::retention(&rt.ctx, dry_run, server.as_deref()).await
+        }
         Command::Keep { id, off } => crate::monitor_cli::keep(&rt.ctx, &id, off).await,
         Command::Drill { server } => crate::monitor_cli::drill(&rt.ctx, server.as_deref()).await,
         Command::HostSim(HostSim::Timer { url, function }) => {
@@ -565,6 +573,18 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
                     print_task_report(task, &r);
                 }
                 reports.push(serde_json::json!({ "task_id": task.task_id, "status": "succeeded", "report": r }));
+            }
+            Ok(TaskOutcome::RehydrationPending { blob, .. }) => {
+                failed += 1;
+                if !a.json {
+                    println!(
+                        "WAITING {}: backup data {blob} is archived; rehydration started (hours). Run the restore again when it is online",
+                        task.task_id
+                    );
+                }
+                reports.push(
+                    serde_json::json!({ "task_id": task.task_id, "status": "rehydration-pending", "blob": blob }),
+                );
             }
             Ok(TaskOutcome::AlreadyDone(_)) => {
                 if !a.json {

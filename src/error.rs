@@ -26,15 +26,47 @@ pub struct Error {
     kind: Kind,
     message: String,
     hint: Option<String>,
+    marker: Option<Marker>,
+}
+
+/// What an adapter recognised about a refusal, independent of [`Kind`] and of the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    /// Storage refused a change because of an immutability (WORM) policy or a legal hold.
+    Immutable,
+    /// The store does not implement the operation (e.g. access tiers in the local store).
+    Unsupported,
 }
 
 impl Error {
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { kind: Kind::Transient, message: message.into(), hint: None }
+        Self { kind: Kind::Transient, message: message.into(), hint: None, marker: None }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: Kind::Permanent, message: message.into(), hint: None }
+        Self { kind: Kind::Permanent, message: message.into(), hint: None, marker: None }
+    }
+
+    /// A permanent refusal by an immutability (WORM) policy or legal hold, as an adapter
+    /// recognised it from the service's error code. See [`Error::is_immutable`].
+    pub fn immutable(message: impl Into<String>) -> Self {
+        Self { marker: Some(Marker::Immutable), ..Self::permanent(message) }
+    }
+
+    /// A permanent "this store cannot do that" (a capability it lacks). See
+    /// [`Error::is_unsupported`].
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self { marker: Some(Marker::Unsupported), ..Self::permanent(message) }
+    }
+
+    /// Whether storage refused the operation because of an immutability policy or legal hold.
+    pub fn is_immutable(&self) -> bool {
+        self.marker == Some(Marker::Immutable)
+    }
+
+    /// Whether the store does not support the operation at all.
+    pub fn is_unsupported(&self) -> bool {
+        self.marker == Some(Marker::Unsupported)
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {

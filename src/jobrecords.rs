@@ -88,6 +88,9 @@ pub enum Status {
     Running,
     Succeeded,
     Failed,
+    /// A restore task waiting for its archived backup to be rehydrated; re-enqueued with a delay.
+    #[serde(rename = "rehydration-pending")]
+    RehydrationPending,
 }
 
 impl Status {
@@ -97,6 +100,7 @@ impl Status {
             Status::Running => "running",
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
+            Status::RehydrationPending => "rehydration-pending",
         }
     }
 }

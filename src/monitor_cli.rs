@@ -55,11 +55,18 @@ pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result
             };
             println!("  {:<7} {}  {}", action, b["id"].as_str().unwrap_or(""), why);
         }
+        for t in tp["tiering"].as_array().into_iter().flatten() {
+            let action = if dry_run { "tier" } else { "tiered" };
+            println!("  {:<7} {}  {}", action, t["id"].as_str().unwrap_or(""), t["reason"].as_str().unwrap_or(""));
+        }
     }
     if let Some(refused) = v["executed"]["refused"].as_array().filter(|r| !r.is_empty()) {
         for r in refused {
             println!("  refused by the immutability policy, kept: {r}");
         }
+    }
+    for r in v["executed"]["tier_skipped"].as_array().into_iter().flatten() {
+        println!("  tier move skipped: {r}");
     }
     Ok(ExitCode::SUCCESS)
 }

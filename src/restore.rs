@@ -818,6 +818,86 @@ pub enum TaskOutcome {
     Done(Box<TaskReport>),
     /// The task's record says it succeeded before (a redelivered message); nothing was done.
     AlreadyDone(Box<JobRecord>),
+    /// The backup is in the Archive tier: rehydration was started (or is under way) and the task
+    /// is recorded as `rehydration-pending`. The caller re-enqueues it to run after `recheck_secs`.
+    RehydrationPending {
+        blob: String,
+        recheck_secs: u32,
+    },
+}
+
+// ---- archived backups -----------------------------------------------------------------------------
+
+/// How long a task waits between looks at a rehydrating blob.
+pub const REHYDRATION_RECHECK_SECS: u32 = 30 * 60;
+/// The longest a task waits for rehydration in total. Standard priority takes up to 15 hours;
+/// after this the task fails with the reason.
+pub const REHYDRATION_MAX_WAIT: time::Duration = time::Duration::hours(24);
+
+/// What to do about a backup blob before restoring it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// Readable now (any online tier, or a store without tiers).
+    Online,
+    /// Archived, no rehydration under way: start one (set tier Hot, standard priority).
+    Rehydrate,
+    /// Archived, rehydration under way: look again later.
+    Pending,
+    /// Waited longer than the bound: fail with this reason.
+    GiveUp(String),
+}
+
+/// Pure: from a blob's properties (`None`: a store without tiers) and how long this task has
+/// waited so far, what to do.
+pub fn availability(
+    props: Option<&crate::store::BlobProps>,
+    waited: Option<time::Duration>,
+    max_wait: time::Duration,
+) -> Availability {
+    let Some(p) = props else { return Availability::Online };
+    if p.tier != Some(crate::store::Tier::Archive) {
+        return Availability::Online;
+    }
+    if let Some(w) = waited
+        && w > max_wait
+    {
+        return Availability::GiveUp(format!(
+            "the backup is still in the archive tier after waiting {} h for rehydration (at most {} h); \
+             check the blob's archive status, or rehydrate it (set tier hot) and submit the restore again",
+            w.whole_hours(),
+            max_wait.whole_hours()
+        ));
+    }
+    match &p.archive_status {
+        Some(s) if s.to_ascii_lowercase().starts_with("rehydrate-pending") => Availability::Pending,
+        _ => Availability::Rehydrate,
+    }
+}
+
+/// The data blobs a task reads (its backup, and the globals backup when asked) with what to do
+/// about the first that is not online. Errors other than "no tiers" are left to the restore.
+async fn check_archived(
+    ctx: &Ctx,
+    task: &RestoreTask,
+    waited: Option<time::Duration>,
+) -> Option<(String, Availability)> {
+    let store = ctx.store.as_ref();
+    for id in std::iter::once(&task.backup).chain(task.globals.as_ref()) {
+        let Ok(m) = catalog::manifest(store, id).await else { continue };
+        let props = match store.properties(&m.data_blob).await {
+            Ok(p) => Some(p),
+            Err(e) if e.is_unsupported() => None,
+            Err(e) => {
+                tracing::warn!(blob = %m.data_blob, error = %e, "cannot read the backup's access tier; restoring anyway");
+                None
+            }
+        };
+        match availability(props.as_ref(), waited, REHYDRATION_MAX_WAIT) {
+            Availability::Online => {}
+            other => return Some((m.data_blob, other)),
+        }
+    }
+    None
 }
 
 /// Run one task and keep its job record (and its request's) up to date. `last_attempt` says
@@ -840,6 +920,37 @@ pub async fn execute_task(ctx: &Ctx, task: &RestoreTask, last_attempt: bool) -> 
             JobRecord::new(JobKind::RestoreTask, &task.task_id, task.describe(), now)
         }
     };
+    // An archived backup: start rehydration and come back later, within a bound.
+    let rehydration_started =
+        rec.detail["rehydration_started_at"].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    let mut gave_up = None;
+    if let Some((blob, action)) = check_archived(ctx, task, rehydration_started.map(|t| now - t)).await {
+        match action {
+            Availability::Online => {}
+            Availability::GiveUp(why) => gave_up = Some(Error::permanent(format!("backup {:?}: {why}", task.backup))),
+            Availability::Rehydrate | Availability::Pending => {
+                if action == Availability::Rehydrate {
+                    ctx.store
+                        .set_tier(&blob, crate::store::Tier::Hot)
+                        .await
+                        .map_err(|e| e.context(format!("start rehydration of backup {:?}", task.backup)))?;
+                    tracing::info!(task = %task.task_id, blob = %blob, "backup is archived: rehydration to hot started (standard priority)");
+                }
+                let started = rehydration_started.unwrap_or(now);
+                rec.status = Status::RehydrationPending;
+                rec.reason = Some(format!("rehydration pending: backup data {blob:?} is in the archive tier"));
+                rec.updated_at = now;
+                rec.detail = serde_json::json!({
+                    "task": task, "rehydration_started_at": ts(started), "blob": blob,
+                    "recheck_secs": REHYDRATION_RECHECK_SECS,
+                });
+                jobrecords::put_logged(store, &rec).await;
+                update_request(ctx, &task.request_id).await;
+                tracing::info!(task = %task.task_id, blob = %blob, recheck_secs = REHYDRATION_RECHECK_SECS, "restore task waits for rehydration");
+                return Ok(TaskOutcome::RehydrationPending { blob, recheck_secs: REHYDRATION_RECHECK_SECS });
+            }
+        }
+    }
     rec.status = Status::Running;
     rec.reason = None;
     rec.started_at = Some(now);
@@ -852,7 +963,10 @@ pub async fn execute_task(ctx: &Ctx, task: &RestoreTask, last_attempt: bool) -> 
     tracing::info!(task = %task.task_id, what = %task.describe(), attempt = rec.attempts, "restore task started");
 
     let started = std::time::Instant::now();
-    let result = run_task(ctx, task).await;
+    let result = match gave_up {
+        Some(e) => Err(e),
+        None => run_task(ctx, task).await,
+    };
     let now = OffsetDateTime::now_utc();
     rec.updated_at = now;
     rec.finished_at = Some(now);
@@ -1305,6 +1419,35 @@ fn pg_restore_verdict(status: std::process::ExitStatus, stderr: &str) -> Result<
     })
 }
 
+/// Open a backup's data for reading, with progress (bytes as stored, rate, elapsed, time left
+/// against the manifest's stored size) logged at the steady interval of `ctx.progress`, or a bar
+/// on a terminal. The final line is logged when the stream ends.
+async fn read_with_progress(ctx: &Ctx, m: &Manifest, what: &str) -> Result<crate::store::ByteStream> {
+    let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {:?}", m.id)))?;
+    let progress = crate::progress::Progress::start(ctx.progress, format!("{what} {}", m.id), Some(m.stored_bytes));
+    Ok(with_progress(stream, progress))
+}
+
+/// Count a stream's bytes into `progress`, and finish it when the stream ends.
+fn with_progress(stream: crate::store::ByteStream, progress: crate::progress::Progress) -> crate::store::ByteStream {
+    use futures::StreamExt;
+    let end = progress.clone();
+    stream
+        .inspect(move |r| {
+            if let Ok(b) = r {
+                progress.add(b.len() as u64);
+            }
+        })
+        .chain(
+            futures::stream::once(async move {
+                end.finish();
+                None
+            })
+            .filter_map(futures::future::ready),
+        )
+        .boxed()
+}
+
 /// Read the backup through the verified reader, decompress, and restore into the temporary
 /// database, streaming or (parallel) from a local copy.
 async fn feed_pg_restore(
@@ -1315,7 +1458,7 @@ async fn feed_pg_restore(
     mut args: Vec<String>,
     method: Method,
 ) -> Result<()> {
-    let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {:?}", m.id)))?;
+    let stream = read_with_progress(ctx, m, "restore").await?;
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let compression = m.compression;
     let raw = match method {
@@ -1566,7 +1709,7 @@ pub async fn restore_globals(ctx: &Ctx, server_name: &str, id: &str) -> Result<G
         return Err(Error::permanent(format!("backup {id:?} is not a globals backup")));
     }
     let server = ctx.settings.server(server_name).ok_or_else(|| backup::unknown_server(server_name))?;
-    let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
+    let stream = read_with_progress(ctx, &m, "restore globals").await?;
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let compression = m.compression;
     let consumer = tokio::task::spawn_blocking(move || {
@@ -1667,7 +1810,7 @@ async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Result<Vec<Expor
     let manifest_name = format!("{prefix}{manifest_blob}");
 
     // The copy keeps the block structure, so the manifest's block hashes describe it too.
-    let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {:?}", m.id)))?;
+    let stream = read_with_progress(ctx, m, "export").await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let (itx, irx) = mpsc::channel::<(usize, Bytes)>(1);
     let forward = async move {
@@ -1967,6 +2110,48 @@ mod tests {
             ]
         );
         assert!(stmts[4].contains("really';"), "a quoted newline stays in the statement: {}", stmts[4]);
+    }
+
+    #[test]
+    fn archived_backups_are_rehydrated_then_waited_for_within_a_bound() {
+        use crate::store::{BlobProps, Tier};
+        let props = |tier: Option<Tier>, status: Option<&str>| BlobProps {
+            size: 1,
+            tier,
+            archive_status: status.map(str::to_string),
+        };
+        let max = REHYDRATION_MAX_WAIT;
+        let h = time::Duration::hours;
+        // No tiers (local store), or an online tier: restore now.
+        assert_eq!(availability(None, None, max), Availability::Online);
+        for t in [None, Some(Tier::Hot), Some(Tier::Cool), Some(Tier::Cold)] {
+            assert_eq!(availability(Some(&props(t, None)), Some(h(30)), max), Availability::Online, "{t:?}");
+        }
+        // Rehydration finished: Azure reports hot and no archive status.
+        assert_eq!(availability(Some(&props(Some(Tier::Hot), None)), Some(h(10)), max), Availability::Online);
+        // Archived and nothing under way: start it (first look, or it was re-archived meanwhile).
+        assert_eq!(availability(Some(&props(Some(Tier::Archive), None)), None, max), Availability::Rehydrate);
+        assert_eq!(availability(Some(&props(Some(Tier::Archive), None)), Some(h(2)), max), Availability::Rehydrate);
+        // Under way: wait.
+        let pending = props(Some(Tier::Archive), Some("rehydrate-pending-to-hot"));
+        assert_eq!(availability(Some(&pending), Some(h(1)), max), Availability::Pending);
+        assert_eq!(availability(Some(&pending), Some(max), max), Availability::Pending);
+        // Bounded: past the limit the task fails with a clear reason.
+        match availability(Some(&pending), Some(max + h(1)), max) {
+            Availability::GiveUp(why) => assert!(why.contains("still in the archive tier after waiting 25 h"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn progress_counts_the_restore_stream_and_passes_it_through() {
+        use futures::StreamExt;
+        let chunks: Vec<Result<Bytes>> = vec![Ok(Bytes::from_static(b"abc")), Ok(Bytes::from_static(b"defgh"))];
+        let progress = crate::progress::Progress::start(crate::progress::Mode::Off, "restore t", Some(8));
+        let out: Vec<Bytes> =
+            with_progress(futures::stream::iter(chunks).boxed(), progress.clone()).map(|r| r.unwrap()).collect().await;
+        assert_eq!(out, [Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")]);
+        assert_eq!(progress.bytes(), 8);
     }
 
     #[test]

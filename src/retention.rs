@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::layout::BackupKind;
-use crate::store::BlobStore;
+use crate::store::{BlobStore, Tier as AccessTier};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use time::OffsetDateTime;
@@ -247,6 +247,41 @@ pub struct TargetPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     pub backups: Vec<Planned>,
+    /// Kept backups whose data blob moves to a colder access tier (`PGVAULT_TIER_AFTER_DAYS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiering: Vec<TierMove>,
+}
+
+/// One planned access-tier move: always a backup's data blob, never its manifest (listing and
+/// planning read manifests, and must never touch an offline blob).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierMove {
+    pub id: String,
+    pub data_blob: String,
+    pub tier: AccessTier,
+    pub reason: String,
+}
+
+/// Which kept backups move to `tier`: those older than `after_days` at `now`. Pure; each move
+/// carries its reason ("older than 30 days (41 days): data to cool").
+pub fn plan_tiering(
+    kept: &[(&Planned, &str)],
+    after_days: u32,
+    tier: AccessTier,
+    now: OffsetDateTime,
+) -> Vec<TierMove> {
+    kept.iter()
+        .filter(|(p, _)| p.decision.is_keep())
+        .filter_map(|(p, data_blob)| {
+            let age = (now - p.time).whole_days();
+            (age > i64::from(after_days)).then(|| TierMove {
+                id: p.id.clone(),
+                data_blob: data_blob.to_string(),
+                tier,
+                reason: format!("older than {after_days} days ({age} days): data to {tier}"),
+            })
+        })
+        .collect()
 }
 
 /// Plan retention for every backup in the store of the inventory's servers (or one). Backups of
@@ -279,7 +314,17 @@ pub async fn plan_store(
                     plan(&items, &Policy { daily: 0, weekly: 0, monthly: 0, yearly: 0, min_keep: u32::MAX }, now),
                 ),
             };
-            out.push(TargetPlan { server: server.name.clone(), database, policy, skipped, backups });
+            let tiering = match settings.tier_after_days {
+                Some(days) => {
+                    let data: BTreeMap<&str, &str> =
+                        manifests.iter().map(|m| (m.id.as_str(), m.data_blob.as_str())).collect();
+                    let kept: Vec<(&Planned, &str)> =
+                        backups.iter().filter_map(|p| Some((p, *data.get(p.id.as_str())?))).collect();
+                    plan_tiering(&kept, days, settings.tier, now)
+                }
+                None => Vec::new(),
+            };
+            out.push(TargetPlan { server: server.name.clone(), database, policy, skipped, backups, tiering });
         }
     }
     Ok(out)
@@ -292,12 +337,17 @@ pub struct Executed {
     /// Backups whose removal storage refused by policy (WORM): kept, with the reason.
     pub refused: Vec<(String, String)>,
     pub kept: usize,
+    /// Data blobs moved to a colder tier.
+    pub tiered: Vec<String>,
+    /// Tier moves not made, with the reason (a store without tiers, a blob already there or
+    /// colder, a refusal): logged, never a failure of the run.
+    pub tier_skipped: Vec<(String, String)>,
 }
 
-/// Whether a store error is a delete refused by an immutability policy or legal hold.
+/// Whether a store error is a delete refused by an immutability policy or legal hold: the
+/// marker the Azure adapter sets from the service's error code (never the message text).
 pub fn is_immutability_refusal(e: &Error) -> bool {
-    let m = e.message().to_ascii_lowercase();
-    m.contains("immutab") || m.contains("legal hold")
+    e.is_immutable()
 }
 
 /// Remove what the plans say: for each backup, **the manifest first, then its data** (ordering
@@ -345,7 +395,55 @@ pub async fn execute(store: &dyn BlobStore, plans: &[TargetPlan]) -> Result<Exec
             }
         }
     }
+    for tp in plans {
+        if !tier_moves(store, &tp.tiering, &mut done).await {
+            break;
+        }
+    }
     Ok(done)
+}
+
+/// Make the planned tier moves. Never fails the run: a move that cannot be made is logged and
+/// listed in `tier_skipped` (the next run tries again). Returns false when the store has no
+/// tiers at all, so the caller stops asking.
+async fn tier_moves(store: &dyn BlobStore, moves: &[TierMove], done: &mut Executed) -> bool {
+    for mv in moves {
+        let skip = |done: &mut Executed, why: String| {
+            tracing::info!(backup = %mv.id, blob = %mv.data_blob, reason = %why, "retention: tier move skipped");
+            done.tier_skipped.push((mv.id.clone(), why));
+        };
+        let props = match store.properties(&mv.data_blob).await {
+            Ok(p) => p,
+            Err(e) if e.is_unsupported() => {
+                tracing::warn!(store = %store.describe(), reason = %e, "retention: tiering is configured but the store has no access tiers; skipped");
+                done.tier_skipped.push((mv.id.clone(), e.to_string()));
+                return false;
+            }
+            Err(e) => {
+                skip(done, e.to_string());
+                continue;
+            }
+        };
+        // Never "warm up" a blob: a move to a warmer tier would rehydrate an archived one.
+        if props.tier.is_some_and(|t| t >= mv.tier) || props.archive_status.is_some() {
+            let now = props.tier.map_or("unknown".into(), |t| t.to_string());
+            skip(done, format!("already in the {now} tier"));
+            continue;
+        }
+        match store.set_tier(&mv.data_blob, mv.tier).await {
+            Ok(()) => {
+                tracing::info!(backup = %mv.id, blob = %mv.data_blob, tier = %mv.tier, reason = %mv.reason, "retention: data moved to a colder tier");
+                done.tiered.push(mv.data_blob.clone());
+            }
+            Err(e) if e.is_unsupported() => {
+                tracing::warn!(store = %store.describe(), reason = %e, "retention: tiering is configured but the store has no access tiers; skipped");
+                done.tier_skipped.push((mv.id.clone(), e.to_string()));
+                return false;
+            }
+            Err(e) => skip(done, e.to_string()),
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -619,9 +717,79 @@ mod tests {
             assert_eq!(execute(&store, &plans).await.unwrap().removed, [ids[7].clone()]);
         }
 
+        #[tokio::test]
+        async fn tiering_is_planned_with_reasons_and_skipped_with_a_reason_by_the_local_store() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalStore::new(dir.path());
+            let mut map = std::collections::HashMap::from([
+                (
+                    "PGVAULT_INVENTORY".to_string(),
+                    r#"[{"name":"prod","host":"h","user":"u","retention":{"daily":30}}]"#.to_string(),
+                ),
+                ("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string()),
+                ("PGVAULT_TIER_AFTER_DAYS".to_string(), "3".to_string()),
+            ]);
+            map.insert("PGVAULT_TIER".to_string(), "archive".to_string());
+            let settings = crate::settings::Settings::from_map(map).unwrap();
+            let now = datetime!(2026-11-21 12:00 UTC);
+            let mut ids = Vec::new();
+            for d in 0..6 {
+                ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
+            }
+            let plans = plan_store(&settings, &store, None, now).await.unwrap();
+            let moves = &plans[0].tiering;
+            let moved: Vec<&str> = moves.iter().map(|m| m.id.as_str()).collect();
+            assert_eq!(moved, [&ids[4], &ids[5]].map(String::as_str));
+            assert!(
+                moves
+                    .iter()
+                    .all(|m| m.tier == AccessTier::Archive && !m.data_blob.ends_with(crate::layout::MANIFEST_SUFFIX))
+            );
+            assert_eq!(moves[0].reason, "older than 3 days (4 days): data to archive");
+            // The dry-run JSON shows the moves.
+            let json = serde_json::to_value(&plans).unwrap();
+            assert_eq!(json[0]["tiering"][1]["tier"], "archive", "{json}");
+
+            // Execution: the local store has no tiers: a logged skip, not a failure.
+            let done = execute(&store, &plans).await.unwrap();
+            assert!(done.tiered.is_empty());
+            assert_eq!(done.tier_skipped.len(), 1, "{:?}", done.tier_skipped);
+            assert!(done.tier_skipped[0].1.contains("not supported by the local store"), "{:?}", done.tier_skipped);
+            assert_eq!(crate::catalog::list(&store, None, None).await.unwrap().len(), 6);
+        }
+
+        #[test]
+        fn tiering_is_off_without_the_setting_and_never_moves_removed_backups() {
+            let now = datetime!(2026-11-21 12:00 UTC);
+            let keep = Planned {
+                id: "old".into(),
+                time: now - time::Duration::days(40),
+                decision: Decision::Keep { reasons: vec![] },
+            };
+            let gone = Planned {
+                id: "gone".into(),
+                time: now - time::Duration::days(50),
+                decision: Decision::Remove { reason: "x".into() },
+            };
+            let young = Planned {
+                id: "young".into(),
+                time: now - time::Duration::days(10),
+                decision: Decision::Keep { reasons: vec![] },
+            };
+            let moves = plan_tiering(&[(&keep, "d1"), (&gone, "d2"), (&young, "d3")], 30, AccessTier::Cool, now);
+            assert_eq!(moves.len(), 1);
+            assert_eq!((moves[0].id.as_str(), moves[0].data_blob.as_str()), ("old", "d1"));
+            let dir = tempfile::tempdir().unwrap();
+            let plans_settings = settings(dir.path());
+            assert_eq!(plans_settings.tier_after_days, None);
+            assert_eq!(plans_settings.tier, AccessTier::Cool);
+        }
+
         #[test]
         fn immutability_refusals_are_recognised() {
-            assert!(is_immutability_refusal(&Error::permanent(
+            assert!(is_immutability_refusal(&Error::immutable("delete x: http 409 BlobImmutableDueToPolicy")));
+            // Text alone is not enough: only the adapter's marker counts.
+            assert!(!is_immutability_refusal(&Error::permanent(
                 "delete x: 409 BlobImmutableDueToPolicy: immutability policy"
             )));
             assert!(!is_immutability_refusal(&Error::permanent("delete x: 404 not found")));

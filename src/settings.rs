@@ -47,11 +47,22 @@ pub const ALL: &[(&str, &str)] = &[
     ("PGVAULT_SAS_ROTATOR_SCHEDULE", "NCRONTAB schedule (UTC) of `sas-rotator`, e.g. `0 0 * * * *` (hourly)"),
     ("PGVAULT_ARM_ENDPOINT", "Azure Resource Manager URL for push delivery (default `https://management.azure.com`)"),
     ("PGVAULT_ALERT_WEBHOOK", "secret: incoming-webhook URL (Teams/Slack) that alerts are POSTed to; never logged"),
-    ("PGVAULT_RETENTION_SCHEDULE", "NCRONTAB schedule (UTC) of `retention` (prune, then RPO check), e.g. `0 30 * * * *`"),
-    ("PGVAULT_RPO_MARGIN_MINUTES", "minutes a scheduled backup may be late before a missed-schedule alert (default 60)"),
+    (
+        "PGVAULT_RETENTION_SCHEDULE",
+        "NCRONTAB schedule (UTC) of `retention` (prune, then RPO check), e.g. `0 30 * * * *`",
+    ),
+    (
+        "PGVAULT_RPO_MARGIN_MINUTES",
+        "minutes a scheduled backup may be late before a missed-schedule alert (default 60)",
+    ),
     ("PGVAULT_DRILL_SCHEDULE", "NCRONTAB schedule (UTC) of `restore-drill`, e.g. `0 0 5 * * 0`"),
     ("PGVAULT_DRILL_SERVER", "inventory server that restore drills restore into (a scratch server)"),
     ("PGVAULT_JOB_RECORD_DAYS", "days finished job records are kept (default 400)"),
+    (
+        "PGVAULT_TIER_AFTER_DAYS",
+        "retention moves data blobs of backups older than this many days to `PGVAULT_TIER` (unset: no tiering by pgvault)",
+    ),
+    ("PGVAULT_TIER", "access tier of that move: `cool` (default), `cold` or `archive`"),
     ("PGVAULT_LOG", "log filter, e.g. `info` or `pgvault=debug` (default `info`)"),
     ("PGVAULT_LOG_FORMAT", "`json` (default under the Functions host) or `text`"),
     ("FUNCTIONS_CUSTOMHANDLER_PORT", "set by the Functions host: the port `pgvault serve` listens on"),
@@ -244,6 +255,9 @@ pub struct Settings {
     pub drill_schedule: Option<String>,
     pub drill_server: Option<String>,
     pub job_record_days: u64,
+    /// Retention moves the data blobs of backups older than this to `tier` (None: off).
+    pub tier_after_days: Option<u32>,
+    pub tier: crate::store::Tier,
     pub log_filter: String,
     pub log_format: Option<LogFormat>,
     pub handler_port: Option<u16>,
@@ -365,7 +379,9 @@ impl Settings {
         };
         let retention_schedule = get("PGVAULT_RETENTION_SCHEDULE");
         let drill_schedule = get("PGVAULT_DRILL_SCHEDULE");
-        for (name, v) in [("PGVAULT_RETENTION_SCHEDULE", &retention_schedule), ("PGVAULT_DRILL_SCHEDULE", &drill_schedule)] {
+        for (name, v) in
+            [("PGVAULT_RETENTION_SCHEDULE", &retention_schedule), ("PGVAULT_DRILL_SCHEDULE", &drill_schedule)]
+        {
             if let Some(s) = v {
                 crate::jobs::parse_ncrontab(s).map_err(|e| bad(name, e))?;
             }
@@ -378,6 +394,15 @@ impl Settings {
             return Err(bad("PGVAULT_DRILL_SERVER", format!("{d:?} is not a server of the inventory")));
         }
         let job_record_days = number(&get, "PGVAULT_JOB_RECORD_DAYS", 400, 1, 100_000)?;
+        let tier_after_days = match get("PGVAULT_TIER_AFTER_DAYS") {
+            None => None,
+            Some(_) => Some(number(&get, "PGVAULT_TIER_AFTER_DAYS", 0, 0, 100_000)? as u32),
+        };
+        let tier = match get("PGVAULT_TIER").as_deref().map(crate::store::Tier::parse) {
+            None => crate::store::Tier::Cool,
+            Some(Some(t)) if t != crate::store::Tier::Hot => t,
+            Some(_) => return Err(bad("PGVAULT_TIER", "is not `cool`, `cold` or `archive`")),
+        };
         let log_format = match get("PGVAULT_LOG_FORMAT").as_deref() {
             None => None,
             Some("json") => Some(LogFormat::Json),
@@ -414,6 +439,8 @@ impl Settings {
             drill_schedule,
             drill_server,
             job_record_days,
+            tier_after_days,
+            tier,
             log_filter: get("PGVAULT_LOG").unwrap_or_else(|| "info".into()),
             log_format,
             handler_port,

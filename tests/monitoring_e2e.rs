@@ -18,6 +18,10 @@ impl JobQueue for Recorder {
         self.0.lock().unwrap().push((q.into(), m.into()));
         Ok(())
     }
+    async fn send_delayed(&self, q: &str, m: &str, _: u32) -> Result<()> {
+        self.0.lock().unwrap().push((q.into(), m.into()));
+        Ok(())
+    }
     async fn receive(&self, _: &str, _: u8, _: u32) -> Result<Vec<Received>> {
         Ok(Vec::new())
     }

@@ -35,7 +35,8 @@ async fn the_router_answers_every_listed_function() {
     let mut map = std::collections::HashMap::new();
     map.insert("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string());
     let settings = pgvault::settings::Settings::from_map(map).unwrap();
-    let rt = pgvault::runtime::Runtime::build(settings, pgvault::progress::Mode::Off, Default::default()).await.unwrap();
+    let rt =
+        pgvault::runtime::Runtime::build(settings, pgvault::progress::Mode::Off, Default::default()).await.unwrap();
     struct NoQueue;
     #[async_trait::async_trait]
     impl pgvault::queue::JobQueue for NoQueue {
@@ -43,6 +44,9 @@ async fn the_router_answers_every_listed_function() {
             unreachable!()
         }
         async fn send(&self, _: &str, _: &str, _: bool) -> pgvault::error::Result<()> {
+            unreachable!()
+        }
+        async fn send_delayed(&self, _: &str, _: &str, _: u32) -> pgvault::error::Result<()> {
             unreachable!()
         }
         async fn receive(&self, _: &str, _: u8, _: u32) -> pgvault::error::Result<Vec<pgvault::queue::Received>> {

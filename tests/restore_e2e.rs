@@ -167,7 +167,9 @@ fn cli_ok(stack: &Stack, args: &[&str]) -> String {
 }
 
 fn jobs(stack: &Stack) -> Vec<JobRecord> {
-    serde_json::from_str(&cli_ok(stack, &["jobs", "--json"])).unwrap()
+    // `jobs --json` answers `{"jobs": [...]}` (the same shape as the `jobs` HTTP function).
+    let v: serde_json::Value = serde_json::from_str(&cli_ok(stack, &["jobs", "--json"])).unwrap();
+    serde_json::from_value(v["jobs"].clone()).unwrap()
 }
 
 fn record<'a>(records: &'a [JobRecord], kind: JobKind, id: &str) -> &'a JobRecord {

@@ -12,7 +12,7 @@ use pgvault::azure::{AzureBlobStore, AzureQueue, RetrySettings, client_options};
 use pgvault::error::Kind;
 use pgvault::queue::JobQueue;
 use pgvault::store::local::LocalStore;
-use pgvault::store::{BlobInfo, BlobStore, CreateOutcome, Tags};
+use pgvault::store::{BlobInfo, BlobStore, CreateOutcome, Tags, Tier};
 use std::time::{Duration, Instant};
 
 fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -217,6 +217,14 @@ async fn local_store_honours_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path());
     contract(&store).await;
+
+    // No access tiers: a clear, permanent "not supported", recognisable without the text.
+    commit_bytes(&store, "tiers/data", &[b"x"], &Tags::new()).await;
+    let e = store.set_tier("tiers/data", Tier::Cool).await.unwrap_err();
+    assert!(e.is_unsupported() && e.is_permanent(), "{e}");
+    assert!(e.to_string().contains("not supported by the local store"), "{e}");
+    let e = store.properties("tiers/data").await.unwrap_err();
+    assert!(e.is_unsupported() && !e.is_immutable(), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,6 +244,16 @@ async fn azure_blob_store_honours_the_contract_on_azurite() {
     assert!(store.describe().starts_with("azure:https://127.0.0.1:"));
 
     contract(&store).await;
+
+    // Access tiers: Azurite keeps Hot and Cool (archive is accepted but not emulated).
+    commit_bytes(&store, "tiers/data", &[b"tiered bytes"], &Tags::new()).await;
+    store.set_tier("tiers/data", Tier::Cool).await.unwrap();
+    let p = store.properties("tiers/data").await.unwrap();
+    assert_eq!((p.size, p.tier, p.archive_status.as_deref()), (12, Some(Tier::Cool), None), "{p:?}");
+    store.set_tier("tiers/data", Tier::Hot).await.unwrap();
+    assert_eq!(store.properties("tiers/data").await.unwrap().tier, Some(Tier::Hot));
+    let e = store.properties("tiers/missing").await.unwrap_err();
+    assert!(e.is_permanent() && !e.is_unsupported(), "{e}");
 
     // A trailing slash on the endpoint is tolerated.
     let slash = AzureBlobStore::new(
@@ -297,6 +315,15 @@ async fn azure_queue_on_azurite() {
     assert_eq!(again[0].id, got[0].id);
     assert_eq!(again[0].dequeue_count, 2);
     q.delete(queue, &again[0].id, &again[0].pop_receipt).await.unwrap();
+
+    // A delayed message is there but invisible until its delay has passed.
+    let delayed = "pgvault-delayed";
+    q.ensure(delayed).await.unwrap();
+    q.send_delayed(delayed, "later", 3600).await.unwrap();
+    q.send(delayed, "now", false).await.unwrap();
+    assert_eq!(q.peek(delayed, 32).await.unwrap(), ["now"]);
+    let got = q.receive(delayed, 32, 30).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["now"]);
 
     // release: a received message comes back after the given delay (0 = at once), text intact.
     q.send(queue, json, false).await.unwrap();

@@ -10,14 +10,16 @@
 
 use super::{Service, sdk_error};
 use crate::error::{Error, Result};
-use crate::store::{BlobInfo, BlobStore, ByteStream, CreateOutcome, FileExport, Tags};
+use crate::store::{BlobInfo, BlobProps, BlobStore, ByteStream, CreateOutcome, FileExport, Tags, Tier};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RequestContent, StatusCode, Url};
 use azure_storage_blob::models::{
-    BlobClientDeleteOptions, BlobClientDownloadOptions, BlobContainerClientListBlobsOptions,
+    AccessTier, ArchiveStatus, BlobClientDeleteOptions, BlobClientDownloadOptions,
+    BlobClientGetPropertiesResultHeaders, BlobClientSetTierOptions, BlobContainerClientListBlobsOptions,
     BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockLookupList, DeleteSnapshotsOptionType,
+    RehydratePriority,
 };
 use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
 use bytes::{Bytes, BytesMut};
@@ -263,6 +265,36 @@ impl BlobStore for AzureBlobStore {
 
     async fn exists(&self, name: &str) -> Result<bool> {
         self.blob(name)?.exists().await.map_err(|e| sdk_error(Service::Blob, format!("check blob {name:?}"), e))
+    }
+
+    async fn set_tier(&self, name: &str, tier: Tier) -> Result<()> {
+        let sdk_tier = match tier {
+            Tier::Hot => AccessTier::Hot,
+            Tier::Cool => AccessTier::Cool,
+            Tier::Cold => AccessTier::Cold,
+            Tier::Archive => AccessTier::Archive,
+        };
+        // Standard priority: up to 15 hours out of Archive, at the lower price.
+        let options =
+            BlobClientSetTierOptions { rehydrate_priority: Some(RehydratePriority::Standard), ..Default::default() };
+        self.blob(name)?
+            .set_tier(sdk_tier, Some(options))
+            .await
+            .map_err(|e| sdk_error(Service::Blob, format!("set blob {name:?} to the {tier} tier"), e))?;
+        Ok(())
+    }
+
+    async fn properties(&self, name: &str) -> Result<BlobProps> {
+        let what = || format!("get properties of blob {name:?}");
+        let rsp = self.blob(name)?.get_properties(None).await.map_err(|e| sdk_error(Service::Blob, what(), e))?;
+        let header = |e| sdk_error(Service::Blob, what(), e);
+        let size = rsp.content_length().map_err(header)?.unwrap_or(0);
+        let tier = rsp.access_tier().map_err(header)?.as_deref().and_then(Tier::parse);
+        let archive_status = rsp.archive_status().map_err(header)?.map(|s| match s {
+            ArchiveStatus::UnknownValue(v) => v,
+            known => known.to_string(),
+        });
+        Ok(BlobProps { size, tier, archive_status })
     }
 
     async fn delete(&self, name: &str) -> Result<()> {

@@ -35,11 +35,23 @@ pub(crate) enum Service {
 /// - A failure to get a token is transient (the identity endpoint may be briefly unavailable).
 /// - Anything else (bad URL, undecodable response) is permanent.
 ///
+/// - A 409 or 403 whose error code says a WORM rule refused the change (see
+///   [`is_immutability_code`]) is [`Error::immutable`]: permanent, and recognisable by
+///   [`Error::is_immutable`] without reading the message.
+///
 /// The message is `"{what}: {detail}"`; the detail is the SDK's text through [`redact`].
 pub(crate) fn sdk_error(service: Service, what: impl fmt::Display, e: azure_core::Error) -> Error {
     let detail = redact(&describe(&e));
     let message = format!("{what}: {detail}");
     match e.kind() {
+        ErrorKind::HttpResponse { status, error_code, .. }
+            if matches!(u16::from(*status), 403 | 409) && error_code.as_deref().is_some_and(is_immutability_code) =>
+        {
+            Error::immutable(message).with_hint(
+                "the container's immutability policy or a legal hold forbids this change until it \
+                 expires or is released",
+            )
+        }
         ErrorKind::HttpResponse { status, .. } => {
             let code = u16::from(*status);
             let transient = code == 408 || code == 429 || (code >= 500 && code != 501);
@@ -81,6 +93,15 @@ pub(crate) fn sdk_error(service: Service, what: impl fmt::Display, e: azure_core
         ),
         _ => Error::permanent(message),
     }
+}
+
+/// Whether a Blob service error code is a refusal by a time-based immutability policy or a legal
+/// hold (container- or version-level WORM): `BlobImmutableDueToPolicy`,
+/// `BlobImmutableDueToLegalHold`, `ContainerImmutableDueToPolicy`, and the `ImmutabilityPolicy...`
+/// / `...LegalHold...` variants some operations answer with.
+pub(crate) fn is_immutability_code(code: &str) -> bool {
+    let c = code.to_ascii_lowercase();
+    c.contains("immutabledueto") || c.starts_with("immutabilitypolicy") || c.contains("legalhold")
 }
 
 /// The SDK error as text: the status, the service's error code and message for an HTTP error;
@@ -197,6 +218,39 @@ mod tests {
         }
         let e = sdk_error(Service::Blob, "get blob x", ErrorKind::Io.into_error());
         assert!(!e.is_permanent());
+    }
+
+    #[test]
+    fn immutability_refusals_are_marked() {
+        for (status, code) in [
+            (409, "BlobImmutableDueToPolicy"),
+            (409, "BlobImmutableDueToLegalHold"),
+            (409, "ContainerImmutableDueToPolicy"),
+            (403, "ImmutabilityPolicyDeleteNotAllowed"),
+            (403, "BlobImmutableDueToPolicy"),
+        ] {
+            let body = format!(
+                "<Error><Code>{code}</Code><Message>This operation is not permitted as the blob is immutable due to a policy.</Message></Error>"
+            );
+            let e = sdk_error(Service::Blob, "delete blob \"a\"", http_error(status, code, &body));
+            assert!(e.is_immutable(), "{status} {code}: {e}");
+            assert!(e.is_permanent(), "{status} {code}");
+            assert!(!e.to_string().contains("Storage Blob Data Contributor"), "{e}");
+        }
+        // Other refusals are not: a plain conflict, a role problem, a 404, a 501 from Azurite.
+        for (status, code) in [
+            (409, "LeaseIdMissing"),
+            (403, "AuthorizationPermissionMismatch"),
+            (404, "BlobNotFound"),
+            (501, "NotImplemented"),
+            (412, "BlobImmutableDueToPolicy"),
+        ] {
+            let e = sdk_error(Service::Blob, "delete blob \"a\"", http_error(status, code, ""));
+            assert!(!e.is_immutable(), "{status} {code}: {e}");
+        }
+        // The marker comes from the code, not the text.
+        let e = sdk_error(Service::Blob, "x", http_error(409, "Conflict", "<Message>immutable legal hold</Message>"));
+        assert!(!e.is_immutable());
     }
 
     #[test]

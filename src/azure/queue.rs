@@ -120,6 +120,24 @@ impl JobQueue for AzureQueue {
         }
     }
 
+    async fn send_delayed(&self, queue: &str, text: &str, delay_secs: u32) -> Result<()> {
+        let what = || format!("send a delayed message to queue {queue:?}");
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(Error::permanent(format!(
+                "{}: the message is {} bytes, more than the 64 KiB a queue message may hold",
+                what(),
+                text.len()
+            )));
+        }
+        // Azure's limit; the default time-to-live (7 days) must outlast the delay.
+        let delay = delay_secs.min(6 * 24 * 3600);
+        let body = RequestContent::try_from(QueueMessage { message_text: Some(text.to_string()) })
+            .map_err(|e| sdk_error(Service::Queue, what(), e))?;
+        let options = QueueClientSendMessageOptions { visibility_timeout: Some(delay as i32), ..Default::default() };
+        self.queue(queue)?.send_message(body, Some(options)).await.map_err(|e| sdk_error(Service::Queue, what(), e))?;
+        Ok(())
+    }
+
     async fn send(&self, queue: &str, text: &str, keep_forever: bool) -> Result<()> {
         let what = || format!("send a message to queue {queue:?}");
         if text.len() > MAX_MESSAGE_BYTES {

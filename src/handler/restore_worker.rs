@@ -53,6 +53,23 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
                 }),
             )
         }
+        Ok(TaskOutcome::RehydrationPending { blob, recheck_secs }) => {
+            // The same task again, invisible until the next look; its record keeps the start of
+            // the wait, which bounds it.
+            match state.queue.send_delayed(RESTORE_TASKS_QUEUE, &text, recheck_secs).await {
+                Ok(()) => Reply::ok(
+                    vec![format!(
+                        "task {}: backup data {blob:?} is archived; rehydration pending, looking again in {recheck_secs} s",
+                        task.task_id
+                    )],
+                    json!({ "status": "rehydration-pending", "task_id": task.task_id, "recheck_secs": recheck_secs }),
+                ),
+                Err(e) => Reply::retry(
+                    vec![format!("task {}: rehydration pending, but re-enqueueing failed: {e}", task.task_id)],
+                    json!({ "status": "failed", "task_id": task.task_id, "error": e.to_string() }),
+                ),
+            }
+        }
         Ok(TaskOutcome::AlreadyDone(rec)) => Reply::ok(
             vec![format!("task {} succeeded before; nothing to do", task.task_id)],
             json!({ "status": "already-done", "task_id": task.task_id, "finished_at": rec.finished_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()) }),

@@ -27,6 +27,11 @@ pub trait JobQueue: Send + Sync + 'static {
     /// `-rejected` queues, whose messages wait for an operator); otherwise the service default.
     async fn send(&self, queue: &str, text: &str, keep_forever: bool) -> Result<()>;
 
+    /// Append one message that stays invisible for `delay_secs` (Put Message's
+    /// `visibilitytimeout`; Azure allows up to 7 days), e.g. a restore task that waits for its
+    /// archived backup to be rehydrated. The service default time-to-live applies.
+    async fn send_delayed(&self, queue: &str, text: &str, delay_secs: u32) -> Result<()>;
+
     /// Take up to `max` messages, hiding them for `visibility_secs`.
     async fn receive(&self, queue: &str, max: u8, visibility_secs: u32) -> Result<Vec<Received>>;
 

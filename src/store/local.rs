@@ -5,7 +5,7 @@
 //! `.staging/<name>/<block id>`; tags in `.tags/<name>.json`. Commit writes the concatenation to a
 //! temporary file, fsyncs it, and renames it into place, so readers see old or new, never half.
 
-use super::{BlobInfo, BlobStore, ByteStream, CreateOutcome, Tags};
+use super::{BlobInfo, BlobProps, BlobStore, ByteStream, CreateOutcome, Tags, Tier};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -203,6 +203,20 @@ impl BlobStore for LocalStore {
 
     async fn exists(&self, name: &str) -> Result<bool> {
         Ok(tokio::fs::try_exists(self.path(name)?).await?)
+    }
+
+    async fn set_tier(&self, name: &str, tier: Tier) -> Result<()> {
+        self.path(name)?;
+        Err(Error::unsupported(format!(
+            "set blob {name:?} to the {tier} tier: access tiers are not supported by the local store"
+        )))
+    }
+
+    async fn properties(&self, name: &str) -> Result<BlobProps> {
+        self.path(name)?;
+        Err(Error::unsupported(format!(
+            "read the access tier of blob {name:?}: access tiers are not supported by the local store"
+        )))
     }
 
     async fn discard_staged(&self, name: &str) -> Result<()> {

@@ -33,6 +33,56 @@ pub struct BlobInfo {
     pub size: u64,
 }
 
+/// A blob's access tier (Azure). Ordered from the most to the least readily available: a move
+/// to a later tier is "colder"; Archive is offline until rehydrated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Hot,
+    Cool,
+    Cold,
+    Archive,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Cool => "cool",
+            Tier::Cold => "cold",
+            Tier::Archive => "archive",
+        }
+    }
+
+    /// Case-insensitive: `hot`, `cool`, `cold`, `archive` (Azure answers `Hot`, `Cool`, ...).
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s.to_ascii_lowercase().as_str() {
+            "hot" => Some(Tier::Hot),
+            "cool" => Some(Tier::Cool),
+            "cold" => Some(Tier::Cold),
+            "archive" => Some(Tier::Archive),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What [`BlobStore::properties`] reports about one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobProps {
+    pub size: u64,
+    /// The access tier, when the store has tiers and reports one.
+    pub tier: Option<Tier>,
+    /// Azure's `x-ms-archive-status` while an archived blob is being rehydrated, e.g.
+    /// `rehydrate-pending-to-hot`.
+    pub archive_status: Option<String>,
+}
+
 /// The storage contract.
 ///
 /// Every method may be retried by the caller after a [`crate::error::Kind::Transient`] error;
@@ -80,6 +130,26 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Azure cannot (it discards uncommitted blocks after a week), so the default does nothing.
     async fn discard_staged(&self, _name: &str) -> Result<()> {
         Ok(())
+    }
+
+    /// Move a blob to another access tier (Set Blob Tier). Moving an archived blob to Hot starts
+    /// a standard-priority rehydration; the blob stays offline until it completes. A store
+    /// without tiers answers [`crate::error::Error::unsupported`] (permanent), which callers
+    /// treat as "skip, with a logged reason".
+    async fn set_tier(&self, name: &str, _tier: Tier) -> Result<()> {
+        Err(crate::error::Error::unsupported(format!(
+            "set the access tier of blob {name:?}: access tiers are not supported by {}",
+            self.describe()
+        )))
+    }
+
+    /// A blob's size, tier and archive status. A missing blob is a permanent error; a store
+    /// without tiers answers [`crate::error::Error::unsupported`].
+    async fn properties(&self, name: &str) -> Result<BlobProps> {
+        Err(crate::error::Error::unsupported(format!(
+            "read the properties of blob {name:?}: access tiers are not supported by {}",
+            self.describe()
+        )))
     }
 
     /// Exporting blobs as plain files behind time-limited, read-only URLs ("restore as files"),
