@@ -214,11 +214,45 @@ async fn full_backup_gets_every_credential_from_the_identity_endpoint_and_key_va
     assert_eq!(found[0].row_counts.as_ref().unwrap().tables[0].rows, 5000);
     assert_eq!(manifests(&store, "main/@globals/").await.len(), 1);
 
+    // And a restore, posted on the queue: the same credentials, from the same two servers.
+    let request = json!({
+        "version": 1, "request_id": "kv-restore-1", "requested_by": "identity_secrets",
+        "source": { "server": "main", "database": "appdb", "backup": "latest" },
+        "target": { "mode": "create", "server": "main", "database": "appdb_restored" },
+        "options": {}
+    });
+    stack.queue().send(pgvault::restore::RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
+    let planned = hostsim::drain(
+        &stack.queue(),
+        pgvault::restore::RESTORE_REQUESTS_QUEUE,
+        &served.url,
+        "restore-requests",
+        "request",
+        3,
+        Form::Host,
+    )
+    .await
+    .unwrap();
+    assert_eq!(planned.succeeded, 1, "{:?}", planned.replies);
+    let restored = hostsim::drain(
+        &stack.queue(),
+        pgvault::restore::RESTORE_TASKS_QUEUE,
+        &served.url,
+        "restore-worker",
+        "task",
+        3,
+        Form::Host,
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored.replies[0]["reply"]["ReturnValue"]["status"], "succeeded", "{:?}", restored.replies);
+    assert_eq!(psql(&stack, "appdb_restored", "SELECT count(*) FROM t"), "5000");
+
     let resources = stack.identity.resources();
     assert!(resources.iter().any(|r| r == STORAGE), "storage (blob and queue) tokens: {resources:?}");
     assert!(resources.iter().any(|r| r == VAULT), "vault token: {resources:?}");
-    // The scheduler and each of the two jobs read the secret: nothing is cached across jobs.
-    assert!(kv.reads("pg-main") >= 3, "{:?}", kv.requests());
+    // The scheduler, each of the two jobs and the restore read the secret: nothing is cached.
+    assert!(kv.reads("pg-main") >= 4, "{:?}", kv.requests());
     assert!(
         kv.tokens().iter().all(|t| stack.identity.issued_tokens().contains(t)),
         "vault tokens came from the endpoint"
@@ -556,7 +590,7 @@ async fn no_secret_appears_in_any_output_at_debug_level() {
         &stack,
         "postgres",
         &format!(
-            "CREATE ROLE kv_reader LOGIN PASSWORD '{password}'; GRANT pg_read_all_data TO kv_reader;
+            "CREATE ROLE kv_reader LOGIN CREATEDB PASSWORD '{password}'; GRANT pg_read_all_data TO kv_reader;
              CREATE ROLE entra_app LOGIN PASSWORD '{entra}'; GRANT pg_read_all_data TO entra_app;
              CREATE DATABASE appdb; CREATE DATABASE denied"
         ),
@@ -606,6 +640,47 @@ async fn no_secret_appears_in_any_output_at_debug_level() {
         let out = cli(&stack, args);
         outputs.push((format!("pgvault {}", args.join(" ")), text(&out)));
     }
+    // A restore and an export as files (a SAS in play), through the handler at debug level.
+    for (id, target, options) in [
+        (
+            "leak-restore",
+            json!({ "mode": "create", "server": "main", "database": "appdb_copy" }),
+            json!({ "no_owner": true, "no_privileges": true }),
+        ),
+        ("leak-files", json!({ "mode": "as-files", "container": "exports", "prefix": "leak" }), json!({})),
+    ] {
+        let request = json!({ "version": 1, "request_id": id, "requested_by": "leak test",
+            "source": { "server": "main", "database": "appdb" }, "target": target,
+            "options": options });
+        stack.queue().send(pgvault::restore::RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
+    }
+    for (queue, function, binding) in [
+        (pgvault::restore::RESTORE_REQUESTS_QUEUE, "restore-requests", "request"),
+        (pgvault::restore::RESTORE_TASKS_QUEUE, "restore-worker", "task"),
+    ] {
+        let report =
+            hostsim::drain(&stack.queue(), queue, &served.url, function, binding, 3, Form::Host).await.unwrap();
+        assert_eq!(report.succeeded, 2, "{function}: {:?}", report.replies);
+        for r in &report.replies {
+            let status = r["reply"]["ReturnValue"]["status"].as_str().unwrap_or_default();
+            assert!(["planned", "succeeded"].contains(&status), "{function}: {r}");
+        }
+        outputs.push((format!("{function} replies"), serde_json::to_string(&report.replies).unwrap()));
+    }
+    assert_eq!(psql(&stack, "appdb_copy", "SELECT count(*) FROM t"), "2000");
+    // The SAS URLs are delivered in the job record (that is their channel, so it is not
+    // checked); their signatures must appear nowhere else.
+    let records = cli(&stack, &["jobs", "--json"]);
+    let records: Value = serde_json::from_slice(&records.stdout).unwrap();
+    let mut sas_sigs = Vec::new();
+    for r in records["jobs"].as_array().unwrap() {
+        for f in r["detail"]["report"]["files"].as_array().into_iter().flatten() {
+            let url = url::Url::parse(f["url"].as_str().unwrap()).unwrap();
+            let sig = url.query_pairs().find(|(k, _)| k == "sig").map(|(_, v)| v.into_owned()).unwrap();
+            sas_sigs.push(sig);
+        }
+    }
+    assert_eq!(sas_sigs.len(), 2, "the dump and its manifest were exported: {records}");
     // Stop the handler and wait for its last log line, so the whole log is checked.
     let mut served = served;
     assert!(tokio::task::block_in_place(|| served.terminate()).success());
@@ -620,6 +695,7 @@ async fn no_secret_appears_in_any_output_at_debug_level() {
     assert!(all.contains("password authentication failed for user \"kv_reader\""), "the failure was reported: {all}");
     assert!(all.contains("DEBUG"), "debug logging was on: {all}");
     let mut secrets: Vec<String> = vec![password.into(), stack.identity.header.clone(), entra.clone()];
+    secrets.extend(sas_sigs.iter().cloned());
     secrets.extend(stack.identity.issued_tokens());
     assert!(
         stack.identity.resources().iter().any(|r| r == VAULT)
