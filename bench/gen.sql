@@ -22,10 +22,10 @@ SET client_min_messages = warning;
 
 -- Row counts from the target size. Bytes per row on disk were measured (heap + TOAST incl.
 -- tuple headers); shares are of the total table data.
-SELECT (:target_mb * 1048576.0 * 0.05 / 150)::bigint AS n_customers,
-       (:target_mb * 1048576.0 * 0.38 / 420)::bigint AS n_orders,
-       (:target_mb * 1048576.0 * 0.37 / 980)::bigint AS n_documents,
-       (:target_mb * 1048576.0 * 0.20 / 75)::bigint AS n_measurements,
+SELECT (:target_mb * 1048576.0 * 0.05 / 190)::bigint AS n_customers,
+       (:target_mb * 1048576.0 * 0.38 / 417)::bigint AS n_orders,
+       (:target_mb * 1048576.0 * 0.37 / 940)::bigint AS n_documents,
+       (:target_mb * 1048576.0 * 0.20 / 60)::bigint AS n_measurements,
        200000 AS n_phrases
 \gset
 

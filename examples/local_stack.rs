@@ -191,6 +191,20 @@ async fn run(args: Args) -> Result<(), String> {
         eprintln!("local_stack: sample database {db} created");
     }
 
+    // A signal that came during start-up: stop without announcing a stack that is going away.
+    let early = tokio::select! {
+        biased;
+        _ = sigterm.recv() => Some("SIGTERM"),
+        _ = sigint.recv() => Some("SIGINT"),
+        _ = sighup.recv() => Some("SIGHUP"),
+        _ = std::future::ready(()) => None,
+    };
+    if let Some(why) = early {
+        eprintln!("local_stack: {why} during start-up: stopping");
+        tokio::task::spawn_blocking(move || drop(cluster)).await.map_err(|e| format!("stop PostgreSQL: {e}"))?;
+        return Ok(());
+    }
+
     let inventory = serde_json::json!([{
         "name": SERVER,
         "host": cluster.host,
