@@ -222,23 +222,37 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&list).expect("serializes"));
             } else {
-                println!(
-                    "{:<62} {:<10} {:<20} {:<20} {:>10} {:<8} sha256",
-                    "id", "server", "database", "time", "stored", "compr."
-                );
-                for m in &list {
-                    let db = if m.database.is_empty() { "(globals)" } else { m.database.as_str() };
-                    let time = m.finished_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-                    println!(
-                        "{:<62} {:<10} {:<20} {:<20} {:>10} {:<8} {}",
-                        m.id,
-                        m.server,
-                        db,
-                        time,
-                        human_bytes(m.stored_bytes),
-                        m.compression.to_string(),
-                        m.sha256
-                    );
+                let second = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+                let rows: Vec<[String; 7]> = list
+                    .iter()
+                    .map(|m| {
+                        [
+                            m.id.clone(),
+                            m.server.clone(),
+                            if m.database.is_empty() { "(globals)".into() } else { m.database.clone() },
+                            m.finished_at.to_offset(time::UtcOffset::UTC).format(&second).unwrap_or_default(),
+                            human_bytes(m.stored_bytes),
+                            m.compression.to_string(),
+                            m.sha256.clone(),
+                        ]
+                    })
+                    .collect();
+                let header =
+                    ["id", "server", "database", "finished (UTC)", "stored", "compr.", "sha256"].map(String::from);
+                let mut widths = header.clone().map(|h| h.len());
+                for row in &rows {
+                    for (w, cell) in widths.iter_mut().zip(row) {
+                        *w = (*w).max(cell.chars().count());
+                    }
+                }
+                for row in std::iter::once(&header).chain(&rows) {
+                    let cells: Vec<String> = row
+                        .iter()
+                        .zip(widths)
+                        .enumerate()
+                        .map(|(i, (c, w))| if i == 4 { format!("{c:>w$}") } else { format!("{c:<w$}") })
+                        .collect();
+                    println!("{}", cells.join("  ").trim_end());
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -323,7 +337,9 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             let q = rt.require_queue()?;
             let report = hostsim::drain(q.as_ref(), &queue, &url, &function, &binding, MAX_DEQUEUE_COUNT, form).await?;
             println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
-            Ok(ExitCode::SUCCESS)
+            // Like the host, a failed delivery is not an error of the simulator, but a caller
+            // (the demo, a test) wants to know: exit 1 when any delivery failed.
+            Ok(if report.failed_attempts == 0 && report.poisoned == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

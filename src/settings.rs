@@ -29,7 +29,10 @@ pub const ALL: &[(&str, &str)] = &[
     ("PGVAULT_COMPRESSION", "`zstd:<1-19>` (default `zstd:3`), `none`, or `pg_dump`"),
     ("PGVAULT_ZSTD_THREADS", "zstd worker threads (default 2)"),
     ("PGVAULT_BLOCK_SIZE_MIB", "initial block size in MiB (default 8); grows for very long streams"),
-    ("PGVAULT_BLOCKS_IN_FLIGHT", "blocks uploaded concurrently (default 4); memory is about this times the block size"),
+    (
+        "PGVAULT_BLOCKS_IN_FLIGHT",
+        "blocks uploaded concurrently (default 4); memory is about (this + 2) times the block size, plus about 8 MiB per zstd thread",
+    ),
     ("PGVAULT_PG_BIN_DIRS", "`:`-separated PostgreSQL bin directories (default: /usr/lib/postgresql/*/bin)"),
     ("PGVAULT_ROW_COUNTS", "`exact` (default, count(*) in pg_dump's snapshot), `estimate`, or `off`"),
     (
