@@ -265,7 +265,13 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
         }
     };
     check_raw(&m, raw)?;
-    Ok(VerifyReport { id: m.id.clone(), blocks: m.blocks.len(), stored_bytes: m.stored_bytes, raw_bytes: raw, toc_entries })
+    Ok(VerifyReport {
+        id: m.id.clone(),
+        blocks: m.blocks.len(),
+        stored_bytes: m.stored_bytes,
+        raw_bytes: raw,
+        toc_entries,
+    })
 }
 
 fn check_raw(m: &Manifest, raw: u64) -> Result<()> {

@@ -28,8 +28,17 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 /// Function names: the folders under `functions/`, and the routes the host POSTs to.
-pub const FUNCTIONS: &[&str] =
-    &["backup-scheduler", "backup-worker", "restore-requests", "restore-worker", "sas-rotator", "retention", "restore-drill", "jobs", "backup-now"];
+pub const FUNCTIONS: &[&str] = &[
+    "backup-scheduler",
+    "backup-worker",
+    "restore-requests",
+    "restore-worker",
+    "sas-rotator",
+    "retention",
+    "restore-drill",
+    "jobs",
+    "backup-now",
+];
 
 /// What the handlers share.
 #[derive(Clone)]
