@@ -28,7 +28,6 @@ var failureMessages = [
   'cannot keep rejected message'
 ]
 var rejectionMessages = [
-  'backup job message rejected and kept'
   'message rejected and kept'
 ]
 // alert_kind values of src/alerts.rs records (Debug names): RPO breach and the rest.

@@ -5,10 +5,10 @@
 //! (malformed, unknown server or database, ...) is kept on `backup-jobs-rejected` with the
 //! original text and the reason, and the reply is 200 so it is not retried.
 
-use super::{AppState, Reply, parse_invocation};
+use super::{AppState, QueueMessage, Reply};
 use crate::backup::Outcome;
 use crate::error::Error;
-use crate::jobs::{BACKUP_JOBS_QUEUE, BackupJob, rejected_queue};
+use crate::jobs::{BACKUP_JOBS_QUEUE, BackupJob};
 use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
@@ -17,18 +17,14 @@ use serde_json::json;
 pub const BINDING: &str = "job";
 
 pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
-    let inv = match parse_invocation(&body) {
-        Ok(inv) => inv,
+    let msg = match super::queue_message(&body, BINDING) {
+        Ok(msg) => msg,
         Err(reply) => return reply,
     };
-    let Some(text) = inv.text(BINDING) else {
-        return super::bad_invocation(format!("Data has no {BINDING:?} binding"));
-    };
-    let message_id = inv.meta_str("Id").unwrap_or_default();
-    let dequeue_count = inv.dequeue_count().unwrap_or(1);
-    let job = match BackupJob::from_json(&text) {
+    let (text, dequeue_count) = (&msg.text, msg.dequeue_count);
+    let job = match BackupJob::from_json(text) {
         Ok(job) => job,
-        Err(e) => return reject(&state, &text, &message_id, dequeue_count, &e).await,
+        Err(e) => return reject(&state, &msg, &e).await,
     };
     if state.ctx.cancel.is_cancelled() {
         return Reply::retry(
@@ -46,7 +42,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
             vec![format!("job {} was already done as {id}; nothing to do", job.job_id)],
             json!({ "status": "already-done", "backup": id }),
         ),
-        Err(e) if e.is_permanent() => reject(&state, &text, &message_id, dequeue_count, &e).await,
+        Err(e) if e.is_permanent() => reject(&state, &msg, &e).await,
         Err(e) => {
             let last = dequeue_count >= state.max_dequeue_count;
             tracing::error!(
@@ -64,33 +60,8 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
     }
 }
 
-/// Keep a message that can never succeed, with its reason, on the `-rejected` queue. If even that
-/// fails, reply 500 so the host keeps the message: nothing is lost.
-async fn reject(state: &AppState, text: &str, message_id: &str, dequeue_count: u32, why: &Error) -> Reply {
-    crate::monitor::record_rejected(&state.ctx, BackupJob::from_json(text).ok().as_ref(), message_id, why).await;
-    let queue = rejected_queue(BACKUP_JOBS_QUEUE);
-    let record = json!({
-        "queue": BACKUP_JOBS_QUEUE,
-        "message_id": message_id,
-        "dequeue_count": dequeue_count,
-        "rejected_at": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "reason": why.to_string(),
-        "message": text,
-    });
-    match state.queue.send(&queue, &record.to_string(), true).await {
-        Ok(()) => {
-            tracing::error!(message_id, queue = %queue, reason = %why, "backup job message rejected and kept");
-            Reply::ok(
-                vec![format!("message {message_id} rejected and kept on {queue}: {why}")],
-                json!({ "status": "rejected", "reason": why.to_string(), "kept_on": queue }),
-            )
-        }
-        Err(e) => {
-            tracing::error!(message_id, reason = %why, error = %e, "cannot keep rejected message; leaving it to the host");
-            Reply::retry(
-                vec![format!("message {message_id} cannot succeed ({why}), and keeping it on {queue} failed: {e}")],
-                json!({ "status": "failed", "error": e.to_string() }),
-            )
-        }
-    }
+/// Record the rejection in the job's record (and alert), then keep the message with its reason.
+async fn reject(state: &AppState, msg: &QueueMessage, why: &Error) -> Reply {
+    crate::monitor::record_rejected(&state.ctx, BackupJob::from_json(&msg.text).ok().as_ref(), &msg.id, why).await;
+    super::reject_and_keep(state, BACKUP_JOBS_QUEUE, msg, why).await
 }

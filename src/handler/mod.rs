@@ -166,6 +166,57 @@ pub fn parse_invocation(body: &[u8]) -> Result<Invocation, Reply> {
     serde_json::from_slice(body).map_err(bad_invocation)
 }
 
+/// A queue-triggered invocation's message: its text (with the host's extra encoding undone),
+/// its id and its dequeue count. A body that is not an invocation, or has no such binding, is
+/// the 400 reply to send.
+pub struct QueueMessage {
+    pub text: String,
+    pub id: String,
+    pub dequeue_count: u32,
+}
+
+pub fn queue_message(body: &[u8], binding: &str) -> Result<QueueMessage, Reply> {
+    let inv = parse_invocation(body)?;
+    let text = inv.text(binding).ok_or_else(|| bad_invocation(format!("Data has no {binding:?} binding")))?;
+    Ok(QueueMessage {
+        text,
+        id: inv.meta_str("Id").unwrap_or_default(),
+        dequeue_count: inv.dequeue_count().unwrap_or(1),
+    })
+}
+
+/// Keep a message that can never succeed, with its reason, on `<queue>-rejected` (time-to-live:
+/// never expires), and reply 200 so the host does not retry it. If even keeping it fails, reply
+/// 500 so the host keeps the message: nothing is lost.
+pub async fn reject_and_keep(state: &AppState, queue: &str, msg: &QueueMessage, why: &crate::error::Error) -> Reply {
+    let kept_on = crate::jobs::rejected_queue(queue);
+    let record = json!({
+        "queue": queue,
+        "message_id": msg.id,
+        "dequeue_count": msg.dequeue_count,
+        "rejected_at": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "reason": why.to_string(),
+        "message": msg.text,
+    });
+    let message_id = msg.id.as_str();
+    match state.queue.send(&kept_on, &record.to_string(), true).await {
+        Ok(()) => {
+            tracing::error!(message_id, queue = %kept_on, reason = %why, "message rejected and kept");
+            Reply::ok(
+                vec![format!("message {message_id} rejected and kept on {kept_on}: {why}")],
+                json!({ "status": "rejected", "reason": why.to_string(), "kept_on": kept_on }),
+            )
+        }
+        Err(e) => {
+            tracing::error!(message_id, reason = %why, error = %e, "cannot keep rejected message; leaving it to the host");
+            Reply::retry(
+                vec![format!("message {message_id} cannot succeed ({why}), and keeping it on {kept_on} failed: {e}")],
+                json!({ "status": "failed", "error": e.to_string() }),
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

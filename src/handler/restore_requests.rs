@@ -8,9 +8,7 @@
 //! is not retried. A transient failure (storage, queue) replies 500 and the host retries. A
 //! request id seen before is acted on once: the duplicate is acknowledged and does nothing.
 
-use super::{AppState, Reply, parse_invocation};
-use crate::error::Error;
-use crate::jobs::rejected_queue;
+use super::{AppState, Reply};
 use crate::restore::{self, RESTORE_REQUESTS_QUEUE, RestoreRequest, Submitted};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,18 +18,14 @@ use serde_json::json;
 pub const BINDING: &str = "request";
 
 pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
-    let inv = match parse_invocation(&body) {
-        Ok(inv) => inv,
+    let msg = match super::queue_message(&body, BINDING) {
+        Ok(msg) => msg,
         Err(reply) => return reply,
     };
-    let Some(text) = inv.text(BINDING) else {
-        return super::bad_invocation(format!("Data has no {BINDING:?} binding"));
-    };
-    let message_id = inv.meta_str("Id").unwrap_or_default();
-    let dequeue_count = inv.dequeue_count().unwrap_or(1);
-    let req = match RestoreRequest::from_json(&text) {
+    let (text, dequeue_count) = (&msg.text, msg.dequeue_count);
+    let req = match RestoreRequest::from_json(text) {
         Ok(r) => r,
-        Err(e) => return reject(&state, RESTORE_REQUESTS_QUEUE, &text, &message_id, dequeue_count, &e).await,
+        Err(e) => return super::reject_and_keep(&state, RESTORE_REQUESTS_QUEUE, &msg, &e).await,
     };
     if state.ctx.cancel.is_cancelled() {
         return Reply::retry(
@@ -64,50 +58,11 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
                 json!({ "status": "duplicate", "request_id": req.request_id, "existing_status": existing.status }),
             )
         }
-        Err(e) if e.is_permanent() => {
-            reject(&state, RESTORE_REQUESTS_QUEUE, &text, &message_id, dequeue_count, &e).await
-        }
+        Err(e) if e.is_permanent() => super::reject_and_keep(&state, RESTORE_REQUESTS_QUEUE, &msg, &e).await,
         Err(e) => {
             tracing::error!(request = %req.request_id, dequeue_count, error = %e, "restore request failed; the host retries it");
             Reply::retry(
                 vec![format!("restore request {} failed (attempt {dequeue_count}): {e}", req.request_id)],
-                json!({ "status": "failed", "error": e.to_string() }),
-            )
-        }
-    }
-}
-
-/// Keep a message that can never succeed, with its reason, on `<queue>-rejected`. If even that
-/// fails, reply 500 so the host keeps the message: nothing is lost.
-pub(super) async fn reject(
-    state: &AppState,
-    queue: &str,
-    text: &str,
-    message_id: &str,
-    dequeue_count: u32,
-    why: &Error,
-) -> Reply {
-    let kept_on = rejected_queue(queue);
-    let record = json!({
-        "queue": queue,
-        "message_id": message_id,
-        "dequeue_count": dequeue_count,
-        "rejected_at": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "reason": why.to_string(),
-        "message": text,
-    });
-    match state.queue.send(&kept_on, &record.to_string(), true).await {
-        Ok(()) => {
-            tracing::error!(message_id, queue = %kept_on, reason = %why, "message rejected and kept");
-            Reply::ok(
-                vec![format!("message {message_id} rejected and kept on {kept_on}: {why}")],
-                json!({ "status": "rejected", "reason": why.to_string(), "kept_on": kept_on }),
-            )
-        }
-        Err(e) => {
-            tracing::error!(message_id, reason = %why, error = %e, "cannot keep rejected message; leaving it to the host");
-            Reply::retry(
-                vec![format!("message {message_id} cannot succeed ({why}), and keeping it on {kept_on} failed: {e}")],
                 json!({ "status": "failed", "error": e.to_string() }),
             )
         }

@@ -7,7 +7,7 @@
 //! pg_restore, a lost connection, shutdown) replies 500 so the host retries it, then poison. A
 //! task whose record says it succeeded is not run again.
 
-use super::{AppState, Reply, parse_invocation};
+use super::{AppState, Reply};
 use crate::restore::{self, RESTORE_TASKS_QUEUE, RestoreTask, TaskOutcome};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -17,20 +17,15 @@ use serde_json::json;
 pub const BINDING: &str = "task";
 
 pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
-    let inv = match parse_invocation(&body) {
-        Ok(inv) => inv,
+    let msg = match super::queue_message(&body, BINDING) {
+        Ok(msg) => msg,
         Err(reply) => return reply,
     };
-    let Some(text) = inv.text(BINDING) else {
-        return super::bad_invocation(format!("Data has no {BINDING:?} binding"));
-    };
-    let message_id = inv.meta_str("Id").unwrap_or_default();
-    let dequeue_count = inv.dequeue_count().unwrap_or(1);
-    let task = match RestoreTask::from_json(&text) {
+    let (text, dequeue_count) = (&msg.text, msg.dequeue_count);
+    let task = match RestoreTask::from_json(text) {
         Ok(t) => t,
         Err(e) => {
-            return super::restore_requests::reject(&state, RESTORE_TASKS_QUEUE, &text, &message_id, dequeue_count, &e)
-                .await;
+            return super::reject_and_keep(&state, RESTORE_TASKS_QUEUE, &msg, &e).await;
         }
     };
     if state.ctx.cancel.is_cancelled() {
@@ -56,7 +51,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
         Ok(TaskOutcome::RehydrationPending { blob, recheck_secs }) => {
             // The same task again, invisible until the next look; its record keeps the start of
             // the wait, which bounds it.
-            match state.queue.send_delayed(RESTORE_TASKS_QUEUE, &text, recheck_secs).await {
+            match state.queue.send_delayed(RESTORE_TASKS_QUEUE, text, recheck_secs).await {
                 Ok(()) => Reply::ok(
                     vec![format!(
                         "task {}: backup data {blob:?} is archived; rehydration pending, looking again in {recheck_secs} s",
@@ -74,9 +69,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
             vec![format!("task {} succeeded before; nothing to do", task.task_id)],
             json!({ "status": "already-done", "task_id": task.task_id, "finished_at": rec.finished_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()) }),
         ),
-        Err(e) if e.is_permanent() => {
-            super::restore_requests::reject(&state, RESTORE_TASKS_QUEUE, &text, &message_id, dequeue_count, &e).await
-        }
+        Err(e) if e.is_permanent() => super::reject_and_keep(&state, RESTORE_TASKS_QUEUE, &msg, &e).await,
         Err(e) => {
             let mut logs = vec![format!("task {} failed (attempt {dequeue_count}): {e}", task.task_id)];
             if last {
