@@ -161,8 +161,8 @@ fn sas_time(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC).format(&fmt).expect("valid format")
 }
 
-/// A blob SAS (`sr=b`) granting read (`sp=r`) over HTTPS only until `expiry`, signed with a user
-/// delegation key: version 2025-07-05's string-to-sign, HMAC-SHA256 with the key, base64.
+/// A read-only, HTTPS-only user-delegation SAS (query string, no `?`) for one blob, valid at
+/// once until `expiry`.
 pub fn read_only_blob_sas(
     account: &str,
     container: &str,
@@ -170,29 +170,39 @@ pub fn read_only_blob_sas(
     key: &DelegationKey,
     expiry: OffsetDateTime,
 ) -> String {
-    let se = sas_time(expiry);
-    let canonical = format!("/blob/{account}/{container}/{blob}");
+    sign_user_delegation_sas(key, "b", &format!("/blob/{account}/{container}/{blob}"), "r", None, &sas_time(expiry))
+}
+
+/// Sign an HTTPS-only user-delegation SAS in the [`SAS_VERSION`] layout and return its query
+/// string (no `?`). `resource` is `b` (a blob) or `c` (a container), `canonical` the
+/// canonicalized resource (`/blob/<account>/<container>[/<blob>]`), `start`/`expiry` SAS times.
+/// The one place that knows the string-to-sign.
+pub fn sign_user_delegation_sas(
+    key: &DelegationKey,
+    resource: &str,
+    canonical: &str,
+    permissions: &str,
+    start: Option<&str>,
+    expiry: &str,
+) -> String {
     #[rustfmt::skip]
     let fields = [
-        "r",                  // signedPermissions
-        "",                   // signedStart (none: valid at once)
-        &se,                  // signedExpiry
-        &canonical,           // canonicalizedResource
+        permissions,          // signedPermissions
+        start.unwrap_or(""),  // signedStart (none: valid at once)
+        expiry,               // signedExpiry
+        canonical,            // canonicalizedResource
         &key.oid,             // signedKeyObjectId
         &key.tid,             // signedKeyTenantId
         &key.start,           // signedKeyStart
         &key.expiry,          // signedKeyExpiry
         &key.service,         // signedKeyService
         &key.version,         // signedKeyVersion
-        "",                   // signedAuthorizedUserObjectId
-        "",                   // signedUnauthorizedUserObjectId
-        "",                   // signedCorrelationId
-        "",                   // signedKeyDelegatedUserTenantId
-        "",                   // signedDelegatedUserObjectId
+        "", "", "",           // saoid, suoid, scid
+        "", "",               // skdutid, sduoid
         "",                   // signedIP
         "https",              // signedProtocol
         SAS_VERSION,          // signedVersion
-        "b",                  // signedResource
+        resource,             // signedResource
         "",                   // signedSnapshotTime
         "",                   // signedEncryptionScope
         "", "", "", "", "",   // rscc, rscd, rsce, rscl, rsct
@@ -201,10 +211,12 @@ pub fn read_only_blob_sas(
     mac.update(fields.join("\n").as_bytes());
     let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     let mut q = url::form_urlencoded::Serializer::new(String::new());
-    q.append_pair("sv", SAS_VERSION)
-        .append_pair("sr", "b")
-        .append_pair("se", &se)
-        .append_pair("sp", "r")
+    q.append_pair("sv", SAS_VERSION).append_pair("sr", resource);
+    if let Some(st) = start {
+        q.append_pair("st", st);
+    }
+    q.append_pair("se", expiry)
+        .append_pair("sp", permissions)
         .append_pair("spr", "https")
         .append_pair("skoid", &key.oid)
         .append_pair("sktid", &key.tid)

@@ -2,14 +2,12 @@
 //!
 //! It is signed with a user delegation key obtained with the function's managed identity, so it
 //! grants at most what that identity may do, dies with the key, and needs no account key. The
-//! signature follows service version [`SAS_VERSION`] (2025-07-05), which Azure and Azurite both
+//! signature follows service version [`SAS_VERSION`](crate::azure::sas::SAS_VERSION) (2025-07-05), which Azure and Azurite both
 //! validate; see `crate::azure::sas` for why the SDK's own builder is not used. That module's
 //! [`DelegationKey`] is reused as is.
 
-use crate::azure::sas::{DelegationKey, SAS_VERSION};
+use crate::azure::sas::{DelegationKey, sign_user_delegation_sas};
 use crate::secret::Secret;
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
@@ -29,49 +27,14 @@ pub fn container_sas(
     start: OffsetDateTime,
     expiry: OffsetDateTime,
 ) -> Secret {
-    let st = sas_time(start);
-    let se = sas_time(expiry);
-    let canonical = format!("/blob/{account}/{container}");
-    #[rustfmt::skip]
-    let fields = [
-        permissions,          // signedPermissions
-        &st,                  // signedStart
-        &se,                  // signedExpiry
-        &canonical,           // canonicalizedResource
-        &key.oid,             // signedKeyObjectId
-        &key.tid,             // signedKeyTenantId
-        &key.start,           // signedKeyStart
-        &key.expiry,          // signedKeyExpiry
-        &key.service,         // signedKeyService
-        &key.version,         // signedKeyVersion
-        "", "", "",           // saoid, suoid, scid
-        "", "",               // skdutid, sduoid
-        "",                   // signedIP
-        "https",              // signedProtocol
-        SAS_VERSION,          // signedVersion
-        "c",                  // signedResource
-        "",                   // signedSnapshotTime
-        "",                   // signedEncryptionScope
-        "", "", "", "", "",   // rscc, rscd, rsce, rscl, rsct
-    ];
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key.value).expect("HMAC takes any key length");
-    mac.update(fields.join("\n").as_bytes());
-    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    q.append_pair("sv", SAS_VERSION)
-        .append_pair("sr", "c")
-        .append_pair("st", &st)
-        .append_pair("se", &se)
-        .append_pair("sp", permissions)
-        .append_pair("spr", "https")
-        .append_pair("skoid", &key.oid)
-        .append_pair("sktid", &key.tid)
-        .append_pair("skt", &key.start)
-        .append_pair("ske", &key.expiry)
-        .append_pair("sks", &key.service)
-        .append_pair("skv", &key.version)
-        .append_pair("sig", &sig);
-    Secret::new(q.finish())
+    Secret::new(sign_user_delegation_sas(
+        key,
+        "c",
+        &format!("/blob/{account}/{container}"),
+        permissions,
+        Some(&sas_time(start)),
+        &sas_time(expiry),
+    ))
 }
 
 /// The query fields of a SAS.
@@ -108,6 +71,8 @@ pub fn check_shape(sas: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
     use time::macros::datetime;
 
     #[test]
