@@ -9,114 +9,13 @@ use app::{CONTAINER, Stack};
 use pgvault::hostsim::{self, Form};
 use pgvault::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
 use pgvault::layout::BackupKind;
-use pgvault::manifest::Manifest;
 use pgvault::queue::JobQueue;
 use pgvault::store::BlobStore;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const VARIED_DB: &str = "Round \"Trip\" DB";
-
-/// A database with a few hundred MB of varied data: several schemas, text, numeric,
-/// timestamps, jsonb, bytea, a large object, indexes, and names that need quoting.
-const VARIED_SQL: &str = r#"
-CREATE SCHEMA sales;
-CREATE SCHEMA "Weird Schema";
-CREATE TABLE sales.orders (
-    id bigserial PRIMARY KEY,
-    customer text NOT NULL,
-    amount numeric(12,2),
-    placed_at timestamptz,
-    doc jsonb,
-    payload bytea
-);
-INSERT INTO sales.orders (customer, amount, placed_at, doc, payload)
-SELECT md5(i::text) || ' ' || repeat(chr(65 + i % 26), i % 60),
-       (i * 7.13) % 100000,
-       timestamptz '2020-01-01 00:00:00+00' + i * interval '37 seconds',
-       jsonb_build_object('i', i, 'tags', jsonb_build_array(md5((i * 3)::text), i % 7), 'ok', i % 2 = 0),
-       decode(md5(i::text) || md5((i + 1)::text) || md5((i + 2)::text), 'hex')
-FROM generate_series(1, 900000) AS i;
-CREATE INDEX orders_placed ON sales.orders (placed_at);
-CREATE INDEX orders_doc ON sales.orders USING gin (doc);
-CREATE TABLE "Weird Schema"."Mixed ""Quoted"" Table" ("Key Col" int PRIMARY KEY, "väl" text, note varchar(200));
-INSERT INTO "Weird Schema"."Mixed ""Quoted"" Table"
-SELECT i, repeat(md5(i::text), 1 + i % 5), CASE WHEN i % 3 = 0 THEN NULL ELSE 'note ' || i END
-FROM generate_series(1, 200000) AS i;
-CREATE TABLE public.events (at timestamp, kind text, n int);
-INSERT INTO public.events SELECT timestamp '2024-02-29 12:00' + i * interval '1 minute', 'k' || (i % 13), i FROM generate_series(1, 100000) i;
-CREATE TABLE public.blobs (name text PRIMARY KEY, lo oid);
-INSERT INTO public.blobs SELECT 'big', lo_from_bytea(0, decode(string_agg(md5(i::text), ''), 'hex')) FROM generate_series(1, 50000) i;
-CREATE VIEW sales.big_orders AS SELECT id, amount FROM sales.orders WHERE amount > 50000;
-ANALYZE;
-"#;
-
-/// Per-table content checksums, the large objects' checksum, and the schema, for comparing two
-/// databases.
-fn fingerprint(stack: &Stack, db: &str) -> (Vec<String>, String) {
-    let tables = stack.pg.psql(
-        db,
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
-    );
-    let mut sums = Vec::new();
-    for t in tables.lines() {
-        let sum = stack.pg.psql(
-            db,
-            &format!(
-                "SELECT count(*) || ':' || coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) FROM {t} t"
-            ),
-        );
-        sums.push(format!("{t}={sum}"));
-    }
-    sums.push(format!(
-        "largeobjects={}",
-        stack.pg.psql(
-            db,
-            "SELECT count(*) || ':' || coalesce(sum(('x' || substr(md5(lo_get(oid)), 1, 15))::bit(60)::bigint), 0) FROM pg_largeobject_metadata"
-        )
-    ));
-    let out = Command::new(stack.pg.bin_dir.join("pg_dump"))
-        .args([
-            "--schema-only",
-            "--no-owner",
-            "-h",
-            &stack.pg.host,
-            "-p",
-            &stack.pg.port.to_string(),
-            "-U",
-            &stack.pg.superuser,
-        ])
-        .arg(format!("--dbname=dbname='{}'", db.replace('\'', "\\'")))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let schema = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        // \restrict lines carry a random key per dump (pg_dump 15.14+).
-        .filter(|l| {
-            !l.starts_with("--")
-                && !l.trim().is_empty()
-                && !l.starts_with("\\restrict")
-                && !l.starts_with("\\unrestrict")
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    (sums, schema)
-}
-
-async fn manifests(store: &dyn BlobStore, prefix: &str) -> Vec<Manifest> {
-    let mut out = Vec::new();
-    for b in store.list(prefix).await.unwrap() {
-        if b.name.ends_with(".manifest.json") {
-            out.push(Manifest::from_json(&b.name, &store.get(&b.name).await.unwrap()).unwrap());
-        }
-    }
-    out
-}
+use support::data::{VARIED_DB, blocking, manifests, psql_blocking, schema, table_sums, varied_sql};
 
 async fn download(store: &dyn BlobStore, name: &str, to: &Path) {
     use futures::StreamExt;
@@ -128,16 +27,11 @@ async fn download(store: &dyn BlobStore, name: &str, to: &Path) {
     }
 }
 
-async fn psql_blocking(stack: &Stack, db: &str, sql: &str) -> String {
-    // psql is synchronous; run it off the async runtime's worker.
-    tokio::task::block_in_place(|| stack.pg.psql(db, sql))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn varied_database_round_trips_through_the_worker_and_plain_tools() {
     let stack = Stack::start().await;
-    psql_blocking(&stack, "postgres", &format!("CREATE DATABASE {}", pgvault::pg::quote_ident(VARIED_DB))).await;
-    psql_blocking(&stack, VARIED_DB, VARIED_SQL).await;
+    psql_blocking(&stack.pg, "postgres", &format!("CREATE DATABASE {}", pgvault::pg::quote_ident(VARIED_DB)));
+    psql_blocking(&stack.pg, VARIED_DB, &varied_sql(5));
 
     let served = stack.serve();
     let (status, reply) = served.invoke("backup-scheduler", &hostsim::timer_payload("backup-scheduler", false)).await;
@@ -170,8 +64,8 @@ async fn varied_database_round_trips_through_the_worker_and_plain_tools() {
     let ok = Command::new("zstd").args(["-q", "-d", "-o"]).arg(&dump).arg(&zst).status().unwrap();
     assert!(ok.success());
     assert_eq!(std::fs::metadata(&dump).unwrap().len(), m.raw_bytes);
-    psql_blocking(&stack, "postgres", "CREATE DATABASE restored").await;
-    let out = tokio::task::block_in_place(|| {
+    psql_blocking(&stack.pg, "postgres", "CREATE DATABASE restored");
+    let out = blocking(|| {
         Command::new(stack.pg.bin_dir.join("pg_restore"))
             .args(["-h", &stack.pg.host, "-p", &stack.pg.port.to_string(), "-U", &stack.pg.superuser, "-d", "restored"])
             .arg(&dump)
@@ -179,8 +73,9 @@ async fn varied_database_round_trips_through_the_worker_and_plain_tools() {
             .unwrap()
     });
     assert!(out.status.success(), "pg_restore: {}", String::from_utf8_lossy(&out.stderr));
-    let (orig_sums, orig_schema) = tokio::task::block_in_place(|| fingerprint(&stack, VARIED_DB));
-    let (new_sums, new_schema) = tokio::task::block_in_place(|| fingerprint(&stack, "restored"));
+    let bin = &stack.pg.bin_dir;
+    let (orig_sums, orig_schema) = blocking(|| (table_sums(&stack.pg, VARIED_DB), schema(&stack.pg, VARIED_DB, bin)));
+    let (new_sums, new_schema) = blocking(|| (table_sums(&stack.pg, "restored"), schema(&stack.pg, "restored", bin)));
     assert_eq!(orig_sums, new_sums);
     assert_eq!(orig_schema, new_schema);
     assert!(orig_sums.iter().any(|s| s.contains("Mixed \"\"Quoted\"\" Table")), "{orig_sums:?}");
@@ -195,7 +90,7 @@ async fn varied_database_round_trips_through_the_worker_and_plain_tools() {
             pgvault::pg::quote_ident(&t.schema),
             pgvault::pg::quote_ident(&t.table)
         );
-        let n: i64 = psql_blocking(&stack, "restored", &sql).await.parse().unwrap();
+        let n: i64 = psql_blocking(&stack.pg, "restored", &sql).parse().unwrap();
         assert_eq!(n, t.rows, "{}.{}", t.schema, t.table);
     }
 
@@ -234,15 +129,15 @@ fn make_big_db(stack: &Stack, db: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_dump_commits_nothing_and_reports_pg_dump_error() {
     let stack = Stack::start().await;
-    tokio::task::block_in_place(|| make_big_db(&stack, "big"));
+    blocking(|| make_big_db(&stack, "big"));
     let mut child = stack
         .command(&["backup", "--server", "main", "--database", "big"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = tokio::task::block_in_place(|| wait_for_copy(&stack));
-    psql_blocking(&stack, "postgres", &format!("SELECT pg_terminate_backend({pid})")).await;
-    let out = tokio::task::block_in_place(|| {
+    let pid = blocking(|| wait_for_copy(&stack));
+    psql_blocking(&stack.pg, "postgres", &format!("SELECT pg_terminate_backend({pid})"));
+    let out = blocking(|| {
         child.stdin.take();
         let mut stdout = String::new();
         use std::io::Read;
@@ -261,15 +156,15 @@ async fn a_failed_dump_commits_nothing_and_reports_pg_dump_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_running_backup_without_committing() {
     let stack = Stack::start().await;
-    tokio::task::block_in_place(|| make_big_db(&stack, "big"));
+    blocking(|| make_big_db(&stack, "big"));
     let mut served = stack.serve();
     let job =
         BackupJob::new(BackupKind::Database, "main", Some("big"), time::OffsetDateTime::now_utc(), Trigger::Queue);
     let payload = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m1", "p1", 1, Form::Host);
     let url = served.url.clone();
     let call = tokio::spawn(async move { hostsim::invoke(&url, "backup-worker", &payload).await });
-    tokio::task::block_in_place(|| wait_for_copy(&stack));
-    let status = tokio::task::block_in_place(|| served.terminate());
+    blocking(|| wait_for_copy(&stack));
+    let status = blocking(|| served.terminate());
     let (code, reply) = call.await.unwrap().expect("the running invocation gets a reply");
     assert_eq!(code, 500, "the host must retry it: {reply}");
     assert!(reply["ReturnValue"]["error"].as_str().unwrap().contains("cancelled"), "{reply}");
@@ -282,9 +177,9 @@ async fn sigterm_stops_a_running_backup_without_committing() {
 async fn scheduler_enqueues_one_job_per_eligible_database_and_the_globals() {
     let mut stack = Stack::start().await;
     for db in ["alpha", "beta", "gamma"] {
-        psql_blocking(&stack, "postgres", &format!("CREATE DATABASE {db}")).await;
+        psql_blocking(&stack.pg, "postgres", &format!("CREATE DATABASE {db}"));
     }
-    psql_blocking(&stack, "postgres", "CREATE DATABASE closed; ALTER DATABASE closed ALLOW_CONNECTIONS false").await;
+    psql_blocking(&stack.pg, "postgres", "CREATE DATABASE closed; ALTER DATABASE closed ALLOW_CONNECTIONS false");
     let inventory = stack.inventory(&["postgres", "gamma"]);
     stack.set("PGVAULT_INVENTORY", &inventory);
     let served = stack.serve();
@@ -306,8 +201,8 @@ async fn scheduler_enqueues_one_job_per_eligible_database_and_the_globals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_payload_forms_work_and_a_redelivered_job_backs_up_once() {
     let stack = Stack::start().await;
-    psql_blocking(&stack, "postgres", "CREATE DATABASE small").await;
-    psql_blocking(&stack, "small", "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i").await;
+    psql_blocking(&stack.pg, "postgres", "CREATE DATABASE small");
+    psql_blocking(&stack.pg, "small", "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i");
     let served = stack.serve();
     let root = reqwest::get(format!("{}/", served.url)).await.unwrap();
     assert_eq!(root.status(), 200, "the host polls GET / for readiness");
@@ -392,8 +287,8 @@ async fn verify_finds_a_flipped_byte_and_names_the_block() {
     stack.set("PGVAULT_STORAGE", "local");
     stack.set("PGVAULT_LOCAL_DIR", local.path().to_str().unwrap());
     stack.set("PGVAULT_COMPRESSION", "none");
-    psql_blocking(&stack, "postgres", "CREATE DATABASE small").await;
-    psql_blocking(&stack, "small", "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 100000) i").await;
+    psql_blocking(&stack.pg, "postgres", "CREATE DATABASE small");
+    psql_blocking(&stack.pg, "small", "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 100000) i");
     let out = stack.cli(&["backup", "--server", "main", "--database", "small"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let store = pgvault::store::local::LocalStore::new(local.path());
@@ -418,8 +313,8 @@ async fn verify_finds_a_flipped_byte_and_names_the_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_failure_is_reported_as_itself_not_as_the_pipe_it_broke() {
     let mut stack = Stack::start().await;
-    psql_blocking(&stack, "postgres", "CREATE DATABASE small").await;
-    psql_blocking(&stack, "small", "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 200000) i").await;
+    psql_blocking(&stack.pg, "postgres", "CREATE DATABASE small");
+    psql_blocking(&stack.pg, "small", "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 200000) i");
     stack.set("PGVAULT_BACKUP_CONTAINER", "no-such-container");
     let out = stack.cli(&["backup", "--server", "main", "--database", "small"]);
     let text = String::from_utf8_lossy(&out.stdout);

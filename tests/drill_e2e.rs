@@ -8,9 +8,9 @@ mod support;
 
 use app::Stack;
 use bytes::Bytes;
-use pgvault::manifest::Manifest;
 use pgvault::store::BlobStore;
 use serde_json::Value;
+use support::data::{blocking, databases_like, manifests};
 
 fn jobs(stack: &Stack, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["jobs", "--json"];
@@ -21,15 +21,11 @@ fn jobs(stack: &Stack, args: &[&str]) -> Vec<Value> {
     v["jobs"].as_array().unwrap().clone()
 }
 
-fn leftover_drill_databases(stack: &Stack) -> String {
-    stack.pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgvault_drill_%'")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drills_prove_good_backups_and_fail_loudly_on_a_corrupted_one() {
     let mut stack = Stack::start().await;
     stack.set("PGVAULT_DRILL_SERVER", "main");
-    tokio::task::block_in_place(|| {
+    blocking(|| {
         stack.pg.psql("postgres", "CREATE DATABASE app");
         stack.pg.psql("app", "CREATE TABLE t AS SELECT i, md5(i::text) AS h FROM generate_series(1, 150000) i");
     });
@@ -48,16 +44,15 @@ async fn drills_prove_good_backups_and_fail_loudly_on_a_corrupted_one() {
         assert_eq!(d["status"], "succeeded", "{d}");
         assert!(d["detail"]["restore_seconds"].as_f64().unwrap() > 0.0, "RTO evidence: {d}");
     }
-    assert_eq!(tokio::task::block_in_place(|| leftover_drill_databases(&stack)), "0");
+    assert_eq!(
+        blocking(|| databases_like(&stack.pg, "pgvault_drill_%")),
+        Vec::<String>::new(),
+        "no drill database left"
+    );
 
     // Corrupt the newest backup: one flipped byte in its second block, re-committed in place.
     let store = stack.store().await;
-    let mut manifests = Vec::new();
-    for b in store.list("main/app/").await.unwrap() {
-        if b.name.ends_with(".manifest.json") {
-            manifests.push(Manifest::from_json(&b.name, &store.get(&b.name).await.unwrap()).unwrap());
-        }
-    }
+    let mut manifests = manifests(&store, "main/app/").await;
     manifests.sort_by_key(|m| m.requested_at);
     let newest = manifests.last().unwrap().clone();
     assert!(newest.blocks.len() >= 2, "{} blocks", newest.blocks.len());
@@ -77,5 +72,9 @@ async fn drills_prove_good_backups_and_fail_loudly_on_a_corrupted_one() {
     assert_eq!(failed.len(), 1, "{failed:?}");
     let reason = failed[0]["reason"].as_str().unwrap();
     assert!(reason.contains("is corrupt: block 1"), "the record says why: {reason}");
-    assert_eq!(tokio::task::block_in_place(|| leftover_drill_databases(&stack)), "0");
+    assert_eq!(
+        blocking(|| databases_like(&stack.pg, "pgvault_drill_%")),
+        Vec::<String>::new(),
+        "no drill database left"
+    );
 }

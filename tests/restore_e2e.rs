@@ -18,42 +18,10 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::data::{
+    VARIED_DB, blocking, databases_like, manifests, schema, table_sums, varied_sql, without_view_bodies,
+};
 use support::{Cluster, ClusterOptions};
-
-/// The varied database of `backup_e2e.rs`, at a fifth of its size: several schemas, text,
-/// numeric, timestamps, jsonb, bytea, a large object, indexes, a view, names that need quoting.
-const VARIED_DB: &str = "Round \"Trip\" DB";
-const VARIED_SQL: &str = r#"
-CREATE SCHEMA sales;
-CREATE SCHEMA "Weird Schema";
-CREATE TABLE sales.orders (
-    id bigserial PRIMARY KEY,
-    customer text NOT NULL,
-    amount numeric(12,2),
-    placed_at timestamptz,
-    doc jsonb,
-    payload bytea
-);
-INSERT INTO sales.orders (customer, amount, placed_at, doc, payload)
-SELECT md5(i::text) || ' ' || repeat(chr(65 + i % 26), i % 60),
-       (i * 7.13) % 100000,
-       timestamptz '2020-01-01 00:00:00+00' + i * interval '37 seconds',
-       jsonb_build_object('i', i, 'tags', jsonb_build_array(md5((i * 3)::text), i % 7), 'ok', i % 2 = 0),
-       decode(md5(i::text) || md5((i + 1)::text) || md5((i + 2)::text), 'hex')
-FROM generate_series(1, 180000) AS i;
-CREATE INDEX orders_placed ON sales.orders (placed_at);
-CREATE INDEX orders_doc ON sales.orders USING gin (doc);
-CREATE TABLE "Weird Schema"."Mixed ""Quoted"" Table" ("Key Col" int PRIMARY KEY, "väl" text, note varchar(200));
-INSERT INTO "Weird Schema"."Mixed ""Quoted"" Table"
-SELECT i, repeat(md5(i::text), 1 + i % 5), CASE WHEN i % 3 = 0 THEN NULL ELSE 'note ' || i END
-FROM generate_series(1, 40000) AS i;
-CREATE TABLE public.events (at timestamp, kind text, n int);
-INSERT INTO public.events SELECT timestamp '2024-02-29 12:00' + i * interval '1 minute', 'k' || (i % 13), i FROM generate_series(1, 20000) i;
-CREATE TABLE public.blobs (name text PRIMARY KEY, lo oid);
-INSERT INTO public.blobs SELECT 'big', lo_from_bytea(0, decode(string_agg(md5(i::text), ''), 'hex')) FROM generate_series(1, 10000) i;
-CREATE VIEW sales.big_orders AS SELECT id, amount FROM sales.orders WHERE amount > 50000;
-ANALYZE;
-"#;
 
 /// The newer major's bin dir. The cross-version tests must not skip: a missing install fails.
 fn newer_bin() -> PathBuf {
@@ -64,74 +32,6 @@ fn newer_bin() -> PathBuf {
             support::repo_root().display()
         )
     })
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-/// Per-table (and per-view) content checksums and the large objects' checksum.
-fn table_sums(c: &Cluster, db: &str) -> Vec<String> {
-    let tables = c.psql(
-        db,
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'v') AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
-    );
-    let mut sums = Vec::new();
-    for t in tables.lines() {
-        let sum = c.psql(
-            db,
-            &format!(
-                "SELECT count(*) || ':' || coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) FROM {t} t"
-            ),
-        );
-        sums.push(format!("{t}={sum}"));
-    }
-    sums.push(format!(
-        "largeobjects={}",
-        c.psql(
-            db,
-            "SELECT count(*) || ':' || coalesce(sum(('x' || substr(md5(lo_get(oid)), 1, 15))::bit(60)::bigint), 0) FROM pg_largeobject_metadata"
-        )
-    ));
-    sums
-}
-
-/// The schema as `pg_dump` from `bin` prints it (run the same, newest, pg_dump on both sides of
-/// a cross-version comparison), without comments and the per-dump `\restrict` key. A view's
-/// body is the server's own deparse, which differs between majors (16 stopped qualifying the
-/// columns of a one-table query), so only its `CREATE VIEW` line is kept; views are compared by
-/// their columns ([`catalogs`]) and their content ([`table_sums`]) instead.
-fn schema(c: &Cluster, db: &str, bin: &Path) -> String {
-    let out = Command::new(bin.join("pg_dump"))
-        .args(["--schema-only", "--no-owner", "-h", &c.host, "-p", &c.port.to_string(), "-U", &c.superuser])
-        .arg(format!("--dbname=dbname='{}'", db.replace('\'', "\\'")))
-        .env_remove("PGPASSWORD")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pg_dump --schema-only: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut kept = Vec::new();
-    let mut in_view = false;
-    for l in text.lines() {
-        if in_view {
-            in_view = !l.trim_end().ends_with(';');
-            continue;
-        }
-        if l.starts_with("CREATE VIEW ") {
-            kept.push(l);
-            in_view = !l.trim_end().ends_with(';');
-            continue;
-        }
-        if !l.starts_with("--")
-            && !l.trim().is_empty()
-            && !l.starts_with("\\restrict")
-            && !l.starts_with("\\unrestrict")
-        {
-            kept.push(l);
-        }
-    }
-    kept.join("\n")
 }
 
 /// Table, column and index catalogs: what must be equal across major versions.
@@ -148,11 +48,6 @@ fn catalogs(c: &Cluster, db: &str) -> String {
          SELECT string_agg(format('%s.%s', schemaname, viewname), E'\\n' ORDER BY viewname) FROM pg_views \
          WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
     )
-}
-
-fn databases_like(c: &Cluster, pattern: &str) -> Vec<String> {
-    let out = c.psql("postgres", &format!("SELECT datname FROM pg_database WHERE datname LIKE '{pattern}' ORDER BY 1"));
-    out.lines().map(str::to_string).collect()
 }
 
 fn temp_databases(c: &Cluster) -> Vec<String> {
@@ -177,16 +72,6 @@ fn record<'a>(records: &'a [JobRecord], kind: JobKind, id: &str) -> &'a JobRecor
         .iter()
         .find(|r| r.kind == kind && r.id == id)
         .unwrap_or_else(|| panic!("no {kind:?} record {id}: {records:?}"))
-}
-
-async fn manifests(store: &dyn BlobStore, prefix: &str) -> Vec<Manifest> {
-    let mut out = Vec::new();
-    for b in store.list(prefix).await.unwrap() {
-        if b.name.ends_with(".manifest.json") {
-            out.push(Manifest::from_json(&b.name, &store.get(&b.name).await.unwrap()).unwrap());
-        }
-    }
-    out
 }
 
 fn request(id: &str, source: Value, target: Value, options: Value) -> String {
@@ -232,7 +117,7 @@ async fn cross_version_round_trip_through_a_queued_request() {
     stack.set("PGVAULT_PG_BIN_DIRS", &format!("{}:{}", stack.pg.bin_dir.display(), newer.display()));
     blocking(|| {
         stack.pg.psql("postgres", &format!("CREATE DATABASE {}", pgvault::pg::quote_ident(VARIED_DB)));
-        stack.pg.psql(VARIED_DB, VARIED_SQL);
+        stack.pg.psql(VARIED_DB, &varied_sql(1));
     });
     cli_ok(&stack, &["backup", "--server", "main", "--database", VARIED_DB]);
     let store = stack.store().await;
@@ -266,8 +151,13 @@ async fn cross_version_round_trip_through_a_queued_request() {
     let (src_sums, dst_sums) = blocking(|| (table_sums(&stack.pg, VARIED_DB), table_sums(&target, VARIED_DB)));
     assert_eq!(src_sums, dst_sums);
     assert!(src_sums.iter().any(|s| s.contains("Mixed \"\"Quoted\"\" Table") && !s.ends_with("=0:0")));
-    let (src_schema, dst_schema) =
-        blocking(|| (schema(&stack.pg, VARIED_DB, &newer), schema(&target, VARIED_DB, &newer)));
+    // A view's body is each server's own deparse, so only its `CREATE VIEW` line is compared.
+    let (src_schema, dst_schema) = blocking(|| {
+        (
+            without_view_bodies(&schema(&stack.pg, VARIED_DB, &newer)),
+            without_view_bodies(&schema(&target, VARIED_DB, &newer)),
+        )
+    });
     assert_eq!(src_schema, dst_schema);
     assert!(src_schema.contains("CREATE INDEX orders_doc"), "{src_schema}");
     assert!(src_schema.contains("CREATE VIEW sales.big_orders AS"), "{src_schema}");

@@ -8,6 +8,7 @@
 pub mod arm;
 pub mod azurite;
 pub mod certs;
+pub mod data;
 pub mod identity;
 pub mod keyvault;
 pub mod pg;
