@@ -649,7 +649,12 @@ fn print_task_report(task: &crate::restore::RestoreTask, r: &crate::restore::Tas
         let expires = f.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         println!(
             "   file {}/{} ({} bytes, sha256 {}), until {expires}:\n   {}",
-            f.container, f.blob, f.bytes, f.sha256, f.url
+            f.container,
+            f.blob,
+            f.bytes,
+            f.sha256,
+            // Printed deliberately: the operator asked for these read-only URLs.
+            f.url.expose()
         );
     }
 }

@@ -807,9 +807,22 @@ pub struct ExportedFile {
     pub blob: String,
     pub bytes: u64,
     pub sha256: String,
-    pub url: String,
+    /// The read-only user-delegation SAS URL: a bearer credential (its `sig=`). `Debug` shows
+    /// `**redacted**`; it is serialized as the plain URL, because the job record is where the
+    /// operator gets it.
+    #[serde(serialize_with = "serialize_exposed")]
+    pub url: crate::secret::Secret,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+}
+
+/// Serialize a secret as its plain value. Only for fields whose serialized form goes to the
+/// secret's rightful reader (here: the job record and the CLI's output), never to a log.
+fn serialize_exposed<S: serde::Serializer>(
+    secret: &crate::secret::Secret,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose())
 }
 
 /// What [`execute_task`] did.
@@ -1855,14 +1868,7 @@ async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Result<Vec<Expor
         ),
     ] {
         let url = exporter.read_only_url(container, &blob, expires_at).await?;
-        files.push(ExportedFile {
-            container: container.into(),
-            blob,
-            bytes,
-            sha256: sha,
-            url: url.expose().to_string(),
-            expires_at,
-        });
+        files.push(ExportedFile { container: container.into(), blob, bytes, sha256: sha, url, expires_at });
     }
     tracing::info!(
         task = %task.task_id, backup = %m.id, container, files = ?files.iter().map(|f| &f.blob).collect::<Vec<_>>(),
@@ -2164,5 +2170,35 @@ mod tests {
         assert!(RestoreTask::from_json(&bad.to_json()).is_err());
         let back: Plan = serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn exported_file_url_is_redacted_in_debug_but_serialized_plainly() {
+        let sig = "q7Zl3cRnb%2BsecretSIGvalue%3D";
+        let url = format!(
+            "https://acct.blob.core.windows.net/exports/d/x.dump?sv=2024-11-04&sr=b&sp=r&se=2026-11-21T02%3A03%3A04Z&sig={sig}"
+        );
+        let f = ExportedFile {
+            container: "exports".into(),
+            blob: "d/x.dump".into(),
+            bytes: 42,
+            sha256: "ab".repeat(32),
+            url: crate::secret::Secret::new(url.clone()),
+            expires_at: datetime!(2026-11-21 02:03:04 UTC),
+        };
+        let debug = format!("{f:?}");
+        assert!(!debug.contains(sig) && !debug.contains("sig=") && !debug.contains("sv=2024"), "{debug}");
+        assert!(debug.contains("d/x.dump") && debug.contains("**redacted**"), "{debug}");
+        let report = TaskReport { files: vec![f.clone()], ..Default::default() };
+        assert!(!format!("{report:?}").contains(sig));
+
+        // The job record keeps the same shape as before: `url` is a plain string.
+        let json = serde_json::to_string(&f).unwrap();
+        assert!(json.contains(&serde_json::to_string(&url).unwrap()), "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["url"].as_str(), Some(url.as_str()));
+        let back: ExportedFile = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(back.url.expose(), url);
     }
 }
