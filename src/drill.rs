@@ -7,6 +7,12 @@
 //! counts of the manifest compared in the restored database. The database is then dropped. Each
 //! drill is a job record of kind `drill` (target `server/database`, detail: backup, restore
 //! seconds, report); a failed drill is a failed record with the reason and an alert.
+//!
+//! Drills never rehydrate. A backup whose data is in the archive tier is offline; rehydrating
+//! it for a drill would cost hours and money on every run. The random older pick is made among
+//! the online backups (older ones are tried in a random order, archived ones passed over), and
+//! an archived newest backup is not drilled. Each backup passed over is listed in
+//! [`Drills::skipped`] with the reason, and logged.
 
 use crate::backup::Ctx;
 use crate::error::{Error, Result};
@@ -17,26 +23,53 @@ use crate::restore::{self, Mode, Options, RestoreTask, Target};
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// Which backups to drill for one database (oldest first): the newest, plus the one at `pick`
-/// among the older ones. Pure.
-pub fn choose(backups: &[Manifest], pick: usize) -> Vec<&Manifest> {
-    let Some((newest, older)) = backups.split_last() else { return Vec::new() };
-    let mut out = Vec::new();
-    if !older.is_empty() {
-        out.push(&older[pick % older.len()]);
-    }
-    out.push(newest);
-    out
+/// For one database's backups (oldest first): the newest, and the order in which the older ones
+/// are tried for the random pick (all of them, rotated to start at `pick`). Pure.
+pub fn candidates(backups: &[Manifest], pick: usize) -> Option<(&Manifest, Vec<&Manifest>)> {
+    let (newest, older) = backups.split_last()?;
+    let start = if older.is_empty() { 0 } else { pick % older.len() };
+    Some((newest, older[start..].iter().chain(&older[..start]).collect()))
 }
 
-/// Run the drills (of one server, or all) and return their records. Errors only when the drill
-/// cannot start at all (no scratch server, unreadable catalog); each failed drill is a record.
-pub async fn run(ctx: &Ctx, only_server: Option<&str>, trigger: &str) -> Result<Vec<JobRecord>> {
+/// A backup a drill passed over, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Skipped {
+    pub target: String,
+    pub backup: String,
+    pub reason: String,
+}
+
+/// What a run of drills did.
+#[derive(Debug, Default)]
+pub struct Drills {
+    pub records: Vec<JobRecord>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// How many older backups a drill looks at (one Get Blob Properties each) to find an online one.
+const MAX_OLDER_LOOKS: usize = 16;
+
+/// Why a backup cannot be drilled now (its data is archived), if so. A store without tiers, or
+/// one that cannot say, is treated as online: the drill itself then reports any real problem.
+async fn offline(ctx: &Ctx, m: &Manifest) -> Option<String> {
+    match ctx.store.properties(&m.data_blob).await {
+        Ok(p) if p.tier == Some(crate::store::Tier::Archive) => Some(format!(
+            "data {:?} is in the archive tier (offline); drills do not rehydrate{}",
+            m.data_blob,
+            p.archive_status.map(|s| format!(" (archive status: {s})")).unwrap_or_default()
+        )),
+        _ => None,
+    }
+}
+
+/// Run the drills (of one server, or all). Errors only when the drills cannot start at all (no
+/// scratch server, unreadable catalog); each failed drill is a record.
+pub async fn run(ctx: &Ctx, only_server: Option<&str>, trigger: &str) -> Result<Drills> {
     let scratch = ctx.settings.drill_server.clone().ok_or_else(|| {
         Error::permanent("restore drills need a scratch server")
             .with_hint("set PGVAULT_DRILL_SERVER to an inventory server that drills may restore into")
     })?;
-    let mut out = Vec::new();
+    let mut out = Drills::default();
     for server in ctx.settings.inventory.iter().filter(|s| only_server.is_none_or(|o| o == s.name)) {
         let mut by_db: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
         for m in crate::catalog::list(ctx.store.as_ref(), Some(&server.name), None).await? {
@@ -45,11 +78,35 @@ pub async fn run(ctx: &Ctx, only_server: Option<&str>, trigger: &str) -> Result<
             }
         }
         for (database, backups) in by_db {
+            let target = format!("{}/{database}", server.name);
             let pick = uuid::Uuid::new_v4().as_u128() as usize;
-            for m in choose(&backups, pick) {
-                out.push(drill_one(ctx, &scratch, &server.name, &database, m, trigger).await);
+            let Some((newest, older)) = candidates(&backups, pick) else { continue };
+            let mut chosen = Vec::new();
+            let mut passed_over = Vec::new();
+            for m in older.into_iter().take(MAX_OLDER_LOOKS) {
+                match offline(ctx, m).await {
+                    None => {
+                        chosen.push(m);
+                        break;
+                    }
+                    Some(reason) => passed_over.push(Skipped { target: target.clone(), backup: m.id.clone(), reason }),
+                }
+            }
+            if chosen.is_empty() && !passed_over.is_empty() {
+                // No online older backup was found: say so for each one looked at.
+                out.skipped.append(&mut passed_over);
+            }
+            match offline(ctx, newest).await {
+                None => chosen.push(newest),
+                Some(reason) => out.skipped.push(Skipped { target: target.clone(), backup: newest.id.clone(), reason }),
+            }
+            for m in chosen {
+                out.records.push(drill_one(ctx, &scratch, &server.name, &database, m, trigger).await);
             }
         }
+    }
+    for s in &out.skipped {
+        tracing::info!(target = %s.target, backup = %s.backup, reason = %s.reason, "restore drill passed over a backup");
     }
     Ok(out)
 }
@@ -135,12 +192,16 @@ mod tests {
     }
 
     #[test]
-    fn newest_plus_one_older() {
-        let list = vec![m("a"), m("b"), m("c")];
-        let ids = |v: Vec<&Manifest>| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(choose(&list, 0)), ["a", "c"]);
-        assert_eq!(ids(choose(&list, 3)), ["b", "c"]);
-        assert_eq!(ids(choose(&list[..1], 5)), ["a"]);
-        assert!(choose(&[], 1).is_empty());
+    fn newest_and_older_ones_in_a_rotated_order() {
+        let list = vec![m("a"), m("b"), m("c"), m("d")];
+        let ids = |v: &[&Manifest]| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        let (newest, older) = candidates(&list, 0).unwrap();
+        assert_eq!(newest.id, "d");
+        assert_eq!(ids(&older), ["a", "b", "c"]);
+        let (_, older) = candidates(&list, 4).unwrap();
+        assert_eq!(ids(&older), ["b", "c", "a"], "every older one, starting at the pick");
+        let (newest, older) = candidates(&list[..1], 5).unwrap();
+        assert_eq!((newest.id.as_str(), older.len()), ("a", 0));
+        assert!(candidates(&[], 1).is_none());
     }
 }

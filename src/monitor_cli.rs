@@ -34,11 +34,21 @@ pub async fn run_retention(ctx: &Ctx, dry_run: bool, server: Option<&str>, trigg
 pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result<ExitCode> {
     let v = run_retention(ctx, dry_run, server, "cli").await?;
     let plans: Vec<serde_json::Value> = serde_json::from_value(v["plans"].clone()).unwrap_or_default();
+    let executed = &v["executed"];
+    let listed = |key: &str| -> Vec<String> {
+        executed[key].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+    };
+    // `refused` and `tier_skipped` are (id, reason) pairs.
+    let why_of = |key: &str, id: &str| -> Option<String> {
+        executed[key].as_array().into_iter().flatten().find(|p| p[0] == id).map(|p| p[1].as_str().unwrap_or("").into())
+    };
+    let (removed, tiered) = (listed("removed"), listed("tiered"));
     for tp in &plans {
         let db = tp["database"].as_str().unwrap_or("@globals");
         println!("{}/{}: {}", tp["server"].as_str().unwrap_or(""), db, tp["skipped"].as_str().unwrap_or(""));
         for b in tp["backups"].as_array().into_iter().flatten() {
-            let why = match b["action"].as_str() {
+            let id = b["id"].as_str().unwrap_or("");
+            let mut why = match b["action"].as_str() {
                 Some("keep") => b["reasons"]
                     .as_array()
                     .into_iter()
@@ -50,23 +60,30 @@ pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result
             };
             let action = if dry_run {
                 b["action"].as_str().unwrap_or("")
+            } else if b["action"] == "keep" {
+                "kept"
+            } else if removed.iter().any(|r| r == id) {
+                "removed"
+            } else if let Some(refusal) = why_of("refused", id) {
+                why = format!("{why}; kept: the immutability policy refused the delete ({refusal})");
+                "refused"
             } else {
-                if b["action"] == "keep" { "kept" } else { "removed" }
+                "gone"
             };
-            println!("  {:<7} {}  {}", action, b["id"].as_str().unwrap_or(""), why);
+            println!("  {action:<7} {id}  {why}");
         }
         for t in tp["tiering"].as_array().into_iter().flatten() {
-            let action = if dry_run { "tier" } else { "tiered" };
-            println!("  {:<7} {}  {}", action, t["id"].as_str().unwrap_or(""), t["reason"].as_str().unwrap_or(""));
+            let id = t["id"].as_str().unwrap_or("");
+            let reason = t["reason"].as_str().unwrap_or("");
+            match (dry_run, why_of("tier_skipped", id)) {
+                (true, _) => println!("  {:<7} {id}  {reason}", "tier"),
+                (false, Some(skip)) => println!("  {:<7} {id}  {reason}; not moved: {skip}", "untiered"),
+                (false, None) if tiered.iter().any(|b| Some(b.as_str()) == t["data_blob"].as_str()) => {
+                    println!("  {:<7} {id}  {reason}", "tiered")
+                }
+                (false, None) => println!("  {:<7} {id}  {reason}; not moved", "untiered"),
+            }
         }
-    }
-    if let Some(refused) = v["executed"]["refused"].as_array().filter(|r| !r.is_empty()) {
-        for r in refused {
-            println!("  refused by the immutability policy, kept: {r}");
-        }
-    }
-    for r in v["executed"]["tier_skipped"].as_array().into_iter().flatten() {
-        println!("  tier move skipped: {r}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -83,7 +100,11 @@ pub async fn keep(ctx: &Ctx, id: &str, off: bool) -> Result<ExitCode> {
 }
 
 pub async fn drill(ctx: &Ctx, server: Option<&str>) -> Result<ExitCode> {
-    let records = crate::drill::run(ctx, server, "cli").await?;
+    let drills = crate::drill::run(ctx, server, "cli").await?;
+    let records = drills.records;
+    for s in &drills.skipped {
+        println!("passed over {} ({}): {}", s.backup, s.target, s.reason);
+    }
     let mut failed = 0;
     for r in &records {
         match r.status {

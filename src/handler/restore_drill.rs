@@ -12,12 +12,16 @@ pub async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> R
         return reply;
     }
     match crate::drill::run(&state.ctx, None, "timer").await {
-        Ok(records) => {
-            let failed = records.iter().filter(|r| r.status != Status::Succeeded).count();
-            let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        Ok(drills) => {
+            let failed = drills.records.iter().filter(|r| r.status != Status::Succeeded).count();
+            let ids: Vec<&str> = drills.records.iter().map(|r| r.id.as_str()).collect();
             Reply::ok(
-                vec![format!("{} restore drills, {failed} failed", records.len())],
-                json!({ "drills": ids, "failed": failed }),
+                vec![format!(
+                    "{} restore drills, {failed} failed, {} archived backups passed over",
+                    drills.records.len(),
+                    drills.skipped.len()
+                )],
+                json!({ "drills": ids, "failed": failed, "skipped": drills.skipped }),
             )
         }
         Err(e) => {

@@ -20,7 +20,7 @@
 //! Every request is logged with its body (tests check where the SAS travelled).
 
 use super::TestCa;
-use super::keyvault::{TlsListener, server_config};
+use super::server::LocalServer;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -63,35 +63,18 @@ struct Inner {
 pub struct ArmServer {
     pub url: String,
     inner: Arc<Inner>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: LocalServer,
 }
 
 impl ArmServer {
     pub fn start(ca: &TestCa) -> ArmServer {
-        let tls = Arc::new(server_config(ca.cert_path(), ca.key_path()));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind arm");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let url = format!("https://127.0.0.1:{}", addr.port());
-        let inner = Arc::new(Inner { base_url: url.clone(), ..Inner::default() });
-        let app = Router::new().fallback(handle).with_state(inner.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("arm".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("arm runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    let tls_listener = TlsListener::spawn(listener, tls, addr);
-                    tokio::select! {
-                        _ = axum::serve(tls_listener, app) => {}
-                        _ = rx => {}
-                    }
-                });
-            })
-            .expect("spawn arm thread");
-        ArmServer { url, inner, shutdown: Some(tx), thread: Some(thread) }
+        let mut inner = None;
+        let server = LocalServer::https("arm", ca.cert_path(), ca.key_path(), |url| {
+            let state = Arc::new(Inner { base_url: url.to_string(), ..Inner::default() });
+            inner = Some(state.clone());
+            Router::new().fallback(handle).with_state(state)
+        });
+        ArmServer { url: server.url.clone(), inner: inner.expect("router built"), _server: server }
     }
 
     /// Register a VM (its full resource id) and how it answers.
@@ -101,17 +84,6 @@ impl ArmServer {
 
     pub fn requests(&self) -> Vec<ArmLogged> {
         self.inner.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for ArmServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! The server runs on its own thread with its own Tokio runtime, so it keeps answering even
 //! while a test blocks its own thread (e.g. waiting synchronously on a child process).
 
+use super::server::LocalServer;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Query, State};
@@ -48,8 +49,7 @@ pub struct IdentityServer {
     /// Value for `IDENTITY_HEADER` (the secret the client must send as `x-identity-header`).
     pub header: String,
     inner: Arc<Inner>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: LocalServer,
 }
 
 impl std::fmt::Debug for IdentityServer {
@@ -63,39 +63,10 @@ impl IdentityServer {
     pub async fn start() -> IdentityServer {
         let header = format!("test-identity-header-{}", uuid::Uuid::new_v4().simple());
         let inner = Arc::new(Inner { header: header.clone(), ..Inner::default() });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind identity server");
-        listener.set_nonblocking(true).expect("nonblocking identity listener");
-        let port = listener.local_addr().expect("identity local addr").port();
-
-        let app = Router::new().route(TOKEN_PATH, get(token)).with_state(inner.clone());
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("identity-server".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("identity server runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio identity listener");
-                    tokio::select! {
-                        res = axum::serve(listener, app) => {
-                            if let Err(e) = res { eprintln!("identity server stopped: {e}"); }
-                        }
-                        _ = shutdown_rx => {}
-                    }
-                });
-                // Dropping the runtime cancels any open keep-alive connections.
-            })
-            .expect("spawn identity server thread");
-
-        IdentityServer {
-            endpoint: format!("http://127.0.0.1:{port}{TOKEN_PATH}"),
-            header,
-            inner,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
-        }
+        let state = inner.clone();
+        let server =
+            LocalServer::http("identity-server", |_| Router::new().route(TOKEN_PATH, get(token)).with_state(state));
+        IdentityServer { endpoint: format!("{}{TOKEN_PATH}", server.url), header, inner, _server: server }
     }
 
     /// `[("IDENTITY_ENDPOINT", ..), ("IDENTITY_HEADER", ..)]` for child processes.
@@ -141,17 +112,6 @@ impl IdentityServer {
     /// Every access token issued so far, in order.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.inner.issued.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for IdentityServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

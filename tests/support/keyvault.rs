@@ -18,6 +18,7 @@
 
 use super::TestCa;
 use super::identity::TEST_TENANT_ID;
+use super::server::LocalServer;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -26,7 +27,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
@@ -71,8 +71,7 @@ pub struct KeyVault {
     /// The vault URL, `https://127.0.0.1:<port>` (no trailing slash).
     pub url: String,
     inner: Arc<Inner>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: LocalServer,
 }
 
 impl std::fmt::Debug for KeyVault {
@@ -89,31 +88,13 @@ impl KeyVault {
 
     /// Serve with the given certificate and key (PEM files).
     pub fn start_with_cert(cert: &std::path::Path, key: &std::path::Path) -> KeyVault {
-        let tls = Arc::new(server_config(cert, key));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind key vault");
-        listener.set_nonblocking(true).expect("nonblocking key vault listener");
-        let addr = listener.local_addr().expect("key vault local addr");
-        let url = format!("https://127.0.0.1:{}", addr.port());
-        let inner = Arc::new(Inner { base_url: url.clone(), ..Inner::default() });
-        let app = Router::new().fallback(handle).with_state(inner.clone());
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("key-vault".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("key vault runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio key vault listener");
-                    let tls_listener = TlsListener::spawn(listener, tls, addr);
-                    tokio::select! {
-                        res = axum::serve(tls_listener, app) => {
-                            if let Err(e) = res { eprintln!("key vault stopped: {e}"); }
-                        }
-                        _ = shutdown_rx => {}
-                    }
-                });
-            })
-            .expect("spawn key vault thread");
-        KeyVault { url, inner, shutdown: Some(shutdown_tx), thread: Some(thread) }
+        let mut inner = None;
+        let server = LocalServer::https("key-vault", cert, key, |url| {
+            let state = Arc::new(Inner { base_url: url.to_string(), ..Inner::default() });
+            inner = Some(state.clone());
+            Router::new().fallback(handle).with_state(state)
+        });
+        KeyVault { url: server.url.clone(), inner: inner.expect("router built"), _server: server }
     }
 
     /// Add a new version of `name` (enabled, no exp/nbf) and return its version id.
@@ -162,17 +143,6 @@ impl KeyVault {
     /// The bearer tokens presented, valid or not, in order.
     pub fn tokens(&self) -> Vec<String> {
         self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for KeyVault {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -381,71 +351,5 @@ fn route(inner: &Inner, method: &Method, uri: &Uri, body: &[u8]) -> Response {
             (StatusCode::OK, axum::Json(inner.bundle(name, v))).into_response()
         }
         _ => error(StatusCode::METHOD_NOT_ALLOWED, "BadParameter", "method not supported by the test key vault", None),
-    }
-}
-
-pub(crate) fn server_config(cert: &std::path::Path, key: &std::path::Path) -> rustls::ServerConfig {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut std::fs::read(cert).expect("read leaf cert").as_slice())
-        .collect::<Result<_, _>>()
-        .expect("parse leaf cert");
-    let key = rustls_pemfile::private_key(&mut std::fs::read(key).expect("read leaf key").as_slice())
-        .expect("parse leaf key")
-        .expect("a private key");
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("server certificate");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
-}
-
-/// Accepts TCP connections and hands TLS streams to axum; handshakes run in their own tasks,
-/// so a client that stalls or fails the handshake (untrusted CA) blocks nobody.
-pub(crate) struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-impl TlsListener {
-    pub(crate) fn spawn(
-        listener: tokio::net::TcpListener,
-        tls: Arc<rustls::ServerConfig>,
-        addr: SocketAddr,
-    ) -> TlsListener {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, peer)) = listener.accept().await else { continue };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    if let Ok(stream) = acceptor.accept(tcp).await {
-                        let _ = tx.send((stream, peer)).await;
-                    }
-                });
-            }
-        });
-        TlsListener { rx, addr }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The acceptor task never ends while the runtime runs.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
     }
 }

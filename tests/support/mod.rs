@@ -7,11 +7,13 @@
 
 pub mod arm;
 pub mod azurite;
+pub mod blobfront;
 pub mod certs;
 pub mod data;
 pub mod identity;
 pub mod keyvault;
 pub mod pg;
+pub mod server;
 
 pub use azurite::Azurite;
 pub use certs::TestCa;

@@ -1,0 +1,231 @@
+//! Archived backups and WORM refusals on the local stack. Azurite accepts the archive tier
+//! without taking the blob offline and has no immutability policies, so the storage here is
+//! Azurite behind [`BlobFront`], which adds what the Blob service documents for both: Get Blob
+//! of an archived blob is 409 `BlobArchived`, Set Blob Tier to hot is 202 and a rehydration
+//! that the test completes, a delete under a retention policy is 409 `BlobImmutableDueToPolicy`.
+//! pgvault talks to it with the production SDK clients, as it would to Azure.
+
+#[path = "support/app.rs"]
+mod app;
+mod support;
+
+use app::{CONTAINER, Stack};
+use pgvault::azure::{AzureBlobStore, RetrySettings, client_options};
+use pgvault::hostsim::{self, Form};
+use pgvault::queue::JobQueue;
+use pgvault::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
+use pgvault::store::{BlobStore, Tier};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use support::blobfront::BlobFront;
+use support::data::{blocking, manifests};
+use support::test_credential;
+
+fn cli_ok(stack: &Stack, args: &[&str]) -> String {
+    let out = stack.cli(args);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "pgvault {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+fn jobs(stack: &Stack, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["jobs", "--json"];
+    all.extend_from_slice(args);
+    let v: Value = serde_json::from_str(&cli_ok(stack, &all)).unwrap();
+    v["jobs"].as_array().unwrap().clone()
+}
+
+async fn front_store(stack: &Stack, front: &BlobFront) -> AzureBlobStore {
+    let options = client_options(Some(stack.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
+    AzureBlobStore::new(&front.blob_endpoint, CONTAINER, test_credential(), options).await.unwrap()
+}
+
+fn count(stack: &Stack, db: &str, table: &str) -> i64 {
+    stack.pg.psql(db, &format!("SELECT count(*) FROM {table}")).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over() {
+    let mut stack = Stack::start().await;
+    let front = BlobFront::start(&stack.ca, &stack.azurite.blob_endpoint);
+    stack.set("PGVAULT_BLOB_ENDPOINT", &front.blob_endpoint);
+    stack.set("PGVAULT_DRILL_SERVER", "main");
+    blocking(|| {
+        stack.pg.psql("postgres", "CREATE DATABASE app");
+        stack.pg.psql("app", "CREATE TABLE t AS SELECT i, md5(i::text) AS h FROM generate_series(1, 40000) i");
+    });
+    cli_ok(&stack, &["backup", "--server", "main", "--database", "app"]);
+    let store = front_store(&stack, &front).await;
+    let old = manifests(&store, "main/app/").await.remove(0);
+
+    // Retention's tiering, two days from now, moves the backup's data (never its manifest) to
+    // archive through Set Blob Tier.
+    let mut env: HashMap<String, String> = stack.settings().into_iter().collect();
+    env.insert("PGVAULT_TIER_AFTER_DAYS".into(), "1".into());
+    env.insert("PGVAULT_TIER".into(), "archive".into());
+    let settings = pgvault::settings::Settings::from_map(env).unwrap();
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    let plans = pgvault::retention::plan_store(&settings, &store, None, later).await.unwrap();
+    let done = pgvault::retention::execute(&store, &plans).await.unwrap();
+    assert_eq!(done.tiered, vec![old.data_blob.clone()], "{done:?}");
+    assert!(front.is_archived(CONTAINER, &old.data_blob));
+    assert!(!front.is_archived(CONTAINER, &pgvault::layout::manifest_for_id(&old.id)));
+    let props = store.properties(&old.data_blob).await.unwrap();
+    assert_eq!((props.tier, props.archive_status), (Some(Tier::Archive), None));
+    // The archive is offline for real: reading it is refused.
+    let err = store.get(&old.data_blob).await.unwrap_err().to_string();
+    assert!(err.contains("BlobArchived"), "{err}");
+
+    // A newer backup is online. The drill proves it and passes over the archived one.
+    blocking(|| stack.pg.psql("app", "INSERT INTO t SELECT i, 'new' FROM generate_series(40001, 40010) i"));
+    cli_ok(&stack, &["backup", "--server", "main", "--database", "app"]);
+    let drill = cli_ok(&stack, &["drill"]);
+    assert!(drill.contains("1 drills, 0 failed"), "{drill}");
+    assert!(drill.contains(&format!("passed over {} (main/app)", old.id)), "{drill}");
+    assert!(drill.contains("is in the archive tier (offline); drills do not rehydrate"), "{drill}");
+    let drills = jobs(&stack, &["--kind", "drill"]);
+    assert_eq!(drills.len(), 1, "{drills:?}");
+    assert_ne!(drills[0]["detail"]["backup"], old.id.as_str(), "{drills:?}");
+    let reads = |front: &BlobFront| {
+        front.requests_to(CONTAINER, &old.data_blob).into_iter().filter(|r| r.method == "GET").count()
+    };
+    assert_eq!(reads(&front), 1, "the drill read nothing of the archived backup (the one read is this test's)");
+
+    // A restore of the archived backup: the request is planned, the task starts rehydration
+    // (standard priority) and waits, re-enqueued with a delay.
+    let served = stack.serve();
+    let request = json!({
+        "version": 1, "request_id": "from-archive", "requested_by": "archive_e2e",
+        "source": { "server": "main", "database": "app", "backup": { "id": old.id } },
+        "target": { "mode": "create", "server": "main", "database": "app_restored" },
+    });
+    stack.queue().send(RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
+    let planned = hostsim::drain(
+        &stack.queue(),
+        RESTORE_REQUESTS_QUEUE,
+        &served.url,
+        "restore-requests",
+        "request",
+        3,
+        Form::Host,
+    )
+    .await
+    .unwrap();
+    assert_eq!(planned.replies[0]["reply"]["ReturnValue"]["status"], "planned", "{:?}", planned.replies);
+    let msg = stack.queue().receive(RESTORE_TASKS_QUEUE, 1, 3600).await.unwrap().remove(0);
+    let deliver = |n: u32| {
+        let payload = hostsim::queue_payload("restore-worker", "task", &msg.text, &msg.id, "pr", n, Form::Host);
+        let url = served.url.clone();
+        async move { hostsim::invoke(&url, "restore-worker", &payload).await.unwrap() }
+    };
+    let (status, reply) = deliver(1).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["ReturnValue"]["status"], "rehydration-pending", "{reply}");
+    assert_eq!(reply["ReturnValue"]["recheck_secs"], 1800, "{reply}");
+    stack.queue().delete(RESTORE_TASKS_QUEUE, &msg.id, &msg.pop_receipt).await.unwrap();
+    // The re-enqueued task is there but invisible until the next look.
+    assert!(stack.queue().receive(RESTORE_TASKS_QUEUE, 1, 1).await.unwrap().is_empty());
+    let tier_calls = |front: &BlobFront| -> Vec<(Option<String>, Option<String>, u16)> {
+        front
+            .requests_to(CONTAINER, &old.data_blob)
+            .into_iter()
+            .filter(|r| r.method == "PUT" && r.query == "comp=tier" && r.tier.as_deref() != Some("Archive"))
+            .map(|r| (r.tier, r.priority, r.status))
+            .collect()
+    };
+    let calls = tier_calls(&front);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].0.as_deref(), Some("Hot"));
+    assert!(matches!(calls[0].1.as_deref(), None | Some("Standard")), "standard priority: {calls:?}");
+    assert_eq!(calls[0].2, 202);
+    assert_eq!(
+        store.properties(&old.data_blob).await.unwrap().archive_status.as_deref(),
+        Some("rehydrate-pending-to-hot")
+    );
+    let task = jobs(&stack, &["--kind", "restore-task"]).remove(0);
+    assert_eq!(task["status"], "rehydration-pending", "{task}");
+    assert!(task["reason"].as_str().unwrap().contains("is in the archive tier"), "{task}");
+    let started = task["detail"]["rehydration_started_at"].clone();
+    assert!(started.is_string(), "{task}");
+
+    // The next look, still pending: no second tier change, the wait's start is kept.
+    let (status, reply) = deliver(1).await;
+    assert_eq!((status, &reply["ReturnValue"]["status"]), (200, &json!("rehydration-pending")), "{reply}");
+    assert_eq!(tier_calls(&front).len(), 1, "rehydration is started once");
+    let task = jobs(&stack, &["--kind", "restore-task"]).remove(0);
+    assert_eq!(task["detail"]["rehydration_started_at"], started, "{task}");
+    assert_eq!(reads(&front), 1, "the worker never tried to read the archived data");
+
+    // Rehydration completes; the next look restores, verified, into a new database.
+    assert_eq!(front.finish_rehydration().await, 1);
+    let (status, reply) = deliver(1).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["ReturnValue"]["status"], "succeeded", "{reply}");
+    assert_eq!(
+        blocking(|| count(&stack, "app_restored", "t")),
+        40_000,
+        "the archived backup's data, not the newer one"
+    );
+    let task = jobs(&stack, &["--kind", "restore-task"]).remove(0);
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let req = jobs(&stack, &["--kind", "restore-request"]).remove(0);
+    assert_eq!(req["status"], "succeeded", "{req}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_refused_by_a_worm_policy_is_kept_with_its_reason_and_is_not_a_failure() {
+    let mut stack = Stack::start().await;
+    let front = BlobFront::start(&stack.ca, &stack.azurite.blob_endpoint);
+    stack.set("PGVAULT_BLOB_ENDPOINT", &front.blob_endpoint);
+    let mut inventory: Vec<Value> = serde_json::from_str(&stack.inventory(&["postgres"])).unwrap();
+    inventory[0]["retention"] = json!({ "daily": 1, "min_keep": 1 });
+    stack.set("PGVAULT_INVENTORY", &Value::Array(inventory).to_string());
+    blocking(|| {
+        stack.pg.psql("postgres", "CREATE DATABASE app");
+        stack.pg.psql("app", "CREATE TABLE t AS SELECT i FROM generate_series(1, 1000) i");
+    });
+    for _ in 0..3 {
+        cli_ok(&stack, &["backup", "--server", "main", "--database", "app"]);
+    }
+    let store = front_store(&stack, &front).await;
+    let mut backups = manifests(&store, "main/app/").await;
+    backups.sort_by_key(|m| m.requested_at);
+    let (locked, free, newest) = (&backups[0], &backups[1], &backups[2]);
+    // The oldest backup (manifest and data) is under a time-based retention policy.
+    front.lock_prefix(CONTAINER, &locked.id);
+
+    let out = cli_ok(&stack, &["retention"]);
+    assert!(out.contains(&format!("removed {}", free.id)), "{out}");
+    assert!(out.contains(&format!("kept    {}", newest.id)), "{out}");
+    let line = out.lines().find(|l| l.contains(&locked.id)).unwrap_or_default();
+    assert!(line.trim_start().starts_with("refused"), "{out}");
+    assert!(
+        line.contains("immutability policy refused the delete") && line.contains("BlobImmutableDueToPolicy"),
+        "{out}"
+    );
+
+    // Nothing of the locked backup was touched: its manifest goes first and was refused.
+    let left: Vec<String> = manifests(&store, "main/app/").await.into_iter().map(|m| m.id).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&locked.id) && left.contains(&newest.id), "{left:?}");
+    assert!(store.exists(&locked.data_blob).await.unwrap());
+    assert!(!store.exists(&free.data_blob).await.unwrap());
+    let deletes: Vec<u16> = front
+        .requests_to(CONTAINER, &pgvault::layout::manifest_for_id(&locked.id))
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(deletes, [409]);
+    assert!(!front.requests_to(CONTAINER, &locked.data_blob).iter().any(|r| r.method == "DELETE"));
+    assert!(cli_ok(&stack, &["verify", "--all"]).contains("2 verified, 0 failed"));
+
+    // The run succeeded, and its record says what was kept and why.
+    let runs = jobs(&stack, &["--kind", "retention"]);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:?}");
+    let refused = &runs[0]["detail"]["executed"]["refused"];
+    assert_eq!(refused[0][0], locked.id.as_str(), "{refused}");
+    assert!(refused[0][1].as_str().unwrap().contains("BlobImmutableDueToPolicy"), "{refused}");
+    assert!(jobs(&stack, &["--failed"]).is_empty());
+}
