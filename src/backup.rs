@@ -128,6 +128,12 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     let client = pg::connect(&spec).await?;
     let (server_version, server_version_num) = pg::server_version(&client).await?;
     let server_major = pg::major_of(server_version_num);
+    // The globals record which databases the server has now: a whole-server restore of this
+    // time leaves out the ones dropped before it.
+    let databases = match job.kind {
+        BackupKind::Globals => Some(pg::list_databases(&client).await?),
+        BackupKind::Database => None,
+    };
     let tool_name = if job.kind == BackupKind::Database { "pg_dump" } else { "pg_dumpall" };
     let tool =
         pg::pick_tool(tool_name, &settings.bin_dirs_for(server), server_major, &format!("server {:?}", server.name))
@@ -264,6 +270,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         started_at,
         finished_at: OffsetDateTime::now_utc(),
         row_counts,
+        databases,
         restore_hint: manifest::restore_hint(job.kind, compression, &data_blob),
     };
     let created = ctx

@@ -48,6 +48,11 @@ pub struct Manifest {
     #[serde(with = "time::serde::rfc3339")]
     pub finished_at: OffsetDateTime,
     pub row_counts: Option<RowCounts>,
+    /// Globals only: the server's databases (connectable, not templates) when the globals were
+    /// dumped. A whole-server restore uses it to leave out databases dropped before then. Absent
+    /// for databases, and in manifests written before pgvault recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<Vec<String>>,
     /// How to restore with plain tools.
     pub restore_hint: String,
 }

@@ -525,6 +525,15 @@ pub fn plan(req: &RestoreRequest, settings: &Settings, backups: &[Manifest]) -> 
             names
         }
     };
+    // A whole-server restore restores the server as it was: the databases its globals backup of
+    // that time lists (the newest globals at or before the chosen time), and any database backed
+    // up after it. A database missing from that list whose newest backup is older was dropped.
+    let reference = if src.database.is_none() {
+        let globals: Vec<&Manifest> = of_server.iter().copied().filter(|m| m.kind == BackupKind::Globals).collect();
+        choose(&globals, &src.backup, "the globals").ok().map(|(m, _)| m).filter(|m| m.databases.is_some())
+    } else {
+        None
+    };
     let mut chosen: Vec<(String, &Manifest, String)> = Vec::new();
     for db in &databases {
         let what = format!("database {db:?} of server {:?}", src.server);
@@ -549,6 +558,22 @@ pub fn plan(req: &RestoreRequest, settings: &Settings, backups: &[Manifest]) -> 
             continue;
         }
         match choose(&list, &src.backup, &what) {
+            Ok((m, _))
+                if let Some(g) = reference
+                    && let Some(listed) = &g.databases
+                    && !listed.contains(db)
+                    && m.started_at < g.started_at =>
+            {
+                choices.push(Choice {
+                    what: format!("database {db:?}"),
+                    reason: format!(
+                        "skipped: it was not on the server when the globals were backed up ({}), and its newest \
+                         backup ({}) is older, so it had been dropped; name it in source.database to restore it",
+                        ts(g.started_at),
+                        ts(m.started_at)
+                    ),
+                });
+            }
             Ok((m, reason)) => {
                 choices.push(Choice { what: format!("backup {}", m.id), reason });
                 chosen.push((db.clone(), m, what));
@@ -1922,6 +1947,7 @@ mod tests {
             started_at: started,
             finished_at: started + time::Duration::minutes(5),
             row_counts: None,
+            databases: (kind == BackupKind::Globals).then(|| vec!["app".into(), "shop".into(), "postgres".into()]),
             restore_hint: String::new(),
         }
     }
@@ -1985,6 +2011,23 @@ mod tests {
         assert!(p.tasks.iter().all(|t| t.globals.as_deref().is_some_and(|g| g.ends_with("-g2"))));
         assert!(p.choices.iter().any(|c| c.what.contains("postgres") && c.reason.contains("maintenance")));
         assert_eq!(p.tasks[1].task_id, "r1-2");
+        // A database dropped after the first day: its old backup stays out of a whole-server
+        // restore of the second day, with the reason, and can still be named.
+        let mut cat = catalog();
+        cat.insert(0, manifest(BackupKind::Database, "main", "gone", datetime!(2026-11-19 02:00:00 UTC), "x0"));
+        cat[3].databases = Some(vec!["app".into(), "shop".into(), "gone".into(), "postgres".into()]);
+        let p = plan(&r, &s, &cat).unwrap();
+        let dbs: Vec<_> = p.tasks.iter().map(|t| t.target.database.clone().unwrap()).collect();
+        assert_eq!(dbs, ["app", "shop"]);
+        let why = p.choices.iter().find(|c| c.what.contains("gone")).unwrap();
+        assert!(why.reason.contains("not on the server when the globals were backed up"), "{why:?}");
+        let r1 = request(serde_json::json!({"source": {"server": "main",
+            "backup": {"latest_before": "2026-11-20T12:00:00Z"}}}));
+        let dbs: Vec<_> =
+            plan(&r1, &s, &cat).unwrap().tasks.iter().map(|t| t.target.database.clone().unwrap()).collect();
+        assert_eq!(dbs, ["app", "gone", "shop"], "on the first day it was there");
+        let named = request(serde_json::json!({"source": {"server": "main", "database": "gone"}}));
+        assert_eq!(plan(&named, &s, &cat).unwrap().tasks.len(), 1);
         // Before the first day's backups: nothing.
         let r = request(serde_json::json!({"source": {"server": "main",
             "backup": {"latest_before": "2026-11-01T00:00:00Z"}}}));

@@ -697,6 +697,11 @@ async fn a_whole_server_and_its_roles_restore_into_an_empty_cluster() {
     });
     let inventory = stack.inventory_with(&["postgres"], &[("empty", &empty)]);
     stack.set("PGVAULT_INVENTORY", &inventory);
+    // A database backed up once and dropped before the server's last backup run: a restore of
+    // the server as it is now leaves it out.
+    blocking(|| make_db(&stack.pg, "gamma", 10));
+    cli_ok(&stack, &["backup", "--server", "main", "--database", "gamma"]);
+    blocking(|| stack.pg.psql("postgres", "DROP DATABASE gamma"));
     cli_ok(&stack, &["backup", "--server", "main"]);
     let before: Vec<String> = blocking(|| databases_like(&empty, "%"));
 
@@ -711,6 +716,8 @@ async fn a_whole_server_and_its_roles_restore_into_an_empty_cluster() {
     let planned = drain(&stack, &served.url, RESTORE_REQUESTS_QUEUE).await;
     let rv = &returns(&planned)[0];
     assert_eq!(rv["tasks"].as_array().unwrap().len(), 2, "{rv}");
+    let gamma = rv["choices"].as_array().unwrap().iter().find(|c| c["what"] == "database \"gamma\"").unwrap();
+    assert!(gamma["reason"].as_str().unwrap().contains("had been dropped; name it in source.database"), "{gamma}");
     let report = drain(&stack, &served.url, RESTORE_TASKS_QUEUE).await;
     assert_eq!(report.succeeded, 2, "{:?}", report.replies);
     let rvs = returns(&report);
