@@ -583,7 +583,8 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
     let mut failed = 0;
     let mut reports = Vec::new();
     for task in &plan.tasks {
-        match restore::execute_task(&rt.ctx, task, true).await {
+        let delivery = format!("cli-{}", uuid::Uuid::new_v4().simple());
+        match restore::execute_task(&rt.ctx, task, true, &delivery).await {
             Ok(TaskOutcome::Done(r)) => {
                 if !a.json {
                     print_task_report(task, &r);
@@ -601,6 +602,16 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
                 reports.push(
                     serde_json::json!({ "task_id": task.task_id, "status": "rehydration-pending", "blob": blob }),
                 );
+            }
+            Ok(TaskOutcome::RunningElsewhere(holder)) => {
+                failed += 1;
+                if !a.json {
+                    println!(
+                        "BUSY {}: another delivery (message {}) is running this task; see `pgvault jobs`",
+                        task.task_id, holder.message_id
+                    );
+                }
+                reports.push(serde_json::json!({ "task_id": task.task_id, "status": "running-elsewhere" }));
             }
             Ok(TaskOutcome::AlreadyDone(_)) => {
                 if !a.json {

@@ -35,6 +35,7 @@ pub mod azure;
 pub mod backup;
 pub mod bundle;
 pub mod catalog;
+pub mod claim;
 pub mod cli;
 pub mod connstr;
 pub mod credentials;

@@ -856,6 +856,8 @@ pub enum TaskOutcome {
     Done(Box<TaskReport>),
     /// The task's record says it succeeded before (a redelivered message); nothing was done.
     AlreadyDone(Box<JobRecord>),
+    /// Another delivery of the task (a duplicate message) is running it now; nothing was done.
+    RunningElsewhere(crate::claim::Holder),
     /// The backup is in the Archive tier: rehydration was started (or is under way) and the task
     /// is recorded as `rehydration-pending`. The caller re-enqueues it to run after `recheck_secs`.
     RehydrationPending {
@@ -940,10 +942,33 @@ async fn check_archived(
 
 /// Run one task and keep its job record (and its request's) up to date. `last_attempt` says
 /// whether a transient failure will be retried by the host.
-pub async fn execute_task(ctx: &Ctx, task: &RestoreTask, last_attempt: bool) -> Result<TaskOutcome> {
+///
+/// `message_id` is the queue message carrying the task: one delivery at a time runs a task (see
+/// [`crate::claim`]); another delivery of it meanwhile gets [`TaskOutcome::RunningElsewhere`].
+pub async fn execute_task(ctx: &Ctx, task: &RestoreTask, last_attempt: bool, message_id: &str) -> Result<TaskOutcome> {
     task.validate()?;
     let store = ctx.store.as_ref();
     let now = OffsetDateTime::now_utc();
+    let claim = match crate::claim::acquire(store, "restore-task", &task.task_id, message_id, now).await? {
+        crate::claim::Claimed::Owned(c) => c,
+        crate::claim::Claimed::HeldBy(holder) => {
+            tracing::info!(task = %task.task_id, holder = %holder.message_id, since = %ts(holder.since), "restore task is being run by another delivery; this one stands down");
+            return Ok(TaskOutcome::RunningElsewhere(holder));
+        }
+    };
+    // Read under the claim: a delivery that finished released it only after writing its record.
+    let outcome = execute_claimed(ctx, task, last_attempt, now).await;
+    claim.release(store).await;
+    outcome
+}
+
+async fn execute_claimed(
+    ctx: &Ctx,
+    task: &RestoreTask,
+    last_attempt: bool,
+    now: OffsetDateTime,
+) -> Result<TaskOutcome> {
+    let store = ctx.store.as_ref();
     let mut rec = match jobrecords::get(store, JobKind::RestoreTask, &task.task_id).await {
         Ok(Some(r)) if r.status == Status::Succeeded => return Ok(TaskOutcome::AlreadyDone(Box::new(r))),
         Ok(Some(r)) => r,

@@ -329,9 +329,19 @@ async fn replace_keeps_the_old_copy_and_a_killed_pg_restore_changes_nothing() {
     assert_eq!(task.status, Status::Failed);
     assert_eq!(task.detail["will_retry"], true, "{task:?}");
 
-    // 2. The retry succeeds: the backup's content is in place, the old one kept by name.
+    // 2. The retry succeeds: the backup's content is in place, the old one kept by name. While
+    //    it runs, a second message of the same task (a request re-sent after enqueueing part of
+    //    its tasks) arrives: it stands down instead of restoring a second time.
     let payload = hostsim::queue_payload("restore-worker", "task", &task_text, "t1", "p2", 2, Form::Host);
-    let (code, reply) = served.invoke("restore-worker", &payload).await;
+    let url = served.url.clone();
+    let call = tokio::spawn(async move { hostsim::invoke(&url, "restore-worker", &payload).await });
+    blocking(|| pg_restore_in_copy(&stack, served.child.id()));
+    let duplicate = hostsim::queue_payload("restore-worker", "task", &task_text, "t2", "p1", 1, Form::Host);
+    let (code, reply) = served.invoke("restore-worker", &duplicate).await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["ReturnValue"]["status"], "running-elsewhere", "{reply}");
+    assert_eq!(reply["ReturnValue"]["holder"], "t1", "{reply}");
+    let (code, reply) = call.await.unwrap().unwrap();
     assert_eq!(code, 200, "{reply}");
     let rv = &reply["ReturnValue"];
     assert_eq!(rv["status"], "succeeded", "{rv}");
@@ -341,6 +351,7 @@ async fn replace_keeps_the_old_copy_and_a_killed_pg_restore_changes_nothing() {
     assert_eq!(blocking(|| table_sums(&stack.pg, "app")), backed_up);
     assert_eq!(blocking(|| table_sums(&stack.pg, &kept_as)), live, "the old database, as it was");
     assert!(blocking(|| temp_databases(&stack.pg)).is_empty());
+    assert_eq!(blocking(|| databases_like(&stack.pg, "app\\_pre\\_restore%")), vec![kept_as.clone()], "restored once");
     let records = jobs(&stack);
     let task = record(&records, JobKind::RestoreTask, "replace-1-1");
     assert_eq!((task.status, task.attempts), (Status::Succeeded, 2));

@@ -35,7 +35,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
         );
     }
     let last = dequeue_count >= state.max_dequeue_count;
-    match restore::execute_task(&state.ctx, &task, last).await {
+    match restore::execute_task(&state.ctx, &task, last, &msg.id).await {
         Ok(TaskOutcome::Done(report)) => {
             // The URLs of as-files are secrets: they are in the job record, not in the reply.
             let files: Vec<&str> = report.files.iter().map(|f| f.blob.as_str()).collect();
@@ -65,6 +65,15 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
                 ),
             }
         }
+        // The holder's own message keeps the task alive (it is retried if that run fails), so
+        // this duplicate is done with.
+        Ok(TaskOutcome::RunningElsewhere(holder)) => Reply::ok(
+            vec![format!(
+                "task {} is being run by another delivery (message {}); this duplicate stands down",
+                task.task_id, holder.message_id
+            )],
+            json!({ "status": "running-elsewhere", "task_id": task.task_id, "holder": holder.message_id }),
+        ),
         Ok(TaskOutcome::AlreadyDone(rec)) => Reply::ok(
             vec![format!("task {} succeeded before; nothing to do", task.task_id)],
             json!({ "status": "already-done", "task_id": task.task_id, "finished_at": rec.finished_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()) }),
