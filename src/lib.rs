@@ -8,7 +8,8 @@
 //!   - [`catalog`]: listing and verifying backups.
 //!   - [`restore`]: restore requests, their plan, and the never-destructive restore pipeline
 //!     (verified blocks -> zstd -> pg_restore into a temporary database -> verify -> rename).
-//!   - [`jobrecords`]: the status record of every restore request and task (`pgvault jobs`).
+//!   - [`jobrecords`]: the status record of every restore request and task (`pgvault jobs`);
+//!     [`claim`]: one delivery at a time runs a restore task.
 //!   - [`jobs`]: the queue messages and the scheduler's planning.
 //!   - [`retention`]: policies and the pure GFS plan, and its execution (manifest first);
 //!     [`holds`]: legal holds retention never removes.
