@@ -41,6 +41,12 @@ pub async fn release(store: &dyn BlobStore, id: &str) -> Result<()> {
     store.delete(&name(id)).await
 }
 
+/// Whether a backup has a hold now: one read, for a check right before a removal.
+pub async fn is_held(store: &dyn BlobStore, id: &str) -> Result<bool> {
+    let n = name(id);
+    store.exists(&n).await.map_err(|e| e.context(format!("check hold {n:?}")))
+}
+
 /// Every held backup id.
 pub async fn list(store: &dyn BlobStore) -> Result<HashSet<String>> {
     Ok(store

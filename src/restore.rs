@@ -2193,6 +2193,7 @@ mod tests {
             size: 1,
             tier,
             archive_status: status.map(str::to_string),
+            tier_changed_at: None,
         };
         let max = REHYDRATION_MAX_WAIT;
         let h = time::Duration::hours;

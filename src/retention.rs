@@ -260,6 +260,12 @@ pub struct TierMove {
     pub data_blob: String,
     pub tier: AccessTier,
     pub reason: String,
+    /// `PGVAULT_TIER_AFTER_DAYS` and the plan's time: execution also leaves alone a blob whose
+    /// tier changed less than this long before (see [`recent_tier_change`]).
+    #[serde(skip)]
+    pub after_days: u32,
+    #[serde(skip)]
+    pub planned_at: OffsetDateTime,
 }
 
 /// Which kept backups move to `tier`: those older than `after_days` at `now`. Pure; each move
@@ -279,9 +285,29 @@ pub fn plan_tiering(
                 data_blob: data_blob.to_string(),
                 tier,
                 reason: format!("older than {after_days} days ({age} days): data to {tier}"),
+                after_days,
+                planned_at: now,
             })
         })
         .collect()
+}
+
+/// Why a blob whose access tier last changed at `changed` is not moved yet, if so: its tier
+/// changed less than `after_days` before `now`. The usual cause is a restore that rehydrated an
+/// archived backup (the blob is now hot, with no archive status): moving it back at once would
+/// make the waiting restore task start a second rehydration, or fail a read under way with 409
+/// `BlobArchived`. So a blob gets the same `after_days` from its last tier change as a backup gets
+/// from its creation. Unknown (`None`: never set explicitly, or a store that does not say): no
+/// reason, the move goes ahead. Pure.
+pub fn recent_tier_change(changed: Option<OffsetDateTime>, after_days: u32, now: OffsetDateTime) -> Option<String> {
+    let changed = changed?;
+    let since = now - changed;
+    (since < time::Duration::days(i64::from(after_days))).then(|| {
+        format!(
+            "its tier changed {} days ago (a rehydration?): left alone until {after_days} days after that",
+            since.whole_days().max(0)
+        )
+    })
 }
 
 /// Plan retention for every backup in the store of the inventory's servers (or one). Backups of
@@ -340,8 +366,11 @@ pub struct Executed {
     /// Data blobs moved to a colder tier.
     pub tiered: Vec<String>,
     /// Tier moves not made, with the reason (a store without tiers, a blob already there or
-    /// colder, a refusal): logged, never a failure of the run.
+    /// colder, a tier changed recently, a refusal): logged, never a failure of the run.
     pub tier_skipped: Vec<(String, String)>,
+    /// Backups the plan removes but that got a hold (`pgvault keep`) while retention ran: kept,
+    /// not counted in `kept` (which counts the plan's keeps).
+    pub held_meanwhile: Vec<String>,
 }
 
 /// Whether a store error is a delete refused by an immutability policy or legal hold: the
@@ -353,7 +382,8 @@ pub fn is_immutability_refusal(e: &Error) -> bool {
 /// Remove what the plans say: for each backup, **the manifest first, then its data** (ordering
 /// invariant 5). A run stopped between the two leaves only data without a manifest, an orphan
 /// that `pgvault verify --all --clean-orphans` removes; never a manifest naming missing data. A
-/// delete refused by an immutability policy is skipped with a logged reason.
+/// delete refused by an immutability policy is skipped with a logged reason. Holds are read
+/// again just before each removal: a backup held since the plan was made is kept.
 pub async fn execute(store: &dyn BlobStore, plans: &[TargetPlan]) -> Result<Executed> {
     let mut done = Executed::default();
     for tp in plans {
@@ -367,6 +397,13 @@ pub async fn execute(store: &dyn BlobStore, plans: &[TargetPlan]) -> Result<Exec
                 Err(e) if e.is_permanent() => continue, // removed meanwhile
                 Err(e) => return Err(e),
             };
+            // The plan read the holds once; a hold set since (`pgvault keep` during this run)
+            // still wins. Checked last, right before the first delete.
+            if crate::holds::is_held(store, &p.id).await? {
+                tracing::warn!(backup = %p.id, "retention: a hold was set after the plan was made; kept");
+                done.held_meanwhile.push(p.id.clone());
+                continue;
+            }
             let manifest = crate::layout::manifest_for_id(&p.id);
             match store.delete(&manifest).await {
                 Ok(()) => {}
@@ -428,6 +465,11 @@ async fn tier_moves(store: &dyn BlobStore, moves: &[TierMove], done: &mut Execut
         if props.tier.is_some_and(|t| t >= mv.tier) || props.archive_status.is_some() {
             let now = props.tier.map_or("unknown".into(), |t| t.to_string());
             skip(done, format!("already in the {now} tier"));
+            continue;
+        }
+        // A blob a restore just rehydrated: not back to the archive under the restore's feet.
+        if let Some(why) = recent_tier_change(props.tier_changed_at, mv.after_days, mv.planned_at) {
+            skip(done, why);
             continue;
         }
         match store.set_tier(&mv.data_blob, mv.tier).await {
@@ -783,6 +825,158 @@ mod tests {
             let plans_settings = settings(dir.path());
             assert_eq!(plans_settings.tier_after_days, None);
             assert_eq!(plans_settings.tier, AccessTier::Cool);
+        }
+
+        #[test]
+        fn a_recent_tier_change_holds_off_a_move() {
+            let now = datetime!(2026-11-21 12:00 UTC);
+            // Rehydrated an hour ago: left alone, with the reason.
+            let why = recent_tier_change(Some(now - time::Duration::hours(1)), 30, now).unwrap();
+            assert_eq!(why, "its tier changed 0 days ago (a rehydration?): left alone until 30 days after that");
+            let why = recent_tier_change(Some(now - time::Duration::days(12)), 30, now).unwrap();
+            assert!(why.starts_with("its tier changed 12 days ago"), "{why}");
+            // Long ago (or exactly after_days ago): moved.
+            assert_eq!(recent_tier_change(Some(now - time::Duration::days(31)), 30, now), None);
+            assert_eq!(recent_tier_change(Some(now - time::Duration::days(30)), 30, now), None);
+            // Unknown: moved, as before the change time was read.
+            assert_eq!(recent_tier_change(None, 30, now), None);
+            // A clock ahead of ours: still recent.
+            assert!(recent_tier_change(Some(now + time::Duration::minutes(5)), 30, now).is_some());
+            // after_days 0: never held off.
+            assert_eq!(recent_tier_change(Some(now), 0, now), None);
+        }
+
+        /// The local store with Azure-like tiers: every blob hot, with a configurable last tier
+        /// change; set_tier records the move.
+        struct Tiered {
+            inner: LocalStore,
+            changed: std::collections::HashMap<String, OffsetDateTime>,
+            moved: std::sync::Mutex<Vec<(String, AccessTier)>>,
+        }
+
+        #[async_trait]
+        impl BlobStore for Tiered {
+            fn describe(&self) -> String {
+                self.inner.describe()
+            }
+            async fn stage_block(&self, n: &str, id: &str, d: Bytes) -> Result<()> {
+                self.inner.stage_block(n, id, d).await
+            }
+            async fn commit_blocks(&self, n: &str, ids: &[String], t: &Tags) -> Result<()> {
+                self.inner.commit_blocks(n, ids, t).await
+            }
+            async fn create(&self, n: &str, d: Bytes, t: &Tags) -> Result<CreateOutcome> {
+                self.inner.create(n, d, t).await
+            }
+            async fn get(&self, n: &str) -> Result<Bytes> {
+                self.inner.get(n).await
+            }
+            async fn read(&self, n: &str) -> Result<ByteStream> {
+                self.inner.read(n).await
+            }
+            async fn tags(&self, n: &str) -> Result<Tags> {
+                self.inner.tags(n).await
+            }
+            async fn list(&self, p: &str) -> Result<Vec<BlobInfo>> {
+                self.inner.list(p).await
+            }
+            async fn exists(&self, n: &str) -> Result<bool> {
+                self.inner.exists(n).await
+            }
+            async fn delete(&self, n: &str) -> Result<()> {
+                self.inner.delete(n).await
+            }
+            async fn set_tier(&self, n: &str, tier: AccessTier) -> Result<()> {
+                self.moved.lock().unwrap().push((n.to_string(), tier));
+                Ok(())
+            }
+            async fn properties(&self, n: &str) -> Result<crate::store::BlobProps> {
+                Ok(crate::store::BlobProps {
+                    size: 1,
+                    tier: Some(AccessTier::Hot),
+                    archive_status: None,
+                    tier_changed_at: self.changed.get(n).copied(),
+                })
+            }
+        }
+
+        #[tokio::test]
+        async fn a_backup_rehydrated_by_a_restore_is_not_archived_again_at_once() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store =
+                Tiered { inner: LocalStore::new(dir.path()), changed: Default::default(), moved: Default::default() };
+            let map = std::collections::HashMap::from([
+                (
+                    "PGVAULT_INVENTORY".to_string(),
+                    r#"[{"name":"prod","host":"h","user":"u","retention":{"daily":30}}]"#.to_string(),
+                ),
+                ("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string()),
+                ("PGVAULT_TIER_AFTER_DAYS".to_string(), "3".to_string()),
+                ("PGVAULT_TIER".to_string(), "archive".to_string()),
+            ]);
+            let settings = crate::settings::Settings::from_map(map).unwrap();
+            let now = datetime!(2026-11-21 12:00 UTC);
+            let mut ids = Vec::new();
+            for d in [10, 11, 12] {
+                ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
+            }
+            let data = |id: &str| crate::layout::data_blob(id, "0000abcd", "dump.zst");
+            // ids[0]: rehydrated by a restore two hours ago. ids[1]: its tier changed long ago
+            // (and it is hot again). ids[2]: never changed (unknown): moved as always.
+            store.changed.insert(data(&ids[0]), now - time::Duration::hours(2));
+            store.changed.insert(data(&ids[1]), now - time::Duration::days(9));
+
+            let plans = plan_store(&settings, &store, None, now).await.unwrap();
+            assert_eq!(plans[0].tiering.len(), 3, "all three are older than 3 days: {:?}", plans[0].tiering);
+            let done = execute(&store, &plans).await.unwrap();
+            assert_eq!(done.tier_skipped.len(), 1, "{:?}", done.tier_skipped);
+            assert_eq!(done.tier_skipped[0].0, ids[0]);
+            assert_eq!(
+                done.tier_skipped[0].1,
+                "its tier changed 0 days ago (a rehydration?): left alone until 3 days after that"
+            );
+            let mut moved = store.moved.lock().unwrap().clone();
+            moved.sort();
+            let mut want = vec![(data(&ids[1]), AccessTier::Archive), (data(&ids[2]), AccessTier::Archive)];
+            want.sort();
+            assert_eq!(moved, want);
+            assert_eq!(done.tiered.len(), 2);
+        }
+
+        #[tokio::test]
+        async fn a_hold_set_while_retention_runs_keeps_the_backup() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalStore::new(dir.path());
+            let settings = settings(dir.path());
+            let now = datetime!(2026-11-21 12:00 UTC);
+            let mut ids = Vec::new();
+            for d in 0..6 {
+                ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
+            }
+            let plans = plan_store(&settings, &store, None, now).await.unwrap();
+            let removing: Vec<&str> =
+                plans[0].backups.iter().filter(|p| !p.decision.is_keep()).map(|p| p.id.as_str()).collect();
+            assert_eq!(removing, [&ids[3], &ids[4], &ids[5]].map(String::as_str));
+
+            // `pgvault keep` on one of them after the plan was made, before execution.
+            crate::holds::set(&store, &ids[4], "test", now).await.unwrap();
+            let done = execute(&store, &plans).await.unwrap();
+            assert_eq!(done.held_meanwhile, [ids[4].clone()]);
+            let mut removed = done.removed.clone();
+            removed.sort();
+            let mut want = vec![ids[3].clone(), ids[5].clone()];
+            want.sort();
+            assert_eq!(removed, want);
+            assert_eq!(done.kept, 3, "the plan's keeps; the held one is listed apart");
+            // The held backup is whole: manifest and data.
+            let m = crate::catalog::manifest(&store, &ids[4]).await.unwrap();
+            assert!(store.exists(&m.data_blob).await.unwrap());
+            let json = serde_json::to_value(&done).unwrap();
+            assert_eq!(json["held_meanwhile"][0], ids[4].as_str(), "{json}");
+            // The next plan sees the hold.
+            let again = plan_store(&settings, &store, None, now).await.unwrap();
+            let p = again[0].backups.iter().find(|p| p.id == ids[4]).unwrap();
+            assert_eq!(p.decision, Decision::Keep { reasons: vec!["held".into()] });
         }
 
         #[test]

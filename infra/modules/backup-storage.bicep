@@ -25,11 +25,11 @@ param immutableDumps bool
 @description('Days each version of a dump stays immutable.')
 @minValue(1)
 param immutabilityDays int
-@description('Tier dump data blobs to Cool after this many days since creation (-1: never).')
+@description('Tier dump data blobs to Cool after this many days since written (-1: never).')
 param coolAfterDays int
 @description('Tier dump data blobs to Cold after this many days (-1: never).')
 param coldAfterDays int
-@description('Tier dump data blobs to Archive after this many days (-1: never). Archived backups must be rehydrated before restore or verify.')
+@description('Tier dump data blobs to Archive after this many days (-1: never), and a rehydrated blob only 7 days after its rehydration. Archived backups must be rehydrated before restore or verify.')
 param archiveAfterDays int
 
 var roleStorageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
@@ -122,10 +122,24 @@ resource pgbackrest 'Microsoft.Storage/storageAccounts/blobServices/containers@2
   }
 ]
 
+// Ages count from the last modification: a data blob is written once and never modified (a tier
+// change does not touch Last-Modified), so that is its creation. Azure allows
+// daysAfterLastTierChangeGreaterThan only on tierToArchive, and only beside
+// daysAfterModificationGreaterThan: with it, a blob a restore has just rehydrated is not archived
+// again by the next daily run under the waiting restore, but only after it stayed online for
+// archiveAfterTierChangeDays.
+var archiveAfterTierChangeDays = 7
 var tierActions = union(
-  coolAfterDays >= 0 ? { tierToCool: { daysAfterCreationGreaterThan: coolAfterDays } } : {},
-  coldAfterDays >= 0 ? { tierToCold: { daysAfterCreationGreaterThan: coldAfterDays } } : {},
-  archiveAfterDays >= 0 ? { tierToArchive: { daysAfterCreationGreaterThan: archiveAfterDays } } : {}
+  coolAfterDays >= 0 ? { tierToCool: { daysAfterModificationGreaterThan: coolAfterDays } } : {},
+  coldAfterDays >= 0 ? { tierToCold: { daysAfterModificationGreaterThan: coldAfterDays } } : {},
+  archiveAfterDays >= 0
+    ? {
+        tierToArchive: {
+          daysAfterModificationGreaterThan: archiveAfterDays
+          daysAfterLastTierChangeGreaterThan: archiveAfterTierChangeDays
+        }
+      }
+    : {}
 )
 var tieringRules = empty(tierActions)
   ? []

@@ -294,7 +294,8 @@ impl BlobStore for AzureBlobStore {
             ArchiveStatus::UnknownValue(v) => v,
             known => known.to_string(),
         });
-        Ok(BlobProps { size, tier, archive_status })
+        let tier_changed_at = rsp.access_tier_change_time().map_err(header)?;
+        Ok(BlobProps { size, tier, archive_status, tier_changed_at })
     }
 
     async fn delete(&self, name: &str) -> Result<()> {

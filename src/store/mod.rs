@@ -81,6 +81,10 @@ pub struct BlobProps {
     /// Azure's `x-ms-archive-status` while an archived blob is being rehydrated, e.g.
     /// `rehydrate-pending-to-hot`.
     pub archive_status: Option<String>,
+    /// When the blob's access tier last changed (Azure's `x-ms-access-tier-change-time`: a Set
+    /// Blob Tier, including the end of a rehydration), if the store reports it. Azure leaves it
+    /// out for a blob whose tier was never set explicitly.
+    pub tier_changed_at: Option<time::OffsetDateTime>,
 }
 
 /// The storage contract.
@@ -143,8 +147,8 @@ pub trait BlobStore: Send + Sync + 'static {
         )))
     }
 
-    /// A blob's size, tier and archive status. A missing blob is a permanent error; a store
-    /// without tiers answers [`crate::error::Error::unsupported`].
+    /// A blob's size, tier, archive status and last tier change. A missing blob is a permanent
+    /// error; a store without tiers answers [`crate::error::Error::unsupported`].
     async fn properties(&self, name: &str) -> Result<BlobProps> {
         Err(crate::error::Error::unsupported(format!(
             "read the properties of blob {name:?}: access tiers are not supported by {}",
