@@ -64,6 +64,14 @@ pub async fn acquire(
     now: OffsetDateTime,
 ) -> Result<Claimed> {
     let name = name(kind, id);
+    // Without a message id (a payload that lacks it), this delivery is unique: it must never
+    // pass for another delivery's redelivery.
+    let message_id = if message_id.is_empty() {
+        format!("anonymous-{}", uuid::Uuid::new_v4().simple())
+    } else {
+        message_id.to_string()
+    };
+    let message_id = message_id.as_str();
     let me = Holder { message_id: message_id.to_string(), since: now };
     let body = Bytes::from(serde_json::to_vec(&me).expect("a claim serializes"));
     // Twice at most: once, and once more after removing a claim that may be taken over (or
@@ -128,6 +136,9 @@ mod tests {
             Claimed::Owned(_) => panic!("a second message must stand down"),
         }
         assert!(matches!(acquire(&store, "restore-task", "r1-2", "m2", now).await.unwrap(), Claimed::Owned(_)));
+        // Deliveries without a message id never take over each other.
+        assert!(matches!(acquire(&store, "restore-task", "r1-3", "", now).await.unwrap(), Claimed::Owned(_)));
+        assert!(matches!(acquire(&store, "restore-task", "r1-3", "", now).await.unwrap(), Claimed::HeldBy(_)));
         // The same message again (its delivery died): taken over.
         let Claimed::Owned(again) = acquire(&store, "restore-task", "r1-1", "m1", now).await.unwrap() else {
             panic!("a redelivery of the holder's message takes over")

@@ -563,14 +563,28 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let plan = match restore::submit(&rt.ctx, None, &req).await? {
-        Submitted::Duplicate(rec) => {
-            println!(
-                "request {} was submitted before (status {}); nothing to do{}",
-                rec.id,
-                rec.status.as_str(),
-                rec.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
-            );
+        Submitted::Duplicate(rec) if rec.status == crate::jobrecords::Status::Succeeded => {
+            println!("request {} succeeded before; nothing to do", rec.id);
             return Ok(ExitCode::SUCCESS);
+        }
+        // The same request again (after a WAITING, BUSY or FAILED run): run its recorded plan's
+        // tasks; those that succeeded before are skipped by their records.
+        Submitted::Duplicate(rec) if rec.detail["request"] == serde_json::to_value(&req).unwrap_or_default() => {
+            let plan: restore::Plan = serde_json::from_value(rec.detail["plan"].clone()).map_err(|e| {
+                crate::error::Error::permanent(format!("restore request {:?}: recorded plan unreadable: {e}", rec.id))
+            })?;
+            if !a.json {
+                println!("request {} was submitted before (status {}): resuming its plan", rec.id, rec.status.as_str());
+            }
+            plan
+        }
+        Submitted::Duplicate(rec) => {
+            return Err(crate::error::Error::permanent(format!(
+                "request id {:?} was used before for a different request (status {})",
+                rec.id,
+                rec.status.as_str()
+            ))
+            .with_hint("give this request its own --request-id"));
         }
         Submitted::Planned(plan) => plan,
     };

@@ -92,10 +92,7 @@ pub async fn run(ctx: &Ctx, only_server: Option<&str>, trigger: &str) -> Result<
                     Some(reason) => passed_over.push(Skipped { target: target.clone(), backup: m.id.clone(), reason }),
                 }
             }
-            if chosen.is_empty() && !passed_over.is_empty() {
-                // No online older backup was found: say so for each one looked at.
-                out.skipped.append(&mut passed_over);
-            }
+            out.skipped.append(&mut passed_over);
             match offline(ctx, newest).await {
                 None => chosen.push(newest),
                 Some(reason) => out.skipped.push(Skipped { target: target.clone(), backup: newest.id.clone(), reason }),

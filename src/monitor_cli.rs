@@ -42,7 +42,7 @@ pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result
     let why_of = |key: &str, id: &str| -> Option<String> {
         executed[key].as_array().into_iter().flatten().find(|p| p[0] == id).map(|p| p[1].as_str().unwrap_or("").into())
     };
-    let (removed, tiered) = (listed("removed"), listed("tiered"));
+    let (removed, tiered, held_meanwhile) = (listed("removed"), listed("tiered"), listed("held_meanwhile"));
     for tp in &plans {
         let db = tp["database"].as_str().unwrap_or("@globals");
         println!("{}/{}: {}", tp["server"].as_str().unwrap_or(""), db, tp["skipped"].as_str().unwrap_or(""));
@@ -64,6 +64,9 @@ pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result
                 "kept"
             } else if removed.iter().any(|r| r == id) {
                 "removed"
+            } else if held_meanwhile.iter().any(|h| h == id) {
+                why = format!("{why}; kept: a hold was set while retention ran");
+                "held"
             } else if let Some(refusal) = why_of("refused", id) {
                 why = format!("{why}; kept: the immutability policy refused the delete ({refusal})");
                 "refused"

@@ -597,11 +597,23 @@ pub fn plan(req: &RestoreRequest, settings: &Settings, backups: &[Manifest]) -> 
         let list: Vec<&Manifest> = of_server.iter().copied().filter(|m| m.kind == BackupKind::Globals).collect();
         let what = format!("the globals of server {:?}", src.server);
         let (m, reason) = match &src.backup {
-            // The globals that go with a named backup: the newest taken before it finished.
+            // The globals that go with a named backup: the newest requested before it finished.
+            // Those of the same run share its requested_at, and may well start after it finished.
             BackupChoice::Id(_) => {
                 let until = chosen[0].1.finished_at;
-                choose(&list, &BackupChoice::LatestBefore(until), &what)
-                    .map(|(m, r)| (m, format!("the globals of the named backup's time: {r}")))?
+                let m = list.iter().rev().find(|m| m.requested_at <= until).ok_or_else(|| {
+                    Error::permanent(format!(
+                        "no backup of {what} was requested at or before {} (when the named backup finished)",
+                        ts(until)
+                    ))
+                })?;
+                (
+                    *m,
+                    format!(
+                        "the globals of the named backup's time: the newest requested at or before it finished ({})",
+                        ts(m.requested_at)
+                    ),
+                )
             }
             other => choose(&list, other, &what)?,
         };
@@ -861,6 +873,7 @@ pub enum TaskOutcome {
     /// The backup is in the Archive tier: rehydration was started (or is under way) and the task
     /// is recorded as `rehydration-pending`. The caller re-enqueues it to run after `recheck_secs`.
     RehydrationPending {
+        /// The archived data blobs (the backup's, and the globals' when asked), comma-separated.
         blob: String,
         recheck_secs: u32,
     },
@@ -914,14 +927,12 @@ pub fn availability(
     }
 }
 
-/// The data blobs a task reads (its backup, and the globals backup when asked) with what to do
-/// about the first that is not online. Errors other than "no tiers" are left to the restore.
-async fn check_archived(
-    ctx: &Ctx,
-    task: &RestoreTask,
-    waited: Option<time::Duration>,
-) -> Option<(String, Availability)> {
+/// The data blobs a task reads (its backup, and the globals backup when asked) that are not
+/// online, each with what to do about it: all of them, so that their rehydrations run at the same
+/// time, not one after the other. Errors other than "no tiers" are left to the restore.
+async fn check_archived(ctx: &Ctx, task: &RestoreTask, waited: Option<time::Duration>) -> Vec<(String, Availability)> {
     let store = ctx.store.as_ref();
+    let mut offline = Vec::new();
     for id in std::iter::once(&task.backup).chain(task.globals.as_ref()) {
         let Ok(m) = catalog::manifest(store, id).await else { continue };
         let props = match store.properties(&m.data_blob).await {
@@ -934,10 +945,30 @@ async fn check_archived(
         };
         match availability(props.as_ref(), waited, REHYDRATION_MAX_WAIT) {
             Availability::Online => {}
-            other => return Some((m.data_blob, other)),
+            other => offline.push((m.data_blob, other)),
         }
     }
-    None
+    offline
+}
+
+/// Start the rehydration of one archived blob. Another task may have started it a moment ago
+/// (several tasks of a whole-server restore share one globals backup): the service then refuses
+/// the second start (409 `BlobBeingRehydrated`), which is fine when the blob now says so.
+async fn start_rehydration(ctx: &Ctx, task: &RestoreTask, blob: &str, waited: Option<time::Duration>) -> Result<()> {
+    let store = ctx.store.as_ref();
+    match store.set_tier(blob, crate::store::Tier::Hot).await {
+        Ok(()) => {
+            tracing::info!(task = %task.task_id, blob = %blob, "backup is archived: rehydration to hot started (standard priority)");
+            Ok(())
+        }
+        Err(e) => match store.properties(blob).await {
+            Ok(p) if availability(Some(&p), waited, REHYDRATION_MAX_WAIT) == Availability::Pending => {
+                tracing::info!(task = %task.task_id, blob = %blob, "rehydration was started meanwhile by another task");
+                Ok(())
+            }
+            _ => Err(e.context(format!("start rehydration of backup {:?}", task.backup))),
+        },
+    }
 }
 
 /// Run one task and keep its job record (and its request's) up to date. `last_attempt` says
@@ -986,33 +1017,31 @@ async fn execute_claimed(
     // An archived backup: start rehydration and come back later, within a bound.
     let rehydration_started =
         rec.detail["rehydration_started_at"].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
-    let mut gave_up = None;
-    if let Some((blob, action)) = check_archived(ctx, task, rehydration_started.map(|t| now - t)).await {
-        match action {
-            Availability::Online => {}
-            Availability::GiveUp(why) => gave_up = Some(Error::permanent(format!("backup {:?}: {why}", task.backup))),
-            Availability::Rehydrate | Availability::Pending => {
-                if action == Availability::Rehydrate {
-                    ctx.store
-                        .set_tier(&blob, crate::store::Tier::Hot)
-                        .await
-                        .map_err(|e| e.context(format!("start rehydration of backup {:?}", task.backup)))?;
-                    tracing::info!(task = %task.task_id, blob = %blob, "backup is archived: rehydration to hot started (standard priority)");
-                }
-                let started = rehydration_started.unwrap_or(now);
-                rec.status = Status::RehydrationPending;
-                rec.reason = Some(format!("rehydration pending: backup data {blob:?} is in the archive tier"));
-                rec.updated_at = now;
-                rec.detail = serde_json::json!({
-                    "task": task, "rehydration_started_at": ts(started), "blob": blob,
-                    "recheck_secs": REHYDRATION_RECHECK_SECS,
-                });
-                jobrecords::put_logged(store, &rec).await;
-                update_request(ctx, &task.request_id).await;
-                tracing::info!(task = %task.task_id, blob = %blob, recheck_secs = REHYDRATION_RECHECK_SECS, "restore task waits for rehydration");
-                return Ok(TaskOutcome::RehydrationPending { blob, recheck_secs: REHYDRATION_RECHECK_SECS });
+    let waited = rehydration_started.map(|t| now - t);
+    let offline = check_archived(ctx, task, waited).await;
+    let gave_up = offline.iter().find_map(|(_, a)| match a {
+        Availability::GiveUp(why) => Some(Error::permanent(format!("backup {:?}: {why}", task.backup))),
+        _ => None,
+    });
+    if gave_up.is_none() && !offline.is_empty() {
+        for (blob, action) in &offline {
+            if *action == Availability::Rehydrate {
+                start_rehydration(ctx, task, blob, waited).await?;
             }
         }
+        let blobs: Vec<&str> = offline.iter().map(|(b, _)| b.as_str()).collect();
+        let started = rehydration_started.unwrap_or(now);
+        rec.status = Status::RehydrationPending;
+        rec.reason = Some(format!("rehydration pending: backup data {blobs:?} in the archive tier"));
+        rec.updated_at = now;
+        rec.detail = serde_json::json!({
+            "task": task, "rehydration_started_at": ts(started), "blobs": blobs,
+            "recheck_secs": REHYDRATION_RECHECK_SECS,
+        });
+        jobrecords::put_logged(store, &rec).await;
+        update_request(ctx, &task.request_id).await;
+        tracing::info!(task = %task.task_id, blobs = ?blobs, recheck_secs = REHYDRATION_RECHECK_SECS, "restore task waits for rehydration");
+        return Ok(TaskOutcome::RehydrationPending { blob: blobs.join(", "), recheck_secs: REHYDRATION_RECHECK_SECS });
     }
     rec.status = Status::Running;
     rec.reason = None;
@@ -2024,6 +2053,19 @@ mod tests {
         assert_eq!(p.tasks[0].backup, id);
         assert_eq!(p.tasks[0].target.database.as_deref(), Some("other"));
         assert!(p.tasks[0].globals.as_deref().unwrap().ends_with("-g1"), "globals of the named backup's time");
+    }
+
+    #[test]
+    fn a_named_backup_gets_the_globals_of_its_run_even_when_they_started_after_it_finished() {
+        let s = settings("local");
+        let mut cat = catalog();
+        // g1 was requested with a1 (one scheduler run) but started after a1 finished.
+        cat[2].started_at = cat[0].finished_at + time::Duration::minutes(1);
+        let id = cat[0].id.clone();
+        let r = request(serde_json::json!({"source": {"server": "main", "database": "app", "backup": {"id": id}},
+            "options": {"globals": true}}));
+        let p = plan(&r, &s, &cat).unwrap();
+        assert!(p.tasks[0].globals.as_deref().unwrap().ends_with("-g1"), "{:?}", p.tasks[0]);
     }
 
     #[test]

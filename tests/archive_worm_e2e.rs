@@ -54,9 +54,15 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
         stack.pg.psql("postgres", "CREATE DATABASE app");
         stack.pg.psql("app", "CREATE TABLE t AS SELECT i, md5(i::text) AS h FROM generate_series(1, 40000) i");
     });
-    cli_ok(&stack, &["backup", "--server", "main", "--database", "app"]);
+    // The database and the server's globals.
+    cli_ok(&stack, &["backup", "--server", "main"]);
     let store = front_store(&stack, &front).await;
     let old = manifests(&store, "main/app/").await.remove(0);
+    let globals = manifests(&store, &pgvault::layout::prefix(Some("main"), None))
+        .await
+        .into_iter()
+        .find(|m| m.kind == pgvault::layout::BackupKind::Globals)
+        .unwrap();
 
     // Retention's tiering, two days from now, moves the backup's data (never its manifest) to
     // archive through Set Blob Tier.
@@ -67,8 +73,12 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
     let later = time::OffsetDateTime::now_utc() + time::Duration::days(2);
     let plans = pgvault::retention::plan_store(&settings, &store, None, later).await.unwrap();
     let done = pgvault::retention::execute(&store, &plans).await.unwrap();
-    assert_eq!(done.tiered, vec![old.data_blob.clone()], "{done:?}");
-    assert!(front.is_archived(CONTAINER, &old.data_blob));
+    let mut tiered = done.tiered.clone();
+    tiered.sort();
+    let mut want = vec![old.data_blob.clone(), globals.data_blob.clone()];
+    want.sort();
+    assert_eq!(tiered, want, "the database's and the globals' data: {done:?}");
+    assert!(front.is_archived(CONTAINER, &old.data_blob) && front.is_archived(CONTAINER, &globals.data_blob));
     assert!(!front.is_archived(CONTAINER, &pgvault::layout::manifest_for_id(&old.id)));
     let props = store.properties(&old.data_blob).await.unwrap();
     assert_eq!((props.tier, props.archive_status), (Some(Tier::Archive), None));
@@ -98,6 +108,7 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
         "version": 1, "request_id": "from-archive", "requested_by": "archive_e2e",
         "source": { "server": "main", "database": "app", "backup": { "id": old.id } },
         "target": { "mode": "create", "server": "main", "database": "app_restored" },
+        "options": { "globals": true },
     });
     stack.queue().send(RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
     let planned = hostsim::drain(
@@ -125,39 +136,42 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
     stack.queue().delete(RESTORE_TASKS_QUEUE, &msg.id, &msg.pop_receipt).await.unwrap();
     // The re-enqueued task is there but invisible until the next look.
     assert!(stack.queue().receive(RESTORE_TASKS_QUEUE, 1, 1).await.unwrap().is_empty());
+    // Both archived blobs the task reads are rehydrated at once, not one after the other.
     let tier_calls = |front: &BlobFront| -> Vec<(Option<String>, Option<String>, u16)> {
-        front
-            .requests_to(CONTAINER, &old.data_blob)
-            .into_iter()
+        let mut all = front.requests_to(CONTAINER, &old.data_blob);
+        all.extend(front.requests_to(CONTAINER, &globals.data_blob));
+        all.into_iter()
             .filter(|r| r.method == "PUT" && r.query == "comp=tier" && r.tier.as_deref() != Some("Archive"))
             .map(|r| (r.tier, r.priority, r.status))
             .collect()
     };
     let calls = tier_calls(&front);
-    assert_eq!(calls.len(), 1, "{calls:?}");
-    assert_eq!(calls[0].0.as_deref(), Some("Hot"));
-    assert!(matches!(calls[0].1.as_deref(), None | Some("Standard")), "standard priority: {calls:?}");
-    assert_eq!(calls[0].2, 202);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for call in &calls {
+        assert_eq!(call.0.as_deref(), Some("Hot"), "{calls:?}");
+        assert!(matches!(call.1.as_deref(), None | Some("Standard")), "standard priority: {calls:?}");
+        assert_eq!(call.2, 202, "{calls:?}");
+    }
     assert_eq!(
         store.properties(&old.data_blob).await.unwrap().archive_status.as_deref(),
         Some("rehydrate-pending-to-hot")
     );
     let task = jobs(&stack, &["--kind", "restore-task"]).remove(0);
     assert_eq!(task["status"], "rehydration-pending", "{task}");
-    assert!(task["reason"].as_str().unwrap().contains("is in the archive tier"), "{task}");
+    assert!(task["reason"].as_str().unwrap().contains("in the archive tier"), "{task}");
     let started = task["detail"]["rehydration_started_at"].clone();
     assert!(started.is_string(), "{task}");
 
     // The next look, still pending: no second tier change, the wait's start is kept.
     let (status, reply) = deliver(1).await;
     assert_eq!((status, &reply["ReturnValue"]["status"]), (200, &json!("rehydration-pending")), "{reply}");
-    assert_eq!(tier_calls(&front).len(), 1, "rehydration is started once");
+    assert_eq!(tier_calls(&front).len(), 2, "rehydration is started once per blob");
     let task = jobs(&stack, &["--kind", "restore-task"]).remove(0);
     assert_eq!(task["detail"]["rehydration_started_at"], started, "{task}");
     assert_eq!(reads(&front), 1, "the worker never tried to read the archived data");
 
     // Rehydration completes; the next look restores, verified, into a new database.
-    assert_eq!(front.finish_rehydration().await, 1);
+    assert_eq!(front.finish_rehydration().await, 2);
     let (status, reply) = deliver(1).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["ReturnValue"]["status"], "succeeded", "{reply}");
@@ -168,8 +182,40 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
     );
     let task = jobs(&stack, &["--kind", "restore-task"]).remove(0);
     assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(reply["ReturnValue"]["globals"]["skipped"].as_array().map(Vec::is_empty), Some(false), "{reply}");
     let req = jobs(&stack, &["--kind", "restore-request"]).remove(0);
     assert_eq!(req["status"], "succeeded", "{req}");
+
+    // From the CLI: the same request run again after the wait resumes its recorded plan.
+    let newest = manifests(&store, "main/app/").await.into_iter().max_by_key(|m| m.requested_at).unwrap();
+    assert_ne!(newest.id, old.id);
+    store.set_tier(&newest.data_blob, Tier::Archive).await.unwrap();
+    let args = [
+        "restore",
+        "--server",
+        "main",
+        "--database",
+        "app",
+        "--backup",
+        &newest.id,
+        "--target-server",
+        "main",
+        "--target-database",
+        "app_cli",
+        "--request-id",
+        "cli-archived",
+    ];
+    let out = stack.cli(&args);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "waiting is not success: {text}");
+    assert!(text.contains("WAITING cli-archived-1") && text.contains("rehydration started"), "{text}");
+    assert_eq!(front.finish_rehydration().await, 1);
+    let text = cli_ok(&stack, &args);
+    assert!(text.contains("request cli-archived was submitted before (status running): resuming its plan"), "{text}");
+    assert!(text.contains("1 restored, 0 failed"), "{text}");
+    assert_eq!(blocking(|| count(&stack, "app_cli", "t")), 40_010);
+    let again = cli_ok(&stack, &args);
+    assert!(again.contains("request cli-archived succeeded before; nothing to do"), "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

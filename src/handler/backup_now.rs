@@ -36,8 +36,15 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
             return http_reply(400, &json!({ "error": msg }), vec![msg.clone()]);
         }
     };
-    if state.ctx.settings.server(&b.server).is_none() {
+    let Some(server) = state.ctx.settings.server(&b.server) else {
         return http_reply(404, &json!({ "error": format!("server {:?} is not in the inventory", b.server) }), vec![]);
+    };
+    // What backup-worker would reject, refused here: no job, no failed record, no alert.
+    if let Some(db) = &b.database
+        && server.exclude.contains(db)
+    {
+        let msg = format!("database {db:?} of server {:?} is excluded in the inventory", b.server);
+        return http_reply(400, &json!({ "error": msg }), vec![msg.clone()]);
     }
     let now = time::OffsetDateTime::now_utc();
     let jobs: Vec<BackupJob> = match &b.database {
