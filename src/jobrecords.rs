@@ -206,7 +206,7 @@ impl JobRecord {
 
 /// The blob name of a record.
 pub fn name(kind: JobKind, id: &str) -> String {
-    format!("{PREFIX}{}/{}.json", kind.as_str(), encode_segment(id))
+    format!("{}{}.json", prefix(kind), encode_segment(id))
 }
 
 fn tags(rec: &JobRecord) -> Tags {
@@ -256,20 +256,39 @@ pub async fn get(store: &dyn BlobStore, kind: JobKind, id: &str) -> Result<Optio
 }
 
 /// Every record (of one kind, if given), oldest first. Unreadable records are skipped with a
-/// warning, so one bad document does not hide the others.
+/// warning, so one bad document does not hide the others. A kind given lists (and reads) only
+/// that kind's prefix, `@jobs/<kind>/`.
 pub async fn list(store: &dyn BlobStore, kind: Option<JobKind>) -> Result<Vec<JobRecord>> {
-    let prefix = match kind {
-        Some(k) => format!("{PREFIX}{}/", k.as_str()),
-        None => PREFIX.to_string(),
-    };
+    match kind {
+        Some(k) => list_kinds(store, &[k]).await,
+        None => read_sorted(store, vec![PREFIX.to_string()]).await,
+    }
+}
+
+/// The records of the given kinds only (each kind's prefix listed and read once), oldest first.
+pub async fn list_kinds(store: &dyn BlobStore, kinds: &[JobKind]) -> Result<Vec<JobRecord>> {
+    let mut prefixes: Vec<String> = kinds.iter().map(|k| prefix(*k)).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    read_sorted(store, prefixes).await
+}
+
+/// The prefix of one kind's records: `@jobs/<kind>/`.
+pub fn prefix(kind: JobKind) -> String {
+    format!("{PREFIX}{}/", kind.as_str())
+}
+
+async fn read_sorted(store: &dyn BlobStore, prefixes: Vec<String>) -> Result<Vec<JobRecord>> {
     let mut out = Vec::new();
-    for blob in store.list(&prefix).await? {
-        if !blob.name.ends_with(".json") {
-            continue;
-        }
-        match store.get(&blob.name).await.and_then(|b| JobRecord::from_json(&blob.name, &b)) {
-            Ok(r) => out.push(r),
-            Err(e) => tracing::warn!(blob = %blob.name, error = %e, "skipping unreadable job record"),
+    for prefix in prefixes {
+        for blob in store.list(&prefix).await? {
+            if !blob.name.ends_with(".json") {
+                continue;
+            }
+            match store.get(&blob.name).await.and_then(|b| JobRecord::from_json(&blob.name, &b)) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(blob = %blob.name, error = %e, "skipping unreadable job record"),
+            }
         }
     }
     out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -302,6 +321,13 @@ mod tests {
         let all = list(&store, None).await.unwrap();
         assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["req-1", "req-1-t1"]);
         assert_eq!(list(&store, Some(JobKind::RestoreTask)).await.unwrap().len(), 1);
+        let backup = JobRecord::new(JobKind::Backup, "b1", "b", now + time::Duration::seconds(2));
+        put(&store, &backup).await.unwrap();
+        // Only the kinds asked for, oldest first, each listed once.
+        let some = list_kinds(&store, &[JobKind::Backup, JobKind::RestoreTask, JobKind::Backup]).await.unwrap();
+        assert_eq!(some.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["req-1-t1", "b1"]);
+        assert!(list_kinds(&store, &[JobKind::Drill]).await.unwrap().is_empty());
+        assert_eq!(list(&store, None).await.unwrap().len(), 3);
         assert!(name(JobKind::RestoreTask, "x").starts_with(PREFIX));
         assert_eq!(store.tags(&name(JobKind::RestoreRequest, "req-1")).await.unwrap()["status"], "succeeded");
     }

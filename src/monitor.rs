@@ -263,17 +263,62 @@ pub struct Breach {
     pub due: OffsetDateTime,
 }
 
-/// The RPO check, pure: `newest` is each (server, database or `@globals`)'s newest backup.
-/// A backup is overdue when now is past the schedule's next run after the newest backup plus
-/// the margin.
-pub fn breaches(
-    settings: &Settings,
-    newest: &BTreeMap<(String, String), OffsetDateTime>,
-    now: OffsetDateTime,
-) -> Vec<Breach> {
+/// What the RPO check reads from the catalog.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Newest {
+    /// Each (server, database or `@globals`)'s newest backup (its `requested_at`).
+    pub backups: BTreeMap<(String, String), OffsetDateTime>,
+    /// Each server's newest globals backup (its `requested_at`) and the databases its manifest
+    /// lists (absent in manifests written before pgvault recorded them).
+    pub globals: BTreeMap<String, (OffsetDateTime, Option<Vec<String>>)>,
+}
+
+impl Newest {
+    pub fn from_manifests<'a>(manifests: impl IntoIterator<Item = &'a crate::manifest::Manifest>) -> Newest {
+        let mut n = Newest::default();
+        for m in manifests {
+            let globals = m.kind != crate::layout::BackupKind::Database;
+            let db = if globals { "@globals".to_string() } else { m.database.clone() };
+            let e = n.backups.entry((m.server.clone(), db)).or_insert(m.requested_at);
+            *e = (*e).max(m.requested_at);
+            if globals && n.globals.get(&m.server).is_none_or(|(at, _)| m.requested_at >= *at) {
+                n.globals.insert(m.server.clone(), (m.requested_at, m.databases.clone()));
+            }
+        }
+        n
+    }
+}
+
+/// Whether the RPO check still expects backups of `database` (or `@globals`) of server `sv`
+/// whose newest backup is `last`. Not when the inventory's `include`/`exclude` now leaves it
+/// out, nor when the server's newest globals backup is newer than `last` and does not list it
+/// (the database was dropped): retention always keeps a target's newest backup, so without this
+/// such a database would be reported as missing its schedule forever.
+fn still_expected(
+    sv: &crate::settings::Server,
+    database: &str,
+    last: OffsetDateTime,
+    globals: Option<&(OffsetDateTime, Option<Vec<String>>)>,
+) -> bool {
+    if database == "@globals" {
+        return true;
+    }
+    if crate::jobs::select_databases(sv, &[database.to_string()]).0.is_empty() {
+        return false;
+    }
+    !matches!(globals, Some((at, Some(listed))) if *at > last && !listed.iter().any(|d| d == database))
+}
+
+/// The RPO check, pure. A backup is overdue when now is past the schedule's next run after the
+/// newest backup plus the margin. Servers gone from the inventory, databases it now leaves out
+/// and databases dropped from the server (see [`still_expected`]) are not checked.
+pub fn breaches(settings: &Settings, newest: &Newest, now: OffsetDateTime) -> Vec<Breach> {
     let mut out = Vec::new();
-    for ((server, database), last) in newest {
+    for ((server, database), last) in &newest.backups {
         let Some(sv) = settings.server(server) else { continue };
+        if !still_expected(sv, database, *last, newest.globals.get(server)) {
+            continue;
+        }
         let db = (database != "@globals").then_some(database.as_str());
         let Some(schedule) = crate::retention::schedule_for(sv, db, settings.backup_schedule.as_deref()) else {
             continue;
@@ -289,12 +334,7 @@ pub fn breaches(
 /// Check every backed-up database of the inventory against its schedule and raise a
 /// missed-schedule alert for each breach.
 pub async fn check_rpo(ctx: &Ctx, now: OffsetDateTime) -> Result<Vec<Breach>> {
-    let mut newest: BTreeMap<(String, String), OffsetDateTime> = BTreeMap::new();
-    for m in crate::catalog::list(ctx.store.as_ref(), None, None).await? {
-        let db = if m.kind == crate::layout::BackupKind::Database { m.database.clone() } else { "@globals".into() };
-        let e = newest.entry((m.server.clone(), db)).or_insert(m.requested_at);
-        *e = (*e).max(m.requested_at);
-    }
+    let newest = Newest::from_manifests(&crate::catalog::list(ctx.store.as_ref(), None, None).await?);
     let found = breaches(&ctx.settings, &newest, now);
     let alerter = alerter(&ctx.settings);
     for b in &found {
@@ -321,21 +361,39 @@ pub fn rfc(t: OffsetDateTime) -> String {
 }
 
 /// Job records' own retention: remove finished records last updated more than `days` ago.
+/// Returns how many were removed. A removal refused by the container's immutability policy
+/// (or a legal hold) is skipped and logged, as retention does for backups.
+///
+/// The age comes from each record's `updated_at`, so every record is read: the store's listing
+/// does not carry a blob's last-modified time.
 pub async fn prune_records(store: &dyn crate::store::BlobStore, days: u64, now: OffsetDateTime) -> Result<usize> {
     let cutoff = now - time::Duration::days(days as i64);
     let mut n = 0;
     for r in jobrecords::list(store, None).await? {
         if r.is_finished() && r.updated_at < cutoff {
-            store.delete(&jobrecords::name(r.kind, &r.id)).await?;
-            n += 1;
+            let name = jobrecords::name(r.kind, &r.id);
+            match store.delete(&name).await {
+                Ok(()) => n += 1,
+                Err(e) if e.is_immutable() => {
+                    tracing::warn!(record = %name, reason = %e, "job records: removal refused by the container's immutability policy; kept");
+                }
+                Err(e) => return Err(e.context(format!("job records: remove {name:?}"))),
+            }
         }
     }
     Ok(n)
 }
 
-/// The answer of `pgvault jobs --json` and the `jobs` function.
+/// The answer of `pgvault jobs --json` and the `jobs` function (which then withholds the
+/// exported files' URLs: [`withhold_file_urls`]). A kind given reads only that kind's records
+/// (and, for the summary, the backup and drill records).
 pub async fn query(ctx: &Ctx, filter: &Filter, with_summary: bool, now: OffsetDateTime) -> Result<Value> {
-    let records = jobrecords::list(ctx.store.as_ref(), None).await?;
+    let store = ctx.store.as_ref();
+    let records = match filter.kind {
+        Some(k) if with_summary => jobrecords::list_kinds(store, &[k, JobKind::Backup, JobKind::Drill]).await?,
+        Some(k) => jobrecords::list_kinds(store, &[k]).await?,
+        None => jobrecords::list(store, None).await?,
+    };
     let jobs: Vec<&JobRecord> = records.iter().filter(|r| filter.matches(r)).collect();
     let mut v = json!({ "jobs": jobs });
     if with_summary {
@@ -346,6 +404,24 @@ pub async fn query(ctx: &Ctx, filter: &Filter, with_summary: bool, now: OffsetDa
         v["summary"] = serde_json::to_value(s).expect("serializes");
     }
     Ok(v)
+}
+
+/// Remove the read-only SAS URLs of exported files (`detail.report.files[*].url` of as-files
+/// restore tasks) from an answer of [`query`], leaving a note in their place. They are bearer
+/// credentials valid for up to 7 days: the `jobs` function's reply must not carry them (anyone
+/// with its function key, and whatever logs HTTP bodies, would get them). The operator reads
+/// them with `pgvault jobs --json --id <task id>`, which reads the records directly.
+pub fn withhold_file_urls(answer: &mut Value) {
+    let Some(jobs) = answer.get_mut("jobs").and_then(Value::as_array_mut) else { return };
+    for job in jobs {
+        let id = job.get("id").and_then(Value::as_str).unwrap_or("<task id>").to_string();
+        let Some(files) = job.pointer_mut("/detail/report/files").and_then(Value::as_array_mut) else { continue };
+        for f in files.iter_mut().filter_map(Value::as_object_mut) {
+            if f.contains_key("url") {
+                f.insert("url".into(), json!(format!("withheld: see `pgvault jobs --json --id {id}`")));
+            }
+        }
+    }
 }
 
 /// Start and finish a record for a run of retention, verify or a drill (kinds without a queue
@@ -386,6 +462,7 @@ pub async fn finish_record(ctx: &Ctx, rec: &mut JobRecord, result: std::result::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Manifest;
     use std::collections::HashMap;
     use time::macros::datetime;
 
@@ -404,19 +481,224 @@ mod tests {
     fn rpo_breach_uses_the_database_schedule_and_the_margin() {
         let s = settings();
         let now = datetime!(2026-11-21 04:00 UTC);
-        let newest = BTreeMap::from([
+        let backups = BTreeMap::from([
             (("prod".to_string(), "app".to_string()), datetime!(2026-11-21 02:00 UTC)),
             (("prod".to_string(), "old".to_string()), datetime!(2026-11-20 01:00 UTC)),
             (("prod".to_string(), "hourly".to_string()), datetime!(2026-11-21 02:00 UTC)),
             (("prod".to_string(), "hourly2".to_string()), datetime!(2026-11-21 03:00 UTC)),
             (("gone".to_string(), "x".to_string()), datetime!(2020-01-01 00:00 UTC)),
         ]);
-        let b = breaches(&s, &newest, now);
+        let b = breaches(&s, &Newest { backups, ..Default::default() }, now);
         let names: Vec<&str> = b.iter().map(|b| b.database.as_str()).collect();
         // old: due 2026-11-20 02:00; hourly: due 03:00, +30 min < 04:00. app and hourly2 are fine
         // (hourly2 follows the server's daily schedule); a server gone from the inventory is not checked.
         assert_eq!(names, ["hourly", "old"]);
         assert_eq!(b[1].due, datetime!(2026-11-20 02:00 UTC));
+    }
+
+    fn manifest(kind: crate::layout::BackupKind, server: &str, db: &str, at: OffsetDateTime) -> Manifest {
+        let globals = kind == crate::layout::BackupKind::Globals;
+        Manifest {
+            format: crate::manifest::FORMAT_NAME.into(),
+            format_version: 1,
+            pgvault_version: "t".into(),
+            id: format!("{server}/{}/{}", if globals { "@globals" } else { db }, crate::layout::stamp(at)),
+            kind,
+            job_id: "j".into(),
+            server: server.into(),
+            database: if globals { String::new() } else { db.into() },
+            server_version: "17".into(),
+            server_version_num: 170000,
+            tool: crate::manifest::Tool { name: "pg_dump".into(), version: "17".into(), major: 17, args: vec![] },
+            archive_format: "custom".into(),
+            compression: crate::manifest::Compression::None,
+            data_blob: "x".into(),
+            raw_bytes: 0,
+            stored_bytes: 0,
+            sha256: String::new(),
+            blocks: vec![],
+            requested_at: at,
+            started_at: at,
+            finished_at: at,
+            row_counts: None,
+            databases: None,
+            restore_hint: String::new(),
+        }
+    }
+
+    #[test]
+    fn rpo_leaves_out_databases_the_inventory_filters_out_or_the_server_dropped() {
+        use crate::layout::BackupKind::{Database, Globals};
+        let inv = r#"[{"name":"prod","host":"h","user":"u","exclude":["skipped"]},
+            {"name":"few","host":"h","user":"u","include":["kept"]}]"#;
+        let s = Settings::from_map(HashMap::from([
+            ("PGVAULT_INVENTORY".to_string(), inv.to_string()),
+            ("PGVAULT_BACKUP_SCHEDULE".to_string(), "0 0 2 * * *".to_string()),
+        ]))
+        .unwrap();
+        let day1 = datetime!(2026-11-19 02:00 UTC);
+        let day2 = datetime!(2026-11-20 02:00 UTC);
+        let day3 = datetime!(2026-11-21 02:00 UTC);
+        let now = datetime!(2026-11-22 12:00 UTC);
+        let mut g1 = manifest(Globals, "prod", "", day1);
+        g1.databases = Some(vec!["app".into(), "dropped".into(), "failing".into(), "postgres".into()]);
+        let mut g3 = manifest(Globals, "prod", "", day3);
+        g3.databases = Some(vec!["app".into(), "failing".into(), "postgres".into()]);
+        let catalog = vec![
+            g1,
+            manifest(Database, "prod", "app", day1),
+            manifest(Database, "prod", "dropped", day1),
+            manifest(Database, "prod", "failing", day1),
+            // Excluded later: its old backups stay, it is not expected any more.
+            manifest(Database, "prod", "skipped", day1),
+            manifest(Database, "prod", "app", day2),
+            g3.clone(),
+            manifest(Database, "prod", "app", day3),
+            // Created after the last globals backup: not in its list, but backed up since.
+            manifest(Database, "prod", "fresh", day3 + time::Duration::hours(1)),
+            // A server with include: only "kept" is expected.
+            manifest(Database, "few", "kept", day1),
+            manifest(Database, "few", "other", day1),
+        ];
+        let newest = Newest::from_manifests(&catalog);
+        assert_eq!(newest.globals["prod"], (day3, g3.databases.clone()));
+        assert!(!newest.globals.contains_key("few"));
+        let found: Vec<String> =
+            breaches(&s, &newest, now).iter().map(|b| format!("{}/{}", b.server, b.database)).collect();
+        // app and the globals are late (day3 02:00, the next was due a day later), like failing
+        // (still on the server) and few/kept; dropped (gone from the newer globals), skipped
+        // (excluded) and few/other (not included) are not checked; fresh was backed up after
+        // the globals listed the server's databases, so it is checked.
+        assert_eq!(found, ["few/kept", "prod/@globals", "prod/app", "prod/failing", "prod/fresh"]);
+
+        // A globals backup older than the database's newest backup does not drop it, nor does
+        // a globals manifest without the list (written before pgvault recorded it).
+        let mut older = catalog.clone();
+        older.retain(|m| m.database != "app" || m.requested_at == day1);
+        older.push(manifest(Database, "prod", "dropped", day3 + time::Duration::hours(2)));
+        let newest = Newest::from_manifests(&older);
+        let found: Vec<String> = breaches(&s, &newest, now).iter().map(|b| b.database.clone()).collect();
+        assert!(found.contains(&"dropped".to_string()), "{found:?}");
+        let mut unlisted = catalog.clone();
+        unlisted.push(manifest(Globals, "prod", "", day3 + time::Duration::hours(3)));
+        let found: Vec<String> =
+            breaches(&s, &Newest::from_manifests(&unlisted), now).iter().map(|b| b.database.clone()).collect();
+        assert!(found.contains(&"dropped".to_string()), "{found:?}");
+    }
+
+    #[test]
+    fn the_http_answer_withholds_exported_file_urls_the_record_keeps() {
+        let t = datetime!(2026-11-21 02:00 UTC);
+        let url = "https://acct.blob.core.windows.net/exports/incident-42/app.dump?sv=2025&se=x&sp=r&sig=SECRETSIG%3D";
+        let mut task = JobRecord::new(JobKind::RestoreTask, "req-1-1", "export prod/app as files", t);
+        task.status = Status::Succeeded;
+        task.detail = json!({"task": {"task_id": "req-1-1"}, "report": {"mode": "as-files",
+            "files": [{"container": "exports", "blob": "incident-42/app.dump", "bytes": 3, "sha256": "ab",
+                "url": url, "expires_at": "2026-11-21T03:00:00Z"}]}});
+        let backup = backup_record(
+            &BackupJob::new(crate::layout::BackupKind::Database, "prod", Some("app"), t, crate::jobs::Trigger::Timer),
+            t,
+        );
+        let mut answer = json!({ "jobs": [&backup, &task] });
+        withhold_file_urls(&mut answer);
+        let body = answer.to_string();
+        assert!(!body.contains("sig="), "{body}");
+        assert!(!body.contains("SECRETSIG"), "{body}");
+        let f = &answer["jobs"][1]["detail"]["report"]["files"][0];
+        assert_eq!(f["url"], "withheld: see `pgvault jobs --json --id req-1-1`");
+        assert_eq!(f["blob"], "incident-42/app.dump", "the rest of the report stays");
+        assert_eq!(answer["jobs"][0], serde_json::to_value(&backup).unwrap());
+        // The record itself (what the CLI prints) still has the URL.
+        assert!(String::from_utf8(task.to_json()).unwrap().contains("sig=SECRETSIG"));
+        // Answers without jobs or files are left alone.
+        let mut other = json!({"summary": []});
+        withhold_file_urls(&mut other);
+        assert_eq!(other, json!({"summary": []}));
+    }
+
+    /// A local store that records what is listed and read, and refuses deletes of names
+    /// containing "locked" as an immutability policy would.
+    struct Spy {
+        inner: crate::store::local::LocalStore,
+        listed: std::sync::Mutex<Vec<String>>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::BlobStore for Spy {
+        fn describe(&self) -> String {
+            "spy".into()
+        }
+        async fn stage_block(&self, n: &str, id: &str, d: bytes::Bytes) -> Result<()> {
+            self.inner.stage_block(n, id, d).await
+        }
+        async fn commit_blocks(&self, n: &str, ids: &[String], t: &crate::store::Tags) -> Result<()> {
+            self.inner.commit_blocks(n, ids, t).await
+        }
+        async fn create(
+            &self,
+            n: &str,
+            d: bytes::Bytes,
+            t: &crate::store::Tags,
+        ) -> Result<crate::store::CreateOutcome> {
+            self.inner.create(n, d, t).await
+        }
+        async fn get(&self, n: &str) -> Result<bytes::Bytes> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.get(n).await
+        }
+        async fn read(&self, n: &str) -> Result<crate::store::ByteStream> {
+            self.inner.read(n).await
+        }
+        async fn tags(&self, n: &str) -> Result<crate::store::Tags> {
+            self.inner.tags(n).await
+        }
+        async fn list(&self, p: &str) -> Result<Vec<crate::store::BlobInfo>> {
+            self.listed.lock().unwrap().push(p.to_string());
+            self.inner.list(p).await
+        }
+        async fn exists(&self, n: &str) -> Result<bool> {
+            self.inner.exists(n).await
+        }
+        async fn delete(&self, n: &str) -> Result<()> {
+            if n.contains("locked") {
+                return Err(Error::immutable(format!("delete {n}: http 409 BlobImmutableDueToPolicy")));
+            }
+            self.inner.delete(n).await
+        }
+    }
+
+    #[tokio::test]
+    async fn pruning_skips_records_kept_by_immutability_and_a_kind_reads_only_its_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Spy {
+            inner: crate::store::local::LocalStore::new(dir.path()),
+            listed: Default::default(),
+            reads: Default::default(),
+        };
+        let now = datetime!(2026-11-21 02:00 UTC);
+        let old = now - time::Duration::days(500);
+        for (kind, id, status, at) in [
+            (JobKind::Backup, "old-ok", Status::Succeeded, old),
+            (JobKind::Backup, "old-locked", Status::Failed, old),
+            (JobKind::Backup, "old-running", Status::Running, old),
+            (JobKind::Backup, "new", Status::Succeeded, now),
+            (JobKind::Retention, "old-retention", Status::Succeeded, old),
+        ] {
+            let mut r = JobRecord::new(kind, id, "x", at);
+            r.status = status;
+            jobrecords::put(&store, &r).await.unwrap();
+        }
+        store.reads.store(0, std::sync::atomic::Ordering::SeqCst);
+        let retention = jobrecords::list_kinds(&store, &[JobKind::Retention]).await.unwrap();
+        assert_eq!(retention.len(), 1);
+        assert_eq!(*store.listed.lock().unwrap(), ["@jobs/retention/"]);
+        assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 1, "only that kind's records are read");
+
+        // The refused removal is skipped (logged), not a failure of the run.
+        assert_eq!(prune_records(&store, 400, now).await.unwrap(), 2);
+        let left: Vec<String> = jobrecords::list(&store, None).await.unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(left, ["old-locked", "old-running", "new"]);
     }
 
     #[test]

@@ -76,6 +76,7 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     let rt =
         pgvault::runtime::Runtime::build(settings, pgvault::progress::Mode::Off, Default::default()).await.unwrap();
     let queue = Arc::new(Recorder::default());
+    let ctx = rt.ctx.clone();
     let state = pgvault::handler::AppState { ctx: rt.ctx, queue: queue.clone(), max_dequeue_count: 3 };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
@@ -135,4 +136,39 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     assert_eq!(hits[0]["kind"], "job-failed");
     assert_eq!(hits[0]["job_id"], job_id.as_str());
     assert!(!hits[0].to_string().contains("/hook"), "the webhook URL never appears in the body");
+
+    // An as-files restore task's record keeps its files' read-only SAS URLs (the CLI shows them
+    // to the operator); the jobs function's reply withholds them, with or without a kind.
+    let sas = "https://acct.blob.core.windows.net/exports/i-42/app.dump?sv=2025-01-05&sp=r&sig=c2VjcmV0%3D";
+    let now = time::OffsetDateTime::now_utc();
+    let mut task =
+        pgvault::jobrecords::JobRecord::new(pgvault::jobrecords::JobKind::RestoreTask, "req-9-1", "export", now);
+    task.status = pgvault::jobrecords::Status::Succeeded;
+    task.detail = json!({"task": {"task_id": "req-9-1", "target": {"server": "prod"}}, "report": {"mode": "as-files",
+        "files": [{"container": "exports", "blob": "i-42/app.dump", "bytes": 3, "sha256": "ab", "url": sas,
+            "expires_at": "2030-01-01T00:00:00Z"}]}});
+    pgvault::jobrecords::put(ctx.store.as_ref(), &task).await.unwrap();
+    for query in [json!({}), json!({"kind": "restore-task"}), json!({"id": "req-9-1", "summary": "true"})] {
+        let (_, r) = pgvault::hostsim::invoke(&url, "jobs", &http("GET", query.clone(), "")).await.unwrap();
+        let res = &r["Outputs"]["res"];
+        assert_eq!(res["statusCode"], 200, "{r}");
+        assert!(!r.to_string().contains("sig="), "{query}: {r}");
+        let body: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+        let exported = body["jobs"].as_array().unwrap().iter().find(|j| j["id"] == "req-9-1").expect("the task");
+        let file = &exported["detail"]["report"]["files"][0];
+        assert_eq!(file["blob"], "i-42/app.dump");
+        assert!(file["url"].as_str().unwrap().contains("pgvault jobs --json --id req-9-1"), "{file}");
+    }
+    let (_, r) =
+        pgvault::hostsim::invoke(&url, "jobs", &http("GET", json!({"kind": "restore-task"}), "")).await.unwrap();
+    let body: Value = serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["jobs"].as_array().unwrap().len(), 1, "only restore tasks: {body}");
+    let stored = pgvault::jobrecords::get(ctx.store.as_ref(), pgvault::jobrecords::JobKind::RestoreTask, "req-9-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.detail["report"]["files"][0]["url"], sas, "the record keeps the URL");
+    let filter = pgvault::monitor::Filter { id: Some("req-9-1".into()), ..Default::default() };
+    let cli = pgvault::monitor::query(&ctx, &filter, false, now).await.unwrap();
+    assert_eq!(cli["jobs"][0]["detail"]["report"]["files"][0]["url"], sas, "`pgvault jobs --json` shows it");
 }

@@ -2,6 +2,10 @@
 //! `pgvault jobs --json [--summary]`. Query: `kind`, `failed`, `since` (RFC 3339 or `36h`/`7d`),
 //! `server`, `id`, `summary`.
 //!
+//! Unlike the CLI, the reply never carries the read-only SAS URLs of files exported by as-files
+//! restore tasks (bearer credentials valid up to 7 days): each `url` is replaced by a note
+//! pointing to `pgvault jobs --json --id <task id>` (see [`crate::monitor::withhold_file_urls`]).
+//!
 //! HTTP triggers reach a custom handler (without request forwarding) as an invocation whose
 //! `Data.req` is `{Url, Method, Query, Headers, Params, Body}`; the answer is the `res` output
 //! binding `{"Outputs":{"res":{"statusCode","body","headers"}}}`, always in a 200 reply to the
@@ -81,7 +85,10 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
     };
     let summary = req.query.get("summary").is_some_and(|v| matches!(v.as_str(), "" | "1" | "true" | "yes"));
     match crate::monitor::query(&state.ctx, &filter, summary, now).await {
-        Ok(v) => http_reply(200, &v, vec![]),
+        Ok(mut v) => {
+            crate::monitor::withhold_file_urls(&mut v);
+            http_reply(200, &v, vec![])
+        }
         Err(e) => {
             tracing::error!(error = %e, "jobs query failed");
             http_reply(503, &json!({ "error": e.to_string() }), vec![e.to_string()])
