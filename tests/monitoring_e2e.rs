@@ -67,7 +67,8 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
         ("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string()),
         (
             "PGVAULT_INVENTORY".to_string(),
-            r#"[{"name":"prod","host":"127.0.0.1","port":1,"user":"u","tls":"disable"}]"#.to_string(),
+            r#"[{"name":"prod","host":"127.0.0.1","port":1,"user":"u","tls":"disable","exclude":["scratch"]}]"#
+                .to_string(),
         ),
         ("PGVAULT_BACKUP_SCHEDULE".to_string(), "0 0 2 * * *".to_string()),
         ("PGVAULT_ALERT_WEBHOOK".to_string(), hook_url),
@@ -97,7 +98,17 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     assert_eq!(sent[0].0, "backup-jobs");
     assert!(sent[0].1.contains(&job_id));
 
-    // An unknown server is a 404, a bad body a 400; nothing more is enqueued.
+    // An unknown server is a 404, a bad body or an excluded database a 400; nothing more is
+    // enqueued.
+    let (_, r) = pgvault::hostsim::invoke(
+        &url,
+        "backup-now",
+        &http("POST", json!({}), r#"{"server":"prod","database":"scratch"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["Outputs"]["res"]["statusCode"], 400, "{r}");
+    assert!(r["Outputs"]["res"]["body"].as_str().unwrap().contains("excluded in the inventory"), "{r}");
     let (_, r) =
         pgvault::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), r#"{"server":"nope"}"#)).await.unwrap();
     assert_eq!(r["Outputs"]["res"]["statusCode"], 404);
