@@ -13,7 +13,7 @@
 //! each other are not excluded: that needs a dead holder plus two more deliveries of the task
 //! within moments.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{BlobStore, CreateOutcome};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -24,12 +24,45 @@ pub const PREFIX: &str = "@claims/";
 /// Longer than the host's `functionTimeout` (4 h in `host.json`).
 pub const LEASE: time::Duration = time::Duration::minutes(4 * 60 + 10);
 
-/// Who holds a claim: the queue message being run, and since when.
+/// Who holds a claim: the delivery running the job, since when, and until when a claim left
+/// behind (its holder died) may not be taken over by another delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub message_id: String,
     #[serde(with = "time::serde::rfc3339")]
     pub since: OffsetDateTime,
+    /// `None`: no lease (a CLI run, which no `functionTimeout` bounds): only the same delivery,
+    /// an ended run (see [`crate::restore::execute_task`]) or `--take-over` replaces it.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Who is asking for a claim.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The queue message (or a unique id for a CLI run).
+    pub message_id: String,
+    pub lease: Option<time::Duration>,
+    /// Take the claim whoever holds it (the operator's `--take-over`).
+    pub force: bool,
+}
+
+impl Delivery {
+    /// A queue message delivered by the Functions host. Without an id (a payload that lacks it)
+    /// the delivery is unique: it must never pass for another delivery's redelivery.
+    pub fn queued(message_id: &str) -> Delivery {
+        let message_id = if message_id.is_empty() {
+            format!("anonymous-{}", uuid::Uuid::new_v4().simple())
+        } else {
+            message_id.to_string()
+        };
+        Delivery { message_id, lease: Some(LEASE), force: false }
+    }
+
+    /// A run of the CLI.
+    pub fn cli(force: bool) -> Delivery {
+        Delivery { message_id: format!("cli-{}", uuid::Uuid::new_v4().simple()), lease: None, force }
+    }
 }
 
 #[derive(Debug)]
@@ -52,27 +85,20 @@ pub fn name(kind: &str, id: &str) -> String {
 
 /// Whether a found claim may be taken over by `message_id` at `now`. Pure.
 pub fn may_take_over(found: &Holder, message_id: &str, now: OffsetDateTime) -> bool {
-    found.message_id == message_id || now - found.since > LEASE
+    found.message_id == message_id || found.expires_at.is_some_and(|e| now > e)
 }
 
-/// Claim the run of job `id` of `kind` for the queue message `message_id`.
+/// Claim the run of job `id` of `kind` for `delivery`.
 pub async fn acquire(
     store: &dyn BlobStore,
     kind: &str,
     id: &str,
-    message_id: &str,
+    delivery: &Delivery,
     now: OffsetDateTime,
 ) -> Result<Claimed> {
     let name = name(kind, id);
-    // Without a message id (a payload that lacks it), this delivery is unique: it must never
-    // pass for another delivery's redelivery.
-    let message_id = if message_id.is_empty() {
-        format!("anonymous-{}", uuid::Uuid::new_v4().simple())
-    } else {
-        message_id.to_string()
-    };
-    let message_id = message_id.as_str();
-    let me = Holder { message_id: message_id.to_string(), since: now };
+    let me =
+        Holder { message_id: delivery.message_id.clone(), since: now, expires_at: delivery.lease.map(|l| now + l) };
     let body = Bytes::from(serde_json::to_vec(&me).expect("a claim serializes"));
     // Twice at most: once, and once more after removing a claim that may be taken over (or
     // that vanished between the create and the read).
@@ -86,25 +112,37 @@ pub async fn acquire(
             Err(e) => return Err(e),
         };
         match found {
-            Some(h) if !may_take_over(&h, message_id, now) => return Ok(Claimed::HeldBy(h)),
+            Some(h) if !delivery.force && !may_take_over(&h, &me.message_id, now) => return Ok(Claimed::HeldBy(h)),
             found => {
-                tracing::warn!(claim = %name, holder = ?found, "taking over a claim whose delivery is gone");
+                tracing::warn!(claim = %name, holder = ?found, force = delivery.force, "taking over a claim");
                 store.delete(&name).await?;
             }
         }
     }
-    let bytes = store.get(&name).await?;
-    let holder = serde_json::from_slice::<Holder>(&bytes).unwrap_or(me);
-    Ok(Claimed::HeldBy(holder))
+    Err(Error::transient(format!("claim {name:?} changed hands while it was being taken; the delivery is retried")))
+}
+
+/// Take over a claim whose holder is known to have ended (its run is over, but removing the
+/// claim failed), then hold it.
+pub async fn take_over(
+    store: &dyn BlobStore,
+    kind: &str,
+    id: &str,
+    delivery: &Delivery,
+    now: OffsetDateTime,
+) -> Result<Claimed> {
+    acquire(store, kind, id, &Delivery { force: true, ..delivery.clone() }, now).await
 }
 
 impl Claim {
-    /// Remove the claim. Best effort: a claim left behind is taken over once its lease ends, or
-    /// at once by a redelivery of the same message.
-    pub async fn release(self, store: &dyn BlobStore) {
-        if let Err(e) = store.delete(&self.name).await {
-            tracing::warn!(claim = %self.name, error = %e, "could not remove a claim; it expires with its lease");
-        }
+    /// Remove the claim. On failure the claim stays behind: a redelivery of the same message
+    /// takes it over at once, another delivery when the holder's run has ended or its lease is
+    /// over. The caller decides whether that matters.
+    pub async fn release(self, store: &dyn BlobStore) -> Result<()> {
+        store.delete(&self.name).await.map_err(|e| {
+            tracing::warn!(claim = %self.name, error = %e, "could not remove a claim");
+            e.context(format!("remove claim {:?}", self.name))
+        })
     }
 }
 
@@ -114,13 +152,19 @@ mod tests {
     use crate::store::local::LocalStore;
     use time::macros::datetime;
 
+    fn queued(id: &str) -> Delivery {
+        Delivery { message_id: id.into(), lease: Some(LEASE), force: false }
+    }
+
     #[test]
     fn a_claim_is_taken_over_by_its_own_message_or_after_the_lease() {
         let since = datetime!(2026-11-21 10:00 UTC);
-        let h = Holder { message_id: "m1".into(), since };
+        let h = Holder { message_id: "m1".into(), since, expires_at: Some(since + LEASE) };
         assert!(may_take_over(&h, "m1", since + time::Duration::minutes(1)));
         assert!(!may_take_over(&h, "m2", since + time::Duration::hours(4)));
         assert!(may_take_over(&h, "m2", since + time::Duration::hours(5)));
+        let cli = Holder { expires_at: None, ..h };
+        assert!(!may_take_over(&cli, "m2", since + time::Duration::days(3)), "a CLI run has no lease");
     }
 
     #[tokio::test]
@@ -128,24 +172,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
         let now = datetime!(2026-11-21 10:00 UTC);
-        let Claimed::Owned(first) = acquire(&store, "restore-task", "r1-1", "m1", now).await.unwrap() else {
+        let Claimed::Owned(first) = acquire(&store, "restore-task", "r1-1", &queued("m1"), now).await.unwrap() else {
             panic!("the first delivery owns it")
         };
-        match acquire(&store, "restore-task", "r1-1", "m2", now).await.unwrap() {
+        match acquire(&store, "restore-task", "r1-1", &queued("m2"), now).await.unwrap() {
             Claimed::HeldBy(h) => assert_eq!(h.message_id, "m1"),
             Claimed::Owned(_) => panic!("a second message must stand down"),
         }
-        assert!(matches!(acquire(&store, "restore-task", "r1-2", "m2", now).await.unwrap(), Claimed::Owned(_)));
+        assert!(matches!(
+            acquire(&store, "restore-task", "r1-2", &queued("m2"), now).await.unwrap(),
+            Claimed::Owned(_)
+        ));
         // Deliveries without a message id never take over each other.
-        assert!(matches!(acquire(&store, "restore-task", "r1-3", "", now).await.unwrap(), Claimed::Owned(_)));
-        assert!(matches!(acquire(&store, "restore-task", "r1-3", "", now).await.unwrap(), Claimed::HeldBy(_)));
+        let anonymous = || Delivery::queued("");
+        assert!(matches!(acquire(&store, "restore-task", "r1-3", &anonymous(), now).await.unwrap(), Claimed::Owned(_)));
+        assert!(matches!(
+            acquire(&store, "restore-task", "r1-3", &anonymous(), now).await.unwrap(),
+            Claimed::HeldBy(_)
+        ));
         // The same message again (its delivery died): taken over.
-        let Claimed::Owned(again) = acquire(&store, "restore-task", "r1-1", "m1", now).await.unwrap() else {
+        let Claimed::Owned(again) = acquire(&store, "restore-task", "r1-1", &queued("m1"), now).await.unwrap() else {
             panic!("a redelivery of the holder's message takes over")
         };
         drop(first);
-        again.release(&store).await;
-        assert!(matches!(acquire(&store, "restore-task", "r1-1", "m2", now).await.unwrap(), Claimed::Owned(_)));
+        again.release(&store).await.unwrap();
+        assert!(matches!(
+            acquire(&store, "restore-task", "r1-1", &queued("m2"), now).await.unwrap(),
+            Claimed::Owned(_)
+        ));
+        // A CLI run holds without a lease; forcing (or an ended run) takes it over.
+        let cli = Delivery::cli(false);
+        assert!(matches!(acquire(&store, "restore-task", "r1-4", &cli, now).await.unwrap(), Claimed::Owned(_)));
+        let much_later = now + time::Duration::days(2);
+        assert!(matches!(
+            acquire(&store, "restore-task", "r1-4", &queued("m9"), much_later).await.unwrap(),
+            Claimed::HeldBy(_)
+        ));
+        assert!(matches!(
+            take_over(&store, "restore-task", "r1-4", &queued("m9"), much_later).await.unwrap(),
+            Claimed::Owned(_)
+        ));
         // Claims are not backups.
         assert!(crate::catalog::list(&store, None, None).await.unwrap().is_empty());
     }

@@ -492,6 +492,10 @@ pub struct RestoreArgs {
     /// Print the plan and do nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Run the tasks even if another delivery holds them: for a CLI run of this request that was
+    /// killed. Never while that run (or a worker) may still be restoring.
+    #[arg(long)]
+    take_over: bool,
     /// Print JSON reports (with the as-files URLs) instead of text.
     #[arg(long)]
     json: bool,
@@ -544,6 +548,13 @@ fn restore_request(a: &RestoreArgs) -> Result<crate::restore::RestoreRequest> {
     Ok(req)
 }
 
+/// Whether a recorded request is this one: the same source, target and options (who asks does
+/// not matter).
+fn same_request(recorded: &serde_json::Value, req: &crate::restore::RestoreRequest) -> bool {
+    let now = serde_json::to_value(req).unwrap_or_default();
+    ["source", "target", "options"].iter().all(|k| recorded[k] == now[k])
+}
+
 async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
     use crate::restore::{self, Submitted, TaskOutcome};
     let req = restore_request(&a)?;
@@ -564,12 +575,17 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
     }
     let plan = match restore::submit(&rt.ctx, None, &req).await? {
         Submitted::Duplicate(rec) if rec.status == crate::jobrecords::Status::Succeeded => {
-            println!("request {} succeeded before; nothing to do", rec.id);
+            if a.json {
+                let out = serde_json::json!({ "request_id": rec.id, "status": "already-done" });
+                println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+            } else {
+                println!("request {} succeeded before; nothing to do", rec.id);
+            }
             return Ok(ExitCode::SUCCESS);
         }
-        // The same request again (after a WAITING, BUSY or FAILED run): run its recorded plan's
-        // tasks; those that succeeded before are skipped by their records.
-        Submitted::Duplicate(rec) if rec.detail["request"] == serde_json::to_value(&req).unwrap_or_default() => {
+        // The same request again (after a WAITING, BUSY or FAILED run; whoever runs it): run its
+        // recorded plan's tasks; those that succeeded before are skipped by their records.
+        Submitted::Duplicate(rec) if same_request(&rec.detail["request"], &req) => {
             let plan: restore::Plan = serde_json::from_value(rec.detail["plan"].clone()).map_err(|e| {
                 crate::error::Error::permanent(format!("restore request {:?}: recorded plan unreadable: {e}", rec.id))
             })?;
@@ -597,7 +613,7 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
     let mut failed = 0;
     let mut reports = Vec::new();
     for task in &plan.tasks {
-        let delivery = format!("cli-{}", uuid::Uuid::new_v4().simple());
+        let delivery = crate::claim::Delivery::cli(a.take_over);
         match restore::execute_task(&rt.ctx, task, true, &delivery).await {
             Ok(TaskOutcome::Done(r)) => {
                 if !a.json {
@@ -621,7 +637,8 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
                 failed += 1;
                 if !a.json {
                     println!(
-                        "BUSY {}: another delivery (message {}) is running this task; see `pgvault jobs`",
+                        "BUSY {}: another delivery (message {}) is running this task; see `pgvault jobs` \
+                         (--take-over if that was a CLI run that was killed)",
                         task.task_id, holder.message_id
                     );
                 }

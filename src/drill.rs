@@ -23,12 +23,21 @@ use crate::restore::{self, Mode, Options, RestoreTask, Target};
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// For one database's backups (oldest first): the newest, and the order in which the older ones
-/// are tried for the random pick (all of them, rotated to start at `pick`). Pure.
-pub fn candidates(backups: &[Manifest], pick: usize) -> Option<(&Manifest, Vec<&Manifest>)> {
+/// For one database's backups (oldest first): the newest, and the older ones in a random order
+/// (shuffled with `seed`), the order in which they are tried for the random pick. Pure.
+pub fn candidates(backups: &[Manifest], seed: u64) -> Option<(&Manifest, Vec<&Manifest>)> {
     let (newest, older) = backups.split_last()?;
-    let start = if older.is_empty() { 0 } else { pick % older.len() };
-    Some((newest, older[start..].iter().chain(&older[..start]).collect()))
+    let mut order: Vec<&Manifest> = older.iter().collect();
+    // Fisher-Yates with xorshift64*: uniform enough for picking backups, and reproducible.
+    let mut x = seed | 1;
+    for i in (1..order.len()).rev() {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        order.swap(i, (r % (i as u64 + 1)) as usize);
+    }
+    Some((newest, order))
 }
 
 /// A backup a drill passed over, and why.
@@ -79,8 +88,8 @@ pub async fn run(ctx: &Ctx, only_server: Option<&str>, trigger: &str) -> Result<
         }
         for (database, backups) in by_db {
             let target = format!("{}/{database}", server.name);
-            let pick = uuid::Uuid::new_v4().as_u128() as usize;
-            let Some((newest, older)) = candidates(&backups, pick) else { continue };
+            let seed = uuid::Uuid::new_v4().as_u128() as u64;
+            let Some((newest, older)) = candidates(&backups, seed) else { continue };
             let mut chosen = Vec::new();
             let mut passed_over = Vec::new();
             for m in older.into_iter().take(MAX_OLDER_LOOKS) {
@@ -189,16 +198,20 @@ mod tests {
     }
 
     #[test]
-    fn newest_and_older_ones_in_a_rotated_order() {
-        let list = vec![m("a"), m("b"), m("c"), m("d")];
-        let ids = |v: &[&Manifest]| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
-        let (newest, older) = candidates(&list, 0).unwrap();
-        assert_eq!(newest.id, "d");
-        assert_eq!(ids(&older), ["a", "b", "c"]);
-        let (_, older) = candidates(&list, 4).unwrap();
-        assert_eq!(ids(&older), ["b", "c", "a"], "every older one, starting at the pick");
+    fn newest_and_every_older_one_in_a_random_order() {
+        let list: Vec<Manifest> = (0..10).map(|i| m(&format!("b{i}"))).collect();
+        let (newest, older) = candidates(&list, 7).unwrap();
+        assert_eq!(newest.id, "b9");
+        let mut ids: Vec<String> = older.iter().map(|m| m.id.clone()).collect();
+        assert_eq!(candidates(&list, 7).unwrap().1.len(), 9);
+        ids.sort();
+        assert_eq!(ids, (0..9).map(|i| format!("b{i}")).collect::<Vec<_>>(), "each older one once");
+        // The first pick is spread over all the older ones, not only the next in age order.
+        let firsts: std::collections::BTreeSet<String> =
+            (0..200u64).map(|seed| candidates(&list, seed * 0x9E37_79B9).unwrap().1[0].id.clone()).collect();
+        assert_eq!(firsts.len(), 9, "{firsts:?}");
         let (newest, older) = candidates(&list[..1], 5).unwrap();
-        assert_eq!((newest.id.as_str(), older.len()), ("a", 0));
+        assert_eq!((newest.id.as_str(), older.len()), ("b0", 0));
         assert!(candidates(&[], 1).is_none());
     }
 }

@@ -105,8 +105,9 @@ impl Status {
     }
 }
 
-/// One job's status document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One job's status document. Its `Debug` withholds the read-only SAS URLs of exported files
+/// (`detail.report.files[*].url`), which are secrets.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub format: String,
     pub format_version: u32,
@@ -147,6 +148,37 @@ pub struct JobRecord {
     /// Kind-specific detail: the plan of a request, the report of a task.
     #[serde(default)]
     pub detail: Value,
+}
+
+impl std::fmt::Debug for JobRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut detail = self.detail.clone();
+        if let Some(files) = detail.pointer_mut("/report/files").and_then(Value::as_array_mut) {
+            for file in files.iter_mut().filter_map(Value::as_object_mut) {
+                if file.contains_key("url") {
+                    file.insert("url".into(), Value::from(crate::secret::REDACTED));
+                }
+            }
+        }
+        f.debug_struct("JobRecord")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .field("parent", &self.parent)
+            .field("status", &self.status)
+            .field("reason", &self.reason)
+            .field("requested_by", &self.requested_by)
+            .field("summary", &self.summary)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("started_at", &self.started_at)
+            .field("finished_at", &self.finished_at)
+            .field("attempts", &self.attempts)
+            .field("bytes", &self.bytes)
+            .field("target", &self.target)
+            .field("trigger", &self.trigger)
+            .field("detail", &detail)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JobRecord {
@@ -300,6 +332,16 @@ mod tests {
     use super::*;
     use crate::store::local::LocalStore;
     use time::macros::datetime;
+
+    #[test]
+    fn debug_withholds_exported_file_urls() {
+        let mut rec = JobRecord::new(JobKind::RestoreTask, "t-1", "as files", datetime!(2026-11-21 02:00:00 UTC));
+        rec.detail = serde_json::json!({"report": {"files": [
+            {"blob": "out/x.dump.zst", "url": "https://a.blob.core.windows.net/out/x?sv=1&sig=SECRETSIG"}]}});
+        let debug = format!("{rec:?}");
+        assert!(!debug.contains("SECRETSIG") && debug.contains("out/x.dump.zst"), "{debug}");
+        assert!(serde_json::to_string(&rec).unwrap().contains("sig=SECRETSIG"), "the record itself keeps it");
+    }
 
     #[tokio::test]
     async fn create_claims_once_put_replaces_and_list_reads_back() {

@@ -974,22 +974,52 @@ async fn start_rehydration(ctx: &Ctx, task: &RestoreTask, blob: &str, waited: Op
 /// Run one task and keep its job record (and its request's) up to date. `last_attempt` says
 /// whether a transient failure will be retried by the host.
 ///
-/// `message_id` is the queue message carrying the task: one delivery at a time runs a task (see
-/// [`crate::claim`]); another delivery of it meanwhile gets [`TaskOutcome::RunningElsewhere`].
-pub async fn execute_task(ctx: &Ctx, task: &RestoreTask, last_attempt: bool, message_id: &str) -> Result<TaskOutcome> {
+/// `delivery` says who runs it: one delivery at a time runs a task (see [`crate::claim`]);
+/// another delivery of it meanwhile gets [`TaskOutcome::RunningElsewhere`].
+pub async fn execute_task(
+    ctx: &Ctx,
+    task: &RestoreTask,
+    last_attempt: bool,
+    delivery: &crate::claim::Delivery,
+) -> Result<TaskOutcome> {
+    use crate::claim::{self, Claimed};
     task.validate()?;
     let store = ctx.store.as_ref();
     let now = OffsetDateTime::now_utc();
-    let claim = match crate::claim::acquire(store, "restore-task", &task.task_id, message_id, now).await? {
-        crate::claim::Claimed::Owned(c) => c,
-        crate::claim::Claimed::HeldBy(holder) => {
-            tracing::info!(task = %task.task_id, holder = %holder.message_id, since = %ts(holder.since), "restore task is being run by another delivery; this one stands down");
-            return Ok(TaskOutcome::RunningElsewhere(holder));
+    let claim = match claim::acquire(store, "restore-task", &task.task_id, delivery, now).await? {
+        Claimed::Owned(c) => c,
+        Claimed::HeldBy(holder) => {
+            // A holder whose run has ended (its record was written after it claimed, and says
+            // it is not running) only failed to remove its claim: take it over.
+            let ended = matches!(
+                jobrecords::get(store, JobKind::RestoreTask, &task.task_id).await,
+                Ok(Some(r)) if r.status != Status::Running && r.updated_at >= holder.since
+            );
+            match ended {
+                true => match claim::take_over(store, "restore-task", &task.task_id, delivery, now).await? {
+                    Claimed::Owned(c) => c,
+                    Claimed::HeldBy(h) => return Ok(TaskOutcome::RunningElsewhere(h)),
+                },
+                false => {
+                    tracing::info!(task = %task.task_id, holder = %holder.message_id, since = %ts(holder.since), "restore task is being run by another delivery; this one stands down");
+                    return Ok(TaskOutcome::RunningElsewhere(holder));
+                }
+            }
         }
     };
     // Read under the claim: a delivery that finished released it only after writing its record.
     let outcome = execute_claimed(ctx, task, last_attempt, now).await;
-    claim.release(store).await;
+    if let Err(e) = claim.release(store).await
+        && matches!(outcome, Ok(TaskOutcome::RehydrationPending { .. }))
+    {
+        // The next look is another message. It would find the claim, and also this record
+        // saying the run ended, so it would take over; but retrying this very message is
+        // simpler and certain (a redelivery takes its own claim over).
+        return Err(Error::transient(format!(
+            "task {}: rehydration pending, but its claim could not be removed: {e}",
+            task.task_id
+        )));
+    }
     outcome
 }
 
@@ -1019,8 +1049,8 @@ async fn execute_claimed(
         rec.detail["rehydration_started_at"].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
     let waited = rehydration_started.map(|t| now - t);
     let offline = check_archived(ctx, task, waited).await;
-    let gave_up = offline.iter().find_map(|(_, a)| match a {
-        Availability::GiveUp(why) => Some(Error::permanent(format!("backup {:?}: {why}", task.backup))),
+    let gave_up = offline.iter().find_map(|(blob, a)| match a {
+        Availability::GiveUp(why) => Some(Error::permanent(format!("backup {:?}, data {blob:?}: {why}", task.backup))),
         _ => None,
     });
     if gave_up.is_none() && !offline.is_empty() {

@@ -42,7 +42,7 @@ impl<'de> serde::Deserialize<'de> for Secret {
     }
 }
 
-const REDACTED: &str = "**redacted**";
+pub const REDACTED: &str = "**redacted**";
 
 /// Scrub text of anything shaped like a secret.
 ///

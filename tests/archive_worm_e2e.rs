@@ -40,6 +40,21 @@ async fn front_store(stack: &Stack, front: &BlobFront) -> AzureBlobStore {
     AzureBlobStore::new(&front.blob_endpoint, CONTAINER, test_credential(), options).await.unwrap()
 }
 
+/// Messages on a queue, visible or not (Get Queue Metadata's approximate count, exact on an
+/// idle Azurite queue).
+async fn queued_messages(stack: &Stack, queue: &str) -> i64 {
+    use azure_storage_queue::models::QueueClientGetPropertiesResultHeaders;
+    let options = client_options(Some(stack.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
+    let url = url::Url::parse(&format!("{}/{queue}", stack.azurite.queue_endpoint)).unwrap();
+    let client = azure_storage_queue::QueueClient::new(
+        url,
+        Some(test_credential()),
+        Some(azure_storage_queue::QueueClientOptions { client_options: options, ..Default::default() }),
+    )
+    .unwrap();
+    client.get_properties(None).await.unwrap().approximate_messages_count().unwrap().unwrap()
+}
+
 fn count(stack: &Stack, db: &str, table: &str) -> i64 {
     stack.pg.psql(db, &format!("SELECT count(*) FROM {table}")).trim().parse().unwrap()
 }
@@ -136,6 +151,7 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
     stack.queue().delete(RESTORE_TASKS_QUEUE, &msg.id, &msg.pop_receipt).await.unwrap();
     // The re-enqueued task is there but invisible until the next look.
     assert!(stack.queue().receive(RESTORE_TASKS_QUEUE, 1, 1).await.unwrap().is_empty());
+    assert_eq!(queued_messages(&stack, RESTORE_TASKS_QUEUE).await, 1, "the delayed look is on the queue");
     // Both archived blobs the task reads are rehydrated at once, not one after the other.
     let tier_calls = |front: &BlobFront| -> Vec<(Option<String>, Option<String>, u16)> {
         let mut all = front.requests_to(CONTAINER, &old.data_blob);

@@ -524,7 +524,7 @@ async fn the_same_request_id_posted_twice_restores_once() {
             "twice-1",
         ],
     );
-    assert!(out.contains("was submitted before (status succeeded)"), "{out}");
+    assert!(out.contains("request twice-1 succeeded before; nothing to do"), "{out}");
     assert_eq!(blocking(|| databases_like(&stack.pg, "app\\_copy%")), ["app_copy"]);
     assert_eq!(blocking(|| table_sums(&stack.pg, "app_copy")), blocking(|| table_sums(&stack.pg, "app")));
     let records = jobs(&stack);
