@@ -620,14 +620,29 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering};
         use time::macros::datetime;
 
-        /// Fails the first delete of a data blob: a run "killed" between manifest and data.
-        struct FailDataDelete {
+        /// The local store, with Azure-like tiers (every blob hot, with a configurable last
+        /// tier change; set_tier records the move) and, when armed, a failing first delete of a
+        /// data blob: a run "killed" between manifest and data.
+        struct TestStore {
             inner: LocalStore,
-            armed: AtomicBool,
+            fail_data_delete: AtomicBool,
+            changed: std::collections::HashMap<String, OffsetDateTime>,
+            moved: std::sync::Mutex<Vec<(String, AccessTier)>>,
+        }
+
+        impl TestStore {
+            fn new(dir: &std::path::Path) -> TestStore {
+                TestStore {
+                    inner: LocalStore::new(dir),
+                    fail_data_delete: AtomicBool::new(false),
+                    changed: Default::default(),
+                    moved: Default::default(),
+                }
+            }
         }
 
         #[async_trait]
-        impl BlobStore for FailDataDelete {
+        impl BlobStore for TestStore {
             fn describe(&self) -> String {
                 self.inner.describe()
             }
@@ -656,10 +671,22 @@ mod tests {
                 self.inner.exists(n).await
             }
             async fn delete(&self, n: &str) -> Result<()> {
-                if !n.ends_with(crate::layout::MANIFEST_SUFFIX) && self.armed.swap(false, Ordering::SeqCst) {
+                if !n.ends_with(crate::layout::MANIFEST_SUFFIX) && self.fail_data_delete.swap(false, Ordering::SeqCst) {
                     return Err(Error::transient("injected: killed between manifest and data"));
                 }
                 self.inner.delete(n).await
+            }
+            async fn set_tier(&self, n: &str, tier: AccessTier) -> Result<()> {
+                self.moved.lock().unwrap().push((n.to_string(), tier));
+                Ok(())
+            }
+            async fn properties(&self, n: &str) -> Result<crate::store::BlobProps> {
+                Ok(crate::store::BlobProps {
+                    size: 1,
+                    tier: Some(AccessTier::Hot),
+                    archive_status: None,
+                    tier_changed_at: self.changed.get(n).copied(),
+                })
             }
         }
 
@@ -699,7 +726,7 @@ mod tests {
         #[tokio::test]
         async fn interrupted_execution_leaves_only_orphan_data_and_holds_are_kept() {
             let dir = tempfile::tempdir().unwrap();
-            let store = FailDataDelete { inner: LocalStore::new(dir.path()), armed: AtomicBool::new(true) };
+            let store = TestStore { fail_data_delete: AtomicBool::new(true), ..TestStore::new(dir.path()) };
             let settings = settings(dir.path());
             let now = datetime!(2026-11-21 12:00 UTC);
             let mut ids = Vec::new();
@@ -846,65 +873,10 @@ mod tests {
             assert_eq!(recent_tier_change(Some(now), 0, now), None);
         }
 
-        /// The local store with Azure-like tiers: every blob hot, with a configurable last tier
-        /// change; set_tier records the move.
-        struct Tiered {
-            inner: LocalStore,
-            changed: std::collections::HashMap<String, OffsetDateTime>,
-            moved: std::sync::Mutex<Vec<(String, AccessTier)>>,
-        }
-
-        #[async_trait]
-        impl BlobStore for Tiered {
-            fn describe(&self) -> String {
-                self.inner.describe()
-            }
-            async fn stage_block(&self, n: &str, id: &str, d: Bytes) -> Result<()> {
-                self.inner.stage_block(n, id, d).await
-            }
-            async fn commit_blocks(&self, n: &str, ids: &[String], t: &Tags) -> Result<()> {
-                self.inner.commit_blocks(n, ids, t).await
-            }
-            async fn create(&self, n: &str, d: Bytes, t: &Tags) -> Result<CreateOutcome> {
-                self.inner.create(n, d, t).await
-            }
-            async fn get(&self, n: &str) -> Result<Bytes> {
-                self.inner.get(n).await
-            }
-            async fn read(&self, n: &str) -> Result<ByteStream> {
-                self.inner.read(n).await
-            }
-            async fn tags(&self, n: &str) -> Result<Tags> {
-                self.inner.tags(n).await
-            }
-            async fn list(&self, p: &str) -> Result<Vec<BlobInfo>> {
-                self.inner.list(p).await
-            }
-            async fn exists(&self, n: &str) -> Result<bool> {
-                self.inner.exists(n).await
-            }
-            async fn delete(&self, n: &str) -> Result<()> {
-                self.inner.delete(n).await
-            }
-            async fn set_tier(&self, n: &str, tier: AccessTier) -> Result<()> {
-                self.moved.lock().unwrap().push((n.to_string(), tier));
-                Ok(())
-            }
-            async fn properties(&self, n: &str) -> Result<crate::store::BlobProps> {
-                Ok(crate::store::BlobProps {
-                    size: 1,
-                    tier: Some(AccessTier::Hot),
-                    archive_status: None,
-                    tier_changed_at: self.changed.get(n).copied(),
-                })
-            }
-        }
-
         #[tokio::test]
         async fn a_backup_rehydrated_by_a_restore_is_not_archived_again_at_once() {
             let dir = tempfile::tempdir().unwrap();
-            let mut store =
-                Tiered { inner: LocalStore::new(dir.path()), changed: Default::default(), moved: Default::default() };
+            let mut store = TestStore::new(dir.path());
             let map = std::collections::HashMap::from([
                 (
                     "PGVAULT_INVENTORY".to_string(),
