@@ -126,17 +126,7 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
         "options": { "globals": true },
     });
     stack.queue().send(RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
-    let planned = hostsim::drain(
-        &stack.queue(),
-        RESTORE_REQUESTS_QUEUE,
-        &served.url,
-        "restore-requests",
-        "request",
-        3,
-        Form::Host,
-    )
-    .await
-    .unwrap();
+    let planned = stack.drain(&served, RESTORE_REQUESTS_QUEUE).await;
     assert_eq!(planned.replies[0]["reply"]["ReturnValue"]["status"], "planned", "{:?}", planned.replies);
     let msg = stack.queue().receive(RESTORE_TASKS_QUEUE, 1, 3600).await.unwrap().remove(0);
     let deliver = |n: u32| {

@@ -36,9 +36,7 @@ async fn varied_database_round_trips_through_the_worker_and_plain_tools() {
     let served = stack.serve();
     let (status, reply) = served.invoke("backup-scheduler", &hostsim::timer_payload("backup-scheduler", false)).await;
     assert_eq!(status, 200, "{reply}");
-    let queue = stack.queue();
-    let report =
-        hostsim::drain(&queue, BACKUP_JOBS_QUEUE, &served.url, "backup-worker", "job", 3, Form::Host).await.unwrap();
+    let report = stack.drain(&served, BACKUP_JOBS_QUEUE).await;
     assert_eq!(report.succeeded, 2, "one database and the globals: {:?}", report.replies);
     for r in &report.replies {
         assert_eq!(r["reply"]["ReturnValue"]["status"], "succeeded", "{r}");

@@ -203,9 +203,7 @@ async fn full_backup_gets_every_credential_from_the_identity_endpoint_and_key_va
     let served = stack.serve();
     let (status, reply) = served.invoke("backup-scheduler", &hostsim::timer_payload("backup-scheduler", false)).await;
     assert_eq!(status, 200, "{reply}\n{}", served.output());
-    let report = hostsim::drain(&stack.queue(), BACKUP_JOBS_QUEUE, &served.url, "backup-worker", "job", 3, Form::Host)
-        .await
-        .unwrap();
+    let report = stack.drain(&served, BACKUP_JOBS_QUEUE).await;
     assert_eq!(report.succeeded, 2, "appdb and the globals: {:?}\n{}", report.replies, served.output());
 
     let store = stack.store().await;
@@ -222,29 +220,9 @@ async fn full_backup_gets_every_credential_from_the_identity_endpoint_and_key_va
         "options": {}
     });
     stack.queue().send(pgvault::restore::RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
-    let planned = hostsim::drain(
-        &stack.queue(),
-        pgvault::restore::RESTORE_REQUESTS_QUEUE,
-        &served.url,
-        "restore-requests",
-        "request",
-        3,
-        Form::Host,
-    )
-    .await
-    .unwrap();
+    let planned = stack.drain(&served, pgvault::restore::RESTORE_REQUESTS_QUEUE).await;
     assert_eq!(planned.succeeded, 1, "{:?}", planned.replies);
-    let restored = hostsim::drain(
-        &stack.queue(),
-        pgvault::restore::RESTORE_TASKS_QUEUE,
-        &served.url,
-        "restore-worker",
-        "task",
-        3,
-        Form::Host,
-    )
-    .await
-    .unwrap();
+    let restored = stack.drain(&served, pgvault::restore::RESTORE_TASKS_QUEUE).await;
     assert_eq!(restored.replies[0]["reply"]["ReturnValue"]["status"], "succeeded", "{:?}", restored.replies);
     assert_eq!(psql(&stack, "appdb_restored", "SELECT count(*) FROM t"), "5000");
 
@@ -620,9 +598,7 @@ async fn no_secret_appears_in_any_output_at_debug_level() {
     let (status, reply) = served.invoke("backup-scheduler", &hostsim::timer_payload("backup-scheduler", false)).await;
     outputs.push(("scheduler reply".into(), reply.to_string()));
     assert_eq!(status, 500, "server \"wrong\" cannot be listed: {reply}");
-    let report = hostsim::drain(&stack.queue(), BACKUP_JOBS_QUEUE, &served.url, "backup-worker", "job", 3, Form::Host)
-        .await
-        .unwrap();
+    let report = stack.drain(&served, BACKUP_JOBS_QUEUE).await;
     outputs.push(("worker replies".into(), serde_json::to_string(&report.replies).unwrap()));
     // main and entra: appdb and the globals succeed; `denied` fails every attempt.
     assert_eq!((report.succeeded, report.poisoned), (4, 2), "{:?}", report.replies);
@@ -654,18 +630,14 @@ async fn no_secret_appears_in_any_output_at_debug_level() {
             "options": options });
         stack.queue().send(pgvault::restore::RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
     }
-    for (queue, function, binding) in [
-        (pgvault::restore::RESTORE_REQUESTS_QUEUE, "restore-requests", "request"),
-        (pgvault::restore::RESTORE_TASKS_QUEUE, "restore-worker", "task"),
-    ] {
-        let report =
-            hostsim::drain(&stack.queue(), queue, &served.url, function, binding, 3, Form::Host).await.unwrap();
-        assert_eq!(report.succeeded, 2, "{function}: {:?}", report.replies);
+    for queue in [pgvault::restore::RESTORE_REQUESTS_QUEUE, pgvault::restore::RESTORE_TASKS_QUEUE] {
+        let report = stack.drain(&served, queue).await;
+        assert_eq!(report.succeeded, 2, "{queue}: {:?}", report.replies);
         for r in &report.replies {
             let status = r["reply"]["ReturnValue"]["status"].as_str().unwrap_or_default();
-            assert!(["planned", "succeeded"].contains(&status), "{function}: {r}");
+            assert!(["planned", "succeeded"].contains(&status), "{queue}: {r}");
         }
-        outputs.push((format!("{function} replies"), serde_json::to_string(&report.replies).unwrap()));
+        outputs.push((format!("{queue} replies"), serde_json::to_string(&report.replies).unwrap()));
     }
     assert_eq!(psql(&stack, "appdb_copy", "SELECT count(*) FROM t"), "2000");
     // The SAS URLs are delivered in the job record (that is their channel, so it is not

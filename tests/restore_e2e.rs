@@ -80,15 +80,6 @@ fn request(id: &str, source: Value, target: Value, options: Value) -> String {
     .to_string()
 }
 
-async fn drain(stack: &Stack, url: &str, queue: &str) -> DrainReport {
-    let (function, binding) = match queue {
-        RESTORE_REQUESTS_QUEUE => ("restore-requests", "request"),
-        RESTORE_TASKS_QUEUE => ("restore-worker", "task"),
-        other => panic!("no function for {other}"),
-    };
-    hostsim::drain(&stack.queue(), queue, url, function, binding, 3, Form::Host).await.unwrap()
-}
-
 /// The reply's ReturnValue of every delivery of a drain.
 fn returns(report: &DrainReport) -> Vec<Value> {
     report.replies.iter().map(|r| r["reply"]["ReturnValue"].clone()).collect()
@@ -132,12 +123,12 @@ async fn cross_version_round_trip_through_a_queued_request() {
         json!({ "jobs": 2 }),
     );
     stack.queue().send(RESTORE_REQUESTS_QUEUE, &text, false).await.unwrap();
-    let planned = drain(&stack, &served.url, RESTORE_REQUESTS_QUEUE).await;
+    let planned = stack.drain(&served, RESTORE_REQUESTS_QUEUE).await;
     assert_eq!(planned.succeeded, 1, "{:?}", planned.replies);
     let rv = &returns(&planned)[0];
     assert_eq!(rv["status"], "planned", "{rv}");
     assert_eq!(rv["tasks"].as_array().unwrap().len(), 1, "{rv}");
-    let restored = drain(&stack, &served.url, RESTORE_TASKS_QUEUE).await;
+    let restored = stack.drain(&served, RESTORE_TASKS_QUEUE).await;
     let rv = &returns(&restored)[0];
     assert_eq!(rv["status"], "succeeded", "{rv}");
     let db = &rv["database"];
@@ -230,8 +221,8 @@ async fn a_corrupt_block_fails_the_restore_before_pg_restore_and_changes_nothing
         json!({}),
     );
     stack.queue().send(RESTORE_REQUESTS_QUEUE, &text, false).await.unwrap();
-    assert_eq!(drain(&stack, &served.url, RESTORE_REQUESTS_QUEUE).await.succeeded, 1);
-    let report = drain(&stack, &served.url, RESTORE_TASKS_QUEUE).await;
+    assert_eq!(stack.drain(&served, RESTORE_REQUESTS_QUEUE).await.succeeded, 1);
+    let report = stack.drain(&served, RESTORE_TASKS_QUEUE).await;
     assert_eq!((report.succeeded, report.failed_attempts), (1, 0), "a permanent failure, not retried: {report:?}");
     let rv = &returns(&report)[0];
     assert_eq!(rv["status"], "rejected", "{rv}");
@@ -372,8 +363,8 @@ async fn replace_keeps_the_old_copy_and_a_killed_pg_restore_changes_nothing() {
         json!({ "no_owner": true }),
     );
     stack.queue().send(RESTORE_REQUESTS_QUEUE, &text, false).await.unwrap();
-    drain(&stack, &served.url, RESTORE_REQUESTS_QUEUE).await;
-    let report = drain(&stack, &served.url, RESTORE_TASKS_QUEUE).await;
+    stack.drain(&served, RESTORE_REQUESTS_QUEUE).await;
+    let report = stack.drain(&served, RESTORE_TASKS_QUEUE).await;
     let rv = &returns(&report)[0];
     assert_eq!(rv["status"], "rejected", "{rv}");
     let reason = rv["reason"].as_str().unwrap();
@@ -495,16 +486,16 @@ async fn the_same_request_id_posted_twice_restores_once() {
     let queue = stack.queue();
     queue.send(RESTORE_REQUESTS_QUEUE, &text, false).await.unwrap();
     queue.send(RESTORE_REQUESTS_QUEUE, &text, false).await.unwrap();
-    let planned = drain(&stack, &served.url, RESTORE_REQUESTS_QUEUE).await;
+    let planned = stack.drain(&served, RESTORE_REQUESTS_QUEUE).await;
     let statuses: Vec<Value> = returns(&planned).iter().map(|r| r["status"].clone()).collect();
     assert_eq!(statuses, [json!("planned"), json!("duplicate")]);
     assert_eq!(queue.peek(RESTORE_TASKS_QUEUE, 32).await.unwrap().len(), 1, "one task");
-    let restored = drain(&stack, &served.url, RESTORE_TASKS_QUEUE).await;
+    let restored = stack.drain(&served, RESTORE_TASKS_QUEUE).await;
     assert_eq!(restored.succeeded, 1);
     assert_eq!(returns(&restored)[0]["status"], "succeeded");
     // Posted again after it ran, and once more through the CLI: still nothing.
     queue.send(RESTORE_REQUESTS_QUEUE, &text, false).await.unwrap();
-    let again = drain(&stack, &served.url, RESTORE_REQUESTS_QUEUE).await;
+    let again = stack.drain(&served, RESTORE_REQUESTS_QUEUE).await;
     assert_eq!(returns(&again)[0]["status"], "duplicate");
     assert_eq!(returns(&again)[0]["existing_status"], "succeeded");
     assert!(queue.peek(RESTORE_TASKS_QUEUE, 32).await.unwrap().is_empty());
@@ -613,8 +604,8 @@ async fn as_files_urls_work_with_plain_curl_and_pg_restore_until_they_expire() {
         json!({ "globals": true }),
     );
     stack.queue().send(RESTORE_REQUESTS_QUEUE, &text, false).await.unwrap();
-    drain(&stack, &served.url, RESTORE_REQUESTS_QUEUE).await;
-    let report = drain(&stack, &served.url, RESTORE_TASKS_QUEUE).await;
+    stack.drain(&served, RESTORE_REQUESTS_QUEUE).await;
+    let report = stack.drain(&served, RESTORE_TASKS_QUEUE).await;
     assert_eq!(report.succeeded, 2, "the database and the globals: {:?}", report.replies);
     let records = jobs(&stack);
     let task = record(&records, JobKind::RestoreTask, "files-1-1");
@@ -724,12 +715,12 @@ async fn a_whole_server_and_its_roles_restore_into_an_empty_cluster() {
         json!({ "globals": true }),
     );
     stack.queue().send(RESTORE_REQUESTS_QUEUE, &text, false).await.unwrap();
-    let planned = drain(&stack, &served.url, RESTORE_REQUESTS_QUEUE).await;
+    let planned = stack.drain(&served, RESTORE_REQUESTS_QUEUE).await;
     let rv = &returns(&planned)[0];
     assert_eq!(rv["tasks"].as_array().unwrap().len(), 2, "{rv}");
     let gamma = rv["choices"].as_array().unwrap().iter().find(|c| c["what"] == "database \"gamma\"").unwrap();
     assert!(gamma["reason"].as_str().unwrap().contains("had been dropped; name it in source.database"), "{gamma}");
-    let report = drain(&stack, &served.url, RESTORE_TASKS_QUEUE).await;
+    let report = stack.drain(&served, RESTORE_TASKS_QUEUE).await;
     assert_eq!(report.succeeded, 2, "{:?}", report.replies);
     let rvs = returns(&report);
     assert!(rvs.iter().all(|r| r["status"] == "succeeded"), "{rvs:?}");

@@ -127,6 +127,21 @@ impl Stack {
         AzureBlobStore::new(&self.azurite.blob_endpoint, CONTAINER, test_credential(), options).await.unwrap()
     }
 
+    /// Deliver every message on `queue` to the function it triggers (`backup-jobs`,
+    /// `restore-requests` or `restore-tasks`) the way the host does: host payload form, up to 3
+    /// deliveries, then poison.
+    pub async fn drain(&self, served: &Served, queue: &str) -> pgvault::hostsim::DrainReport {
+        let (function, binding) = match queue {
+            pgvault::jobs::BACKUP_JOBS_QUEUE => ("backup-worker", "job"),
+            pgvault::restore::RESTORE_REQUESTS_QUEUE => ("restore-requests", "request"),
+            pgvault::restore::RESTORE_TASKS_QUEUE => ("restore-worker", "task"),
+            other => panic!("no function is triggered by {other}"),
+        };
+        pgvault::hostsim::drain(&self.queue(), queue, &served.url, function, binding, 3, pgvault::hostsim::Form::Host)
+            .await
+            .unwrap()
+    }
+
     pub fn queue(&self) -> AzureQueue {
         let options = client_options(Some(self.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
         AzureQueue::new(&self.azurite.queue_endpoint, test_credential(), options).unwrap()
