@@ -305,16 +305,30 @@ pub async fn list_kinds(store: &dyn BlobStore, kinds: &[JobKind]) -> Result<Vec<
     read_sorted(store, prefixes).await
 }
 
+/// The records last written before `t` (and those whose write time the store does not give),
+/// oldest first. Newer records are not read.
+pub async fn list_written_before(store: &dyn BlobStore, t: OffsetDateTime) -> Result<Vec<JobRecord>> {
+    read_sorted_where(store, vec![PREFIX.to_string()], |b| b.last_modified.is_none_or(|m| m < t)).await
+}
+
 /// The prefix of one kind's records: `@jobs/<kind>/`.
 pub fn prefix(kind: JobKind) -> String {
     format!("{PREFIX}{}/", kind.as_str())
 }
 
 async fn read_sorted(store: &dyn BlobStore, prefixes: Vec<String>) -> Result<Vec<JobRecord>> {
+    read_sorted_where(store, prefixes, |_| true).await
+}
+
+async fn read_sorted_where(
+    store: &dyn BlobStore,
+    prefixes: Vec<String>,
+    wanted: impl Fn(&crate::store::BlobInfo) -> bool,
+) -> Result<Vec<JobRecord>> {
     let mut out = Vec::new();
     for prefix in prefixes {
         for blob in store.list(&prefix).await? {
-            if !blob.name.ends_with(".json") {
+            if !blob.name.ends_with(".json") || !wanted(&blob) {
                 continue;
             }
             match store.get(&blob.name).await.and_then(|b| JobRecord::from_json(&blob.name, &b)) {

@@ -369,7 +369,9 @@ pub fn rfc(t: OffsetDateTime) -> String {
 pub async fn prune_records(store: &dyn crate::store::BlobStore, days: u64, now: OffsetDateTime) -> Result<usize> {
     let cutoff = now - time::Duration::days(days as i64);
     let mut n = 0;
-    for r in jobrecords::list(store, None).await? {
+    // A record is written at every update, so one last written after the cutoff was updated
+    // after it too: only older ones (or those the store gives no time for) are read.
+    for r in jobrecords::list_written_before(store, cutoff).await? {
         if r.is_finished() && r.updated_at < cutoff {
             let name = jobrecords::name(r.kind, &r.id);
             match store.delete(&name).await {
@@ -676,7 +678,9 @@ mod tests {
             listed: Default::default(),
             reads: Default::default(),
         };
-        let now = datetime!(2026-11-21 02:00 UTC);
+        // The files are written now; "now" for pruning is 500 days later.
+        let written = OffsetDateTime::now_utc();
+        let now = written + time::Duration::days(500);
         let old = now - time::Duration::days(500);
         for (kind, id, status, at) in [
             (JobKind::Backup, "old-ok", Status::Succeeded, old),
@@ -694,6 +698,11 @@ mod tests {
         assert_eq!(retention.len(), 1);
         assert_eq!(*store.listed.lock().unwrap(), ["@jobs/retention/"]);
         assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 1, "only that kind's records are read");
+
+        // Records written after the cutoff are not even read.
+        store.reads.store(0, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(prune_records(&store, 400, written).await.unwrap(), 0);
+        assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 0, "no record read");
 
         // The refused removal is skipped (logged), not a failure of the run.
         assert_eq!(prune_records(&store, 400, now).await.unwrap(), 2);

@@ -93,10 +93,16 @@ async fn contract(store: &dyn BlobStore) {
     assert!(store.exists(name).await.unwrap());
     assert_eq!(store.get(name).await.unwrap(), want, "{d}: committed content");
     assert_eq!(store.tags(name).await.unwrap(), t1, "{d}: tags on commit");
+    let listed = store.list("servers/").await.unwrap();
     assert_eq!(
-        store.list("servers/").await.unwrap(),
-        vec![BlobInfo { name: name.to_string(), size: want.len() as u64 }]
+        listed.iter().map(|b| (b.name.as_str(), b.size)).collect::<Vec<_>>(),
+        [(name, want.len() as u64)],
+        "{d}: listing"
     );
+    // The listing says when the blob was written (job-record pruning relies on it).
+    let written = listed[0].last_modified.expect("last modified in the listing");
+    let age = time::OffsetDateTime::now_utc() - written;
+    assert!(age < time::Duration::minutes(1) && age > time::Duration::seconds(-5), "{d}: last modified {written}");
 
     // --- re-commit replaces content and tags; staging alone does not change what readers see.
     let new_ids: Vec<String> = (10..12).map(block_id).collect();

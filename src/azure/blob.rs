@@ -255,8 +255,9 @@ impl BlobStore for AzureBlobStore {
         let mut out = Vec::new();
         while let Some(item) = pager.try_next().await.map_err(|e| sdk_error(Service::Blob, what(), e))? {
             let Some(name) = item.name else { continue };
-            let size = item.properties.and_then(|p| p.content_length).unwrap_or(0);
-            out.push(BlobInfo { name, size });
+            let (size, last_modified) =
+                item.properties.map(|p| (p.content_length.unwrap_or(0), p.last_modified)).unwrap_or_default();
+            out.push(BlobInfo { name, size, last_modified });
         }
         // The service sorts too, but by its own collation; the contract is byte order.
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -193,7 +193,8 @@ impl BlobStore for LocalStore {
                 let rel = path.strip_prefix(&self.root).expect("under root");
                 let name = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
                 if name.starts_with(prefix) {
-                    out.push(BlobInfo { name, size: meta.len() });
+                    let last_modified = meta.modified().ok().map(time::OffsetDateTime::from);
+                    out.push(BlobInfo { name, size: meta.len(), last_modified });
                 }
             }
         }

@@ -31,6 +31,8 @@ pub const MAX_BLOCKS: usize = 50_000;
 pub struct BlobInfo {
     pub name: String,
     pub size: u64,
+    /// When the blob was last written, if the store says.
+    pub last_modified: Option<time::OffsetDateTime>,
 }
 
 /// A blob's access tier (Azure). Ordered from the most to the least readily available: a move
