@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::jobrecords::{self, JobKind, JobRecord, Status};
 use crate::jobs::BackupJob;
 use crate::settings::Settings;
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -337,9 +338,11 @@ pub async fn check_rpo(ctx: &Ctx, now: OffsetDateTime) -> Result<Vec<Breach>> {
     let newest = Newest::from_manifests(&crate::catalog::list(ctx.store.as_ref(), None, None).await?);
     let found = breaches(&ctx.settings, &newest, now);
     let alerter = alerter(&ctx.settings);
-    for b in &found {
-        alerter
-            .raise(&Alert {
+    // A few at a time: with a webhook that is down, each alert takes its retries (up to about
+    // two minutes), and they should not queue up behind each other.
+    futures::stream::iter(&found)
+        .for_each_concurrent(4, |b| {
+            let alert = Alert {
                 kind: AlertKind::MissedSchedule,
                 subject: format!("{}/{}", b.server, b.database),
                 summary: format!(
@@ -350,9 +353,13 @@ pub async fn check_rpo(ctx: &Ctx, now: OffsetDateTime) -> Result<Vec<Breach>> {
                     rfc(b.due)
                 ),
                 job_id: None,
-            })
-            .await;
-    }
+            };
+            let alerter = &alerter;
+            async move {
+                alerter.raise(&alert).await;
+            }
+        })
+        .await;
     Ok(found)
 }
 
@@ -364,8 +371,8 @@ pub fn rfc(t: OffsetDateTime) -> String {
 /// Returns how many were removed. A removal refused by the container's immutability policy
 /// (or a legal hold) is skipped and logged, as retention does for backups.
 ///
-/// The age comes from each record's `updated_at`, so every record is read: the store's listing
-/// does not carry a blob's last-modified time.
+/// The age comes from each record's `updated_at`; only records whose blob was last written
+/// before the cutoff are read (a record is rewritten at every update).
 pub async fn prune_records(store: &dyn crate::store::BlobStore, days: u64, now: OffsetDateTime) -> Result<usize> {
     let cutoff = now - time::Duration::days(days as i64);
     let mut n = 0;

@@ -142,11 +142,11 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     assert_eq!(body["jobs"][0]["id"], job_id.as_str(), "{body}");
     assert_eq!(body["jobs"][0]["status"], "failed");
     assert!(!body["jobs"][0]["reason"].as_str().unwrap().is_empty());
-    let hits = hits.lock().unwrap().clone();
-    assert_eq!(hits.len(), 1, "{hits:?}");
-    assert_eq!(hits[0]["kind"], "job-failed");
-    assert_eq!(hits[0]["job_id"], job_id.as_str());
-    assert!(!hits[0].to_string().contains("/hook"), "the webhook URL never appears in the body");
+    let failed = hits_now(&hits);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["kind"], "job-failed");
+    assert_eq!(failed[0]["job_id"], job_id.as_str());
+    assert!(!failed[0].to_string().contains("/hook"), "the webhook URL never appears in the body");
 
     // An as-files restore task's record keeps its files' read-only SAS URLs (the CLI shows them
     // to the operator); the jobs function's reply withholds them, with or without a kind.
@@ -182,4 +182,38 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     let filter = pgvault::monitor::Filter { id: Some("req-9-1".into()), ..Default::default() };
     let cli = pgvault::monitor::query(&ctx, &filter, false, now).await.unwrap();
     assert_eq!(cli["jobs"][0]["detail"]["report"]["files"][0]["url"], sas, "`pgvault jobs --json` shows it");
+
+    // The retention timer's RPO check: two databases whose newest backup is three days old miss
+    // the daily schedule and alert (a few alerts at a time); the excluded one does not.
+    let old = now - time::Duration::days(3);
+    for db in ["app", "db2", "scratch"] {
+        let paths = pgvault::layout::backup_paths(pgvault::layout::BackupKind::Database, "prod", db, old, db);
+        let manifest = json!({
+            "format": "pgvault-backup-manifest", "format_version": 1, "pgvault_version": "0",
+            "id": paths.id, "kind": "database", "job_id": db, "server": "prod", "database": db,
+            "server_version": "15", "server_version_num": 150000,
+            "tool": {"name": "pg_dump", "version": "15", "major": 15, "args": []},
+            "archive_format": "custom", "compression": {"algorithm": "none"},
+            "data_blob": format!("{}.x.dump", paths.id), "raw_bytes": 0, "stored_bytes": 0, "sha256": "", "blocks": [],
+            "requested_at": pgvault::monitor::rfc(old), "started_at": pgvault::monitor::rfc(old),
+            "finished_at": pgvault::monitor::rfc(old), "row_counts": null, "restore_hint": ""
+        });
+        ctx.store.create(&paths.manifest, bytes::Bytes::from(manifest.to_string()), &Default::default()).await.unwrap();
+    }
+    let before = hits_now(&hits).len();
+    let (status, r) = pgvault::hostsim::invoke(&url, "retention", &pgvault::hostsim::timer_payload("retention", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{r}");
+    let mut missed: Vec<String> = hits_now(&hits)[before..]
+        .iter()
+        .filter(|h| h["kind"] == "missed-schedule")
+        .map(|h| h["subject"].as_str().unwrap_or_default().to_string())
+        .collect();
+    missed.sort();
+    assert_eq!(missed, ["prod/app", "prod/db2"], "{:?}", hits_now(&hits));
+}
+
+fn hits_now(hits: &Arc<Mutex<Vec<Value>>>) -> Vec<Value> {
+    hits.lock().unwrap().clone()
 }
