@@ -13,7 +13,6 @@ use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RequestContent, Url};
 use azure_security_keyvault_secrets::models::{SecretAttributes, SetSecretParameters};
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
-use azure_storage_blob::models::KeyInfo;
 use azure_storage_blob::{BlobServiceClient, BlobServiceClientOptions};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -42,10 +41,6 @@ pub fn account_name(endpoint: &Url) -> Option<String> {
     }
 }
 
-fn sas_time(t: OffsetDateTime) -> String {
-    crate::pgbackrest::token::sas_time(t)
-}
-
 #[async_trait]
 impl DelegationKeys for AzureDelegationKeys {
     async fn key(
@@ -65,34 +60,10 @@ impl DelegationKeys for AzureDelegationKeys {
             Some(BlobServiceClientOptions { client_options: self.options.clone(), ..Default::default() }),
         )
         .map_err(|e| sdk_error(Service::Blob, format!("open blob service {shown}"), e))?;
-        let what = || format!("get a user delegation key from {shown}");
-        let info = KeyInfo { start: Some(start), expiry: Some(expiry), ..Default::default() };
-        let body = RequestContent::try_from(info).map_err(|e| sdk_error(Service::Blob, what(), e))?;
-        let key = service.get_user_delegation_key(body, None).await.and_then(|r| r.into_model()).map_err(|e| {
-            sdk_error(Service::Blob, what(), e).with_hint(
-                "the function's identity needs Storage Blob Delegator on the account (or a data role \
-                 that includes it) and, for the token to work, a data role on the container",
-            )
-        })?;
-        let field = |v: Option<String>, name: &str| {
-            v.ok_or_else(|| Error::permanent(format!("{}: the user delegation key has no {name}", what())))
-        };
-        let time_field = |v: Option<OffsetDateTime>, name: &str| {
-            v.map(sas_time)
-                .ok_or_else(|| Error::permanent(format!("{}: the user delegation key has no {name}", what())))
-        };
-        Ok((
-            account,
-            DelegationKey {
-                oid: field(key.signed_oid, "signed oid")?,
-                tid: field(key.signed_tid, "signed tid")?,
-                start: time_field(key.signed_start, "signed start")?,
-                expiry: time_field(key.signed_expiry, "signed expiry")?,
-                service: field(key.signed_service, "signed service")?,
-                version: field(key.signed_version, "signed version")?,
-                value: key.value.ok_or_else(|| Error::permanent(format!("{}: the key has no value", what())))?,
-            },
-        ))
+        let what = format!("get a user delegation key from {shown}");
+        let hint = "the function's identity needs Storage Blob Delegator on the account (or a data role that \
+                    includes it) and, for the token to work, a data role on the container";
+        Ok((account, super::sas::user_delegation_key(&service, start, expiry, &what, hint).await?))
     }
 }
 

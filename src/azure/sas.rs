@@ -109,31 +109,10 @@ impl FileExport for AzureExport {
                 MAX_EXPIRY.whole_days()
             )));
         }
-        let what = || format!("get a user delegation key to sign a URL for blob {blob:?} in container {container:?}");
-        let key_info = KeyInfo { start: Some(now - CLOCK_SKEW), expiry: Some(expires_at), ..Default::default() };
-        let body = RequestContent::try_from(key_info).map_err(|e| sdk_error(Service::Blob, what(), e))?;
-        let key = self.service.get_user_delegation_key(body, None).await.and_then(|r| r.into_model()).map_err(|e| {
-            sdk_error(Service::Blob, what(), e).with_hint(
-                "the identity needs the Storage Blob Delegator role (included in Storage Blob Data \
-                     Contributor) on the account",
-            )
-        })?;
-        let field = |v: Option<String>, name: &str| {
-            v.ok_or_else(|| Error::permanent(format!("{}: the user delegation key has no {name}", what())))
-        };
-        let time_field = |v: Option<OffsetDateTime>, name: &str| {
-            v.map(sas_time)
-                .ok_or_else(|| Error::permanent(format!("{}: the user delegation key has no {name}", what())))
-        };
-        let key = DelegationKey {
-            oid: field(key.signed_oid, "signed oid")?,
-            tid: field(key.signed_tid, "signed tid")?,
-            start: time_field(key.signed_start, "signed start")?,
-            expiry: time_field(key.signed_expiry, "signed expiry")?,
-            service: field(key.signed_service, "signed service")?,
-            version: field(key.signed_version, "signed version")?,
-            value: key.value.ok_or_else(|| Error::permanent(format!("{}: the key has no value", what())))?,
-        };
+        let what = format!("get a user delegation key to sign a URL for blob {blob:?} in container {container:?}");
+        let hint = "the identity needs the Storage Blob Delegator role (included in Storage Blob Data Contributor) \
+                    on the account";
+        let key = user_delegation_key(&self.service, now - CLOCK_SKEW, expires_at, &what, hint).await?;
         let token = read_only_blob_sas(&self.account, container, blob, &key, expires_at);
         let mut url = blob_url(&self.endpoint, container, blob)?;
         url.set_query(Some(&token));
@@ -155,8 +134,38 @@ pub struct DelegationKey {
     pub value: Vec<u8>,
 }
 
+/// Get Blob Service's user delegation key, valid from `start` to `expiry`. `what` names the
+/// purpose in errors, `hint` says which role is missing when the service refuses.
+pub(crate) async fn user_delegation_key(
+    service: &BlobServiceClient,
+    start: OffsetDateTime,
+    expiry: OffsetDateTime,
+    what: &str,
+    hint: &str,
+) -> Result<DelegationKey> {
+    let info = KeyInfo { start: Some(start), expiry: Some(expiry), ..Default::default() };
+    let body = RequestContent::try_from(info).map_err(|e| sdk_error(Service::Blob, what, e))?;
+    let key = service
+        .get_user_delegation_key(body, None)
+        .await
+        .and_then(|r| r.into_model())
+        .map_err(|e| sdk_error(Service::Blob, what, e).with_hint(hint))?;
+    let missing = |name: &str| Error::permanent(format!("{what}: the user delegation key has no {name}"));
+    let field = |v: Option<String>, name: &str| v.ok_or_else(|| missing(name));
+    let time_field = |v: Option<OffsetDateTime>, name: &str| v.map(sas_time).ok_or_else(|| missing(name));
+    Ok(DelegationKey {
+        oid: field(key.signed_oid, "signed oid")?,
+        tid: field(key.signed_tid, "signed tid")?,
+        start: time_field(key.signed_start, "signed start")?,
+        expiry: time_field(key.signed_expiry, "signed expiry")?,
+        service: field(key.signed_service, "signed service")?,
+        version: field(key.signed_version, "signed version")?,
+        value: key.value.ok_or_else(|| missing("value"))?,
+    })
+}
+
 /// `2026-11-21T02:00:00Z`: what SAS fields carry.
-fn sas_time(t: OffsetDateTime) -> String {
+pub fn sas_time(t: OffsetDateTime) -> String {
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     t.to_offset(time::UtcOffset::UTC).format(&fmt).expect("valid format")
 }

@@ -11,11 +11,7 @@ use crate::secret::Secret;
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
-/// `2026-11-21T02:00:00Z`: the form SAS fields carry.
-pub fn sas_time(t: OffsetDateTime) -> String {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    t.to_offset(time::UtcOffset::UTC).format(&fmt).expect("valid format")
-}
+pub use crate::azure::sas::sas_time;
 
 /// Sign a container SAS for `account`/`container` with `permissions` (letters of `racwdl`),
 /// valid from `start` to `expiry`, HTTPS only. Returns the query string (no leading `?`).
