@@ -182,6 +182,16 @@ impl std::fmt::Debug for JobRecord {
 }
 
 impl JobRecord {
+    /// A new attempt of the job starts now: running, no reason, no end yet, one more attempt.
+    pub fn start_attempt(&mut self, now: OffsetDateTime) {
+        self.status = Status::Running;
+        self.reason = None;
+        self.started_at = Some(now);
+        self.finished_at = None;
+        self.updated_at = now;
+        self.attempts += 1;
+    }
+
     pub fn new(kind: JobKind, id: &str, summary: impl Into<String>, now: OffsetDateTime) -> Self {
         JobRecord {
             format: FORMAT_NAME.into(),

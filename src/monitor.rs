@@ -49,12 +49,7 @@ pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Resul
         Ok(Some(r)) => r,
         _ => backup_record(job, now),
     };
-    rec.status = Status::Running;
-    rec.reason = None;
-    rec.started_at = Some(now);
-    rec.finished_at = None;
-    rec.updated_at = now;
-    rec.attempts += 1;
+    rec.start_attempt(now);
     jobrecords::put_logged(store, &rec).await;
     let result = backup::run(ctx, job).await;
     let end = OffsetDateTime::now_utc();

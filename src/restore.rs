@@ -1073,12 +1073,7 @@ async fn execute_claimed(
         tracing::info!(task = %task.task_id, blobs = ?blobs, recheck_secs = REHYDRATION_RECHECK_SECS, "restore task waits for rehydration");
         return Ok(TaskOutcome::RehydrationPending { blob: blobs.join(", "), recheck_secs: REHYDRATION_RECHECK_SECS });
     }
-    rec.status = Status::Running;
-    rec.reason = None;
-    rec.started_at = Some(now);
-    rec.finished_at = None;
-    rec.updated_at = now;
-    rec.attempts += 1;
+    rec.start_attempt(now);
     rec.detail = serde_json::json!({ "task": task });
     jobrecords::put_logged(store, &rec).await;
     update_request(ctx, &task.request_id).await;
