@@ -254,24 +254,7 @@ async fn unprocessable_messages_are_kept_with_their_reason() {
         (unknown_server, "unknown server \"nowhere\""),
         (unknown_db, "database \"no_such_db\" does not exist"),
     ];
-    for (i, (text, _)) in cases.iter().enumerate() {
-        let form = if i % 2 == 0 { Form::Host } else { Form::Clean };
-        let payload = hostsim::queue_payload("backup-worker", "job", text, &format!("m{i}"), "pr", 1, form);
-        let (status, reply) = served.invoke("backup-worker", &payload).await;
-        assert_eq!(status, 200, "not retried: {reply}");
-        assert_eq!(reply["ReturnValue"]["status"], "rejected", "{reply}");
-    }
-    let kept = stack.queue().peek("backup-jobs-rejected", 32).await.unwrap();
-    assert_eq!(kept.len(), cases.len());
-    for (text, why) in &cases {
-        let record: Value = kept
-            .iter()
-            .map(|k| serde_json::from_str::<Value>(k).unwrap())
-            .find(|r| r["message"] == *text)
-            .unwrap_or_else(|| panic!("{text} was not kept: {kept:?}"));
-        assert!(record["reason"].as_str().unwrap().contains(why), "{record}");
-        assert_eq!(record["queue"], BACKUP_JOBS_QUEUE);
-    }
+    stack.assert_rejected_and_kept(&served, BACKUP_JOBS_QUEUE, &cases).await;
     assert!(served.output().contains("rejected and kept"), "{}", served.output());
     // No backup was made: the only blobs are job records (`@jobs/`).
     let blobs = stack.store().await.list("").await.unwrap();

@@ -433,24 +433,7 @@ async fn bad_requests_are_kept_with_their_reason() {
         ),
         (request("bad-7", app.clone(), json!({ "mode": "replace" }), json!({})), "target.server is required"),
     ];
-    for (i, (text, _)) in cases.iter().enumerate() {
-        let form = if i % 2 == 0 { Form::Host } else { Form::Clean };
-        let payload = hostsim::queue_payload("restore-requests", "request", text, &format!("m{i}"), "pr", 1, form);
-        let (status, reply) = served.invoke("restore-requests", &payload).await;
-        assert_eq!(status, 200, "not retried: {reply}");
-        assert_eq!(reply["ReturnValue"]["status"], "rejected", "{text}: {reply}");
-    }
-    let kept = stack.queue().peek("restore-requests-rejected", 32).await.unwrap();
-    assert_eq!(kept.len(), cases.len());
-    for (text, why) in &cases {
-        let record: Value = kept
-            .iter()
-            .map(|k| serde_json::from_str::<Value>(k).unwrap())
-            .find(|r| r["message"] == *text)
-            .unwrap_or_else(|| panic!("{text} was not kept: {kept:?}"));
-        assert!(record["reason"].as_str().unwrap().contains(why), "{why}: {record}");
-        assert_eq!(record["queue"], RESTORE_REQUESTS_QUEUE);
-    }
+    stack.assert_rejected_and_kept(&served, RESTORE_REQUESTS_QUEUE, &cases).await;
     assert!(stack.queue().peek(RESTORE_TASKS_QUEUE, 32).await.unwrap().is_empty(), "nothing was enqueued");
     // Requests whose id was readable have a failed record with the reason.
     let records = jobs(&stack);

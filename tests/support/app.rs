@@ -127,16 +127,38 @@ impl Stack {
         AzureBlobStore::new(&self.azurite.blob_endpoint, CONTAINER, test_credential(), options).await.unwrap()
     }
 
+    /// Deliver each message text to the function `queue` triggers (the host's and the clean
+    /// payload form in turn) and check that each is rejected without a retry (200) and kept on
+    /// `<queue>-rejected` with its original text, its queue, and a reason containing `why`.
+    pub async fn assert_rejected_and_kept(&self, served: &Served, queue: &str, cases: &[(String, &str)]) {
+        use pgvault::hostsim::{Form, queue_payload};
+        use pgvault::queue::JobQueue;
+        let (function, binding) = function_of(queue);
+        for (i, (text, _)) in cases.iter().enumerate() {
+            let form = if i % 2 == 0 { Form::Host } else { Form::Clean };
+            let payload = queue_payload(function, binding, text, &format!("m{i}"), "pr", 1, form);
+            let (status, reply) = served.invoke(function, &payload).await;
+            assert_eq!(status, 200, "not retried: {reply}");
+            assert_eq!(reply["ReturnValue"]["status"], "rejected", "{text}: {reply}");
+        }
+        let kept = self.queue().peek(&format!("{queue}-rejected"), 32).await.unwrap();
+        assert_eq!(kept.len(), cases.len(), "{kept:?}");
+        for (text, why) in cases {
+            let record: serde_json::Value = kept
+                .iter()
+                .map(|k| serde_json::from_str::<serde_json::Value>(k).unwrap())
+                .find(|r| r["message"] == *text)
+                .unwrap_or_else(|| panic!("{text} was not kept: {kept:?}"));
+            assert!(record["reason"].as_str().unwrap().contains(why), "{why}: {record}");
+            assert_eq!(record["queue"], queue);
+        }
+    }
+
     /// Deliver every message on `queue` to the function it triggers (`backup-jobs`,
     /// `restore-requests` or `restore-tasks`) the way the host does: host payload form, up to 3
     /// deliveries, then poison.
     pub async fn drain(&self, served: &Served, queue: &str) -> pgvault::hostsim::DrainReport {
-        let (function, binding) = match queue {
-            pgvault::jobs::BACKUP_JOBS_QUEUE => ("backup-worker", "job"),
-            pgvault::restore::RESTORE_REQUESTS_QUEUE => ("restore-requests", "request"),
-            pgvault::restore::RESTORE_TASKS_QUEUE => ("restore-worker", "task"),
-            other => panic!("no function is triggered by {other}"),
-        };
+        let (function, binding) = function_of(queue);
         pgvault::hostsim::drain(&self.queue(), queue, &served.url, function, binding, 3, pgvault::hostsim::Form::Host)
             .await
             .unwrap()
@@ -145,6 +167,16 @@ impl Stack {
     pub fn queue(&self) -> AzureQueue {
         let options = client_options(Some(self.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
         AzureQueue::new(&self.azurite.queue_endpoint, test_credential(), options).unwrap()
+    }
+}
+
+/// The function a queue triggers, and its binding name.
+fn function_of(queue: &str) -> (&'static str, &'static str) {
+    match queue {
+        pgvault::jobs::BACKUP_JOBS_QUEUE => ("backup-worker", "job"),
+        pgvault::restore::RESTORE_REQUESTS_QUEUE => ("restore-requests", "request"),
+        pgvault::restore::RESTORE_TASKS_QUEUE => ("restore-worker", "task"),
+        other => panic!("no function is triggered by {other}"),
     }
 }
 
