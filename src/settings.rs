@@ -1,6 +1,10 @@
 //! One typed settings struct, read once from the environment (the Functions app settings) and
 //! validated at start-up. Every error names the setting.
 //!
+//! A value that still holds a Key Vault reference (`@Microsoft.KeyVault(...)`) is refused: the
+//! platform passes the reference text on when it could not resolve it (the identity lacks the
+//! role, the vault is not reachable yet), and that text must never pass for the value.
+//!
 //! The README's settings table and `local.settings.sample.json` list the same names; a test
 //! checks all three agree with [`ALL`].
 
@@ -280,6 +284,11 @@ impl Settings {
 
     /// Read from a map of settings (the environment, or a `local.settings.json` `Values`).
     pub fn from_map(env: HashMap<String, String>) -> Result<Self> {
+        for (name, _) in ALL {
+            if let Some(v) = env.get(*name) {
+                refuse_key_vault_reference(name, v)?;
+            }
+        }
         let get = |k: &str| env.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let inventory_json = match (get("PGVAULT_INVENTORY"), get("PGVAULT_INVENTORY_FILE")) {
             (Some(_), Some(_)) => {
@@ -300,6 +309,15 @@ impl Settings {
             Some((name, json)) => parse_inventory(&json).map_err(|e| bad(name, e))?,
             None => Vec::new(),
         };
+        // Settings the inventory names hold passwords: refused the same way, at start-up rather
+        // than at the first job.
+        for server in &inventory {
+            if let CredentialRef::PasswordEnv(name) = &server.credentials
+                && let Some(v) = env.get(name)
+            {
+                refuse_key_vault_reference(name, v)?;
+            }
+        }
 
         let storage = match get("PGVAULT_STORAGE").as_deref().unwrap_or("local") {
             "local" => StorageSettings::Local {
@@ -466,6 +484,23 @@ impl Settings {
     }
 }
 
+/// The text App Service leaves in a setting whose Key Vault reference it could not resolve.
+const KEY_VAULT_REFERENCE: &str = "@microsoft.keyvault(";
+
+/// Refuse a value that is still a Key Vault reference. The reference names a vault and a secret,
+/// not a secret value, so it may be shown.
+fn refuse_key_vault_reference(name: &str, value: &str) -> Result<()> {
+    let v = value.trim();
+    if !v.to_ascii_lowercase().starts_with(KEY_VAULT_REFERENCE) {
+        return Ok(());
+    }
+    let shown: String = v.chars().take(200).collect();
+    Err(bad(name, format!("holds the unresolved Key Vault reference {shown}: the platform could not fetch the secret"))
+        .with_hint(
+            "give the app's identity Key Vault Secrets User on that vault, make sure the vault is reachable (its private endpoint and DNS zone exist) and the secret exists, then restart the app so the platform resolves its references again (otherwise it tries only every 24 hours)",
+        ))
+}
+
 fn number(get: &impl Fn(&str) -> Option<String>, name: &str, default: u64, min: u64, max: u64) -> Result<u64> {
     match get(name) {
         None => Ok(default),
@@ -580,6 +615,41 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("https"), "{e}");
+    }
+
+    #[test]
+    fn unresolved_key_vault_references_are_refused_naming_the_setting() {
+        let reference = "@Microsoft.KeyVault(VaultName=pgvault-db-abc;SecretName=webhook)";
+        // The reference in a setting pgvault reads: refused at start-up, never taken as the value
+        // (here it would even have been "valid": the webhook check only needs a URL).
+        for name in ["PGVAULT_ALERT_WEBHOOK", "PGVAULT_BLOB_ENDPOINT", "PGVAULT_INVENTORY"] {
+            let e = Settings::from_map(map(&[(name, reference)])).unwrap_err();
+            let text = e.to_string();
+            assert!(e.is_permanent());
+            assert!(text.starts_with(&format!("setting {name}: holds the unresolved Key Vault reference")), "{text}");
+            assert!(text.contains("VaultName=pgvault-db-abc;SecretName=webhook"), "{text}");
+            assert!(text.contains("\nHINT: "), "{text}");
+        }
+        // Any case, and with blanks around it, as the platform may pass it.
+        let e = Settings::from_map(map(&[(
+            "PGVAULT_ALERT_WEBHOOK",
+            "  @microsoft.keyvault(SecretUri=https://v/secrets/s)",
+        )]))
+        .unwrap_err();
+        assert!(e.to_string().contains("setting PGVAULT_ALERT_WEBHOOK:"), "{e}");
+        // A password setting the inventory names is checked at start-up too.
+        let inv = r#"[{"name":"a","host":"h","user":"u","credentials":{"password_env":"PG_A_PASSWORD"}}]"#;
+        let e = Settings::from_map(map(&[("PGVAULT_INVENTORY", inv), ("PG_A_PASSWORD", reference)])).unwrap_err();
+        assert!(e.to_string().starts_with("setting PG_A_PASSWORD: holds the unresolved"), "{e}");
+        // Resolved values pass; a setting pgvault does not read is none of its business.
+        let s = Settings::from_map(map(&[
+            ("PGVAULT_ALERT_WEBHOOK", "https://hooks.example/x"),
+            ("PGVAULT_INVENTORY", inv),
+            ("PG_A_PASSWORD", "resolved"),
+            ("SOMETHING_ELSE", reference),
+        ]))
+        .unwrap();
+        assert!(s.alert_webhook.is_some());
     }
 
     #[test]
