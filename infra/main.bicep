@@ -47,6 +47,14 @@ param compression string = 'zstd:3'
 param zstdThreads int = 2
 param blockSizeMiB int = 8
 param blocksInFlight int = 4
+@description('The most dumps (backup jobs) that run against one PostgreSQL server at once, across all instances (PGVAULT_MAX_DUMPS_PER_SERVER); a job that finds no free slot waits on the queue for dumpSlotRetrySeconds (jittered) and is tried again.')
+@minValue(1)
+@maxValue(64)
+param maxDumpsPerServer int = 2
+@description('Seconds a backup job that found no free dump slot waits on the queue before it is tried again (PGVAULT_DUMP_SLOT_RETRY_SECONDS; up to twice this, jittered).')
+@minValue(1)
+@maxValue(3600)
+param dumpSlotRetrySeconds int = 120
 @allowed(['exact', 'estimate', 'off'])
 param rowCounts string = 'exact'
 param restoreScratchReserveMiB int = 1024
@@ -312,6 +320,8 @@ var pgvaultSettings = {
   PGVAULT_ZSTD_THREADS: string(zstdThreads)
   PGVAULT_BLOCK_SIZE_MIB: string(blockSizeMiB)
   PGVAULT_BLOCKS_IN_FLIGHT: string(blocksInFlight)
+  PGVAULT_MAX_DUMPS_PER_SERVER: string(maxDumpsPerServer)
+  PGVAULT_DUMP_SLOT_RETRY_SECONDS: string(dumpSlotRetrySeconds)
   PGVAULT_PG_BIN_DIRS: pgBinDirs
   PGVAULT_ROW_COUNTS: rowCounts
   PGVAULT_RESTORE_SCRATCH_DIR: '/tmp'

@@ -12,6 +12,11 @@
 //! lease, which is longer than any delivery may run (`functionTimeout`). Two takeovers racing
 //! each other are not excluded: that needs a dead holder plus two more deliveries of the task
 //! within moments.
+//!
+//! Slots ([`acquire_slot`]) are the same claims numbered `0..n` within a group: at most `n`
+//! deliveries hold one of the group at once. `backup-worker` claims a dump slot of the job's
+//! server before it dumps, which bounds the dumps one PostgreSQL server gets however far the
+//! plan scales out.
 
 use crate::error::{Error, Result};
 use crate::store::{BlobStore, CreateOutcome};
@@ -63,6 +68,15 @@ impl Delivery {
     pub fn cli(force: bool) -> Delivery {
         Delivery { message_id: format!("cli-{}", uuid::Uuid::new_v4().simple()), lease: None, force }
     }
+}
+
+/// What [`acquire_slot`] got.
+#[derive(Debug)]
+pub enum Slot {
+    /// This delivery holds slot `index` of the group; release it when done.
+    Owned { index: u32, claim: Claim },
+    /// Every slot is held by another delivery.
+    Full { holders: Vec<Holder> },
 }
 
 #[derive(Debug)]
@@ -122,6 +136,51 @@ pub async fn acquire(
     Err(Error::transient(format!("claim {name:?} changed hands while it was being taken; the delivery is retried")))
 }
 
+/// Claim one of the `slots` slots of `group` (`@claims/<kind>/<group>/<index>`) for `delivery`.
+///
+/// A slot this delivery's message already holds (the host redelivered it after the earlier
+/// delivery died) is taken over first, so a redelivery never holds two; otherwise the lowest
+/// free one, or one whose lease is over. Slots at or above `slots` (left from a larger setting)
+/// are not counted: their holders release them when they end, or their leases run out.
+pub async fn acquire_slot(
+    store: &dyn BlobStore,
+    kind: &str,
+    group: &str,
+    slots: u32,
+    delivery: &Delivery,
+    now: OffsetDateTime,
+) -> Result<Slot> {
+    let group_prefix = name(kind, &format!("{group}/"));
+    let mut order: Vec<u32> = Vec::with_capacity(slots as usize);
+    if !delivery.force {
+        for blob in store.list(&group_prefix).await? {
+            let Some(index) = blob.name[group_prefix.len()..].parse::<u32>().ok().filter(|i| *i < slots) else {
+                continue;
+            };
+            let mine = match store.get(&blob.name).await {
+                Ok(bytes) => {
+                    serde_json::from_slice::<Holder>(&bytes).is_ok_and(|h| h.message_id == delivery.message_id)
+                }
+                Err(e) if e.is_permanent() => false, // released meanwhile
+                Err(e) => return Err(e),
+            };
+            if mine {
+                order.push(index);
+            }
+        }
+    }
+    let rest: Vec<u32> = (0..slots).filter(|i| !order.contains(i)).collect();
+    order.extend(rest);
+    let mut holders = Vec::new();
+    for index in order {
+        match acquire(store, kind, &format!("{group}/{index}"), delivery, now).await? {
+            Claimed::Owned(claim) => return Ok(Slot::Owned { index, claim }),
+            Claimed::HeldBy(h) => holders.push(h),
+        }
+    }
+    Ok(Slot::Full { holders })
+}
+
 /// Take over a claim whose holder is known to have ended (its run is over, but removing the
 /// claim failed), then hold it.
 pub async fn take_over(
@@ -154,6 +213,65 @@ mod tests {
 
     fn queued(id: &str) -> Delivery {
         Delivery { message_id: id.into(), lease: Some(LEASE), force: false }
+    }
+
+    async fn slot(store: &LocalStore, slots: u32, message: &str, now: OffsetDateTime) -> Slot {
+        acquire_slot(store, "dump-slot", "main", slots, &queued(message), now).await.unwrap()
+    }
+
+    fn owned(s: Slot) -> (u32, Claim) {
+        match s {
+            Slot::Owned { index, claim } => (index, claim),
+            Slot::Full { holders } => panic!("expected a free slot, all held by {holders:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn slots_bound_the_holders_of_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let now = datetime!(2026-11-21 02:00 UTC);
+        let (i1, c1) = owned(slot(&store, 2, "m1", now).await);
+        let (i2, c2) = owned(slot(&store, 2, "m2", now).await);
+        assert_eq!((i1, i2), (0, 1));
+        match slot(&store, 2, "m3", now).await {
+            Slot::Full { holders } => {
+                let ids: Vec<&str> = holders.iter().map(|h| h.message_id.as_str()).collect();
+                assert_eq!(ids, ["m1", "m2"]);
+            }
+            Slot::Owned { index, .. } => panic!("a third delivery got slot {index} of 2"),
+        }
+        // Another group is not affected.
+        assert!(matches!(
+            acquire_slot(&store, "dump-slot", "other", 2, &queued("m3"), now).await.unwrap(),
+            Slot::Owned { index: 0, .. }
+        ));
+        // A released slot is free again.
+        c1.release(&store).await.unwrap();
+        let (i3, c3) = owned(slot(&store, 2, "m3", now).await);
+        assert_eq!(i3, 0);
+        // A redelivery of a holder's message (its delivery died) takes its own slot back, even
+        // when a lower one is free: it never holds two.
+        c3.release(&store).await.unwrap();
+        let (again, _c) = owned(slot(&store, 2, "m2", now).await);
+        assert_eq!(again, 1, "m2's own slot");
+        drop(c2);
+        assert!(matches!(slot(&store, 2, "m4", now).await, Slot::Owned { index: 0, .. }));
+        assert!(matches!(slot(&store, 2, "m5", now).await, Slot::Full { .. }));
+        // A slot whose holder died and whose lease is over is taken.
+        let later = now + LEASE + time::Duration::minutes(1);
+        assert!(matches!(slot(&store, 2, "m5", later).await, Slot::Owned { .. }));
+        // Fewer slots than before: slots above the new count do not count, and are not handed out.
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let _held: Vec<Claim> = [owned(slot(&store, 3, "a", now).await), owned(slot(&store, 3, "b", now).await)]
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        let (i, _c) = owned(slot(&store, 3, "c", now).await);
+        assert_eq!(i, 2);
+        assert!(matches!(slot(&store, 1, "d", now).await, Slot::Full { .. }));
+        assert!(matches!(slot(&store, 1, "c", now).await, Slot::Full { .. }), "c's slot 2 is beyond 1");
     }
 
     #[test]

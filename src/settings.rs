@@ -37,6 +37,14 @@ pub const ALL: &[(&str, &str)] = &[
         "PGVAULT_BLOCKS_IN_FLIGHT",
         "blocks uploaded concurrently (default 4); memory is about (this + 2) times the block size, plus about 8 MiB per zstd thread",
     ),
+    (
+        "PGVAULT_MAX_DUMPS_PER_SERVER",
+        "the most backup jobs that dump one PostgreSQL server at once, across all instances (default 2)",
+    ),
+    (
+        "PGVAULT_DUMP_SLOT_RETRY_SECONDS",
+        "seconds a backup job that found all its server's dump slots taken waits on the queue before its next try (default 120; up to twice this, jittered)",
+    ),
     ("PGVAULT_PG_BIN_DIRS", "`:`-separated PostgreSQL bin directories (default: /usr/lib/postgresql/*/bin)"),
     ("PGVAULT_ROW_COUNTS", "`exact` (default, count(*) in pg_dump's snapshot), `estimate`, or `off`"),
     (
@@ -245,6 +253,10 @@ pub struct Settings {
     pub zstd_threads: u32,
     pub block_size: usize,
     pub blocks_in_flight: usize,
+    /// Dump slots per server (`backup-worker` claims one before it dumps).
+    pub max_dumps_per_server: u32,
+    /// Base delay of a backup job put back on the queue for want of a slot.
+    pub dump_slot_retry_secs: u32,
     pub pg_bin_dirs: Vec<PathBuf>,
     pub row_counts: RowCountMode,
     /// Where a parallel restore downloads its archive.
@@ -364,6 +376,8 @@ impl Settings {
         let zstd_threads = number(&get, "PGVAULT_ZSTD_THREADS", 2, 0, 64)? as u32;
         let block_size = number(&get, "PGVAULT_BLOCK_SIZE_MIB", 8, 1, 4000)? as usize * 1024 * 1024;
         let blocks_in_flight = number(&get, "PGVAULT_BLOCKS_IN_FLIGHT", 4, 1, 64)? as usize;
+        let max_dumps_per_server = number(&get, "PGVAULT_MAX_DUMPS_PER_SERVER", 2, 1, 64)? as u32;
+        let dump_slot_retry_secs = number(&get, "PGVAULT_DUMP_SLOT_RETRY_SECONDS", 120, 1, 3600)? as u32;
         let pg_bin_dirs = match get("PGVAULT_PG_BIN_DIRS") {
             Some(dirs) => dirs.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect(),
             None => crate::pg::default_bin_dirs(),
@@ -447,6 +461,8 @@ impl Settings {
             zstd_threads,
             block_size,
             blocks_in_flight,
+            max_dumps_per_server,
+            dump_slot_retry_secs,
             pg_bin_dirs,
             row_counts,
             restore_scratch_dir,
@@ -650,6 +666,27 @@ mod tests {
         ]))
         .unwrap();
         assert!(s.alert_webhook.is_some());
+    }
+
+    #[test]
+    fn dump_slots() {
+        let s = Settings::from_map(map(&[])).unwrap();
+        assert_eq!((s.max_dumps_per_server, s.dump_slot_retry_secs), (2, 120));
+        let s = Settings::from_map(map(&[
+            ("PGVAULT_MAX_DUMPS_PER_SERVER", "5"),
+            ("PGVAULT_DUMP_SLOT_RETRY_SECONDS", "30"),
+        ]))
+        .unwrap();
+        assert_eq!((s.max_dumps_per_server, s.dump_slot_retry_secs), (5, 30));
+        for (k, v) in [
+            ("PGVAULT_MAX_DUMPS_PER_SERVER", "0"),
+            ("PGVAULT_MAX_DUMPS_PER_SERVER", "65"),
+            ("PGVAULT_DUMP_SLOT_RETRY_SECONDS", "0"),
+            ("PGVAULT_DUMP_SLOT_RETRY_SECONDS", "soon"),
+        ] {
+            let e = Settings::from_map(map(&[(k, v)])).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("setting {k}: ")), "{k}={v}: {e}");
+        }
     }
 
     #[test]
