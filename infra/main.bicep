@@ -11,9 +11,9 @@
 
 targetScope = 'resourceGroup'
 
-@description('Short name used in resource names: 3-11 lowercase letters and digits.')
+@description('Short name used in resource names (azd: the environment name). Any case, with - _ . ( ) allowed, as azd allows: resource names use its first 40 characters in lower case, storage account and vault names its first 11 letters and digits in lower case.')
 @minLength(3)
-@maxLength(11)
+@maxLength(64)
 param name string = 'pgvault'
 param location string = resourceGroup().location
 param tags object = {}
@@ -25,13 +25,17 @@ param hosting string = 'flex'
 @description('Flex instance memory (MB). pgvault needs about blocksInFlight x blockSizeMiB plus zstd.')
 @allowed([512, 2048, 4096])
 param instanceMemoryMB int = 2048
-@description('Upper bound of instances (Flex) or elastic workers (Premium): the most dumps at once.')
-@minValue(1)
+@description('Flex: the most instances of one scale group (each queue-triggered function scales on its own). 40 is the floor the Flex Consumption documentation and the platform state (a newer page says 1): 40 deploys under both. It does not bound the dumps one PostgreSQL server gets: maxDumpsPerServer does.')
+@minValue(40)
 @maxValue(1000)
-param maximumInstanceCount int = 10
+param maximumInstanceCount int = 40
+@description('Elastic Premium (premium-container): the most elastic workers of the plan.')
+@minValue(1)
+@maxValue(100)
+param maximumElasticWorkerCount int = 10
 @description('Elastic Premium SKU (premium-container).')
 param premiumSku string = 'EP1'
-@description('Container image (premium-container), e.g. myacr.azurecr.io/pgvault:0.1.0; the identity needs AcrPull on its registry.')
+@description('Container image (premium-container), e.g. myacr.azurecr.io/pgvault:0.1.0; the identity needs AcrPull on its registry. Required with premium-container.')
 param containerImage string = ''
 
 // ---- what to back up, and when ----------------------------------------------------------------
@@ -77,7 +81,9 @@ param alertWebhookSecretName string = ''
 param pgbackrestTargets array = []
 @description('NCRONTAB (UTC) of sas-rotator.')
 param sasRotatorSchedule string = '0 0 * * * *'
-@description('Role definition GUID for Run Command on push-target VMs (modules/run-command-role.bicep); empty: Virtual Machine Contributor.')
+@description('Create the custom Run Command role (modules/run-command-role.bicep) in each resource group that holds push-target VMs, and assign it instead of Virtual Machine Contributor. Needs Microsoft.Authorization/roleDefinitions/write (Owner or User Access Administrator) in those groups.')
+param createRunCommandRole bool = false
+@description('Role definition GUID for Run Command on push-target VMs, when createRunCommandRole is false; its assignableScopes must cover every push target\'s resource group. Empty: Virtual Machine Contributor.')
 param runCommandRoleDefinitionId string = ''
 
 // ---- backup storage protection ------------------------------------------------------------------
@@ -112,16 +118,33 @@ param actionGroupId string = ''
 param alertEmail string = ''
 @description('Object ids of admins who put database secrets into the vault (Key Vault Secrets Officer there).')
 param secretAdminPrincipalIds array = []
-@description('More app settings (name -> value), merged last.')
+@description('More app settings (name -> value), merged last (over the generated ones and the platform ones).')
 param extraAppSettings object = {}
+
+// ---- after a teardown -----------------------------------------------------------------------------
+@description('Recover the soft-deleted Key Vaults of these names (createMode recover) instead of creating them: for the first deployment into a resource group after `azd down` without --purge. A recover fails when no soft-deleted vault of the name exists; azure.yaml resets it after a successful provision. See docs/deploy.md, "Teardown and redeploy".')
+param recoverKeyVaults bool = false
+@description('Appended to both vault names (up to 4 lowercase letters and digits): new vaults beside soft-deleted ones that cannot be recovered or purged (purge protection keeps a name for 90 days).')
+@maxLength(4)
+param vaultNameSuffix string = ''
 
 var suffix = take(uniqueString(resourceGroup().id, name), 10)
 var isFlex = hosting == 'flex'
 var storageSuffix = environment().suffixes.storage
-var hostStorageName = take('${name}h${suffix}', 24)
-var backupStorageName = take('${name}b${suffix}', 24)
-var dbVaultName = take('${name}-db-${suffix}', 24)
-var sasVaultName = take('${name}-sas-${suffix}', 24)
+// An azd environment name may have upper case, -, _, . and parentheses, and up to 64
+// characters. For a name that is 3-11 lowercase letters and digits (the only names allowed
+// before), every derived name below is what it was, so existing deployments keep their resources.
+// Most resource names take letters, digits and hyphens (the app's up to 60 with the suffix):
+var baseName = take(toLower(replace(replace(replace(replace(name, '_', '-'), '.', '-'), '(', ''), ')', '')), 40)
+// Storage accounts take 3-24 lowercase letters and digits; vaults 3-24 letters, digits and
+// single hyphens, starting with a letter: both from the name's letters and digits, in lower case.
+var compactName = take(toLower(replace(replace(replace(replace(replace(name, '-', ''), '_', ''), '.', ''), '(', ''), ')', '')), 11)
+var vaultBase = contains('0123456789', take(compactName, 1)) ? 'v${take(compactName, 10)}' : compactName
+var vaultSuffix = toLower(vaultNameSuffix)
+var hostStorageName = take('${compactName}h${suffix}', 24)
+var backupStorageName = take('${compactName}b${suffix}', 24)
+var dbVaultName = '${take('${vaultBase}-db-${suffix}', 24 - length(vaultSuffix))}${vaultSuffix}'
+var sasVaultName = '${take('${vaultBase}-sas-${suffix}', 24 - length(vaultSuffix))}${vaultSuffix}'
 var deploymentContainerName = 'app-package'
 
 // Queues the functions read or pgvault writes (function.json queueName values and
@@ -157,7 +180,7 @@ var targetsSetting = [
 ]
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
-  name: '${name}-id'
+  name: '${baseName}-id'
   location: location
   tags: tags
 }
@@ -165,7 +188,7 @@ resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' 
 module network 'modules/network.bicep' = if (privateNetworking) {
   name: 'network'
   params: {
-    name: name
+    name: baseName
     location: location
     tags: tags
     addressPrefix: vnetAddressPrefix
@@ -221,6 +244,7 @@ module dbVault 'modules/keyvault.bicep' = {
     principalId: identity.properties.principalId
     appAccess: 'reader'
     adminPrincipalIds: secretAdminPrincipalIds
+    createMode: recoverKeyVaults ? 'recover' : 'default'
   }
 }
 
@@ -234,6 +258,7 @@ module sasVault 'modules/keyvault.bicep' = if (!empty(pgbackrestTargets)) {
     privateNetworking: privateNetworking
     principalId: identity.properties.principalId
     appAccess: 'writer'
+    createMode: recoverKeyVaults ? 'recover' : 'default'
   }
 }
 
@@ -251,14 +276,34 @@ module sasReaders 'modules/sas-secret-reader.bicep' = [
   }
 ]
 
+// The resource groups of push targets (`/subscriptions/<s>/resourcegroups/<g>`, lower case, each
+// once: union() of arrays drops duplicates). A custom role definition can only be assigned inside
+// its assignableScopes, so each group gets its own definition (its name and GUID are unique per
+// group, and role names are unique per tenant).
+var pushTargets = filter(targets, x => x.delivery == 'push')
+var pushTargetGroups = union(
+  map(pushTargets, t => toLower('/subscriptions/${split(t.vmResourceId, '/')[2]}/resourcegroups/${split(t.vmResourceId, '/')[4]}')),
+  []
+)
+
+module runCommandRoles 'modules/run-command-role.bicep' = [
+  for g in (createRunCommandRole ? pushTargetGroups : []): {
+    name: 'run-command-role-${uniqueString(g)}'
+    scope: resourceGroup(split(g, '/')[2], split(g, '/')[4])
+  }
+]
+
 module runCommands 'modules/vm-run-command.bicep' = [
-  for t in filter(targets, x => x.delivery == 'push'): {
+  for t in pushTargets: {
     name: 'run-command-${t.name}'
     scope: resourceGroup(split(t.vmResourceId, '/')[2], split(t.vmResourceId, '/')[4])
     params: {
       vmName: last(split(t.vmResourceId, '/'))
       principalId: identity.properties.principalId
-      runCommandRoleDefinitionId: runCommandRoleDefinitionId
+      // The definition of the target's own resource group.
+      runCommandRoleDefinitionId: createRunCommandRole
+        ? runCommandRoles[indexOf(pushTargetGroups, toLower('/subscriptions/${split(t.vmResourceId, '/')[2]}/resourcegroups/${split(t.vmResourceId, '/')[4]}'))].outputs.roleDefinitionGuid
+        : runCommandRoleDefinitionId
     }
   }
 ]
@@ -266,7 +311,7 @@ module runCommands 'modules/vm-run-command.bicep' = [
 module monitoring 'modules/monitoring.bicep' = {
   name: 'monitoring'
   params: {
-    name: name
+    name: baseName
     location: location
     tags: tags
     principalId: identity.properties.principalId
@@ -285,7 +330,7 @@ module privateEndpoints 'modules/private-endpoint.bicep' = [
   for key in endpointKeys: {
     name: 'pe-${key}'
     params: {
-      name: '${name}-pe-${key}'
+      name: '${baseName}-pe-${key}'
       location: location
       tags: tags
       subnetId: network.outputs.endpointSubnetId
@@ -355,20 +400,33 @@ var hostSettings = {
 module app 'modules/functionapp.bicep' = {
   name: 'functionapp'
   params: {
-    name: '${name}-${suffix}'
+    name: '${baseName}-${suffix}'
     location: location
     tags: tags
     hosting: hosting
     identityId: identity.id
     identityClientId: identity.properties.clientId
-    appSettings: union(hostSettings, pgvaultSettings, extraAppSettings)
+    appSettings: union(hostSettings, pgvaultSettings)
+    extraAppSettings: extraAppSettings
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    maximumElasticWorkerCount: maximumElasticWorkerCount
     deploymentContainerUrl: hostStorage.outputs.deploymentContainerUrl
     premiumSku: premiumSku
     containerImage: containerImage
     subnetId: privateNetworking ? network.outputs.appSubnetId : ''
+    privateStorage: privateNetworking
   }
+  // The app resolves its Key Vault references and reaches storage when it starts: on a first
+  // deployment it must not start before the vault roles (inside the vault modules), the storage
+  // roles and the private endpoints (with their DNS records) exist, or the references stay
+  // unresolved until the platform's next refresh (up to 24 h).
+  dependsOn: [
+    dbVault
+    sasVault
+    backupStorage
+    privateEndpoints
+  ]
 }
 
 output AZURE_FUNCTION_APP_NAME string = app.outputs.name

@@ -128,6 +128,41 @@ impl Bicep {
         out
     }
 
+    /// A parameter: its decorators' text (empty if none) and its declaration's text.
+    fn param(&self, name: &str) -> (String, String) {
+        let decl = *self
+            .declarations("parameter_declaration")
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: no param {name}", self.path.display()));
+        let decorators =
+            decl.prev_named_sibling().filter(|p| p.kind() == "decorators").map(|d| self.text(d).to_string());
+        (decorators.unwrap_or_default(), self.text(decl).to_string())
+    }
+
+    /// The text of a module declaration.
+    fn module(&self, name: &str) -> String {
+        let m = self.declarations("module_declaration");
+        self.text(*m.get(name).unwrap_or_else(|| panic!("{}: no module {name}", self.path.display()))).to_string()
+    }
+
+    /// String literals outside decorators (descriptions may name examples), with their line.
+    fn value_strings(&self) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.tree.root_node()];
+        while let Some(n) = stack.pop() {
+            if n.kind() == "decorators" || n.kind() == "comment" {
+                continue;
+            }
+            // Named: the `string` keyword of a type is an anonymous node of the same kind.
+            if n.kind() == "string" && n.is_named() {
+                out.push((n.start_position().row + 1, self.text(n).to_string()));
+            }
+            let mut c = n.walk();
+            stack.extend(n.children(&mut c));
+        }
+        out
+    }
+
     /// Resources: name -> (type without API version, declaration text).
     fn resources(&self) -> BTreeMap<String, (String, String)> {
         self.declarations("resource_declaration")
@@ -631,4 +666,295 @@ fn example_parameters_name_real_parameters_and_a_valid_inventory() {
     // Its schedule is one pgvault accepts, too.
     let schedule = v["parameters"]["backupSchedule"]["value"].as_str().unwrap();
     pgvault::jobs::parse_ncrontab(schedule).unwrap();
+}
+
+// ---- platform rules no parser checks (issue 17: a deployment that succeeds on the first try,
+// and again after a teardown) ----------------------------------------------------------------
+
+/// The number in a decorator such as `@minValue(40)`.
+fn decorator_number(decorators: &str, decorator: &str) -> Option<i64> {
+    let start = decorators.find(&format!("@{decorator}("))? + decorator.len() + 2;
+    decorators[start..].split(')').next()?.trim().parse().ok()
+}
+
+/// The default of `param x int = 40`.
+fn int_default(decl: &str) -> Option<i64> {
+    decl.rsplit('=').next()?.trim().parse().ok()
+}
+
+/// Minutes of an ISO 8601 duration of the form `PT<n>M` or `PT<n>H`.
+fn iso_minutes(d: &str) -> Option<i64> {
+    let d = d.trim().trim_matches('\'').strip_prefix("PT")?;
+    if let Some(m) = d.strip_suffix('M') {
+        m.parse().ok()
+    } else {
+        d.strip_suffix('H')?.parse::<i64>().ok().map(|h| h * 60)
+    }
+}
+
+/// The value text of `key: value` in a declaration's text (first occurrence).
+fn property<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+}
+
+#[test]
+fn flex_instance_count_default_deploys_under_both_readings_of_the_floor() {
+    // The Flex docs and the platform's stack data say at least 40; a newer page says 1. A default
+    // and a lower bound of 40 or more deploy under both.
+    for file in ["main.bicep", "modules/functionapp.bicep"] {
+        let b = Bicep::load(file);
+        let (decorators, decl) = b.param("maximumInstanceCount");
+        let min = decorator_number(&decorators, "minValue").unwrap_or_else(|| panic!("{file}: no @minValue"));
+        let max = decorator_number(&decorators, "maxValue").unwrap_or_else(|| panic!("{file}: no @maxValue"));
+        assert!(min >= 40, "{file}: maximumInstanceCount @minValue({min}) is below the Flex floor of 40");
+        assert!(max <= 1000, "{file}: maximumInstanceCount @maxValue({max}) is above the Flex limit of 1000");
+        if file == "main.bicep" {
+            let default = int_default(&decl).expect("a default");
+            assert!((min..=max).contains(&default) && default >= 40, "{file}: default {default}");
+            // The cap is per scale group, not a bound on dumps: that is maxDumpsPerServer's job.
+            assert!(
+                !decorators.contains("dumps at once"),
+                "{file}: the description promises a dump bound: {decorators}"
+            );
+        }
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/main.example.parameters.json")).unwrap())
+            .unwrap();
+    let example = v["parameters"]["maximumInstanceCount"]["value"].as_i64().unwrap_or(40);
+    assert!(example >= 40, "main.example.parameters.json: maximumInstanceCount {example} is below 40");
+    // Premium has its own count: the Flex floor must not become the Premium worker count.
+    let app = Bicep::load("modules/functionapp.bicep");
+    let plan = &app.resources()["plan"].1;
+    assert!(plan.contains("maximumElasticWorkerCount: isFlex ? null : maximumElasticWorkerCount"), "{plan}");
+
+    // Where the bound really matters, per PostgreSQL server: a setting, with the code's default.
+    let main = Bicep::load("main.bicep");
+    let (pgvault, _) = main_settings();
+    assert_eq!(pgvault.get("PGVAULT_MAX_DUMPS_PER_SERVER").map(String::as_str), Some("string(maxDumpsPerServer)"));
+    let (decorators, decl) = main.param("maxDumpsPerServer");
+    assert_eq!(decorator_number(&decorators, "minValue"), Some(1));
+    let code = pgvault::settings::Settings::from_map(Default::default()).unwrap();
+    assert_eq!(int_default(&decl), Some(i64::from(code.max_dumps_per_server)), "Bicep and code defaults agree");
+    let (_, decl) = main.param("dumpSlotRetrySeconds");
+    assert_eq!(int_default(&decl), Some(i64::from(code.dump_slot_retry_secs)), "Bicep and code defaults agree");
+}
+
+#[test]
+fn every_scheduled_query_rule_skips_validation_and_notifies_once() {
+    let mut rules = 0;
+    for f in bicep_files() {
+        let b = Bicep::parse(&f);
+        for (name, (ty, text)) in b.resources() {
+            if ty != "Microsoft.Insights/scheduledQueryRules" {
+                continue;
+            }
+            rules += 1;
+            let ctx = format!("{}: {name}", f.display());
+            // AppTraces does not exist in a new workspace until data has flowed.
+            assert_eq!(property(&text, "skipQueryValidation"), Some("true"), "{ctx}");
+            let freq = property(&text, "evaluationFrequency").and_then(iso_minutes).expect("evaluationFrequency");
+            let window = property(&text, "windowSize").and_then(iso_minutes).expect("windowSize");
+            let mute = property(&text, "muteActionsDuration")
+                .and_then(iso_minutes)
+                .unwrap_or_else(|| panic!("{ctx}: no muteActionsDuration"));
+            // Without auto-mitigation, a record is in every evaluation whose window holds it:
+            // muting for window - frequency after a firing leaves one notification.
+            if property(&text, "autoMitigate") == Some("false") {
+                assert!(mute >= window - freq, "{ctx}: muted {mute} min, but a record fires for {window} min");
+            }
+        }
+    }
+    assert!(rules > 0, "the alert rules were found");
+}
+
+#[test]
+fn run_command_roles_are_unique_and_assignable_where_they_are_assigned() {
+    let role = Bicep::load("modules/run-command-role.bicep");
+    let (_, def) =
+        role.resources().into_iter().find(|(_, (ty, _))| ty == "Microsoft.Authorization/roleDefinitions").unwrap().1;
+    // Role names are unique per tenant: a fixed name collides in a second resource group.
+    let role_name = property(&def, "roleName").expect("roleName");
+    assert!(role_name.contains("${roleGuid}"), "roleName must carry the definition's GUID: {role_name}");
+    assert!(role.text(role.var("roleGuid")).contains("guid(resourceGroup().id, "), "GUID of scope and purpose");
+    assert_eq!(property(&def, "name"), Some("roleGuid"));
+    let scopes = def.split("assignableScopes: [").nth(1).and_then(|r| r.split(']').next()).unwrap_or_default();
+    assert_eq!(scopes.split_whitespace().collect::<Vec<_>>(), ["resourceGroup().id"], "its own group, and only that");
+
+    // main.bicep gives each push target's resource group its own definition, and each target the
+    // definition of its own group.
+    let main = Bicep::load("main.bicep");
+    let groups = main.text(main.var("pushTargetGroups")).to_string();
+    assert!(groups.contains("union("), "each group once: {groups}");
+    let group_of = |t: &str| {
+        format!(
+            "toLower('/subscriptions/${{split({t}.vmResourceId, '/')[2]}}/resourcegroups/${{split({t}.vmResourceId, '/')[4]}}')"
+        )
+    };
+    assert!(groups.contains(&group_of("t")), "pushTargetGroups: {groups}");
+    let roles = main.module("runCommandRoles");
+    assert!(roles.contains("'modules/run-command-role.bicep'"), "{roles}");
+    assert!(roles.contains("for g in (createRunCommandRole ? pushTargetGroups : [])"), "{roles}");
+    assert!(
+        roles.contains("scope: resourceGroup(split(g, '/')[2], split(g, '/')[4])"),
+        "one per group, in it: {roles}"
+    );
+    let runs = main.module("runCommands");
+    assert!(
+        runs.contains("scope: resourceGroup(split(t.vmResourceId, '/')[2], split(t.vmResourceId, '/')[4])"),
+        "{runs}"
+    );
+    assert!(
+        runs.contains(&format!(
+            "runCommandRoles[indexOf(pushTargetGroups, {})].outputs.roleDefinitionGuid",
+            group_of("t")
+        )),
+        "each target is given its own group's definition: {runs}"
+    );
+    // No role definition anywhere has a fixed name.
+    for f in bicep_files() {
+        let b = Bicep::parse(&f);
+        for (name, (ty, text)) in b.resources() {
+            if ty == "Microsoft.Authorization/roleDefinitions" {
+                let n = property(&text, "roleName").unwrap_or_default();
+                assert!(n.contains("${"), "{}: {name} has the fixed roleName {n}", f.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn vaults_are_recovered_or_renamed_after_a_teardown() {
+    let kv = Bicep::load("modules/keyvault.bicep");
+    let (decorators, _) = kv.param("createMode");
+    assert!(decorators.contains("@allowed(['default', 'recover'])"), "{decorators}");
+    let vault = &kv.resources()["vault"].1;
+    assert_eq!(property(vault, "createMode"), Some("createMode"));
+    assert_eq!(property(vault, "enablePurgeProtection"), Some("true"), "the reason for all this");
+    let main = Bicep::load("main.bicep");
+    for module in ["dbVault", "sasVault"] {
+        assert!(
+            main.module(module).contains("createMode: recoverKeyVaults ? 'recover' : 'default'"),
+            "{module} takes the recover path"
+        );
+    }
+    for var in ["dbVaultName", "sasVaultName"] {
+        assert!(main.text(main.var(var)).contains("${vaultSuffix}"), "{var}: a suffix the user can change");
+    }
+    assert!(main.text(main.var("vaultSuffix")).contains("toLower(vaultNameSuffix)"));
+    // azd: both come from the environment, and the recover flag is reset after a provision.
+    let params = std::fs::read_to_string(root().join("infra/main.parameters.json")).unwrap();
+    assert!(params.contains(r#""recoverKeyVaults": { "value": "${PGVAULT_RECOVER_KEYVAULTS=false}" }"#), "{params}");
+    assert!(params.contains(r#""vaultNameSuffix": { "value": "${PGVAULT_VAULT_NAME_SUFFIX=}" }"#), "{params}");
+    let azure = std::fs::read_to_string(root().join("azure.yaml")).unwrap();
+    let post = azure.split("postprovision:").nth(1).expect("a postprovision hook");
+    assert!(post.contains("azd env set PGVAULT_RECOVER_KEYVAULTS false"), "{post}");
+}
+
+#[test]
+fn storage_and_vault_names_are_derived_in_lower_case_without_hyphens() {
+    let main = Bicep::load("main.bicep");
+    let (decorators, _) = main.param("name");
+    assert!(decorator_number(&decorators, "maxLength").unwrap_or(0) >= 64, "azd environment names: up to 64");
+    let compact = main.text(main.var("compactName")).to_string();
+    assert!(compact.contains("toLower("), "{compact}");
+    for c in ["-", "_", ".", "(", ")"] {
+        assert!(compact.contains(&format!("'{c}', ''")), "compactName keeps {c:?}: {compact}");
+    }
+    let vault_base = main.text(main.var("vaultBase")).to_string();
+    assert!(vault_base.contains("compactName"), "{vault_base}");
+    assert!(vault_base.contains("contains('0123456789', take(compactName, 1))"), "a vault name starts with a letter");
+    for var in ["hostStorageName", "backupStorageName"] {
+        let t = main.text(main.var(var)).to_string();
+        assert!(t.contains("${compactName}") && !t.contains("${name}") && !t.contains("${baseName}"), "{var}: {t}");
+    }
+    for var in ["dbVaultName", "sasVaultName"] {
+        let t = main.text(main.var(var)).to_string();
+        assert!(t.contains("${vaultBase}") && !t.contains("${name}"), "{var}: {t}");
+    }
+    assert!(main.text(main.var("baseName")).contains("toLower("));
+    // No resource name is built from the raw parameter.
+    for (i, s) in main.value_strings() {
+        assert!(!s.contains("${name}"), "main.bicep:{i}: {s} uses the raw name");
+    }
+}
+
+#[test]
+fn azure_yaml_states_the_minimum_azd() {
+    let azure = std::fs::read_to_string(root().join("azure.yaml")).unwrap();
+    let after = azure.split("\nrequiredVersions:\n").nth(1).expect("requiredVersions in azure.yaml");
+    let line = after.lines().next().unwrap().trim();
+    let range = line.strip_prefix("azd:").expect("requiredVersions.azd").trim().trim_matches('"');
+    let version = range.strip_prefix(">=").expect("a lower bound").trim();
+    let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+    // ${PGVAULT_INVENTORY_JSON=[]} reaches the array parameter as JSON from 1.23.4 on.
+    assert!(parts >= vec![1, 23, 4], "azd {version} is older than 1.23.4");
+    assert!(azure.contains("language: custom"));
+    let deploy = std::fs::read_to_string(root().join("docs/deploy.md")).unwrap();
+    assert!(deploy.contains(&format!("azd {version}")), "docs/deploy.md states the minimum azd ({version})");
+}
+
+#[test]
+fn the_app_starts_after_its_vault_roles_and_private_endpoints() {
+    let main = Bicep::load("main.bicep");
+    let app = main.module("app");
+    let deps = app.split("dependsOn: [").nth(1).and_then(|r| r.split(']').next()).expect("app dependsOn");
+    let deps: BTreeSet<&str> = deps.split_whitespace().collect();
+    for needed in ["dbVault", "sasVault", "privateEndpoints", "backupStorage"] {
+        assert!(deps.contains(needed), "the app does not wait for {needed}: {deps:?}");
+    }
+    // The others it waits for through their outputs.
+    assert!(app.contains("hostStorage.outputs."), "host storage");
+    assert!(main.text(main.var("hostSettings")).contains("monitoring.outputs."), "monitoring");
+    // The role the references need is in the vault module, so waiting for the module waits for it.
+    let kv = Bicep::load("modules/keyvault.bicep");
+    assert_eq!(kv.resources()["appSecrets"].0, "Microsoft.Authorization/roleAssignments");
+}
+
+#[test]
+fn premium_scales_behind_a_vnet_needs_an_image_and_extra_settings_merge_last() {
+    let app = Bicep::load("modules/functionapp.bicep");
+    let premium = &app.resources()["premiumApp"].1;
+    assert_eq!(property(premium, "functionsRuntimeScaleMonitoringEnabled"), Some("privateStorage"), "{premium}");
+    let main = Bicep::load("main.bicep");
+    assert!(main.module("app").contains("privateStorage: privateNetworking"));
+    // An empty image fails the deployment with a reason instead of deploying `DOCKER|`.
+    let fx = premium.split("linuxFxVersion: ").nth(1).unwrap();
+    let fx: String = fx.lines().take(3).collect::<Vec<_>>().join(" ");
+    assert!(fx.starts_with("!isFlex && empty(containerImage)") && fx.contains("? fail('containerImage"), "{fx}");
+    // extraAppSettings is the last argument of the one union that makes the app's settings.
+    let all = app.text(app.var("allSettings")).to_string();
+    assert!(all.trim_end().ends_with(", extraAppSettings)"), "{all}");
+    assert!(all.contains("premiumSettings"), "{all}");
+    assert!(!main.module("app").contains("union(hostSettings, pgvaultSettings, extraAppSettings)"));
+    assert!(main.module("app").contains("extraAppSettings: extraAppSettings"));
+}
+
+#[test]
+fn no_cloud_suffix_is_hard_coded() {
+    // environment() knows each cloud's suffixes; a literal one breaks sovereign clouds.
+    const SUFFIXES: &[&str] =
+        &["windows.net", "azure.net", "azure.com", "azure.cn", "usgovcloudapi.net", "microsoftonline.com", "azure.us"];
+    let mut found = Vec::new();
+    for f in bicep_files() {
+        for (line, s) in Bicep::parse(&f).value_strings() {
+            if SUFFIXES.iter().any(|x| s.contains(x)) {
+                found.push(format!("{}:{line}: {s}", f.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "hard-coded cloud suffixes:\n{}", found.join("\n"));
+    let net = Bicep::load("modules/network.bicep");
+    let zones = net.text(net.var("zoneNames")).to_string();
+    assert!(zones.contains("environment().suffixes.keyvaultDns"), "{zones}");
+    // The check can fail.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.bicep");
+    std::fs::write(
+        &bad,
+        "@description('e.g. x.vault.azure.net')\nparam p string\nvar z = 'privatelink.vaultcore.azure.net'\n",
+    )
+    .unwrap();
+    let hits: Vec<_> = Bicep::parse(&bad).value_strings().into_iter().map(|(l, _)| l).collect();
+    assert_eq!(hits, [3], "only the value, not the description");
 }

@@ -14,6 +14,9 @@ param principalId string
 param appAccess string
 @description('Admins (object ids) given Key Vault Secrets Officer to put the database secrets in.')
 param adminPrincipalIds array = []
+@description('default: create the vault (fails while a soft-deleted vault of this name exists); recover: bring back the soft-deleted vault of this name with its secrets (fails when there is none). Purge protection keeps a deleted vault\'s name for softDeleteRetentionInDays, so a redeploy after a teardown needs one of the two (docs/deploy.md).')
+@allowed(['default', 'recover'])
+param createMode string = 'default'
 
 var roleKeyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
 var roleKeyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
@@ -25,6 +28,7 @@ resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
   tags: tags
   properties: {
     tenantId: subscription().tenantId
+    createMode: createMode
     sku: {
       family: 'A'
       name: 'standard'

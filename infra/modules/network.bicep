@@ -13,7 +13,8 @@ param appSubnetDelegation string
 var zoneNames = {
   blob: 'privatelink.blob.${environment().suffixes.storage}'
   queue: 'privatelink.queue.${environment().suffixes.storage}'
-  vault: 'privatelink.vaultcore.azure.net'
+  // keyvaultDns is `.vault.azure.net` (or the cloud's own); the private link zone is `vaultcore`.
+  vault: 'privatelink${replace(environment().suffixes.keyvaultDns, '.vault.', '.vaultcore.')}'
 }
 
 resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' = {
