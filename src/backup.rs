@@ -151,10 +151,12 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     }
     args.push("--no-password".into());
 
-    // Exact row counts come from the very snapshot pg_dump dumps: export it, hand it to pg_dump,
-    // and count in the exporting transaction while the dump runs.
+    // A database is dumped in a snapshot exported by this connection's transaction, which stays
+    // open while the dump runs: the database's own properties are read in it (pg_restore without
+    // --create skips them, so the manifest carries them), and exact row counts are counted in it.
     let mut snapshot_client = None;
-    if job.kind == BackupKind::Database && settings.row_counts == RowCountMode::Exact {
+    let mut database_properties = None;
+    if job.kind == BackupKind::Database {
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
@@ -165,6 +167,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
             .map_err(|e| pg::query_error("export snapshot", e))?
             .get(0);
         args.push(format!("--snapshot={snap}"));
+        database_properties = Some(crate::dbprops::read(&client, &database, server_version_num).await?);
         snapshot_client = Some(&client);
     }
 
@@ -210,6 +213,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     let counts = async {
         match (job.kind, settings.row_counts, snapshot_client) {
             (BackupKind::Database, RowCountMode::Exact, Some(c)) => exact_counts(c).await.map(Some),
+            // In the snapshot transaction too: an estimate reads pg_class as of the dump.
             (BackupKind::Database, RowCountMode::Estimate, _) => estimated_counts(&client).await.map(Some),
             _ => Ok(None),
         }
@@ -271,6 +275,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         finished_at: OffsetDateTime::now_utc(),
         row_counts,
         databases,
+        database_properties,
         restore_hint: manifest::restore_hint(job.kind, compression, &data_blob),
     };
     let created = ctx

@@ -455,7 +455,7 @@ pub struct RestoreArgs {
     latest_before: Option<String>,
     #[arg(long, value_enum, default_value = "create")]
     mode: crate::restore::Mode,
-    /// create / replace: a server of the inventory.
+    /// create / replace: a server of the inventory (default: --server).
     #[arg(long)]
     target_server: Option<String>,
     /// create / replace of one database: its new name (default: the same name).
@@ -483,6 +483,10 @@ pub struct RestoreArgs {
     /// pg_restore --jobs, when the scratch disk has room for the archive.
     #[arg(long)]
     jobs: Option<u32>,
+    /// Create the database with the target server's default encoding and locale instead of the
+    /// backup's (when the target lacks the backup's locale; text then sorts by the target's rules).
+    #[arg(long)]
+    default_locale: bool,
     /// The idempotency key (default: a new one).
     #[arg(long)]
     request_id: Option<String>,
@@ -530,7 +534,11 @@ fn restore_request(a: &RestoreArgs) -> Result<crate::restore::RestoreRequest> {
         source: Source { server: a.server.clone().unwrap_or_default(), database: a.database.clone(), backup },
         target: Target {
             mode: a.mode,
-            server: a.target_server.clone(),
+            // A database goes back where it came from unless told otherwise.
+            server: match a.mode {
+                crate::restore::Mode::AsFiles => a.target_server.clone(),
+                _ => a.target_server.clone().or_else(|| a.server.clone()),
+            },
             database: a.target_database.clone(),
             container: a.container.clone(),
             prefix: a.prefix.clone(),
@@ -542,6 +550,7 @@ fn restore_request(a: &RestoreArgs) -> Result<crate::restore::RestoreRequest> {
             owner: a.owner.clone(),
             globals: a.globals,
             jobs: a.jobs,
+            default_locale: a.default_locale,
         },
     };
     req.validate()?;

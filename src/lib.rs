@@ -6,6 +6,8 @@
 //!   - [`manifest`]: the versioned, self-describing manifest written last.
 //!   - [`backup`]: the streaming pipeline (pg_dump -> zstd -> staged blocks -> commit -> manifest).
 //!   - [`catalog`]: listing and verifying backups.
+//!   - [`dbprops`]: the database's own properties (encoding, locale, owner, privileges,
+//!     settings, comment), recorded by the backup and applied by the restore.
 //!   - [`restore`]: restore requests, their plan, and the never-destructive restore pipeline
 //!     (verified blocks -> zstd -> pg_restore into a temporary database -> verify -> rename).
 //!   - [`jobrecords`]: the status record of every restore request and task (`pgvault jobs`);
@@ -40,6 +42,7 @@ pub mod claim;
 pub mod cli;
 pub mod connstr;
 pub mod credentials;
+pub mod dbprops;
 pub mod drill;
 pub mod error;
 pub mod grant;

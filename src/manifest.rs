@@ -53,6 +53,12 @@ pub struct Manifest {
     /// for databases, and in manifests written before pgvault recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub databases: Option<Vec<String>>,
+    /// Databases only: the database's own properties (encoding and locale, owner, privileges,
+    /// settings, comment, security labels), read in the dump's snapshot. pg_restore without
+    /// `--create` skips them, so a restore applies them from here. Absent in manifests written
+    /// before pgvault recorded them; such a restore says what it could not give back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_properties: Option<crate::dbprops::DatabaseProperties>,
     /// How to restore with plain tools.
     pub restore_hint: String,
 }

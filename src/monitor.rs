@@ -526,6 +526,7 @@ mod tests {
             finished_at: at,
             row_counts: None,
             databases: None,
+            database_properties: None,
             restore_hint: String::new(),
         }
     }

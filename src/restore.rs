@@ -18,6 +18,7 @@
 
 use crate::backup::{self, Ctx};
 use crate::catalog;
+use crate::dbprops;
 use crate::error::{Error, Result};
 use crate::jobrecords::{self, JobKind, JobRecord, Status};
 use crate::layout::{self, BackupKind};
@@ -156,6 +157,11 @@ pub struct Options {
     /// `pg_restore --jobs`: parallel restore from a local copy, when the scratch disk has room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<u32>,
+    /// Create the database with the target server's default encoding and locale instead of the
+    /// backup's (for a target that lacks the backup's locale; text then sorts by the target's
+    /// rules).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default_locale: bool,
 }
 
 fn check_id(what: &str, id: &str, max: usize) -> Result<()> {
@@ -288,9 +294,10 @@ impl RestoreRequest {
                     )));
                 }
                 let o = &self.options;
-                if o.no_owner || o.no_privileges || o.owner.is_some() || o.jobs.is_some() {
+                if o.no_owner || o.no_privileges || o.owner.is_some() || o.jobs.is_some() || o.default_locale {
                     return Err(Error::permanent(
-                        "options no_owner, no_privileges, owner and jobs apply to a database restore, not to as-files",
+                        "options.no_owner, options.no_privileges, options.owner, options.jobs and \
+                         options.default_locale apply to a database restore, not to as-files",
                     ));
                 }
             }
@@ -824,6 +831,10 @@ pub struct DatabaseReport {
     /// replace: the name the old database was kept under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_kept_as: Option<String>,
+    /// The database's own properties: what was applied, what was not and why, and whether they
+    /// were read back as planned. Absent in reports written before pgvault restored them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<dbprops::PropertiesReport>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -1186,11 +1197,11 @@ pub async fn run_task(ctx: &Ctx, task: &RestoreTask) -> Result<TaskReport> {
                     m.id
                 )));
             }
-            let server = task.target.server.as_deref().expect("validated");
-            if let Some(g) = &task.globals {
-                report.globals = Some(restore_globals(ctx, server, g).await?);
-            }
-            report.database = Some(restore_database(ctx, task, &m).await?);
+            // The globals are restored inside, once the temporary database exists: a target that
+            // cannot create it (a missing locale) fails before any role is created.
+            let (globals, database) = restore_database(ctx, task, &m).await?;
+            report.globals = globals;
+            report.database = Some(database);
         }
     }
     Ok(report)
@@ -1291,13 +1302,123 @@ async fn drop_temp(admin: &tokio_postgres::Client, temp: &str) -> std::result::R
         .map_err(|e| redact(&pg::error_text(&e)))
 }
 
-async fn restore_database(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Result<DatabaseReport> {
+/// The restoring login and what it may do, read before anything is touched.
+struct Login {
+    name: String,
+    superuser: bool,
+    createdb: bool,
+    /// `SET` (16+) or `MEMBER` (older) is what `ALTER … OWNER TO` needs of the new owner.
+    set_privilege: &'static str,
+}
+
+impl Login {
+    async fn read(admin: &tokio_postgres::Client, version_num: u32) -> Result<Login> {
+        let row = admin
+            .query_one("SELECT current_user::text, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user", &[])
+            .await
+            .map_err(|e| pg::query_error("read the restoring role's attributes", e))?;
+        Ok(Login {
+            name: row.get(0),
+            superuser: row.get(1),
+            createdb: row.get(2),
+            set_privilege: if pg::major_of(version_num) >= 16 { "SET" } else { "MEMBER" },
+        })
+    }
+
+    /// Whether the login has `privilege` (`USAGE`: acts as the role; `SET`/`MEMBER`: may become
+    /// it) in `role`.
+    async fn has_role(&self, admin: &tokio_postgres::Client, role: &str, privilege: &str) -> Result<bool> {
+        if self.superuser || role == self.name {
+            return Ok(true);
+        }
+        admin
+            .query_one("SELECT pg_has_role(current_user, $1::text::name, $2)", &[&role, &privilege])
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| pg::query_error(&format!("check the restoring role's membership in {role:?}"), e))
+    }
+}
+
+async fn role_exists(admin: &tokio_postgres::Client, role: &str) -> Result<bool> {
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .map_err(|e| pg::query_error(&format!("look up role {role:?}"), e))?
+        .get(0);
+    Ok(n > 0)
+}
+
+async fn owner_of(admin: &tokio_postgres::Client, database: &str) -> Result<Option<String>> {
+    Ok(admin
+        .query_opt("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .map_err(|e| pg::query_error(&format!("read the owner of database {database:?}"), e))?
+        .map(|r| r.get(0)))
+}
+
+/// Who the restored database belongs to, checked: the role exists (after the globals, which may
+/// have created it) and the restoring login may give the database to it. Refused otherwise,
+/// before pg_restore starts, with a HINT naming the ways out.
+async fn choose_owner(
+    admin: &tokio_postgres::Client,
+    login: &Login,
+    task: &RestoreTask,
+    m: &Manifest,
+    previous_owner: Option<&str>,
+    server_name: &str,
+) -> Result<dbprops::OwnerChoice> {
+    use dbprops::OwnerChoice;
+    let o = &task.options;
+    let choice = match (&o.owner, o.no_owner, &m.database_properties, previous_owner) {
+        (Some(r), _, _, _) => OwnerChoice::Mapped(r.clone()),
+        (None, true, _, _) => OwnerChoice::NotApplied,
+        (None, false, Some(p), _) => OwnerChoice::Backup(p.owner.clone()),
+        (None, false, None, Some(prev)) => OwnerChoice::Previous(prev.to_string()),
+        (None, false, None, None) => OwnerChoice::NotApplied,
+    };
+    let Some(role) = choice.role() else { return Ok(choice) };
+    if !role_exists(admin, role).await? {
+        return Err(match &choice {
+            OwnerChoice::Mapped(_) => {
+                Error::permanent(format!("options.owner role {role:?} does not exist on server {server_name:?}"))
+            }
+            _ => Error::permanent(format!(
+                "the backup's database and objects belong to role {role:?}, which does not exist on server \
+                 {server_name:?}"
+            ))
+            .with_hint(
+                "restore the roles first (options.globals), give everything to an existing role (options.owner), or \
+                 restore with options.no_owner (everything then belongs to the restoring role)",
+            ),
+        });
+    }
+    if !login.has_role(admin, role, login.set_privilege).await? {
+        let me = &login.name;
+        return Err(Error::permanent(format!(
+            "role {me:?} cannot give the restored database and its objects to {role:?} on server {server_name:?}: \
+             it is not a member of {role:?}"
+        ))
+        .with_hint(format!(
+            "GRANT {} TO {} (`pgvault grant-sql --restore --role {me} --member-of {role}` prints it), or restore with \
+             options.no_owner (everything then belongs to {me:?})",
+            quote_ident(role),
+            quote_ident(me)
+        )));
+    }
+    Ok(choice)
+}
+
+async fn restore_database(
+    ctx: &Ctx,
+    task: &RestoreTask,
+    m: &Manifest,
+) -> Result<(Option<GlobalsReport>, DatabaseReport)> {
     let settings = &ctx.settings;
     let server_name = task.target.server.as_deref().expect("validated");
     let target = task.target.database.as_deref().expect("validated");
     let server = settings.server(server_name).ok_or_else(|| backup::unknown_server(server_name))?;
     let admin_spec = ctx.conn_spec(server_name, &server.maintenance_db).await?;
-    let admin = pg::connect(&admin_spec).await?;
+    let mut admin = pg::connect(&admin_spec).await?;
     let (version, version_num) = pg::server_version(&admin).await?;
     let target_major = pg::major_of(version_num);
     let where_ = format!("database {target:?} on server {server_name:?}");
@@ -1332,27 +1453,75 @@ async fn restore_database(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Result
         ))
         .with_hint("restore it under another name, or set another maintenance_db in the inventory"));
     }
-    if let Some(owner) = &task.options.owner {
-        let n: i64 = admin
-            .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[owner])
-            .await
-            .map_err(|e| pg::query_error("look up the owner role", e))?
-            .get(0);
-        if n == 0 {
-            return Err(Error::permanent(format!(
-                "options.owner role {owner:?} does not exist on server {server_name:?}"
-            )));
-        }
+    // What the restoring login may do, before anything is touched.
+    let login = Login::read(&admin, version_num).await?;
+    if !login.superuser && !login.createdb {
+        return Err(Error::permanent(format!(
+            "role {:?} cannot restore into server {server_name:?}: it may not create databases (CREATEDB)",
+            login.name
+        ))
+        .with_hint(format!("`pgvault grant-sql --restore --role {}` prints what the restore role needs", login.name)));
     }
-
+    let previous_owner = if exists { owner_of(&admin, target).await? } else { None };
+    if mode == Mode::Replace
+        && let Some(owner) = &previous_owner
+        && !login.has_role(&admin, owner, "USAGE").await?
+    {
+        let me = &login.name;
+        return Err(Error::permanent(format!(
+            "role {me:?} cannot replace {where_}: the database belongs to {owner:?}, and only its owner (or a member \
+             of that role) may rename it out of the way"
+        ))
+        .with_hint(format!(
+            "GRANT {} TO {} (`pgvault grant-sql --restore --role {me} --member-of {owner}` prints it), or restore with \
+             mode create under another name",
+            quote_ident(owner),
+            quote_ident(me)
+        )));
+    }
+    if let Some(owner) = &task.options.owner
+        && !role_exists(&admin, owner).await?
+    {
+        return Err(Error::permanent(format!(
+            "options.owner role {owner:?} does not exist on server {server_name:?}"
+        )));
+    }
+    // The temporary database has the source's encoding and locale. A target that cannot make
+    // it fails here, before anything is touched.
+    let props = m.database_properties.as_ref();
+    let locale = match props {
+        Some(p) if !task.options.default_locale => {
+            let default_locale_hint = format!(
+                "install the locale on server {server_name:?}, or restore with options.default_locale to create the \
+                 database with the server's default encoding and locale instead (text then sorts and compares by \
+                 the target's rules, not the source's)"
+            );
+            let clauses = dbprops::create_clauses(p, target_major)
+                .map_err(|e| e.context(format!("server {server_name:?}")).with_hint(&default_locale_hint))?;
+            Some((clauses, p.describe_locale(), default_locale_hint))
+        }
+        _ => None,
+    };
     let jobs = task.options.jobs.unwrap_or(1);
     let (method, method_reason) =
         choose_method(jobs, m.raw_bytes, free_space(&settings.restore_scratch_dir), settings.restore_scratch_reserve);
     let temp = format!("{TEMP_DB_PREFIX}{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(&temp)))
-        .await
-        .map_err(|e| pg::query_error(&format!("create temporary database {temp:?} on server {server_name:?}"), e))?;
+    let create = format!(
+        "CREATE DATABASE {} TEMPLATE template0{}",
+        quote_ident(&temp),
+        locale.as_ref().map(|l| l.0.as_str()).unwrap_or("")
+    );
+    if let Err(e) = admin.batch_execute(&create).await {
+        let what = format!("create temporary database {temp:?} on server {server_name:?}");
+        return Err(match (&locale, e.as_db_error()) {
+            (Some((_, described, hint)), Some(db)) => Error::permanent(format!(
+                "server {server_name:?} cannot create a database like the backup's ({described}): {}",
+                redact(db.message())
+            ))
+            .with_hint(hint),
+            _ => pg::query_error(&what, e),
+        });
+    }
     tracing::info!(task = %task.task_id, backup = %m.id, temp = %temp, target = %target, method = ?method, "restoring into a temporary database");
 
     let mut report = DatabaseReport {
@@ -1370,6 +1539,11 @@ async fn restore_database(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Result
     };
     let temp_spec = admin_spec.with_db(&temp);
     let restored = async {
+        let globals = match &task.globals {
+            Some(g) => Some(restore_globals(ctx, server_name, g).await?),
+            None => None,
+        };
+        let owner = choose_owner(&admin, &login, task, m, previous_owner.as_deref(), server_name).await?;
         let mut args = vec![format!("--dbname={temp}"), "--no-password".to_string(), "--exit-on-error".to_string()];
         if task.options.no_owner || task.options.owner.is_some() {
             args.push("--no-owner".into());
@@ -1383,85 +1557,169 @@ async fn restore_database(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Result
         feed_pg_restore(ctx, m, &tool.path, &temp_spec, args, method).await?;
         let checked = check_row_counts(&temp_spec, m).await?;
         wait_until_unused(&admin, &temp).await?;
-        Ok::<_, Error>(checked)
+        Ok::<_, Error>((globals, owner, checked))
     }
     .await;
-    match restored {
-        Ok(n) => report.tables_checked = n,
+    let (globals, owner) = match restored {
+        Ok((globals, owner, n)) => {
+            report.tables_checked = n;
+            (globals, owner)
+        }
         Err(e) => {
             let dropped = drop_temp(&admin, &temp).await;
             let note = match dropped {
                 Ok(()) => format!("temporary database {temp:?} dropped; {where_} untouched"),
                 Err(d) => format!("dropping temporary database {temp:?} failed too ({d}); drop it by hand"),
             };
-            return Err(e.context(format!("restore backup {:?} into {where_}", m.id)).context(note));
+            return Err(e.context(format!("restore backup {:?} into {where_} ({note})", m.id)));
         }
-    }
+    };
     if m.row_counts.as_ref().is_none_or(|r| r.method != "exact") {
         report.notes.push("the manifest has no exact row counts: row counts were not compared".into());
     }
 
-    // Put it in place. Both renames in one transaction: the target name never points at nothing.
+    // Put it in place: the properties, both renames and the owner in one transaction, checked
+    // before it commits. The target name never points at nothing, and a failure changes nothing.
     let now = OffsetDateTime::now_utc();
     let previous = (mode == Mode::Replace && exists).then(|| pre_restore_name(target, now));
     if let Some(p) = &previous
         && db_exists(&admin, p).await?
     {
-        return Err(swap_failed(&where_, &temp, &format!("database {p:?} (the name for the old copy) exists")));
+        return Err(swap_failed(&where_, &temp, &format!("database {p:?} (the name for the old copy) exists"), None));
     }
-    let old_owner: Option<String> = if exists {
-        admin
-            .query_opt("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", &[&target])
+    let facts = dbprops::TargetFacts {
+        restorer: login.name.clone(),
+        roles: admin
+            .query("SELECT rolname::text FROM pg_roles", &[])
             .await
-            .map_err(|e| pg::query_error("read the old database's owner", e))?
+            .map_err(|e| pg::query_error("list the target's roles", e))?
+            .iter()
             .map(|r| r.get(0))
-    } else {
-        None
+            .collect(),
     };
-    let mut sql = String::from("BEGIN;\n");
-    if let Some(p) = &previous {
-        sql.push_str(&format!("ALTER DATABASE {} RENAME TO {};\n", quote_ident(target), quote_ident(p)));
-    }
-    sql.push_str(&format!("ALTER DATABASE {} RENAME TO {};\nCOMMIT;", quote_ident(&temp), quote_ident(target)));
-    if let Err(e) = admin.batch_execute(&sql).await {
-        let _ = admin.batch_execute("ROLLBACK").await;
-        let mut why = redact(&pg::error_text(&e));
-        if let Some(db) = e.as_db_error()
-            && let Some(detail) = db.detail()
-        {
-            why.push_str(&format!(" ({detail})"));
+    let plan = match props {
+        Some(p) => dbprops::plan_apply(p, &temp, target, &owner, task.options.no_privileges, &facts),
+        None => dbprops::ApplyPlan { owner: dbprops::owner_step(&owner, None, target), ..Default::default() },
+    };
+    let mut props_report = dbprops::PropertiesReport { skipped: plan.skipped.clone(), ..Default::default() };
+    let tx = admin.transaction().await.map_err(|e| pg::query_error("begin the swap transaction", e))?;
+    let swapped = async {
+        let mut tx = tx;
+        let mut applied_checks = Vec::new();
+        for step in &plan.steps {
+            if step.required {
+                tx.batch_execute(&step.sql).await.map_err(|e| (step_error(&step.what, &e), Some(e)))?;
+            } else {
+                let sp = tx.savepoint("pgvault_property").await.map_err(|e| (redact(&pg::error_text(&e)), Some(e)))?;
+                match sp.batch_execute(&step.sql).await {
+                    Ok(()) => {
+                        sp.commit().await.map_err(|e| (redact(&pg::error_text(&e)), Some(e)))?;
+                        applied_checks.push(&step.check);
+                    }
+                    Err(e) => {
+                        let reason = redact(&pg::error_text(&e));
+                        sp.rollback().await.map_err(|e| (redact(&pg::error_text(&e)), Some(e)))?;
+                        props_report.skipped.push(dbprops::Skipped { what: step.what.clone(), reason });
+                        continue;
+                    }
+                }
+            }
+            props_report.applied.push(step.what.clone());
         }
-        return Err(swap_failed(&where_, &temp, &why));
+        if let Some(p) = &previous {
+            let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(target), quote_ident(p));
+            tx.batch_execute(&sql).await.map_err(|e| (rename_error(&e), Some(e)))?;
+        }
+        let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&temp), quote_ident(target));
+        tx.batch_execute(&sql).await.map_err(|e| (rename_error(&e), Some(e)))?;
+        if let Some(step) = &plan.owner {
+            tx.batch_execute(&step.sql).await.map_err(|e| (step_error(&step.what, &e), Some(e)))?;
+            props_report.applied.push(step.what.clone());
+        }
+        if let Some(p) = props {
+            let actual = dbprops::read(&tx, target, version_num).await.map_err(|e| (e.to_string(), None))?;
+            let expected_owner = owner.role().unwrap_or(&login.name);
+            let locale_applied = locale.is_some();
+            let diffs = dbprops::compare(p, &plan, &applied_checks, locale_applied, expected_owner, &actual);
+            if !diffs.is_empty() {
+                return Err((format!("the database's properties did not come out as planned: {}", diffs.join("; ")), None));
+            }
+            props_report.checked = true;
+        }
+        tx.commit().await.map_err(|e| (redact(&pg::error_text(&e)), Some(e)))?;
+        Ok::<_, (String, Option<tokio_postgres::Error>)>(())
+    }
+    .await;
+    if let Err((why, e)) = swapped {
+        // Dropping the transaction rolled it back; nothing was renamed.
+        return Err(swap_failed(&where_, &temp, &why, e.as_ref()));
     }
     report.previous_kept_as = previous.clone();
     if mode == Mode::Replace && !exists {
         report.notes.push(format!("{where_} did not exist: nothing was replaced"));
     }
     if let Some(p) = &previous {
-        report.notes.push(format!("the old database is kept as {p:?}"));
+        report.notes.push(format!("the old database is kept as {p:?}, with its own properties"));
     }
-    // The database itself belongs to the restoring role now; give it to whoever should own it.
-    if let Some(owner) = task.options.owner.as_ref().or(old_owner.as_ref()) {
-        let sql = format!("ALTER DATABASE {} OWNER TO {}", quote_ident(target), quote_ident(owner));
-        if let Err(e) = admin.batch_execute(&sql).await {
-            report
-                .notes
-                .push(format!("could not make {owner:?} the database's owner: {}", redact(&pg::error_text(&e))));
-        }
+    match (props, &locale) {
+        (None, _) => report.notes.push(
+            "the backup's manifest does not record the database's own properties (it was made before pgvault \
+             recorded them): the encoding and locale are the target server's defaults, and the database's \
+             privileges, settings and comment were not restored"
+                .into(),
+        ),
+        (Some(p), None) => props_report.skipped.insert(
+            0,
+            dbprops::Skipped {
+                what: format!("encoding and locale ({})", p.describe_locale()),
+                reason: "not applied: default_locale was asked for (the target server's defaults)".into(),
+            },
+        ),
+        (Some(p), Some(_)) => props_report.applied.insert(0, p.describe_locale()),
     }
+    report.properties = Some(props_report);
     tracing::info!(task = %task.task_id, backup = %m.id, target = %target, previous = ?previous, "restored database is in place");
-    Ok(report)
+    Ok((globals, report))
 }
 
-fn swap_failed(where_: &str, temp: &str, why: &str) -> Error {
+/// A required property step failed: name the step and the server's reason.
+fn step_error(what: &str, e: &tokio_postgres::Error) -> String {
+    format!("applying the backup's {what} failed: {}", redact(&pg::error_text(e)))
+}
+
+fn rename_error(e: &tokio_postgres::Error) -> String {
+    let mut why = redact(&pg::error_text(e));
+    if let Some(db) = e.as_db_error()
+        && let Some(detail) = db.detail()
+    {
+        why.push_str(&format!(" ({detail})"));
+    }
+    why
+}
+
+/// The copy was restored and verified but could not be put in place. The HINT follows the
+/// cause: sessions on the old database, a missing privilege, or anything else.
+fn swap_failed(where_: &str, temp: &str, why: &str, cause: Option<&tokio_postgres::Error>) -> Error {
+    use tokio_postgres::error::SqlState;
+    let code = cause.and_then(|e| e.code());
+    let hint = if code == Some(&SqlState::OBJECT_IN_USE) {
+        format!(
+            "end the sessions that hold the database and rename {temp:?} yourself, or drop it and post the request \
+             again with a new request_id"
+        )
+    } else if code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+        format!(
+            "the restoring role lacks a privilege the swap needs (see the reason): grant it, then rename {temp:?} \
+             yourself, or drop it and post the request again with a new request_id"
+        )
+    } else {
+        format!("rename {temp:?} yourself once the cause is fixed, or drop it and post the request again with a new request_id")
+    };
     Error::permanent(format!(
         "the backup was restored and verified, but could not be put in place as {where_}: {why}; the restored copy \
          is kept as database {temp:?}"
     ))
-    .with_hint(format!(
-        "end the sessions that hold the database and rename {temp:?} yourself, or drop it and post the request \
-         again with a new request_id"
-    ))
+    .with_hint(hint)
 }
 
 /// Keep the last 64 KiB of a tool's stderr.
@@ -2027,6 +2285,7 @@ mod tests {
             finished_at: started + time::Duration::minutes(5),
             row_counts: None,
             databases: (kind == BackupKind::Globals).then(|| vec!["app".into(), "shop".into(), "postgres".into()]),
+            database_properties: None,
             restore_hint: String::new(),
         }
     }
