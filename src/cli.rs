@@ -119,6 +119,10 @@ pub enum Command {
         /// Grant per schema even on PostgreSQL 14+, instead of pg_read_all_data.
         #[arg(long, conflicts_with = "restore")]
         per_schema: bool,
+        /// With --restore: a role owning databases it restores (repeatable). The restore role
+        /// becomes its member, so restored databases and objects get their owner back.
+        #[arg(long = "member-of", requires = "restore")]
+        member_of: Vec<String>,
         /// Run the SQL on --server, logged in as that server's inventory login (an admin).
         #[arg(long, requires = "server")]
         apply: bool,
@@ -160,8 +164,11 @@ pub fn init_logging(settings: Option<&Settings>, serving: bool) {
         Some(LogFormat::Text) => false,
         None => serving,
     };
+    // Colour only for a person at a terminal: log files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
@@ -258,6 +265,15 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { ids, all, clean_orphans } => {
+            // A mistyped id is the caller's mistake, not a failed verification: no record, no alert.
+            for id in &ids {
+                if !rt.ctx.store.exists(&crate::layout::manifest_for_id(id)).await? {
+                    eprintln!(
+                        "pgvault: verify: there is no backup {id:?}\nHINT: `pgvault list` prints the backup ids"
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+            }
             let mut rec =
                 crate::monitor::start_record(crate::jobrecords::JobKind::Verify, "*", "pgvault verify", "cli");
             let ids = if all {
@@ -304,11 +320,16 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             crate::monitor::finish_record(&rt.ctx, &mut rec, result).await;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::GrantSql { role, restore, per_schema, apply, server } => {
-            let opts = crate::grant::GrantOptions { role, restore, per_schema };
+        Command::GrantSql { role, restore, per_schema, member_of, apply, server } => {
+            let opts = crate::grant::GrantOptions { role, restore, per_schema, member_of };
             crate::grant::run(&rt.ctx, opts, server.as_deref().filter(|_| apply)).await
         }
-        Command::Restore(args) => restore_now(&rt, *args).await,
+        Command::Restore(args) => {
+            // A request built from flags is reported in the flags' words; a --request file in
+            // the JSON fields its author wrote.
+            let flags = args.request.is_none();
+            restore_now(&rt, *args).await.map_err(|e| if flags { e.reworded(flag_words) } else { e })
+        }
         Command::PgbackrestSas(c) => {
             crate::pgbackrest::commands::run(&rt.ctx.settings, Some(rt.ctx.store.as_ref()), c).await
         }
@@ -557,6 +578,41 @@ fn restore_request(a: &RestoreArgs) -> Result<crate::restore::RestoreRequest> {
     Ok(req)
 }
 
+/// The request's JSON fields and the `pgvault restore` flags that set them, for messages.
+const FLAG_FOR_FIELD: &[(&str, &str)] = &[
+    ("source.backup.latest_before", "--latest-before"),
+    ("source.backup.id", "--backup"),
+    ("source.server", "--server"),
+    ("source.database", "--database"),
+    ("target.expires_in_seconds", "--expires-in"),
+    ("target.container", "--container"),
+    ("target.database", "--target-database"),
+    ("target.server", "--target-server"),
+    ("target.prefix", "--prefix"),
+    ("target.mode", "--mode"),
+    ("options.default_locale", "--default-locale"),
+    ("options.no_privileges", "--no-privileges"),
+    ("options.no_owner", "--no-owner"),
+    ("options.globals", "--globals"),
+    ("options.owner", "--owner"),
+    ("options.jobs", "--jobs"),
+    ("no_privileges", "--no-privileges"),
+    ("no_owner", "--no-owner"),
+    ("default_locale", "--default-locale"),
+    ("requested_by", "--requested-by"),
+    ("request_id", "--request-id"),
+];
+
+/// A restore message in the words of the flags the user typed. Longer field names come first
+/// in the table, so `options.no_owner` is replaced whole before `no_owner` would be.
+pub fn flag_words(text: &str) -> String {
+    let mut out = text.to_string();
+    for (field, flag) in FLAG_FOR_FIELD {
+        out = out.replace(field, flag);
+    }
+    out
+}
+
 /// Whether a recorded request is this one: the same source, target and options (who asks does
 /// not matter).
 fn same_request(recorded: &serde_json::Value, req: &crate::restore::RestoreRequest) -> bool {
@@ -661,8 +717,10 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
             }
             Err(e) => {
                 failed += 1;
+                // The reason names the backup and the target: printed once, as the only line.
+                let e = if a.request.is_none() { e.reworded(flag_words) } else { e };
                 if !a.json {
-                    println!("FAILED {}: {}: {e}", task.task_id, task.describe());
+                    println!("FAILED {}: {e}", task.task_id);
                 }
                 reports
                     .push(serde_json::json!({ "task_id": task.task_id, "status": "failed", "error": e.to_string() }));

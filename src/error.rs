@@ -80,6 +80,14 @@ impl Error {
         self
     }
 
+    /// The same error with its message and hint rewritten (the CLI names its flags where the
+    /// request names its JSON fields).
+    pub fn reworded(mut self, f: impl Fn(&str) -> String) -> Self {
+        self.message = f(&self.message);
+        self.hint = self.hint.as_deref().map(&f);
+        self
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }

@@ -26,6 +26,10 @@ pub struct GrantOptions {
     pub restore: bool,
     /// Per-schema grants even where `pg_read_all_data` exists (14+).
     pub per_schema: bool,
+    /// Restore role: the roles that own the databases it restores. It becomes a member of each
+    /// (with INHERIT and SET, the defaults), which is what giving restored objects and the
+    /// database to that owner, and renaming the owner's database aside in `replace`, require.
+    pub member_of: Vec<String>,
 }
 
 /// The SQL, in the two places it must run.
@@ -69,11 +73,18 @@ pub fn script(opts: &GrantOptions) -> Result<Script> {
          EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', db, {lit});\n  END LOOP;\n"
     );
     if opts.restore {
-        let server_wide = format!(
+        let mut server_wide = format!(
             "{create_role}ALTER ROLE {ident} CREATEDB;\n\
              DO $pgvault$\nDECLARE db text;\nBEGIN\n{connect_everywhere}END\n$pgvault$;\n"
         );
+        for owner in &opts.member_of {
+            check_role(owner)?;
+            server_wide.push_str(&format!("GRANT {} TO {ident};\n", pg::quote_ident(owner)));
+        }
         return Ok(Script { server_wide, per_database: None });
+    }
+    if !opts.member_of.is_empty() {
+        return Err(Error::permanent("--member-of is for the restore role (--restore)"));
     }
     let read_all = if opts.per_schema {
         String::new()
@@ -121,6 +132,10 @@ pub fn render(opts: &GrantOptions, script: &Script) -> String {
     if opts.restore {
         out.push_str(&format!(
             "-- pgvault restore role {role:?}: CREATEDB and CONNECT; pg_restore runs into a database it creates.\n\
+             -- A restore gives the database and its objects back to their owners: the role must be a\n\
+             -- member of each owning role (--member-of R adds GRANT R TO the role), or restores run\n\
+             -- with --no-owner. Per-role settings in a database (ALTER ROLE .. IN DATABASE) need\n\
+             -- CREATEROLE and are otherwise reported as not applied.\n\
              -- Run as the server admin (on Azure Flexible Server, a member of azure_pg_admin).\n\
              -- The role gets no password here: set one and keep it in Key Vault, or use Entra\n\
              -- (on Azure, create the role first with pgaadauth_create_principal).\n\
@@ -198,7 +213,7 @@ mod tests {
     use super::*;
 
     fn opts(role: &str, restore: bool, per_schema: bool) -> GrantOptions {
-        GrantOptions { role: role.into(), restore, per_schema }
+        GrantOptions { role: role.into(), restore, per_schema, member_of: Vec::new() }
     }
 
     #[test]
@@ -225,6 +240,11 @@ mod tests {
         assert_eq!(s.per_database, None);
         let text = render(&opts("pgvault_restore", true, false), &s);
         assert!(text.contains("-- GRANT azure_pg_admin TO \"pgvault_restore\";"), "{text}");
+        let with_owner = GrantOptions { member_of: vec!["app_owner".into()], ..opts("pgvault_restore", true, false) };
+        let s = script(&with_owner).unwrap();
+        assert!(s.server_wide.ends_with("GRANT \"app_owner\" TO \"pgvault_restore\";\n"), "{}", s.server_wide);
+        let backup_with_owner = GrantOptions { member_of: vec!["app_owner".into()], ..opts("b", false, false) };
+        assert!(script(&backup_with_owner).is_err(), "--member-of needs --restore");
     }
 
     #[test]

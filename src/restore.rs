@@ -460,7 +460,7 @@ fn choose<'a>(backups: &[&'a Manifest], choice: &BackupChoice, what: &str) -> Re
         BackupChoice::Id(id) => {
             let id = id.strip_suffix(layout::MANIFEST_SUFFIX).unwrap_or(id);
             let m = backups.iter().find(|m| m.id == id).ok_or_else(|| {
-                Error::permanent(format!("backup {id:?} is not a backup of {what}"))
+                Error::permanent(format!("source.backup.id {id:?} is not a backup of {what}"))
                     .with_hint("`pgvault list --server S --database D` shows the backups")
             })?;
             Ok((m, format!("named by id; taken {}", ts(m.started_at))))
@@ -491,7 +491,7 @@ pub fn plan(req: &RestoreRequest, settings: &Settings, backups: &[Manifest]) -> 
         Mode::Create | Mode::Replace => {
             let name = target.server.as_deref().expect("validated");
             let server = settings.server(name).ok_or_else(|| {
-                Error::permanent(format!("target server {name:?} is not in the inventory"))
+                Error::permanent(format!("target.server {name:?} is not in the inventory"))
                     .with_hint("a restore writes only to servers of PGVAULT_INVENTORY")
             })?;
             choices.push(Choice {
@@ -1019,7 +1019,9 @@ pub async fn execute_task(
         }
     };
     // Read under the claim: a delivery that finished released it only after writing its record.
-    let outcome = execute_claimed(ctx, task, last_attempt, now).await;
+    // A CLI run prints its own failure once; the error log line is for the host's runs.
+    let interactive = delivery.lease.is_none();
+    let outcome = execute_claimed(ctx, task, last_attempt, interactive, now).await;
     if let Err(e) = claim.release(store).await
         && matches!(outcome, Ok(TaskOutcome::RehydrationPending { .. }))
     {
@@ -1038,6 +1040,7 @@ async fn execute_claimed(
     ctx: &Ctx,
     task: &RestoreTask,
     last_attempt: bool,
+    interactive: bool,
     now: OffsetDateTime,
 ) -> Result<TaskOutcome> {
     let store = ctx.store.as_ref();
@@ -1115,7 +1118,11 @@ async fn execute_claimed(
             rec.status = Status::Failed;
             rec.reason = Some(e.to_string());
             rec.detail = serde_json::json!({ "task": task, "will_retry": will_retry });
-            tracing::error!(task = %task.task_id, what = %task.describe(), will_retry, error = %e, "restore task failed");
+            if interactive {
+                tracing::debug!(task = %task.task_id, will_retry, error = %e, "restore task failed");
+            } else {
+                tracing::error!(task = %task.task_id, what = %task.describe(), will_retry, error = %e, "restore task failed");
+            }
             Err(e)
         }
     };
@@ -1486,6 +1493,11 @@ async fn restore_database(
             "options.owner role {owner:?} does not exist on server {server_name:?}"
         )));
     }
+    // Without globals to restore first, the owner's role must exist now: check before any work.
+    let owner = match task.globals {
+        None => Some(choose_owner(&admin, &login, task, m, previous_owner.as_deref(), server_name).await?),
+        Some(_) => None,
+    };
     // The temporary database has the source's encoding and locale. A target that cannot make
     // it fails here, before anything is touched.
     let props = m.database_properties.as_ref();
@@ -1543,7 +1555,11 @@ async fn restore_database(
             Some(g) => Some(restore_globals(ctx, server_name, g).await?),
             None => None,
         };
-        let owner = choose_owner(&admin, &login, task, m, previous_owner.as_deref(), server_name).await?;
+        let owner = match owner {
+            Some(o) => o,
+            // The globals may have created the owner: check now.
+            None => choose_owner(&admin, &login, task, m, previous_owner.as_deref(), server_name).await?,
+        };
         let mut args = vec![format!("--dbname={temp}"), "--no-password".to_string(), "--exit-on-error".to_string()];
         if task.options.no_owner || task.options.owner.is_some() {
             args.push("--no-owner".into());
@@ -1571,7 +1587,13 @@ async fn restore_database(
                 Ok(()) => format!("temporary database {temp:?} dropped; {where_} untouched"),
                 Err(d) => format!("dropping temporary database {temp:?} failed too ({d}); drop it by hand"),
             };
-            return Err(e.context(format!("restore backup {:?} into {where_} ({note})", m.id)));
+            // Name the backup once: many reasons (a corrupt block, say) name it already.
+            let what = if e.message().contains(&m.id) {
+                format!("restore into {where_} ({note})")
+            } else {
+                format!("restore backup {:?} into {where_} ({note})", m.id)
+            };
+            return Err(e.context(what));
         }
     };
     if m.row_counts.as_ref().is_none_or(|r| r.method != "exact") {
