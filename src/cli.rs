@@ -268,9 +268,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             // A mistyped id is the caller's mistake, not a failed verification: no record, no alert.
             for id in &ids {
                 if !rt.ctx.store.exists(&crate::layout::manifest_for_id(id)).await? {
-                    eprintln!(
-                        "pgvault: verify: there is no backup {id:?}\nHINT: `pgvault list` prints the backup ids"
-                    );
+                    eprintln!("pgvault: verify: there is no backup {id:?}\nHINT: `pgvault list` prints the backup ids");
                     return Ok(ExitCode::from(2));
                 }
             }
@@ -750,6 +748,17 @@ fn print_task_report(task: &crate::restore::RestoreTask, r: &crate::restore::Tas
             d.database, d.server, d.target_version, d.pg_restore, d.method, d.method_reason
         );
         println!("   {} tables' row counts match the manifest", d.tables_checked);
+        if let Some(p) = &d.properties {
+            for a in &p.applied {
+                println!("   applied: {a}");
+            }
+            for s in &p.skipped {
+                println!("   not applied: {}: {}", s.what, flag_words(&s.reason));
+            }
+            if p.checked {
+                println!("   the database's properties read back as planned");
+            }
+        }
         for n in &d.notes {
             println!("   {n}");
         }

@@ -128,7 +128,11 @@ impl DatabaseProperties {
 /// Read database `datname`'s properties. At backup time this runs in the transaction whose
 /// snapshot pg_dump dumps, so the properties and the dump describe the same moment (`pg_database`
 /// and `pg_db_role_setting` are read through the transaction's snapshot like any table).
-pub async fn read(client: &impl tokio_postgres::GenericClient, datname: &str, version_num: u32) -> Result<DatabaseProperties> {
+pub async fn read(
+    client: &impl tokio_postgres::GenericClient,
+    datname: &str,
+    version_num: u32,
+) -> Result<DatabaseProperties> {
     let major = pg::major_of(version_num);
     let provider = if major >= 15 { "d.datlocprovider::text" } else { "'c'" };
     let locale = match major {
@@ -463,7 +467,9 @@ pub fn plan_apply(
             let mut expect = BTreeSet::new();
             plan.steps.push(Step {
                 what: "privileges: revoke the defaults".into(),
-                sql: format!("REVOKE ALL ON DATABASE {qdb} FROM PUBLIC; REVOKE ALL ON DATABASE {qdb} FROM CURRENT_USER"),
+                sql: format!(
+                    "REVOKE ALL ON DATABASE {qdb} FROM PUBLIC; REVOKE ALL ON DATABASE {qdb} FROM CURRENT_USER"
+                ),
                 required: true,
                 check: Check::Nothing,
             });
@@ -485,7 +491,12 @@ pub fn plan_apply(
                 }
                 if item.grantor != p.owner {
                     plan.skipped.push(Skipped {
-                        what: format!("grantor {:?} of privilege {} for {}", item.grantor, item.privilege, who(&grantee)),
+                        what: format!(
+                            "grantor {:?} of privilege {} for {}",
+                            item.grantor,
+                            item.privilege,
+                            who(&grantee)
+                        ),
                         reason: "the privilege is granted by the database's owner instead".into(),
                     });
                 }
@@ -543,7 +554,11 @@ pub fn plan_apply(
     for l in &p.security_labels {
         plan.steps.push(Step {
             what: format!("security label of provider {:?}", l.provider),
-            sql: format!("SECURITY LABEL FOR {} ON DATABASE {qdb} IS {}", quote_ident(&l.provider), quote_literal(&l.label)),
+            sql: format!(
+                "SECURITY LABEL FOR {} ON DATABASE {qdb} IS {}",
+                quote_ident(&l.provider),
+                quote_literal(&l.label)
+            ),
             required: false,
             check: Check::Nothing,
         });
@@ -683,10 +698,30 @@ mod tests {
             icu_rules: None,
             owner: "app_owner".into(),
             acl: Some(vec![
-                AclItem { grantee: Some("app_owner".into()), grantor: "app_owner".into(), privilege: "CONNECT".into(), grantable: false },
-                AclItem { grantee: Some("app_owner".into()), grantor: "app_owner".into(), privilege: "CREATE".into(), grantable: false },
-                AclItem { grantee: Some("app_reader".into()), grantor: "app_owner".into(), privilege: "CONNECT".into(), grantable: false },
-                AclItem { grantee: Some("gone".into()), grantor: "app_owner".into(), privilege: "CONNECT".into(), grantable: false },
+                AclItem {
+                    grantee: Some("app_owner".into()),
+                    grantor: "app_owner".into(),
+                    privilege: "CONNECT".into(),
+                    grantable: false,
+                },
+                AclItem {
+                    grantee: Some("app_owner".into()),
+                    grantor: "app_owner".into(),
+                    privilege: "CREATE".into(),
+                    grantable: false,
+                },
+                AclItem {
+                    grantee: Some("app_reader".into()),
+                    grantor: "app_owner".into(),
+                    privilege: "CONNECT".into(),
+                    grantable: false,
+                },
+                AclItem {
+                    grantee: Some("gone".into()),
+                    grantor: "app_owner".into(),
+                    privilege: "CONNECT".into(),
+                    grantable: false,
+                },
             ]),
             connection_limit: -1,
             tablespace: "pg_default".into(),
@@ -728,7 +763,10 @@ mod tests {
     fn create_clauses_follow_the_provider_and_the_target_version() {
         let mut p = props();
         p.encoding = "LATIN1".into();
-        assert_eq!(create_clauses(&p, 17).unwrap(), " ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' LOCALE_PROVIDER libc");
+        assert_eq!(
+            create_clauses(&p, 17).unwrap(),
+            " ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' LOCALE_PROVIDER libc"
+        );
         assert_eq!(create_clauses(&p, 14).unwrap(), " ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'");
         p.locale_provider = LocaleProvider::Icu;
         p.locale = Some("de-DE".into());
@@ -748,13 +786,22 @@ mod tests {
     #[test]
     fn the_plan_sets_exactly_the_backups_privileges_and_reports_missing_roles() {
         let p = props();
-        let plan = plan_apply(&p, "pgvault_restore_1", "app", &OwnerChoice::Backup("app_owner".into()), false, &facts());
+        let plan =
+            plan_apply(&p, "pgvault_restore_1", "app", &OwnerChoice::Backup("app_owner".into()), false, &facts());
         let sql: Vec<&str> = plan.steps.iter().map(|s| s.sql.as_str()).collect();
-        assert_eq!(sql[0], "REVOKE ALL ON DATABASE \"pgvault_restore_1\" FROM PUBLIC; REVOKE ALL ON DATABASE \"pgvault_restore_1\" FROM CURRENT_USER");
+        assert_eq!(
+            sql[0],
+            "REVOKE ALL ON DATABASE \"pgvault_restore_1\" FROM PUBLIC; REVOKE ALL ON DATABASE \"pgvault_restore_1\" FROM CURRENT_USER"
+        );
         assert!(sql.contains(&"GRANT CONNECT, CREATE ON DATABASE \"pgvault_restore_1\" TO \"app_owner\""), "{sql:?}");
         assert!(sql.contains(&"GRANT CONNECT ON DATABASE \"pgvault_restore_1\" TO \"app_reader\""), "{sql:?}");
-        assert!(sql.contains(&"ALTER DATABASE \"pgvault_restore_1\" SET \"search_path\" TO 'app', 'My Schema'"), "{sql:?}");
-        assert!(sql.contains(&"ALTER ROLE \"app_reader\" IN DATABASE \"pgvault_restore_1\" SET \"statement_timeout\" TO '5min'"));
+        assert!(
+            sql.contains(&"ALTER DATABASE \"pgvault_restore_1\" SET \"search_path\" TO 'app', 'My Schema'"),
+            "{sql:?}"
+        );
+        assert!(sql.contains(
+            &"ALTER ROLE \"app_reader\" IN DATABASE \"pgvault_restore_1\" SET \"statement_timeout\" TO '5min'"
+        ));
         assert!(sql.contains(&"COMMENT ON DATABASE \"pgvault_restore_1\" IS 'it''s the app'"));
         assert!(!sql.iter().any(|s| s.contains("gone")), "missing roles get no statement: {sql:?}");
         let skipped: Vec<&str> = plan.skipped.iter().map(|s| s.what.as_str()).collect();
@@ -788,7 +835,8 @@ mod tests {
         let p = props();
         let plan = plan_apply(&p, "t", "app", &OwnerChoice::Backup("app_owner".into()), false, &facts());
         let mut actual = p.clone();
-        actual.acl = Some(vec![AclItem { grantee: None, grantor: "x".into(), privilege: "CONNECT".into(), grantable: false }]);
+        actual.acl =
+            Some(vec![AclItem { grantee: None, grantor: "x".into(), privilege: "CONNECT".into(), grantable: false }]);
         actual.collate = "en_US.UTF-8".into();
         actual.comment = None;
         let checks = [Check::Setting(p.settings[0].clone()), Check::Comment];

@@ -1321,7 +1321,10 @@ struct Login {
 impl Login {
     async fn read(admin: &tokio_postgres::Client, version_num: u32) -> Result<Login> {
         let row = admin
-            .query_one("SELECT current_user::text, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user", &[])
+            .query_one(
+                "SELECT current_user::text, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
             .await
             .map_err(|e| pg::query_error("read the restoring role's attributes", e))?;
         Ok(Login {
@@ -1489,9 +1492,7 @@ async fn restore_database(
     if let Some(owner) = &task.options.owner
         && !role_exists(&admin, owner).await?
     {
-        return Err(Error::permanent(format!(
-            "options.owner role {owner:?} does not exist on server {server_name:?}"
-        )));
+        return Err(Error::permanent(format!("options.owner role {owner:?} does not exist on server {server_name:?}")));
     }
     // Without globals to restore first, the owner's role must exist now: check before any work.
     let owner = match task.globals {
@@ -1664,7 +1665,10 @@ async fn restore_database(
             let locale_applied = locale.is_some();
             let diffs = dbprops::compare(p, &plan, &applied_checks, locale_applied, expected_owner, &actual);
             if !diffs.is_empty() {
-                return Err((format!("the database's properties did not come out as planned: {}", diffs.join("; ")), None));
+                return Err((
+                    format!("the database's properties did not come out as planned: {}", diffs.join("; ")),
+                    None,
+                ));
             }
             props_report.checked = true;
         }
@@ -1735,7 +1739,9 @@ fn swap_failed(where_: &str, temp: &str, why: &str, cause: Option<&tokio_postgre
              yourself, or drop it and post the request again with a new request_id"
         )
     } else {
-        format!("rename {temp:?} yourself once the cause is fixed, or drop it and post the request again with a new request_id")
+        format!(
+            "rename {temp:?} yourself once the cause is fixed, or drop it and post the request again with a new request_id"
+        )
     };
     Error::permanent(format!(
         "the backup was restored and verified, but could not be put in place as {where_}: {why}; the restored copy \

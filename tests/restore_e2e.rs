@@ -403,7 +403,7 @@ async fn bad_requests_are_kept_with_their_reason() {
         ),
         (
             request("bad-2", app.clone(), json!({ "mode": "create", "server": "elsewhere" }), json!({})),
-            "target server \"elsewhere\" is not in the inventory",
+            "target.server \"elsewhere\" is not in the inventory",
         ),
         (
             request(
@@ -421,7 +421,7 @@ async fn bad_requests_are_kept_with_their_reason() {
                 create.clone(),
                 json!({}),
             ),
-            "backup \"main/app/nope\" is not a backup of",
+            "source.backup.id \"main/app/nope\" is not a backup of",
         ),
         (
             request("bad-5", json!({ "server": "main", "database": "ghost" }), create.clone(), json!({})),

@@ -52,11 +52,19 @@ pub struct ClusterOptions {
     /// Superuser password [`TEST_PASSWORD`] and scram-sha-256 on the `host` lines (local
     /// socket connections stay trust).
     pub password_auth: bool,
+    /// Environment of the server process (e.g. `LOCPATH`, to give it locales the machine lacks).
+    pub server_env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { bin_dir: PathBuf::from(PG15_BIN), ssl: None, hba: Vec::new(), password_auth: false }
+        ClusterOptions {
+            bin_dir: PathBuf::from(PG15_BIN),
+            ssl: None,
+            hba: Vec::new(),
+            password_auth: false,
+            server_env: Vec::new(),
+        }
     }
 }
 
@@ -75,6 +83,7 @@ pub struct Cluster {
     pub password: Option<String>,
     data_dir: PathBuf,
     log_file: PathBuf,
+    server_env: Vec<(String, String)>,
     dir: TempDir,
 }
 
@@ -179,6 +188,7 @@ impl Cluster {
             password: opts.password_auth.then(|| TEST_PASSWORD.to_string()),
             data_dir,
             log_file,
+            server_env: opts.server_env.clone(),
             dir,
         };
 
@@ -320,6 +330,7 @@ impl Cluster {
     fn pg_ctl(&self, args: &[&str]) -> Output {
         let mut cmd = cluster_command(&self.bin_dir.join("pg_ctl"), self.dir.path());
         cmd.arg("-D").arg(&self.data_dir).arg("-l").arg(&self.log_file).args(args).stdin(Stdio::null());
+        cmd.envs(self.server_env.iter().map(|(k, v)| (k, v)));
         cmd.output().expect("run pg_ctl")
     }
 }
