@@ -810,3 +810,22 @@ async fn list_jobs(rt: &Runtime, filter: &crate::monitor::Filter, summary: bool,
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_messages_name_the_flags() {
+        assert_eq!(
+            flag_words("target.expires_in_seconds 5 is out of range; target.server \"x\" is not in the inventory"),
+            "--expires-in 5 is out of range; --target-server \"x\" is not in the inventory"
+        );
+        assert_eq!(
+            flag_words("restore with options.no_owner, or post it again with a new request_id"),
+            "restore with --no-owner, or post it again with a new --request-id"
+        );
+        assert_eq!(flag_words("no_privileges was asked for"), "--no-privileges was asked for");
+        assert_eq!(flag_words("source.backup.id \"a\""), "--backup \"a\"");
+    }
+}

@@ -349,6 +349,9 @@ pub struct PropertiesReport {
     pub checked: bool,
 }
 
+/// A database's privileges as (grantee, privilege, grantable); the grantee `None` is PUBLIC.
+pub type Privileges = BTreeSet<(Option<String>, String, bool)>;
+
 /// The apply step's plan: statements on the temporary database `db` (which the restoring login
 /// created, so it owns it while they run), the owner's statement to run last (after the renames,
 /// on the final name), what was skipped, and what to check afterwards.
@@ -358,7 +361,7 @@ pub struct ApplyPlan {
     pub owner: Option<Step>,
     pub skipped: Vec<Skipped>,
     /// The privileges the database must end up with: `None` to leave them unchecked.
-    pub expect_acl: Option<Option<BTreeSet<(Option<String>, String, bool)>>>,
+    pub expect_acl: Option<Option<Privileges>>,
 }
 
 /// GUCs whose values are lists of separately quoted elements (pg_dump's
@@ -644,7 +647,7 @@ pub fn compare(
         diffs.push(format!("owner is {:?}, expected {expected_owner:?}", actual.owner));
     }
     if let Some(expect) = &plan.expect_acl {
-        let got: Option<BTreeSet<(Option<String>, String, bool)>> = actual
+        let got: Option<Privileges> = actual
             .acl
             .as_ref()
             .map(|items| items.iter().map(|i| (i.grantee.clone(), i.privilege.clone(), i.grantable)).collect());
@@ -654,10 +657,10 @@ pub fn compare(
     }
     for check in applied {
         match check {
-            Check::Setting(s) => {
-                if !actual.settings.iter().any(|a| a.role == s.role && a.name == s.name && a.value == s.value) {
-                    diffs.push(format!("setting {}={} is missing", s.name, s.value));
-                }
+            Check::Setting(s)
+                if !actual.settings.iter().any(|a| a.role == s.role && a.name == s.name && a.value == s.value) =>
+            {
+                diffs.push(format!("setting {}={} is missing", s.name, s.value));
             }
             Check::Comment if actual.comment != p.comment => {
                 diffs.push(format!("comment is {:?}, the backup's is {:?}", actual.comment, p.comment));
@@ -672,7 +675,7 @@ fn canonical_locale(l: &str) -> String {
     l.replace('_', "-").to_ascii_lowercase()
 }
 
-fn acl_text(acl: &Option<BTreeSet<(Option<String>, String, bool)>>) -> String {
+fn acl_text(acl: &Option<Privileges>) -> String {
     match acl {
         None => "the defaults".into(),
         Some(items) if items.is_empty() => "none".into(),

@@ -214,6 +214,23 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_without_database_properties_still_reads() {
+        // Written before pgvault recorded the database's properties: restores with a plain
+        // statement of what was not given back.
+        let old = br#"{"format":"pgvault-backup-manifest","format_version":1,"pgvault_version":"0.1.0",
+            "id":"s/d/20260101T000000Z-j","kind":"database","job_id":"j","server":"s","database":"d",
+            "server_version":"15.18","server_version_num":150018,
+            "tool":{"name":"pg_dump","version":"pg_dump (PostgreSQL) 15.18","major":15,"args":[]},
+            "archive_format":"custom","compression":{"algorithm":"zstd","level":3},
+            "data_blob":"s/d/x.dump.zst","raw_bytes":1,"stored_bytes":1,"sha256":"00","blocks":[],
+            "requested_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00Z",
+            "finished_at":"2026-01-01T00:00:00Z","row_counts":null,"restore_hint":""}"#;
+        let m = Manifest::from_json("x", old).unwrap();
+        assert!(m.database_properties.is_none());
+        assert!(!String::from_utf8(m.to_json()).unwrap().contains("database_properties"), "not written when absent");
+    }
+
+    #[test]
     fn rejects_foreign_and_future_manifests() {
         let e = Manifest::from_json("x", br#"{"format":"other","format_version":1}"#).unwrap_err();
         assert!(e.to_string().contains("has format"));

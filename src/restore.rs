@@ -1817,6 +1817,14 @@ fn pg_restore_verdict(status: std::process::ExitStatus, stderr: &str) -> Result<
     let e = Error::permanent(text);
     Err(if lower.contains("role") && lower.contains("does not exist") {
         e.with_hint("restore the roles first (options.globals), or restore with options.no_owner / options.owner")
+    } else if ["must be member of role", "must be able to set role", "permission denied to set role"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        // Objects in the archive belong to a role the restoring login may not become.
+        e.with_hint(
+            "make the restoring role a member of the objects' owner (`pgvault grant-sql --restore --member-of R`),              or restore with options.no_owner / options.owner",
+        )
     } else {
         e
     })
@@ -2272,6 +2280,21 @@ mod tests {
     use super::*;
     use crate::manifest::{Compression, Tool};
     use time::macros::datetime;
+
+    #[test]
+    fn a_membership_refusal_in_pg_restore_says_how_to_fix_it() {
+        use std::os::unix::process::ExitStatusExt;
+        let failed = std::process::ExitStatus::from_raw(1 << 8);
+        for line in [
+            "pg_restore: error: could not execute query: ERROR:  must be member of role \"app_owner\"",
+            "pg_restore: error: could not execute query: ERROR:  must be able to SET ROLE \"app_owner\"",
+            "pg_restore: error: could not execute query: ERROR:  permission denied to set role \"app_owner\"",
+        ] {
+            let e = pg_restore_verdict(failed, line).unwrap_err();
+            assert!(e.is_permanent());
+            assert!(e.to_string().contains("HINT: make the restoring role a member"), "{e}");
+        }
+    }
 
     fn settings(storage: &str) -> Settings {
         let mut map = std::collections::HashMap::new();

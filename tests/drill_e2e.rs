@@ -28,6 +28,7 @@ async fn drills_prove_good_backups_and_fail_loudly_on_a_corrupted_one() {
     blocking(|| {
         stack.pg.psql("postgres", "CREATE DATABASE app");
         stack.pg.psql("app", "CREATE TABLE t AS SELECT i, md5(i::text) AS h FROM generate_series(1, 150000) i");
+        stack.pg.psql("postgres", "COMMENT ON DATABASE app IS 'drilled'; ALTER DATABASE app SET work_mem = '7MB'");
     });
     for _ in 0..2 {
         let out = stack.cli(&["backup", "--server", "main", "--database", "app"]);
@@ -43,6 +44,11 @@ async fn drills_prove_good_backups_and_fail_loudly_on_a_corrupted_one() {
     for d in &drills {
         assert_eq!(d["status"], "succeeded", "{d}");
         assert!(d["detail"]["restore_seconds"].as_f64().unwrap() > 0.0, "RTO evidence: {d}");
+        // The database's own properties arrived, read back in the drill database.
+        let props = &d["detail"]["report"]["database"]["properties"];
+        assert_eq!(props["checked"], true, "{d}");
+        let applied: Vec<&str> = props["applied"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(applied.contains(&"comment") && applied.contains(&"setting work_mem=7MB"), "{applied:?}");
     }
     assert_eq!(
         blocking(|| databases_like(&stack.pg, "pgvault_drill_%")),

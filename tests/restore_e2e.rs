@@ -679,6 +679,13 @@ async fn a_whole_server_and_its_roles_restore_into_an_empty_cluster() {
             make_db(&stack.pg, db, 3000);
             stack.pg.psql(db, "ALTER TABLE big OWNER TO app_owner; GRANT SELECT ON small TO reader;");
         }
+        // Each database's own properties come back in a whole-server restore too.
+        stack.pg.psql(
+            "postgres",
+            "ALTER DATABASE alpha OWNER TO app_owner; REVOKE CONNECT ON DATABASE alpha FROM PUBLIC; \
+             GRANT CONNECT ON DATABASE alpha TO reader; ALTER ROLE reader IN DATABASE alpha SET work_mem = '9MB'; \
+             COMMENT ON DATABASE beta IS 'the beta database'",
+        );
     });
     let inventory = stack.inventory_with(&["postgres"], &[("empty", &empty)]);
     stack.set("PGVAULT_INVENTORY", &inventory);
@@ -728,6 +735,21 @@ async fn a_whole_server_and_its_roles_restore_into_an_empty_cluster() {
         let acl = blocking(|| empty.psql(db, "SELECT has_table_privilege('reader', 'small', 'SELECT')"));
         assert_eq!(acl, "t");
     }
+    let alpha = blocking(|| {
+        empty.psql(
+            "postgres",
+            "SELECT concat_ws(' ', pg_get_userbyid(datdba), has_database_privilege('reader', 'alpha', 'CONNECT'), \
+                    has_database_privilege('Odd Role', 'alpha', 'CONNECT'), \
+                    (SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s \
+                     WHERE s.setdatabase = d.oid AND s.setrole = 'reader'::regrole)) \
+             FROM pg_database d WHERE datname = 'alpha'",
+        )
+    });
+    assert_eq!(alpha, "app_owner t f work_mem=9MB", "alpha's owner, privileges and per-role setting");
+    let beta = blocking(|| {
+        empty.psql("postgres", "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'beta'")
+    });
+    assert_eq!(beta, "the beta database");
     let member = blocking(|| empty.psql("postgres", "SELECT pg_has_role('app_owner', 'reader', 'MEMBER')"));
     assert_eq!(member, "t");
     let comment = blocking(|| {
