@@ -2,16 +2,16 @@
 //! so `pgvault serve` can bind its port first and build this right after.
 
 use crate::azure::{self, CredentialKind, RetrySettings};
-use crate::backup::Ctx;
-use crate::credentials::SettingsSecrets;
-use crate::error::{Error, Result};
-use crate::jobs::{BACKUP_JOBS_QUEUE, rejected_queue};
-use crate::progress;
-use crate::queue::JobQueue;
-use crate::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
-use crate::settings::{IdentitySettings, Settings, StorageSettings};
-use crate::store::BlobStore;
-use crate::store::local::LocalStore;
+use crate::config::settings::{IdentitySettings, Settings, StorageSettings};
+use crate::domain::error::{Error, Result};
+use crate::domain::jobs::{BACKUP_JOBS_QUEUE, rejected_queue};
+use crate::features::backup::Ctx;
+use crate::features::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
+use crate::seams::credentials::SettingsSecrets;
+use crate::seams::progress;
+use crate::seams::queue::JobQueue;
+use crate::seams::store::BlobStore;
+use crate::seams::store::local::LocalStore;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 

@@ -11,10 +11,10 @@ mod support;
 
 use app::{CONTAINER, Stack};
 use pgvault::azure::{AzureBlobStore, RetrySettings, client_options};
-use pgvault::hostsim::{self, Form};
-use pgvault::queue::JobQueue;
-use pgvault::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
-use pgvault::store::{BlobStore, Tier};
+use pgvault::cli::hostsim::{self, Form};
+use pgvault::features::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
+use pgvault::seams::queue::JobQueue;
+use pgvault::seams::store::{BlobStore, Tier};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use support::blobfront::BlobFront;
@@ -73,10 +73,10 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
     cli_ok(&stack, &["backup", "--server", "main"]);
     let store = front_store(&stack, &front).await;
     let old = manifests(&store, "main/app/").await.remove(0);
-    let globals = manifests(&store, &pgvault::layout::prefix(Some("main"), None))
+    let globals = manifests(&store, &pgvault::domain::layout::prefix(Some("main"), None))
         .await
         .into_iter()
-        .find(|m| m.kind == pgvault::layout::BackupKind::Globals)
+        .find(|m| m.kind == pgvault::domain::layout::BackupKind::Globals)
         .unwrap();
 
     // Retention's tiering, two days from now, moves the backup's data (never its manifest) to
@@ -84,17 +84,17 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
     let mut env: HashMap<String, String> = stack.settings().into_iter().collect();
     env.insert("PGVAULT_TIER_AFTER_DAYS".into(), "1".into());
     env.insert("PGVAULT_TIER".into(), "archive".into());
-    let settings = pgvault::settings::Settings::from_map(env).unwrap();
+    let settings = pgvault::config::settings::Settings::from_map(env).unwrap();
     let later = time::OffsetDateTime::now_utc() + time::Duration::days(2);
-    let plans = pgvault::retention::plan_store(&settings, &store, None, later).await.unwrap();
-    let done = pgvault::retention::execute(&store, &plans).await.unwrap();
+    let plans = pgvault::features::retention::plan_store(&settings, &store, None, later).await.unwrap();
+    let done = pgvault::features::retention::execute(&store, &plans).await.unwrap();
     let mut tiered = done.tiered.clone();
     tiered.sort();
     let mut want = vec![old.data_blob.clone(), globals.data_blob.clone()];
     want.sort();
     assert_eq!(tiered, want, "the database's and the globals' data: {done:?}");
     assert!(front.is_archived(CONTAINER, &old.data_blob) && front.is_archived(CONTAINER, &globals.data_blob));
-    assert!(!front.is_archived(CONTAINER, &pgvault::layout::manifest_for_id(&old.id)));
+    assert!(!front.is_archived(CONTAINER, &pgvault::domain::layout::manifest_for_id(&old.id)));
     let props = store.properties(&old.data_blob).await.unwrap();
     assert_eq!((props.tier, props.archive_status), (Some(Tier::Archive), None));
     // The archive is offline for real: reading it is refused.
@@ -263,7 +263,7 @@ async fn a_delete_refused_by_a_worm_policy_is_kept_with_its_reason_and_is_not_a_
     assert!(store.exists(&locked.data_blob).await.unwrap());
     assert!(!store.exists(&free.data_blob).await.unwrap());
     let deletes: Vec<u16> = front
-        .requests_to(CONTAINER, &pgvault::layout::manifest_for_id(&locked.id))
+        .requests_to(CONTAINER, &pgvault::domain::layout::manifest_for_id(&locked.id))
         .into_iter()
         .filter(|r| r.method == "DELETE")
         .map(|r| r.status)

@@ -6,11 +6,11 @@ mod app;
 mod support;
 
 use app::{CONTAINER, Stack};
-use pgvault::hostsim::{self, Form};
-use pgvault::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
-use pgvault::layout::BackupKind;
-use pgvault::queue::JobQueue;
-use pgvault::store::BlobStore;
+use pgvault::cli::hostsim::{self, Form};
+use pgvault::domain::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
+use pgvault::domain::layout::BackupKind;
+use pgvault::seams::queue::JobQueue;
+use pgvault::seams::store::BlobStore;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -30,7 +30,7 @@ async fn download(store: &dyn BlobStore, name: &str, to: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn varied_database_round_trips_through_the_worker_and_plain_tools() {
     let stack = Stack::start().await;
-    psql_blocking(&stack.pg, "postgres", &format!("CREATE DATABASE {}", pgvault::pg::quote_ident(VARIED_DB)));
+    psql_blocking(&stack.pg, "postgres", &format!("CREATE DATABASE {}", pgvault::seams::pg::quote_ident(VARIED_DB)));
     psql_blocking(&stack.pg, VARIED_DB, &varied_sql(5));
 
     let served = stack.serve();
@@ -43,7 +43,7 @@ async fn varied_database_round_trips_through_the_worker_and_plain_tools() {
     }
 
     let store = stack.store().await;
-    let db_prefix = pgvault::layout::prefix(Some("main"), Some(VARIED_DB));
+    let db_prefix = pgvault::domain::layout::prefix(Some("main"), Some(VARIED_DB));
     let found = manifests(&store, &db_prefix).await;
     assert_eq!(found.len(), 1);
     let m = &found[0];
@@ -85,8 +85,8 @@ async fn varied_database_round_trips_through_the_worker_and_plain_tools() {
     for t in &counts.tables {
         let sql = format!(
             "SELECT count(*) FROM {}.{}",
-            pgvault::pg::quote_ident(&t.schema),
-            pgvault::pg::quote_ident(&t.table)
+            pgvault::seams::pg::quote_ident(&t.schema),
+            pgvault::seams::pg::quote_ident(&t.table)
         );
         let n: i64 = psql_blocking(&stack.pg, "restored", &sql).parse().unwrap();
         assert_eq!(n, t.rows, "{}.{}", t.schema, t.table);
@@ -272,7 +272,7 @@ async fn verify_finds_a_flipped_byte_and_names_the_block() {
     psql_blocking(&stack.pg, "small", "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 100000) i");
     let out = stack.cli(&["backup", "--server", "main", "--database", "small"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let store = pgvault::store::local::LocalStore::new(local.path());
+    let store = pgvault::seams::store::local::LocalStore::new(local.path());
     let m = manifests(&store, "main/small/").await.remove(0);
     assert!(m.blocks.len() >= 3, "{}", m.blocks.len());
     let id = m.id.clone();

@@ -8,12 +8,12 @@ mod app;
 mod support;
 
 use app::Stack;
+use pgvault::cli::hostsim::{self, Form};
+use pgvault::domain::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
+use pgvault::domain::layout::BackupKind;
 use pgvault::handler::backup_worker::DUMP_SLOT;
-use pgvault::hostsim::{self, Form};
-use pgvault::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
-use pgvault::layout::BackupKind;
-use pgvault::queue::{JobQueue, Received};
-use pgvault::store::BlobStore;
+use pgvault::seams::queue::{JobQueue, Received};
+use pgvault::seams::store::BlobStore;
 use std::time::{Duration, Instant};
 use support::data::{manifests, psql_blocking};
 
@@ -51,7 +51,7 @@ async fn a_job_beyond_the_servers_dump_slots_waits_on_the_queue_and_runs_later()
     }
     let served = stack.serve();
     let store = stack.store().await;
-    let slot_b = pgvault::layout::prefix(Some("main"), Some("slot_b"));
+    let slot_b = pgvault::domain::layout::prefix(Some("main"), Some("slot_b"));
 
     // Hold slot_a's dump: pg_dump waits for its ACCESS SHARE lock behind this transaction.
     let locker = stack.pg.client("slot_a").await;

@@ -9,13 +9,13 @@ mod support;
 
 use app::Stack;
 use base64::Engine;
-use pgvault::credentials::CloudSecrets;
-use pgvault::hostsim::{self, Form};
-use pgvault::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
-use pgvault::layout::BackupKind;
-use pgvault::manifest::Manifest;
-use pgvault::queue::JobQueue;
-use pgvault::store::BlobStore;
+use pgvault::cli::hostsim::{self, Form};
+use pgvault::domain::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
+use pgvault::domain::layout::BackupKind;
+use pgvault::domain::manifest::Manifest;
+use pgvault::seams::credentials::CloudSecrets;
+use pgvault::seams::queue::JobQueue;
+use pgvault::seams::store::BlobStore;
 use serde_json::{Value, json};
 use std::process::{Command, Output};
 use support::pg::TEST_PASSWORD;
@@ -219,10 +219,10 @@ async fn full_backup_gets_every_credential_from_the_identity_endpoint_and_key_va
         "target": { "mode": "create", "server": "main", "database": "appdb_restored" },
         "options": {}
     });
-    stack.queue().send(pgvault::restore::RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
-    let planned = stack.drain(&served, pgvault::restore::RESTORE_REQUESTS_QUEUE).await;
+    stack.queue().send(pgvault::features::restore::RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
+    let planned = stack.drain(&served, pgvault::features::restore::RESTORE_REQUESTS_QUEUE).await;
     assert_eq!(planned.succeeded, 1, "{:?}", planned.replies);
-    let restored = stack.drain(&served, pgvault::restore::RESTORE_TASKS_QUEUE).await;
+    let restored = stack.drain(&served, pgvault::features::restore::RESTORE_TASKS_QUEUE).await;
     assert_eq!(restored.replies[0]["reply"]["ReturnValue"]["status"], "succeeded", "{:?}", restored.replies);
     assert_eq!(psql(&stack, "appdb_restored", "SELECT count(*) FROM t"), "5000");
 
@@ -628,9 +628,13 @@ async fn no_secret_appears_in_any_output_at_debug_level() {
         let request = json!({ "version": 1, "request_id": id, "requested_by": "leak test",
             "source": { "server": "main", "database": "appdb" }, "target": target,
             "options": options });
-        stack.queue().send(pgvault::restore::RESTORE_REQUESTS_QUEUE, &request.to_string(), false).await.unwrap();
+        stack
+            .queue()
+            .send(pgvault::features::restore::RESTORE_REQUESTS_QUEUE, &request.to_string(), false)
+            .await
+            .unwrap();
     }
-    for queue in [pgvault::restore::RESTORE_REQUESTS_QUEUE, pgvault::restore::RESTORE_TASKS_QUEUE] {
+    for queue in [pgvault::features::restore::RESTORE_REQUESTS_QUEUE, pgvault::features::restore::RESTORE_TASKS_QUEUE] {
         let report = stack.drain(&served, queue).await;
         assert_eq!(report.succeeded, 2, "{queue}: {:?}", report.replies);
         for r in &report.replies {

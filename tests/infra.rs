@@ -230,7 +230,7 @@ fn main_settings() -> (BTreeMap<String, String>, BTreeMap<String, String>) {
 #[test]
 fn bicep_sets_every_setting_the_code_reads() {
     let (pgvault, host) = main_settings();
-    let all: BTreeSet<&str> = pgvault::settings::ALL.iter().map(|(n, _)| *n).collect();
+    let all: BTreeSet<&str> = pgvault::config::settings::ALL.iter().map(|(n, _)| *n).collect();
     let exempt: BTreeSet<&str> = NOT_IN_PRODUCTION.iter().map(|(n, _)| *n).collect();
     let missing: Vec<&&str> = all.iter().filter(|n| !exempt.contains(**n) && !pgvault.contains_key(**n)).collect();
     assert!(
@@ -294,7 +294,7 @@ fn bicep_creates_every_queue() {
     let missing: Vec<&String> = needed.difference(&created).collect();
     assert!(missing.is_empty(), "queues used but not created by the Bicep (jobQueues in main.bicep): {missing:?}");
     for q in &needed {
-        assert_eq!(pgvault::jobs::rejected_queue(q), format!("{q}-rejected"), "the -rejected suffix changed");
+        assert_eq!(pgvault::domain::jobs::rejected_queue(q), format!("{q}-rejected"), "the -rejected suffix changed");
     }
 }
 
@@ -602,9 +602,9 @@ fn package_runs_from_a_read_only_copy() {
     assert!(std::fs::write(app.join("probe"), b"x").is_err() || nix_is_root(), "the copy is read-only");
 
     let dest = out.path().join("tmp-pg");
-    let bins = pgvault::bundle::install(&app.join(pgvault::bundle::BUNDLE_DIR), &dest).unwrap();
+    let bins = pgvault::seams::bundle::install(&app.join(pgvault::seams::bundle::BUNDLE_DIR), &dest).unwrap();
     assert_eq!(bins, vec![dest.join("17/bin")]);
-    for tool in pgvault::bundle::TOOLS {
+    for tool in pgvault::seams::bundle::TOOLS {
         // A cleared environment, as pgvault starts its tools: the wrapper supplies the libraries.
         let out =
             std::process::Command::new(dest.join("17/bin").join(tool)).arg("--version").env_clear().output().unwrap();
@@ -630,7 +630,7 @@ fn package_runs_from_a_read_only_copy() {
     assert!(libpq.contains(&dest.display().to_string()), "libpq from the bundle: {libpq}");
     // pgvault picks the bundled tool, as `pgvault serve` does after install.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let tool = rt.block_on(pgvault::pg::pick_tool("pg_dump", &bins, 15, "test")).unwrap();
+    let tool = rt.block_on(pgvault::seams::pg::pick_tool("pg_dump", &bins, 15, "test")).unwrap();
     assert_eq!(tool.major, 17);
     assert_eq!(tool.path, dest.join("17/bin/pg_dump"));
 
@@ -661,11 +661,11 @@ fn example_parameters_name_real_parameters_and_a_valid_inventory() {
     // The inventory parameter becomes PGVAULT_INVENTORY verbatim: it must be one pgvault accepts.
     let inventory = v["parameters"]["inventory"]["value"].to_string();
     let env = std::collections::HashMap::from([("PGVAULT_INVENTORY".to_string(), inventory)]);
-    let settings = pgvault::settings::Settings::from_map(env).expect("the example inventory is valid");
+    let settings = pgvault::config::settings::Settings::from_map(env).expect("the example inventory is valid");
     assert_eq!(settings.inventory.len(), 2);
     // Its schedule is one pgvault accepts, too.
     let schedule = v["parameters"]["backupSchedule"]["value"].as_str().unwrap();
-    pgvault::jobs::parse_ncrontab(schedule).unwrap();
+    pgvault::domain::jobs::parse_ncrontab(schedule).unwrap();
 }
 
 // ---- platform rules no parser checks (issue 17: a deployment that succeeds on the first try,
@@ -734,7 +734,7 @@ fn flex_instance_count_default_deploys_under_both_readings_of_the_floor() {
     assert_eq!(pgvault.get("PGVAULT_MAX_DUMPS_PER_SERVER").map(String::as_str), Some("string(maxDumpsPerServer)"));
     let (decorators, decl) = main.param("maxDumpsPerServer");
     assert_eq!(decorator_number(&decorators, "minValue"), Some(1));
-    let code = pgvault::settings::Settings::from_map(Default::default()).unwrap();
+    let code = pgvault::config::settings::Settings::from_map(Default::default()).unwrap();
     assert_eq!(int_default(&decl), Some(i64::from(code.max_dumps_per_server)), "Bicep and code defaults agree");
     let (_, decl) = main.param("dumpSlotRetrySeconds");
     assert_eq!(int_default(&decl), Some(i64::from(code.dump_slot_retry_secs)), "Bicep and code defaults agree");

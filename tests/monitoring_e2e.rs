@@ -1,8 +1,8 @@
 //! The HTTP functions (`backup-now`, `jobs`) through the custom handler's HTTP payload form, and
 //! a failed job's alert reaching a local webhook receiver. Local store, a recording queue.
 
-use pgvault::error::Result;
-use pgvault::queue::{JobQueue, Received};
+use pgvault::domain::error::Result;
+use pgvault::seams::queue::{JobQueue, Received};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
@@ -73,9 +73,10 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
         ("PGVAULT_BACKUP_SCHEDULE".to_string(), "0 0 2 * * *".to_string()),
         ("PGVAULT_ALERT_WEBHOOK".to_string(), hook_url),
     ]);
-    let settings = pgvault::settings::Settings::from_map(map).unwrap();
-    let rt =
-        pgvault::runtime::Runtime::build(settings, pgvault::progress::Mode::Off, Default::default()).await.unwrap();
+    let settings = pgvault::config::settings::Settings::from_map(map).unwrap();
+    let rt = pgvault::runtime::Runtime::build(settings, pgvault::seams::progress::Mode::Off, Default::default())
+        .await
+        .unwrap();
     let queue = Arc::new(Recorder::default());
     let ctx = rt.ctx.clone();
     let state = pgvault::handler::AppState { ctx: rt.ctx, queue: queue.clone(), max_dequeue_count: 3 };
@@ -84,10 +85,13 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     tokio::spawn(async move { axum::serve(l, pgvault::handler::app(state)).await });
 
     // backup-now for one database: 202 with the job id, the job on backup-jobs, a queued record.
-    let (status, reply) =
-        pgvault::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), r#"{"server":"prod","database":"app"}"#))
-            .await
-            .unwrap();
+    let (status, reply) = pgvault::cli::hostsim::invoke(
+        &url,
+        "backup-now",
+        &http("POST", json!({}), r#"{"server":"prod","database":"app"}"#),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{reply}");
     let res = &reply["Outputs"]["res"];
     assert_eq!(res["statusCode"], 202, "{reply}");
@@ -100,7 +104,7 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
 
     // An unknown server is a 404, a bad body or an excluded database a 400; nothing more is
     // enqueued.
-    let (_, r) = pgvault::hostsim::invoke(
+    let (_, r) = pgvault::cli::hostsim::invoke(
         &url,
         "backup-now",
         &http("POST", json!({}), r#"{"server":"prod","database":"scratch"}"#),
@@ -109,17 +113,19 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     .unwrap();
     assert_eq!(r["Outputs"]["res"]["statusCode"], 400, "{r}");
     assert!(r["Outputs"]["res"]["body"].as_str().unwrap().contains("excluded in the inventory"), "{r}");
-    let (_, r) =
-        pgvault::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), r#"{"server":"nope"}"#)).await.unwrap();
+    let (_, r) = pgvault::cli::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), r#"{"server":"nope"}"#))
+        .await
+        .unwrap();
     assert_eq!(r["Outputs"]["res"]["statusCode"], 404);
-    let (_, r) = pgvault::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), "{")).await.unwrap();
+    let (_, r) = pgvault::cli::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), "{")).await.unwrap();
     assert_eq!(r["Outputs"]["res"]["statusCode"], 400);
     assert_eq!(queue.0.lock().unwrap().len(), 1);
 
     // jobs (GET) shows the queued record with its trigger and target, and the summary.
-    let (_, r) = pgvault::hostsim::invoke(&url, "jobs", &http("GET", json!({"kind": "backup", "summary": "true"}), ""))
-        .await
-        .unwrap();
+    let (_, r) =
+        pgvault::cli::hostsim::invoke(&url, "jobs", &http("GET", json!({"kind": "backup", "summary": "true"}), ""))
+            .await
+            .unwrap();
     assert_eq!(r["Outputs"]["res"]["statusCode"], 200, "{r}");
     let body: Value = serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
     let jobs = body["jobs"].as_array().unwrap();
@@ -135,9 +141,10 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     // record says failed and the webhook gets the alert.
     let msg = sent[0].1.clone();
     let inv = json!({"Data": {"job": msg}, "Metadata": {"Id": "m1", "DequeueCount": "3"}});
-    let (status, _) = pgvault::hostsim::invoke(&url, "backup-worker", &inv).await.unwrap();
+    let (status, _) = pgvault::cli::hostsim::invoke(&url, "backup-worker", &inv).await.unwrap();
     assert!(status == 200 || status == 500);
-    let (_, r) = pgvault::hostsim::invoke(&url, "jobs", &http("GET", json!({"failed": "true"}), "")).await.unwrap();
+    let (_, r) =
+        pgvault::cli::hostsim::invoke(&url, "jobs", &http("GET", json!({"failed": "true"}), "")).await.unwrap();
     let body: Value = serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["jobs"][0]["id"], job_id.as_str(), "{body}");
     assert_eq!(body["jobs"][0]["status"], "failed");
@@ -152,15 +159,19 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     // to the operator); the jobs function's reply withholds them, with or without a kind.
     let sas = "https://acct.blob.core.windows.net/exports/i-42/app.dump?sv=2025-01-05&sp=r&sig=c2VjcmV0%3D";
     let now = time::OffsetDateTime::now_utc();
-    let mut task =
-        pgvault::jobrecords::JobRecord::new(pgvault::jobrecords::JobKind::RestoreTask, "req-9-1", "export", now);
-    task.status = pgvault::jobrecords::Status::Succeeded;
+    let mut task = pgvault::monitor::records::JobRecord::new(
+        pgvault::monitor::records::JobKind::RestoreTask,
+        "req-9-1",
+        "export",
+        now,
+    );
+    task.status = pgvault::monitor::records::Status::Succeeded;
     task.detail = json!({"task": {"task_id": "req-9-1", "target": {"server": "prod"}}, "report": {"mode": "as-files",
         "files": [{"container": "exports", "blob": "i-42/app.dump", "bytes": 3, "sha256": "ab", "url": sas,
             "expires_at": "2030-01-01T00:00:00Z"}]}});
-    pgvault::jobrecords::put(ctx.store.as_ref(), &task).await.unwrap();
+    pgvault::monitor::records::put(ctx.store.as_ref(), &task).await.unwrap();
     for query in [json!({}), json!({"kind": "restore-task"}), json!({"id": "req-9-1", "summary": "true"})] {
-        let (_, r) = pgvault::hostsim::invoke(&url, "jobs", &http("GET", query.clone(), "")).await.unwrap();
+        let (_, r) = pgvault::cli::hostsim::invoke(&url, "jobs", &http("GET", query.clone(), "")).await.unwrap();
         let res = &r["Outputs"]["res"];
         assert_eq!(res["statusCode"], 200, "{r}");
         assert!(!r.to_string().contains("sig="), "{query}: {r}");
@@ -171,23 +182,25 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
         assert!(file["url"].as_str().unwrap().contains("pgvault jobs --json --id req-9-1"), "{file}");
     }
     let (_, r) =
-        pgvault::hostsim::invoke(&url, "jobs", &http("GET", json!({"kind": "restore-task"}), "")).await.unwrap();
+        pgvault::cli::hostsim::invoke(&url, "jobs", &http("GET", json!({"kind": "restore-task"}), "")).await.unwrap();
     let body: Value = serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["jobs"].as_array().unwrap().len(), 1, "only restore tasks: {body}");
-    let stored = pgvault::jobrecords::get(ctx.store.as_ref(), pgvault::jobrecords::JobKind::RestoreTask, "req-9-1")
-        .await
-        .unwrap()
-        .unwrap();
+    let stored =
+        pgvault::monitor::records::get(ctx.store.as_ref(), pgvault::monitor::records::JobKind::RestoreTask, "req-9-1")
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(stored.detail["report"]["files"][0]["url"], sas, "the record keeps the URL");
-    let filter = pgvault::monitor::Filter { id: Some("req-9-1".into()), ..Default::default() };
-    let cli = pgvault::monitor::query(&ctx, &filter, false, now).await.unwrap();
+    let filter = pgvault::features::report::Filter { id: Some("req-9-1".into()), ..Default::default() };
+    let cli = pgvault::features::report::query(&ctx, &filter, false, now).await.unwrap();
     assert_eq!(cli["jobs"][0]["detail"]["report"]["files"][0]["url"], sas, "`pgvault jobs --json` shows it");
 
     // The retention timer's RPO check: two databases whose newest backup is three days old miss
     // the daily schedule and alert (a few alerts at a time); the excluded one does not.
     let old = now - time::Duration::days(3);
     for db in ["app", "db2", "scratch"] {
-        let paths = pgvault::layout::backup_paths(pgvault::layout::BackupKind::Database, "prod", db, old, db);
+        let paths =
+            pgvault::domain::layout::backup_paths(pgvault::domain::layout::BackupKind::Database, "prod", db, old, db);
         let manifest = json!({
             "format": "pgvault-backup-manifest", "format_version": 1, "pgvault_version": "0",
             "id": paths.id, "kind": "database", "job_id": db, "server": "prod", "database": db,
@@ -195,15 +208,16 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
             "tool": {"name": "pg_dump", "version": "15", "major": 15, "args": []},
             "archive_format": "custom", "compression": {"algorithm": "none"},
             "data_blob": format!("{}.x.dump", paths.id), "raw_bytes": 0, "stored_bytes": 0, "sha256": "", "blocks": [],
-            "requested_at": pgvault::monitor::rfc(old), "started_at": pgvault::monitor::rfc(old),
-            "finished_at": pgvault::monitor::rfc(old), "row_counts": null, "restore_hint": ""
+            "requested_at": pgvault::features::report::rfc(old), "started_at": pgvault::features::report::rfc(old),
+            "finished_at": pgvault::features::report::rfc(old), "row_counts": null, "restore_hint": ""
         });
         ctx.store.create(&paths.manifest, bytes::Bytes::from(manifest.to_string()), &Default::default()).await.unwrap();
     }
     let before = hits_now(&hits).len();
-    let (status, r) = pgvault::hostsim::invoke(&url, "retention", &pgvault::hostsim::timer_payload("retention", false))
-        .await
-        .unwrap();
+    let (status, r) =
+        pgvault::cli::hostsim::invoke(&url, "retention", &pgvault::cli::hostsim::timer_payload("retention", false))
+            .await
+            .unwrap();
     assert_eq!(status, 200, "{r}");
     let mut missed: Vec<String> = hits_now(&hits)[before..]
         .iter()

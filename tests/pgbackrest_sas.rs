@@ -11,10 +11,10 @@ use app::Stack;
 use pgvault::azure::arm::{ArmRunCommands, RunCommands};
 use pgvault::azure::pgbackrest::{AzureDelegationKeys, AzureTokenVault};
 use pgvault::azure::{RetrySettings, client_options};
-use pgvault::pgbackrest::plan::{self, Action, TokenState};
-use pgvault::pgbackrest::target::{Policy, parse_targets};
-use pgvault::pgbackrest::{DelegationKeys, TokenVault, include, token};
-use pgvault::secret::Secret;
+use pgvault::domain::secret::Secret;
+use pgvault::features::pgbackrest::plan::{self, Action, TokenState};
+use pgvault::features::pgbackrest::target::{Policy, parse_targets};
+use pgvault::features::pgbackrest::{DelegationKeys, TokenVault, include, token};
 use serde_json::{Value, json};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -382,16 +382,19 @@ async fn rotate_sync_backup_expire_and_recover() {
 
     // Job records: every rotation, with old and new expiry and the delivery result.
     let store = stack.store().await;
-    let records = pgvault::jobrecords::list(&store, Some(pgvault::jobrecords::JobKind::PgbackrestSas)).await.unwrap();
+    let records =
+        pgvault::monitor::records::list(&store, Some(pgvault::monitor::records::JobKind::PgbackrestSas)).await.unwrap();
     let pg1_records: Vec<_> = records.iter().filter(|r| r.detail["target"] == "pg1").collect();
     assert!(pg1_records.len() >= 3, "{records:?}");
     let last = pg1_records.iter().find(|r| r.detail["reason"].as_str().is_some_and(|s| s.contains("expired"))).unwrap();
     assert!(last.detail["new_expiry"].is_string() && last.detail["old_expiry"].is_string());
     assert!(last.detail["delivery_result"].is_object());
     let pg3_rec = records.iter().find(|r| r.detail["target"] == "pg3").unwrap();
-    assert_eq!(pg3_rec.status, pgvault::jobrecords::Status::Failed);
+    assert_eq!(pg3_rec.status, pgvault::monitor::records::Status::Failed);
     let fresh_records =
-        pgvault::jobrecords::list(&store, Some(pgvault::jobrecords::JobKind::PgbackrestFreshness)).await.unwrap();
+        pgvault::monitor::records::list(&store, Some(pgvault::monitor::records::JobKind::PgbackrestFreshness))
+            .await
+            .unwrap();
     assert!(!fresh_records.is_empty());
 
     // The sas-rotator function, as the Functions host invokes it: rotation and freshness.
@@ -583,12 +586,12 @@ async fn push_through_run_command_and_its_failures() {
     for (vm, mode) in [("sync-vm", VmMode::Run), ("async-vm", VmMode::Async)] {
         arm.add_vm(&vm_id(vm), mode);
         let t = target(vm, group);
-        let out = pgvault::pgbackrest::push(&rc, &t, &sas).await.unwrap_or_else(|e| panic!("{vm}: {e}"));
+        let out = pgvault::features::pgbackrest::push(&rc, &t, &sas).await.unwrap_or_else(|e| panic!("{vm}: {e}"));
         assert!(out.contains("written"), "{out}");
         assert_eq!(std::fs::read_to_string(&t.include_file).unwrap(), include::render(2, &sas).expose());
         assert_eq!(std::fs::metadata(&t.include_file).unwrap().mode() & 0o777, 0o640);
         // Unchanged on a second push.
-        let out = pgvault::pgbackrest::push(&rc, &t, &sas).await.unwrap();
+        let out = pgvault::features::pgbackrest::push(&rc, &t, &sas).await.unwrap();
         assert!(out.contains("unchanged"), "{out}");
     }
     let reqs = arm.requests();
@@ -597,17 +600,17 @@ async fn push_through_run_command_and_its_failures() {
     assert!(reqs.iter().all(|r| r.path.contains("api-version=")));
 
     arm.add_vm(&vm_id("denied-vm"), VmMode::Forbidden);
-    let e = pgvault::pgbackrest::push(&rc, &target("denied-vm", group), &sas).await.unwrap_err();
+    let e = pgvault::features::pgbackrest::push(&rc, &target("denied-vm", group), &sas).await.unwrap_err();
     assert!(e.is_permanent());
     let t = e.to_string();
     assert!(t.contains("http 403 AuthorizationFailed") && t.contains("runCommands"), "{t}");
 
-    let e = pgvault::pgbackrest::push(&rc, &target("missing-vm", group), &sas).await.unwrap_err();
+    let e = pgvault::features::pgbackrest::push(&rc, &target("missing-vm", group), &sas).await.unwrap_err();
     assert!(e.is_permanent());
     assert!(e.to_string().contains("http 404 ParentResourceNotFound"), "{e}");
 
     arm.add_vm(&vm_id("busy-vm"), VmMode::Conflict);
-    let e = pgvault::pgbackrest::push(&rc, &target("busy-vm", group), &sas).await.unwrap_err();
+    let e = pgvault::features::pgbackrest::push(&rc, &target("busy-vm", group), &sas).await.unwrap_err();
     assert!(!e.is_permanent(), "409 is retried by the next run: {e}");
     assert!(e.to_string().contains("http 409"), "{e}");
 
@@ -615,7 +618,7 @@ async fn push_through_run_command_and_its_failures() {
     arm.add_vm(&vm_id("bad-vm"), VmMode::Async);
     let bad = target("bad-vm", "no-such-group-pgvault");
     std::fs::write(&bad.include_file, "old\n").unwrap();
-    let e = pgvault::pgbackrest::push(&rc, &bad, &sas).await.unwrap_err();
+    let e = pgvault::features::pgbackrest::push(&rc, &bad, &sas).await.unwrap_err();
     assert!(e.to_string().contains("Failed, exit code Some(1)"), "{e}");
     assert_eq!(std::fs::read_to_string(&bad.include_file).unwrap(), "old\n");
     assert!(!e.to_string().contains("sig=push") && !e.to_string().contains("%2Bsig"), "{e}");
@@ -634,7 +637,7 @@ async fn push_through_run_command_and_its_failures() {
         }
     }
     let wrong = ArmRunCommands::new(&arm.url, std::sync::Arc::new(WrongAudience), &options).unwrap();
-    let e = pgvault::pgbackrest::push(&wrong, &target("sync-vm", group), &sas).await.unwrap_err();
+    let e = pgvault::features::pgbackrest::push(&wrong, &target("sync-vm", group), &sas).await.unwrap_err();
     assert!(e.to_string().contains("http 401"), "{e}");
     let _: &dyn RunCommands = &rc;
     let _: Option<&dyn DelegationKeys> = None;

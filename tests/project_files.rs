@@ -34,31 +34,37 @@ async fn the_router_answers_every_listed_function() {
     let dir = tempfile::tempdir().unwrap();
     let mut map = std::collections::HashMap::new();
     map.insert("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string());
-    let settings = pgvault::settings::Settings::from_map(map).unwrap();
-    let rt =
-        pgvault::runtime::Runtime::build(settings, pgvault::progress::Mode::Off, Default::default()).await.unwrap();
+    let settings = pgvault::config::settings::Settings::from_map(map).unwrap();
+    let rt = pgvault::runtime::Runtime::build(settings, pgvault::seams::progress::Mode::Off, Default::default())
+        .await
+        .unwrap();
     struct NoQueue;
     #[async_trait::async_trait]
-    impl pgvault::queue::JobQueue for NoQueue {
-        async fn ensure(&self, _: &str) -> pgvault::error::Result<()> {
+    impl pgvault::seams::queue::JobQueue for NoQueue {
+        async fn ensure(&self, _: &str) -> pgvault::domain::error::Result<()> {
             unreachable!()
         }
-        async fn send(&self, _: &str, _: &str, _: bool) -> pgvault::error::Result<()> {
+        async fn send(&self, _: &str, _: &str, _: bool) -> pgvault::domain::error::Result<()> {
             unreachable!()
         }
-        async fn send_delayed(&self, _: &str, _: &str, _: u32) -> pgvault::error::Result<()> {
+        async fn send_delayed(&self, _: &str, _: &str, _: u32) -> pgvault::domain::error::Result<()> {
             unreachable!()
         }
-        async fn receive(&self, _: &str, _: u8, _: u32) -> pgvault::error::Result<Vec<pgvault::queue::Received>> {
+        async fn receive(
+            &self,
+            _: &str,
+            _: u8,
+            _: u32,
+        ) -> pgvault::domain::error::Result<Vec<pgvault::seams::queue::Received>> {
             unreachable!()
         }
-        async fn peek(&self, _: &str, _: u8) -> pgvault::error::Result<Vec<String>> {
+        async fn peek(&self, _: &str, _: u8) -> pgvault::domain::error::Result<Vec<String>> {
             unreachable!()
         }
-        async fn delete(&self, _: &str, _: &str, _: &str) -> pgvault::error::Result<()> {
+        async fn delete(&self, _: &str, _: &str, _: &str) -> pgvault::domain::error::Result<()> {
             unreachable!()
         }
-        async fn release(&self, _: &str, _: &str, _: &str, _: u32) -> pgvault::error::Result<()> {
+        async fn release(&self, _: &str, _: &str, _: &str, _: u32) -> pgvault::domain::error::Result<()> {
             unreachable!()
         }
     }
@@ -85,11 +91,15 @@ fn function_bindings_match_the_handlers() {
     let b = &worker["bindings"][0];
     assert_eq!(b["type"], "queueTrigger");
     assert_eq!(b["name"], pgvault::handler::backup_worker::BINDING);
-    assert_eq!(b["queueName"], pgvault::jobs::BACKUP_JOBS_QUEUE);
+    assert_eq!(b["queueName"], pgvault::domain::jobs::BACKUP_JOBS_QUEUE);
     assert_eq!(b["connection"], "JobsQueue", "identity-based connection prefix of JobsQueue__queueServiceUri");
     for (folder, binding, queue) in [
-        ("restore-requests", pgvault::handler::restore_requests::BINDING, pgvault::restore::RESTORE_REQUESTS_QUEUE),
-        ("restore-worker", pgvault::handler::restore_worker::BINDING, pgvault::restore::RESTORE_TASKS_QUEUE),
+        (
+            "restore-requests",
+            pgvault::handler::restore_requests::BINDING,
+            pgvault::features::restore::RESTORE_REQUESTS_QUEUE,
+        ),
+        ("restore-worker", pgvault::handler::restore_worker::BINDING, pgvault::features::restore::RESTORE_TASKS_QUEUE),
     ] {
         let f = json(&format!("functions/{folder}/function.json"));
         let b = &f["bindings"][0];
@@ -131,11 +141,11 @@ fn host_json_is_deliberate() {
 fn sample_settings_parse_and_list_every_setting() {
     let sample = json("local.settings.sample.json");
     let values = sample["Values"].as_object().unwrap();
-    for (name, _) in pgvault::settings::ALL {
+    for (name, _) in pgvault::config::settings::ALL {
         assert!(values.contains_key(*name), "local.settings.sample.json lacks {name}");
     }
     let map = values.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
-    let s = pgvault::settings::Settings::from_map(map).unwrap();
+    let s = pgvault::config::settings::Settings::from_map(map).unwrap();
     assert_eq!(s.inventory.len(), 1);
     assert_eq!(s.handler_port, Some(7071));
     assert_eq!(s.pgbackrest_targets.len(), 1);
@@ -144,7 +154,7 @@ fn sample_settings_parse_and_list_every_setting() {
 #[test]
 fn readme_documents_every_setting() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    for (name, _) in pgvault::settings::ALL {
+    for (name, _) in pgvault::config::settings::ALL {
         assert!(readme.contains(&format!("| `{name}` |")), "README's settings table lacks {name}");
     }
 }

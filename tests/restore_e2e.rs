@@ -8,12 +8,12 @@ mod app;
 mod support;
 
 use app::Stack;
-use pgvault::hostsim::{self, DrainReport, Form};
-use pgvault::jobrecords::{JobKind, JobRecord, Status};
-use pgvault::manifest::Manifest;
-use pgvault::queue::JobQueue;
-use pgvault::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
-use pgvault::store::BlobStore;
+use pgvault::cli::hostsim::{self, DrainReport, Form};
+use pgvault::domain::manifest::Manifest;
+use pgvault::features::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
+use pgvault::monitor::records::{JobKind, JobRecord, Status};
+use pgvault::seams::queue::JobQueue;
+use pgvault::seams::store::BlobStore;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,7 +86,7 @@ fn returns(report: &DrainReport) -> Vec<Value> {
 }
 
 fn make_db(c: &Cluster, db: &str, rows: u32) {
-    c.psql("postgres", &format!("CREATE DATABASE {}", pgvault::pg::quote_ident(db)));
+    c.psql("postgres", &format!("CREATE DATABASE {}", pgvault::seams::pg::quote_ident(db)));
     c.psql(
         db,
         &format!(
@@ -107,12 +107,12 @@ async fn cross_version_round_trip_through_a_queued_request() {
     stack.set("PGVAULT_INVENTORY", &inventory);
     stack.set("PGVAULT_PG_BIN_DIRS", &format!("{}:{}", stack.pg.bin_dir.display(), newer.display()));
     blocking(|| {
-        stack.pg.psql("postgres", &format!("CREATE DATABASE {}", pgvault::pg::quote_ident(VARIED_DB)));
+        stack.pg.psql("postgres", &format!("CREATE DATABASE {}", pgvault::seams::pg::quote_ident(VARIED_DB)));
         stack.pg.psql(VARIED_DB, &varied_sql(1));
     });
     cli_ok(&stack, &["backup", "--server", "main", "--database", VARIED_DB]);
     let store = stack.store().await;
-    let m = manifests(&store, &pgvault::layout::prefix(Some("main"), Some(VARIED_DB))).await.remove(0);
+    let m = manifests(&store, &pgvault::domain::layout::prefix(Some("main"), Some(VARIED_DB))).await.remove(0);
     assert_eq!(m.tool.major, 15, "pg_dump 15 for the 15 server");
 
     let served = stack.serve();
@@ -196,7 +196,7 @@ async fn a_corrupt_block_fails_the_restore_before_pg_restore_and_changes_nothing
     let mut ids = Vec::new();
     let mut off = 0usize;
     for (i, b) in m.blocks.iter().enumerate() {
-        let id = pgvault::backup::block_id(i);
+        let id = pgvault::features::backup::block_id(i);
         store
             .stage_block(&m.data_blob, &id, bytes::Bytes::copy_from_slice(&data[off..off + b.size as usize]))
             .await

@@ -1,4 +1,4 @@
-//! The storage contract (`pgvault::store::BlobStore`), run against every implementation:
+//! The storage contract (`pgvault::seams::store::BlobStore`), run against every implementation:
 //! `LocalStore` on a temporary directory and `AzureBlobStore` on Azurite (HTTPS, OAuth).
 //! Plus the Azure queue adapter on Azurite, and a TLS misconfiguration that must fail fast.
 
@@ -9,10 +9,10 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use pgvault::azure::{AzureBlobStore, AzureQueue, RetrySettings, client_options};
-use pgvault::error::Kind;
-use pgvault::queue::JobQueue;
-use pgvault::store::local::LocalStore;
-use pgvault::store::{BlobInfo, BlobStore, CreateOutcome, Tags, Tier};
+use pgvault::domain::error::Kind;
+use pgvault::seams::queue::JobQueue;
+use pgvault::seams::store::local::LocalStore;
+use pgvault::seams::store::{BlobInfo, BlobStore, CreateOutcome, Tags, Tier};
 use std::time::{Duration, Instant};
 
 fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -56,7 +56,7 @@ async fn read_all(store: &dyn BlobStore, name: &str) -> Vec<u8> {
     chunks.concat()
 }
 
-fn assert_permanent<T: std::fmt::Debug>(r: pgvault::error::Result<T>, what: &str) {
+fn assert_permanent<T: std::fmt::Debug>(r: pgvault::domain::error::Result<T>, what: &str) {
     match r {
         Ok(v) => panic!("{what}: expected a permanent error, got Ok({v:?})"),
         Err(e) => assert_eq!(e.kind(), Kind::Permanent, "{what}: {e}"),

@@ -19,8 +19,8 @@
 //! `/read` and `/delete` on that VM only (the built-in *Virtual Machine Contributor* scoped to
 //! the VM, or a custom role with just those actions).
 
-use crate::error::{Error, Result};
-use crate::secret::{Secret, redact};
+use crate::domain::error::{Error, Result};
+use crate::domain::secret::{Secret, redact};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, Context, Method, Request, Transport, Url};

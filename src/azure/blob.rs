@@ -9,8 +9,8 @@
 //!   ETag, so a blob replaced mid-read fails instead of mixing two versions.
 
 use super::{Service, sdk_error};
-use crate::error::{Error, Result};
-use crate::store::{BlobInfo, BlobProps, BlobStore, ByteStream, CreateOutcome, FileExport, Tags, Tier};
+use crate::domain::error::{Error, Result};
+use crate::seams::store::{BlobInfo, BlobProps, BlobStore, ByteStream, CreateOutcome, FileExport, Tags, Tier};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
@@ -60,7 +60,7 @@ impl AzureBlobStore {
         credential: Arc<dyn TokenCredential>,
         options: ClientOptions,
     ) -> Result<Self> {
-        let shown = crate::secret::redact(endpoint);
+        let shown = crate::domain::secret::redact(endpoint);
         let mut url = Url::parse(endpoint.trim_end_matches('/'))
             .map_err(|e| Error::permanent(format!("blob endpoint {shown:?} is not a url: {e}")))?;
         if url.scheme() != "https" {
@@ -91,7 +91,7 @@ impl AzureBlobStore {
             Some(BlobContainerClientOptions { client_options: options, ..Default::default() }),
         )
         .map_err(|e| sdk_error(Service::Blob, format!("open container {url}"), e))?;
-        Ok(Self { container: client, url: crate::secret::redact(url.as_str()), export })
+        Ok(Self { container: client, url: crate::domain::secret::redact(url.as_str()), export })
     }
 
     /// Create the container if it does not exist. Idempotent.

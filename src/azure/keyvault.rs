@@ -1,5 +1,5 @@
 //! Key Vault secrets and Entra tokens through the managed identity: the Azure side of
-//! [`crate::credentials::CloudSecrets`].
+//! [`crate::seams::credentials::CloudSecrets`].
 //!
 //! Secrets are read with the official `SecretClient`, over the same transport (trusted roots,
 //! retry policy) and the same token credential as Blob and Queue. Key Vault's challenge flow
@@ -13,9 +13,9 @@
 //! and can never match a public Key Vault domain.
 
 use super::{for_each_cause, is_certificate_error};
-use crate::credentials::{CloudSecrets, VaultSecret};
-use crate::error::{Error, Result};
-use crate::secret::{Secret, redact};
+use crate::domain::error::{Error, Result};
+use crate::domain::secret::{Secret, redact};
+use crate::seams::credentials::{CloudSecrets, VaultSecret};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;

@@ -14,8 +14,8 @@ pub use keyvault::AzureCloudSecrets;
 pub use queue::AzureQueue;
 pub use transport::{CredentialKind, RetrySettings, client_options, credential};
 
-use crate::error::Error;
-use crate::secret::redact;
+use crate::domain::error::Error;
+use crate::domain::secret::redact;
 use azure_core::error::ErrorKind;
 use std::fmt;
 

@@ -4,10 +4,10 @@
 use super::keyvault::{is_loopback, vault_error};
 use super::sas::DelegationKey;
 use super::{Service, sdk_error};
-use crate::error::{Error, Result};
-use crate::pgbackrest::plan::TokenState;
-use crate::pgbackrest::{DelegationKeys, NewToken, StoredToken, TokenVault};
-use crate::secret::{Secret, redact};
+use crate::domain::error::{Error, Result};
+use crate::domain::secret::{Secret, redact};
+use crate::features::pgbackrest::plan::TokenState;
+use crate::features::pgbackrest::{DelegationKeys, NewToken, StoredToken, TokenVault};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RequestContent, Url};

@@ -6,8 +6,8 @@
 //! (see the queue tests in `tests/store_contract.rs`).
 
 use super::{Service, sdk_error};
-use crate::error::{Error, Result};
-use crate::queue::{JobQueue, Received};
+use crate::domain::error::{Error, Result};
+use crate::seams::queue::{JobQueue, Received};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
@@ -50,7 +50,7 @@ impl AzureQueue {
         credential: Arc<dyn TokenCredential>,
         options: ClientOptions,
     ) -> Result<Self> {
-        let shown = crate::secret::redact(queue_service_endpoint);
+        let shown = crate::domain::secret::redact(queue_service_endpoint);
         let url = Url::parse(queue_service_endpoint.trim_end_matches('/'))
             .map_err(|e| Error::permanent(format!("queue endpoint {shown:?} is not a url: {e}")))?;
         if url.scheme() != "https" {
@@ -70,7 +70,7 @@ impl AzureQueue {
             Some(QueueServiceClientOptions { client_options: options, ..Default::default() }),
         )
         .map_err(|e| sdk_error(Service::Queue, format!("open queue service {url}"), e))?;
-        Ok(Self { service, url: crate::secret::redact(url.as_str()) })
+        Ok(Self { service, url: crate::domain::secret::redact(url.as_str()) })
     }
 
     fn queue(&self, queue: &str) -> Result<QueueClient> {

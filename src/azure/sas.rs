@@ -11,9 +11,9 @@
 //! Azurite both accept, with nothing but the fields a read-only blob SAS needs.
 
 use super::{Service, sdk_error};
-use crate::error::{Error, Result};
-use crate::secret::Secret;
-use crate::store::{BlobStore, FileExport};
+use crate::domain::error::{Error, Result};
+use crate::domain::secret::Secret;
+use crate::seams::store::{BlobStore, FileExport};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RequestContent, Url};
@@ -48,7 +48,7 @@ impl fmt::Debug for AzureExport {
 impl AzureExport {
     /// Nothing is sent yet.
     pub fn new(endpoint: &str, credential: Arc<dyn TokenCredential>, options: ClientOptions) -> Result<Self> {
-        let shown = crate::secret::redact(endpoint);
+        let shown = crate::domain::secret::redact(endpoint);
         let endpoint = Url::parse(endpoint.trim_end_matches('/'))
             .map_err(|e| Error::permanent(format!("blob endpoint {shown:?} is not a url: {e}")))?;
         let account = account_name(&endpoint)

@@ -4,7 +4,7 @@
 //! decompression, which the SDK's partitioned downloads need) is handed to the SDK as its
 //! transport, so every Blob, Queue and identity request trusts the same roots.
 
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
 use azure_identity::{AzureCliCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
@@ -154,14 +154,17 @@ pub fn credential(kind: &CredentialKind, options: &ClientOptions) -> Result<Arc<
             let c = ManagedIdentityCredential::new(Some(opts)).map_err(|e| {
                 Error::permanent(format!(
                     "set up the managed identity credential: {}",
-                    crate::secret::redact(&e.to_string())
+                    crate::domain::secret::redact(&e.to_string())
                 ))
             })?;
             Ok(c)
         }
         CredentialKind::AzureCli => {
             let c = AzureCliCredential::new(None).map_err(|e| {
-                Error::permanent(format!("set up the azure cli credential: {}", crate::secret::redact(&e.to_string())))
+                Error::permanent(format!(
+                    "set up the azure cli credential: {}",
+                    crate::domain::secret::redact(&e.to_string())
+                ))
             })?;
             Ok(c)
         }

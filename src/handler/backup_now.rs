@@ -5,8 +5,8 @@
 
 use super::AppState;
 use super::jobs::{http_reply, http_request};
-use crate::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
-use crate::layout::BackupKind;
+use crate::domain::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
+use crate::domain::layout::BackupKind;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
@@ -50,7 +50,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
     let jobs: Vec<BackupJob> = match &b.database {
         // One database: no connection needed; backup-worker rejects a database that is gone.
         Some(db) => vec![BackupJob::new(BackupKind::Database, &b.server, Some(db), now, Trigger::Http)],
-        None => match crate::scheduler::plan(&state.ctx, Some(&b.server), &[], Trigger::Http, now).await {
+        None => match crate::features::scheduler::plan(&state.ctx, Some(&b.server), &[], Trigger::Http, now).await {
             Ok(mut plans) => match plans.pop().map(|p| p.jobs) {
                 Some(Ok(jobs)) => jobs,
                 Some(Err(e)) => return http_reply(502, &json!({ "error": e.to_string() }), vec![e.to_string()]),
@@ -61,7 +61,11 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
     };
     let mut ids = Vec::new();
     for job in &jobs {
-        crate::jobrecords::put_logged(state.ctx.store.as_ref(), &crate::monitor::backup_record(job, now)).await;
+        crate::monitor::records::put_logged(
+            state.ctx.store.as_ref(),
+            &crate::features::report::backup_record(job, now),
+        )
+        .await;
         if let Err(e) = state.queue.send(BACKUP_JOBS_QUEUE, &job.to_json(), false).await {
             tracing::error!(job = %job.job_id, error = %e, "backup-now: cannot enqueue");
             return http_reply(
@@ -71,7 +75,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
             );
         }
         tracing::info!(job = %job.job_id, what = %job.describe(), "backup-now: enqueued");
-        ids.push(json!({ "job_id": job.job_id, "target": crate::monitor::backup_target(job) }));
+        ids.push(json!({ "job_id": job.job_id, "target": crate::features::report::backup_target(job) }));
     }
     http_reply(202, &json!({ "status": "queued", "jobs": ids }), vec![format!("enqueued {} backup jobs", ids.len())])
 }

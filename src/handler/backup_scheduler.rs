@@ -2,7 +2,7 @@
 //! globals job per server, on `backup-jobs`.
 
 use super::{AppState, Reply, parse_invocation};
-use crate::jobs::{BACKUP_JOBS_QUEUE, Trigger};
+use crate::domain::jobs::{BACKUP_JOBS_QUEUE, Trigger};
 use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
@@ -34,7 +34,7 @@ pub async fn run(state: &AppState, trigger: Trigger, past_due: bool) -> (Vec<Str
     if past_due {
         logs.push("timer is past due; running now".to_string());
     }
-    let plans = match crate::scheduler::plan(&state.ctx, None, &[], trigger, now).await {
+    let plans = match crate::features::scheduler::plan(&state.ctx, None, &[], trigger, now).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "backup scheduler failed");

@@ -6,16 +6,16 @@
 //! original text and the reason, and the reply is 200 so it is not retried.
 //!
 //! Dump slots: before it dumps, the worker claims one of `PGVAULT_MAX_DUMPS_PER_SERVER` slots of
-//! the job's server (`crate::claim::acquire_slot`, lease-bounded like restore-task claims). A job
+//! the job's server (`crate::features::claim::acquire_slot`, lease-bounded like restore-task claims). A job
 //! that finds every slot held goes back on `backup-jobs` as a new message, invisible for
 //! `PGVAULT_DUMP_SLOT_RETRY_SECONDS` plus jitter, and the reply is 200: a wait is neither a
 //! failure (it would count towards poison) nor lost (the new message carries the same text).
 
 use super::{AppState, QueueMessage, Reply};
-use crate::backup::Outcome;
-use crate::claim::{self, Delivery, Holder, Slot};
-use crate::error::Error;
-use crate::jobs::{BACKUP_JOBS_QUEUE, BackupJob};
+use crate::domain::error::Error;
+use crate::domain::jobs::{BACKUP_JOBS_QUEUE, BackupJob};
+use crate::features::backup::Outcome;
+use crate::features::claim::{self, Delivery, Holder, Slot};
 use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
@@ -50,7 +50,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
             let slots = state.ctx.settings.max_dumps_per_server;
             let now = time::OffsetDateTime::now_utc();
             // The server name as one path segment, the way layout.rs writes it in blob names.
-            let group = crate::layout::encode_segment(&job.server);
+            let group = crate::domain::layout::encode_segment(&job.server);
             match claim::acquire_slot(store, DUMP_SLOT, &group, slots, &Delivery::queued(&msg.id), now).await {
                 Ok(Slot::Owned { claim, .. }) => Some(claim),
                 Ok(Slot::Full { holders }) => return defer(&state, &msg, &job, &holders).await,
@@ -67,7 +67,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
         }
     };
     // The record says queued/running/succeeded/failed; a failure that will not be retried alerts.
-    let result = crate::monitor::run_backup(&state.ctx, &job, dequeue_count >= state.max_dequeue_count).await;
+    let result = crate::features::report::run_backup(&state.ctx, &job, dequeue_count >= state.max_dequeue_count).await;
     if let Some(claim) = slot {
         // On failure (logged) the slot is held until this message's redelivery or the lease ends.
         let _ = claim.release(state.ctx.store.as_ref()).await;
@@ -141,6 +141,7 @@ async fn defer(state: &AppState, msg: &QueueMessage, job: &BackupJob, holders: &
 
 /// Record the rejection in the job's record (and alert), then keep the message with its reason.
 async fn reject(state: &AppState, msg: &QueueMessage, why: &Error) -> Reply {
-    crate::monitor::record_rejected(&state.ctx, BackupJob::from_json(&msg.text).ok().as_ref(), &msg.id, why).await;
+    crate::features::report::record_rejected(&state.ctx, BackupJob::from_json(&msg.text).ok().as_ref(), &msg.id, why)
+        .await;
     super::reject_and_keep(state, BACKUP_JOBS_QUEUE, msg, why).await
 }

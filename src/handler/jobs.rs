@@ -4,7 +4,7 @@
 //!
 //! Unlike the CLI, the reply never carries the read-only SAS URLs of files exported by as-files
 //! restore tasks (bearer credentials valid up to 7 days): each `url` is replaced by a note
-//! pointing to `pgvault jobs --json --id <task id>` (see [`crate::monitor::withhold_file_urls`]).
+//! pointing to `pgvault jobs --json --id <task id>` (see [`crate::features::report::withhold_file_urls`]).
 //!
 //! HTTP triggers reach a custom handler (without request forwarding) as an invocation whose
 //! `Data.req` is `{Url, Method, Query, Headers, Params, Body}`; the answer is the `res` output
@@ -79,14 +79,14 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
         return http_reply(405, &json!({ "error": "jobs answers GET only" }), vec![]);
     }
     let now = time::OffsetDateTime::now_utc();
-    let filter = match crate::monitor::Filter::from_query(&req.query, now) {
+    let filter = match crate::features::report::Filter::from_query(&req.query, now) {
         Ok(f) => f,
         Err(e) => return http_reply(400, &json!({ "error": e.to_string() }), vec![e.to_string()]),
     };
     let summary = req.query.get("summary").is_some_and(|v| matches!(v.as_str(), "" | "1" | "true" | "yes"));
-    match crate::monitor::query(&state.ctx, &filter, summary, now).await {
+    match crate::features::report::query(&state.ctx, &filter, summary, now).await {
         Ok(mut v) => {
-            crate::monitor::withhold_file_urls(&mut v);
+            crate::features::report::withhold_file_urls(&mut v);
             http_reply(200, &v, vec![])
         }
         Err(e) => {

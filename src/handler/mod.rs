@@ -17,8 +17,8 @@ pub mod restore_worker;
 pub mod retention;
 pub mod sas_rotator;
 
-use crate::backup::Ctx;
-use crate::queue::JobQueue;
+use crate::features::backup::Ctx;
+use crate::seams::queue::JobQueue;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -188,8 +188,13 @@ pub fn queue_message(body: &[u8], binding: &str) -> Result<QueueMessage, Reply> 
 /// Keep a message that can never succeed, with its reason, on `<queue>-rejected` (time-to-live:
 /// never expires), and reply 200 so the host does not retry it. If even keeping it fails, reply
 /// 500 so the host keeps the message: nothing is lost.
-pub async fn reject_and_keep(state: &AppState, queue: &str, msg: &QueueMessage, why: &crate::error::Error) -> Reply {
-    let kept_on = crate::jobs::rejected_queue(queue);
+pub async fn reject_and_keep(
+    state: &AppState,
+    queue: &str,
+    msg: &QueueMessage,
+    why: &crate::domain::error::Error,
+) -> Reply {
+    let kept_on = crate::domain::jobs::rejected_queue(queue);
     let record = json!({
         "queue": queue,
         "message_id": msg.id,

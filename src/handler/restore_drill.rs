@@ -1,9 +1,9 @@
 //! `restore-drill` (timer, `PGVAULT_DRILL_SCHEDULE`): restore drills of every server (see
-//! [`crate::drill`]). Each drill is a job record; a failed drill alerts. The reply fails only
+//! [`crate::features::drill`]). Each drill is a job record; a failed drill alerts. The reply fails only
 //! when the drills could not start (e.g. no `PGVAULT_DRILL_SERVER`).
 
 use super::{AppState, Reply};
-use crate::jobrecords::Status;
+use crate::monitor::records::Status;
 use axum::extract::State;
 use serde_json::json;
 
@@ -11,7 +11,7 @@ pub async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> R
     if let Err(reply) = super::parse_invocation(&body) {
         return reply;
     }
-    match crate::drill::run(&state.ctx, None, "timer").await {
+    match crate::features::drill::run(&state.ctx, None, "timer").await {
         Ok(drills) => {
             let failed = drills.records.iter().filter(|r| r.status != Status::Succeeded).count();
             let ids: Vec<&str> = drills.records.iter().map(|r| r.id.as_str()).collect();

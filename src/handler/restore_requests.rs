@@ -9,7 +9,7 @@
 //! request id seen before is acted on once: the duplicate is acknowledged and does nothing.
 
 use super::{AppState, Reply};
-use crate::restore::{self, RESTORE_REQUESTS_QUEUE, RestoreRequest, Submitted};
+use crate::features::restore::{self, RESTORE_REQUESTS_QUEUE, RestoreRequest, Submitted};
 use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;

@@ -8,7 +8,7 @@
 //! task whose record says it succeeded is not run again.
 
 use super::{AppState, Reply};
-use crate::restore::{self, RESTORE_TASKS_QUEUE, RestoreTask, TaskOutcome};
+use crate::features::restore::{self, RESTORE_TASKS_QUEUE, RestoreTask, TaskOutcome};
 use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
@@ -35,7 +35,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
         );
     }
     let last = dequeue_count >= state.max_dequeue_count;
-    match restore::execute_task(&state.ctx, &task, last, &crate::claim::Delivery::queued(&msg.id)).await {
+    match restore::execute_task(&state.ctx, &task, last, &crate::features::claim::Delivery::queued(&msg.id)).await {
         Ok(TaskOutcome::Done(report)) => {
             // The URLs of as-files are secrets: they are in the job record, not in the reply.
             let files: Vec<&str> = report.files.iter().map(|f| f.blob.as_str()).collect();

@@ -13,8 +13,8 @@ pub async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> R
         return reply;
     }
     let ctx = &state.ctx;
-    let retention = crate::monitor_cli::run_retention(ctx, false, None, "timer").await;
-    let rpo = crate::monitor::check_rpo(ctx, time::OffsetDateTime::now_utc()).await;
+    let retention = crate::cli::monitor::run_retention(ctx, false, None, "timer").await;
+    let rpo = crate::features::report::check_rpo(ctx, time::OffsetDateTime::now_utc()).await;
     let mut logs = Vec::new();
     let removed = match &retention {
         Ok(v) => v["executed"]["removed"].clone(),

@@ -1,6 +1,6 @@
 //! `sas-rotator` (timer trigger): rotate the SAS of every pgBackRest target inside its
 //! renew-before window, push it to push-delivery VMs, raise alarms, then check each target's
-//! repository freshness (`backup.info`). See [`crate::pgbackrest`].
+//! repository freshness (`backup.info`). See [`crate::features::pgbackrest`].
 
 use super::{AppState, Reply, parse_invocation};
 use axum::body::Bytes;
@@ -15,7 +15,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
     if settings.pgbackrest_targets.is_empty() {
         return Reply::ok(vec!["no pgBackRest targets configured".into()], json!({ "rotation": [], "freshness": [] }));
     }
-    match crate::pgbackrest::commands::rotate(settings, Some(state.ctx.store.as_ref()), None, true).await {
+    match crate::features::pgbackrest::commands::rotate(settings, Some(state.ctx.store.as_ref()), None, true).await {
         // A failed target is reported, recorded and alarmed; failing the invocation would only
         // make the host log it twice (a timer is not retried), so the reply is 200 either way.
         Ok((value, ok)) => {

@@ -131,8 +131,8 @@ impl Stack {
     /// payload form in turn) and check that each is rejected without a retry (200) and kept on
     /// `<queue>-rejected` with its original text, its queue, and a reason containing `why`.
     pub async fn assert_rejected_and_kept(&self, served: &Served, queue: &str, cases: &[(String, &str)]) {
-        use pgvault::hostsim::{Form, queue_payload};
-        use pgvault::queue::JobQueue;
+        use pgvault::cli::hostsim::{Form, queue_payload};
+        use pgvault::seams::queue::JobQueue;
         let (function, binding) = function_of(queue);
         for (i, (text, _)) in cases.iter().enumerate() {
             let form = if i % 2 == 0 { Form::Host } else { Form::Clean };
@@ -157,11 +157,19 @@ impl Stack {
     /// Deliver every message on `queue` to the function it triggers (`backup-jobs`,
     /// `restore-requests` or `restore-tasks`) the way the host does: host payload form, up to 3
     /// deliveries, then poison.
-    pub async fn drain(&self, served: &Served, queue: &str) -> pgvault::hostsim::DrainReport {
+    pub async fn drain(&self, served: &Served, queue: &str) -> pgvault::cli::hostsim::DrainReport {
         let (function, binding) = function_of(queue);
-        pgvault::hostsim::drain(&self.queue(), queue, &served.url, function, binding, 3, pgvault::hostsim::Form::Host)
-            .await
-            .unwrap()
+        pgvault::cli::hostsim::drain(
+            &self.queue(),
+            queue,
+            &served.url,
+            function,
+            binding,
+            3,
+            pgvault::cli::hostsim::Form::Host,
+        )
+        .await
+        .unwrap()
     }
 
     pub fn queue(&self) -> AzureQueue {
@@ -173,9 +181,9 @@ impl Stack {
 /// The function a queue triggers, and its binding name.
 fn function_of(queue: &str) -> (&'static str, &'static str) {
     match queue {
-        pgvault::jobs::BACKUP_JOBS_QUEUE => ("backup-worker", "job"),
-        pgvault::restore::RESTORE_REQUESTS_QUEUE => ("restore-requests", "request"),
-        pgvault::restore::RESTORE_TASKS_QUEUE => ("restore-worker", "task"),
+        pgvault::domain::jobs::BACKUP_JOBS_QUEUE => ("backup-worker", "job"),
+        pgvault::features::restore::RESTORE_REQUESTS_QUEUE => ("restore-requests", "request"),
+        pgvault::features::restore::RESTORE_TASKS_QUEUE => ("restore-worker", "task"),
         other => panic!("no function is triggered by {other}"),
     }
 }
@@ -227,7 +235,7 @@ impl Served {
 
     /// POST an invocation payload to a function.
     pub async fn invoke(&self, function: &str, payload: &serde_json::Value) -> (u16, serde_json::Value) {
-        pgvault::hostsim::invoke(&self.url, function, payload).await.expect("invoke")
+        pgvault::cli::hostsim::invoke(&self.url, function, payload).await.expect("invoke")
     }
 
     /// Send SIGTERM and wait for the exit status.

@@ -2,8 +2,8 @@
 //! from a store, and content and schema fingerprints of a database.
 
 use super::Cluster;
-use pgvault::manifest::Manifest;
-use pgvault::store::BlobStore;
+use pgvault::domain::manifest::Manifest;
+use pgvault::seams::store::BlobStore;
 use std::path::Path;
 use std::process::Command;
 

@@ -1,0 +1,204 @@
+//! The blob layout: the one place that builds and parses blob names.
+//!
+//! ```text
+//! <server>/<database>/<stamp>-<job id>.manifest.json          the manifest, written last
+//! <server>/<database>/<stamp>-<job id>.<attempt>.dump[.zst]   the pg_dump archive
+//! <server>/@globals/<stamp>-<job id>.manifest.json            pg_dumpall --globals-only
+//! <server>/@globals/<stamp>-<job id>.<attempt>.sql[.zst]
+//! ```
+//!
+//! `<stamp>` is the job's `requested_at` in UTC (`20261121T073500Z`), so names sort by time and a
+//! redelivered job maps to the same manifest name. `<attempt>` is random per attempt, so two
+//! attempts of one job never write the same data blob; only the attempt that creates the manifest
+//! (create-if-absent) publishes its data. Server and database names are encoded by
+//! [`encode_segment`]: a real database named `@globals` becomes `=40globals`, so it cannot collide.
+
+use crate::domain::error::{Error, Result};
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+pub const GLOBALS_SEGMENT: &str = "@globals";
+
+/// Encode a name as one path segment that is also a valid blob index tag value: bytes outside
+/// `[A-Za-z0-9_.-]` become `=HH`. Reversible, and a leading `.` is encoded so that no segment is
+/// hidden or relative.
+pub fn encode_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_segment`].
+pub fn decode_segment(seg: &str) -> Result<String> {
+    let bytes = seg.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = seg
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::permanent(format!("bad escape in blob name segment {seg:?}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::permanent(format!("blob name segment {seg:?} is not UTF-8")))
+}
+
+/// What a backup holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    /// One database, `pg_dump --format=custom`.
+    Database,
+    /// Roles, memberships and tablespaces, `pg_dumpall --globals-only --no-role-passwords`.
+    Globals,
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Database => "database",
+            BackupKind::Globals => "globals",
+        }
+    }
+}
+
+/// `20261121T073500Z`.
+pub fn stamp(t: OffsetDateTime) -> String {
+    let fmt = format_description!("[year][month][day]T[hour][minute][second]Z");
+    t.to_offset(time::UtcOffset::UTC).format(&fmt).expect("valid format")
+}
+
+pub fn parse_stamp(s: &str) -> Result<OffsetDateTime> {
+    let fmt = format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::PrimitiveDateTime::parse(s, &fmt)
+        .map(|p| p.assume_utc())
+        .map_err(|_| Error::permanent(format!("bad timestamp {s:?} in backup id")))
+}
+
+/// Where one backup lives. A backup id is `<server>/<database segment>/<stamp>-<job id>`: the
+/// manifest name without its suffix, so an id is enough to find everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupPaths {
+    pub id: String,
+    pub manifest: String,
+}
+
+fn db_segment(kind: BackupKind, database: &str) -> String {
+    match kind {
+        BackupKind::Database => encode_segment(database),
+        BackupKind::Globals => GLOBALS_SEGMENT.to_string(),
+    }
+}
+
+pub fn backup_paths(
+    kind: BackupKind,
+    server: &str,
+    database: &str,
+    requested_at: OffsetDateTime,
+    job_id: &str,
+) -> BackupPaths {
+    let id = format!(
+        "{}/{}/{}-{}",
+        encode_segment(server),
+        db_segment(kind, database),
+        stamp(requested_at),
+        encode_segment(job_id)
+    );
+    BackupPaths { manifest: format!("{id}{MANIFEST_SUFFIX}"), id }
+}
+
+/// The data blob name for one attempt. `extension` is e.g. `dump.zst`.
+pub fn data_blob(id: &str, attempt: &str, extension: &str) -> String {
+    format!("{id}.{attempt}.{extension}")
+}
+
+/// The listing prefix for a server, or a server and database.
+pub fn prefix(server: Option<&str>, database: Option<&str>) -> String {
+    match (server, database) {
+        (None, _) => String::new(),
+        (Some(s), None) => format!("{}/", encode_segment(s)),
+        (Some(s), Some(d)) => format!("{}/{}/", encode_segment(s), encode_segment(d)),
+    }
+}
+
+/// Accept a backup id, or a manifest name, and return the manifest name.
+pub fn manifest_for_id(id: &str) -> String {
+    if id.ends_with(MANIFEST_SUFFIX) { id.to_string() } else { format!("{id}{MANIFEST_SUFFIX}") }
+}
+
+/// Data-blob extension for a compression and a kind.
+pub fn extension(kind: BackupKind, compressed_by_pgvault: bool) -> &'static str {
+    match (kind, compressed_by_pgvault) {
+        (BackupKind::Database, true) => "dump.zst",
+        (BackupKind::Database, false) => "dump",
+        (BackupKind::Globals, true) => "sql.zst",
+        (BackupKind::Globals, false) => "sql",
+    }
+}
+
+/// Blob index tags. Values are encoded segments, which Azure's tag character set
+/// (`a-z A-Z 0-9 space + - . / : = _`) accepts.
+pub fn tags(kind: BackupKind, server: &str, database: &str, role: &str) -> crate::seams::store::Tags {
+    let mut t = crate::seams::store::Tags::new();
+    t.insert("pgvault".into(), role.into());
+    t.insert("kind".into(), kind.as_str().into());
+    t.insert("server".into(), encode_segment(server));
+    // `@` is not a tag character; a globals backup is found by kind.
+    if kind == BackupKind::Database {
+        t.insert("database".into(), encode_segment(database));
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn segment_round_trip() {
+        for name in ["plain", "My DB", "we\"ird/na=me", "@globals", ".hidden", "zürich", ""] {
+            let e = encode_segment(name);
+            assert!(e.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.=".contains(&b)), "{e}");
+            assert!(!e.starts_with('.'));
+            assert_eq!(decode_segment(&e).unwrap(), name);
+        }
+        assert_ne!(encode_segment("@globals"), GLOBALS_SEGMENT);
+    }
+
+    #[test]
+    fn tag_values_use_only_azure_tag_characters() {
+        for kind in [BackupKind::Database, BackupKind::Globals] {
+            for (k, v) in tags(kind, "prod/1", "we\"ird db@x", "data") {
+                let ok = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b" +-./:=_".contains(&b));
+                assert!(ok(&k) && ok(&v), "{k}={v}");
+            }
+        }
+    }
+
+    #[test]
+    fn paths_are_deterministic_per_job() {
+        let t = datetime!(2026-11-21 07:35:00 UTC);
+        let a = backup_paths(BackupKind::Database, "prod", "app db", t, "j1");
+        assert_eq!(a.id, "prod/app=20db/20261121T073500Z-j1");
+        assert_eq!(a.manifest, "prod/app=20db/20261121T073500Z-j1.manifest.json");
+        assert_eq!(a, backup_paths(BackupKind::Database, "prod", "app db", t, "j1"));
+        let g = backup_paths(BackupKind::Globals, "prod", "", t, "j2");
+        assert_eq!(g.id, "prod/@globals/20261121T073500Z-j2");
+        assert_eq!(parse_stamp("20261121T073500Z").unwrap(), t);
+    }
+}

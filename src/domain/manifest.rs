@@ -1,0 +1,241 @@
+//! The manifest: a versioned, self-describing JSON document written after the data blob is
+//! committed. A backup exists if and only if its manifest exists.
+//!
+//! It says everything needed to check and restore the data with plain tools, even without
+//! pgvault: which blob, how it was compressed, its SHA-256 (whole and per block), and the exact
+//! pg_dump command that made it.
+
+use crate::domain::error::{Error, Result};
+use crate::domain::layout::BackupKind;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Bumped when a reader of the old format would misread the new one.
+pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_NAME: &str = "pgvault-backup-manifest";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub pgvault_version: String,
+    /// `<server>/<database segment>/<stamp>-<job id>`.
+    pub id: String,
+    pub kind: BackupKind,
+    pub job_id: String,
+    pub server: String,
+    /// Empty for globals.
+    pub database: String,
+    pub server_version: String,
+    pub server_version_num: u32,
+    pub tool: Tool,
+    /// `custom` (pg_dump archive) or `plain` (SQL text, for globals).
+    pub archive_format: String,
+    pub compression: Compression,
+    /// The blob holding the data, relative to the container.
+    pub data_blob: String,
+    /// Bytes pg_dump wrote.
+    pub raw_bytes: u64,
+    /// Bytes stored (after pgvault's compression, if any).
+    pub stored_bytes: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub sha256: String,
+    pub blocks: Vec<Block>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: OffsetDateTime,
+    pub row_counts: Option<RowCounts>,
+    /// Globals only: the server's databases (connectable, not templates) when the globals were
+    /// dumped. A whole-server restore uses it to leave out databases dropped before then. Absent
+    /// for databases, and in manifests written before pgvault recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<Vec<String>>,
+    /// Databases only: the database's own properties (encoding and locale, owner, privileges,
+    /// settings, comment, security labels), read in the dump's snapshot. pg_restore without
+    /// `--create` skips them, so a restore applies them from here. Absent in manifests written
+    /// before pgvault recorded them; such a restore says what it could not give back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_properties: Option<crate::domain::dbprops::DatabaseProperties>,
+    /// How to restore with plain tools.
+    pub restore_hint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+    pub major: u32,
+    /// The arguments pg_dump ran with (never a secret: connection details go by environment).
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "snake_case")]
+pub enum Compression {
+    /// pgvault compressed pg_dump's uncompressed (`-Z0`) output with zstd.
+    Zstd { level: i32 },
+    /// Stored as pg_dump wrote it, uncompressed.
+    None,
+    /// pg_dump's own compression (`--format=custom` default); pgvault stores it as is.
+    PgDump,
+}
+
+impl Compression {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::permanent(format!("bad compression {s:?}"))
+                .with_hint("use zstd:<level 1-19>, zstd (level 3), none, or pg_dump")
+        };
+        match s.trim() {
+            "none" => Ok(Compression::None),
+            "pg_dump" => Ok(Compression::PgDump),
+            "zstd" => Ok(Compression::Zstd { level: 3 }),
+            other => {
+                let level = other.strip_prefix("zstd:").ok_or_else(bad)?.parse::<i32>().map_err(|_| bad())?;
+                if !(1..=19).contains(&level) {
+                    return Err(bad());
+                }
+                Ok(Compression::Zstd { level })
+            }
+        }
+    }
+
+    pub fn by_pgvault(self) -> bool {
+        matches!(self, Compression::Zstd { .. })
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compression::Zstd { level } => write!(f, "zstd:{level}"),
+            Compression::None => f.write_str("none"),
+            Compression::PgDump => f.write_str("pg_dump"),
+        }
+    }
+}
+
+/// One staged block, in order. Blocks may differ in size (the block size grows for long streams).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowCounts {
+    /// `exact`: `count(*)` in the very snapshot pg_dump dumped (exported and shared with
+    /// `pg_dump --snapshot`), so a restore must reproduce them exactly.
+    /// `estimate`: `pg_class.reltuples`, for information only.
+    pub method: String,
+    pub tables: Vec<TableCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCount {
+    pub schema: String,
+    pub table: String,
+    pub rows: i64,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    pub fn from_json(name: &str, bytes: &[u8]) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Head {
+            format: String,
+            format_version: u32,
+        }
+        let head: Head = serde_json::from_slice(bytes)
+            .map_err(|e| Error::permanent(format!("manifest {name:?} is not a pgvault manifest: {e}")))?;
+        if head.format != FORMAT_NAME {
+            return Err(Error::permanent(format!(
+                "manifest {name:?} has format {:?}, not {FORMAT_NAME:?}",
+                head.format
+            )));
+        }
+        if head.format_version > FORMAT_VERSION {
+            return Err(Error::permanent(format!(
+                "manifest {name:?} has format version {}, newer than this pgvault understands ({FORMAT_VERSION})",
+                head.format_version
+            ))
+            .with_hint("upgrade pgvault"));
+        }
+        serde_json::from_slice(bytes).map_err(|e| Error::permanent(format!("manifest {name:?} is malformed: {e}")))
+    }
+
+    /// Blocks' sizes add up to the stored size. Checked on every read.
+    pub fn check_consistent(&self) -> Result<()> {
+        let sum: u64 = self.blocks.iter().map(|b| b.size).sum();
+        if sum != self.stored_bytes {
+            return Err(Error::permanent(format!(
+                "manifest {:?} is inconsistent: blocks add up to {sum} bytes, stored size is {}",
+                self.id, self.stored_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The plain-tools restore line for a backup.
+pub fn restore_hint(kind: BackupKind, compression: Compression, data_blob: &str) -> String {
+    let file = data_blob.rsplit('/').next().unwrap_or(data_blob);
+    match (kind, compression.by_pgvault()) {
+        (BackupKind::Database, true) => format!("zstd -d < {file} | pg_restore --dbname=<target> --no-owner"),
+        (BackupKind::Database, false) => format!("pg_restore --dbname=<target> --no-owner {file}"),
+        (BackupKind::Globals, true) => format!("zstd -d < {file} | psql --dbname=postgres"),
+        (BackupKind::Globals, false) => format!("psql --dbname=postgres -f {file}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_parses() {
+        assert_eq!(Compression::parse("zstd:7").unwrap(), Compression::Zstd { level: 7 });
+        assert_eq!(Compression::parse("zstd").unwrap(), Compression::Zstd { level: 3 });
+        assert_eq!(Compression::parse("none").unwrap(), Compression::None);
+        assert_eq!(Compression::parse("pg_dump").unwrap(), Compression::PgDump);
+        for bad in ["zstd:0", "zstd:99", "gzip", "zstd:x", ""] {
+            let e = Compression::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("bad compression"), "{e}");
+        }
+        assert_eq!(Compression::Zstd { level: 5 }.to_string(), "zstd:5");
+    }
+
+    #[test]
+    fn a_manifest_without_database_properties_still_reads() {
+        // Written before pgvault recorded the database's properties: restores with a plain
+        // statement of what was not given back.
+        let old = br#"{"format":"pgvault-backup-manifest","format_version":1,"pgvault_version":"0.1.0",
+            "id":"s/d/20260101T000000Z-j","kind":"database","job_id":"j","server":"s","database":"d",
+            "server_version":"15.18","server_version_num":150018,
+            "tool":{"name":"pg_dump","version":"pg_dump (PostgreSQL) 15.18","major":15,"args":[]},
+            "archive_format":"custom","compression":{"algorithm":"zstd","level":3},
+            "data_blob":"s/d/x.dump.zst","raw_bytes":1,"stored_bytes":1,"sha256":"00","blocks":[],
+            "requested_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00Z",
+            "finished_at":"2026-01-01T00:00:00Z","row_counts":null,"restore_hint":""}"#;
+        let m = Manifest::from_json("x", old).unwrap();
+        assert!(m.database_properties.is_none());
+        assert!(!String::from_utf8(m.to_json()).unwrap().contains("database_properties"), "not written when absent");
+    }
+
+    #[test]
+    fn rejects_foreign_and_future_manifests() {
+        let e = Manifest::from_json("x", br#"{"format":"other","format_version":1}"#).unwrap_err();
+        assert!(e.to_string().contains("has format"));
+        let e = Manifest::from_json("x", br#"{"format":"pgvault-backup-manifest","format_version":99}"#).unwrap_err();
+        assert!(e.to_string().contains("newer than this pgvault"));
+        assert!(Manifest::from_json("x", b"not json").is_err());
+    }
+}

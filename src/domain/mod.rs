@@ -1,0 +1,9 @@
+//! The domain core: pure types and plans. It imports nothing above it and no SDK type.
+
+pub mod connstr;
+pub mod dbprops;
+pub mod error;
+pub mod jobs;
+pub mod layout;
+pub mod manifest;
+pub mod secret;

@@ -1,0 +1,302 @@
+//! The catalog of backups (every manifest in the store) and verification.
+//!
+//! Only backups with a manifest exist. [`verified_blocks`] is the one reader of backup data: it
+//! checks each block against the manifest before handing it on, so corrupted bytes never reach
+//! pg_restore, and checks the whole-file SHA-256 at the end.
+
+use crate::domain::error::{Error, Result};
+use crate::domain::layout::{self, BackupKind, MANIFEST_SUFFIX};
+use crate::domain::manifest::{Compression, Manifest};
+use crate::features::backup::Ctx;
+use crate::seams::pg;
+use crate::seams::store::{BlobStore, ByteStream};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::process::Stdio;
+use tokio::sync::mpsc;
+
+/// All backups, optionally of one server or one server and database, oldest first.
+pub async fn list(store: &dyn BlobStore, server: Option<&str>, database: Option<&str>) -> Result<Vec<Manifest>> {
+    let prefix = layout::prefix(server, database);
+    let mut out = Vec::new();
+    for blob in store.list(&prefix).await? {
+        if !blob.name.ends_with(MANIFEST_SUFFIX) || is_job_record(&blob.name) {
+            continue;
+        }
+        let bytes = store.get(&blob.name).await?;
+        out.push(Manifest::from_json(&blob.name, &bytes)?);
+    }
+    out.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
+    Ok(out)
+}
+
+/// Job records and holds share the store but are not backups (see [`crate::monitor::records`] and
+/// [`crate::features::holds`]): every name starting with `@`, which no server segment does.
+fn is_job_record(name: &str) -> bool {
+    name.starts_with('@')
+}
+
+/// Read one manifest by backup id.
+pub async fn manifest(store: &dyn BlobStore, id: &str) -> Result<Manifest> {
+    let name = layout::manifest_for_id(id);
+    let bytes = store.get(&name).await.map_err(|e| {
+        if e.is_permanent() {
+            Error::permanent(format!("backup {id:?} does not exist")).with_hint("`pgvault list` shows the backups")
+        } else {
+            e
+        }
+    })?;
+    let m = Manifest::from_json(&name, &bytes)?;
+    m.check_consistent()?;
+    Ok(m)
+}
+
+/// Data blobs that no manifest names: left by an attempt that failed after committing, or by a
+/// run of retention that was interrupted. They are not backups.
+pub async fn orphans(store: &dyn BlobStore, server: Option<&str>) -> Result<Vec<String>> {
+    let prefix = layout::prefix(server, None);
+    let mut blobs = store.list(&prefix).await?;
+    blobs.retain(|b| !is_job_record(&b.name));
+    let mut named = std::collections::HashSet::new();
+    for b in blobs.iter().filter(|b| b.name.ends_with(MANIFEST_SUFFIX)) {
+        named.insert(Manifest::from_json(&b.name, &store.get(&b.name).await?)?.data_blob);
+    }
+    Ok(blobs
+        .into_iter()
+        .filter(|b| !b.name.ends_with(MANIFEST_SUFFIX) && !named.contains(&b.name))
+        .map(|b| b.name)
+        .collect())
+}
+
+/// Read a backup's stored bytes block by block, sending each block on only after its SHA-256
+/// matched the manifest. Fails naming the backup, the block and its offset.
+pub async fn verified_blocks(manifest: &Manifest, mut stream: ByteStream, tx: mpsc::Sender<Bytes>) -> Result<u64> {
+    let mut whole = Sha256::new();
+    let mut buf = BytesMut::new();
+    let mut offset = 0u64;
+    let corrupt = |index: usize, offset: u64, why: String| {
+        Error::permanent(format!("backup {:?} is corrupt: block {index} (bytes {offset}..) {why}", manifest.id))
+            .with_hint("restore from another backup; `pgvault verify --all` checks them all")
+    };
+    for (index, block) in manifest.blocks.iter().enumerate() {
+        let size = block.size as usize;
+        while buf.len() < size {
+            match stream.next().await {
+                Some(chunk) => buf.extend_from_slice(&chunk?),
+                None => {
+                    return Err(corrupt(index, offset, format!("is short: the blob ends {} bytes into it", buf.len())));
+                }
+            }
+        }
+        let data = buf.split_to(size).freeze();
+        let got = hex::encode(Sha256::digest(&data));
+        if got != block.sha256 {
+            return Err(corrupt(index, offset, format!("has SHA-256 {got}, the manifest says {}", block.sha256)));
+        }
+        whole.update(&data);
+        offset += block.size;
+        if tx.send(data).await.is_err() {
+            return Err(Error::transient(format!("reading backup {:?}: the consumer stopped", manifest.id)));
+        }
+    }
+    if !buf.is_empty() || stream.next().await.is_some() {
+        return Err(corrupt(
+            manifest.blocks.len(),
+            offset,
+            "is extra: the blob is longer than the manifest says".into(),
+        ));
+    }
+    let got = hex::encode(whole.finalize());
+    if got != manifest.sha256 {
+        return Err(Error::permanent(format!(
+            "backup {:?} is corrupt: SHA-256 of the whole file is {got}, the manifest says {}",
+            manifest.id, manifest.sha256
+        )));
+    }
+    Ok(offset)
+}
+
+/// The blocking consumer: decompress (if pgvault compressed) and write into `out`.
+/// Returns the number of raw (decompressed) bytes written.
+///
+/// With `tolerate_early_close`, a reader that stops early (`pg_restore --list` reads only the
+/// table of contents) does not stop the stream: the rest is still decompressed, counted and,
+/// upstream, hashed, so every byte of the backup is checked.
+pub fn feed(
+    mut rx: mpsc::Receiver<Bytes>,
+    compression: Compression,
+    out: impl Write,
+    tolerate_early_close: bool,
+) -> std::io::Result<u64> {
+    let out = Tolerant { inner: out, closed: false, tolerate: tolerate_early_close };
+    let mut counter = CountingWriter { inner: out, count: 0 };
+    match compression {
+        Compression::Zstd { .. } => {
+            let mut dec = zstd::stream::write::Decoder::new(&mut counter)?;
+            while let Some(block) = rx.blocking_recv() {
+                dec.write_all(&block)?;
+            }
+            dec.flush()?;
+        }
+        Compression::None | Compression::PgDump => {
+            while let Some(block) = rx.blocking_recv() {
+                counter.write_all(&block)?;
+            }
+            counter.flush()?;
+        }
+    }
+    Ok(counter.count)
+}
+
+/// A writer that, when allowed, turns a broken pipe into "discard the rest".
+struct Tolerant<W> {
+    inner: W,
+    closed: bool,
+    tolerate: bool,
+}
+
+impl<W: Write> Write for Tolerant<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if self.tolerate && e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e) if self.tolerate && e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    }
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    pub id: String,
+    pub blocks: usize,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    /// Entries in the archive's table of contents (`pg_restore --list`); 0 for globals.
+    pub toc_entries: usize,
+}
+
+/// Download a backup, check every block and the whole-file hash, and prove the archive reads:
+/// `pg_restore --list` on the stream for a database, the SQL header for globals.
+pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
+    let m = manifest(ctx.store.as_ref(), id).await?;
+    let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(2);
+    let compression = m.compression;
+    let (raw, toc_entries) = match m.kind {
+        BackupKind::Database => {
+            let tool =
+                pg::pick_tool("pg_restore", &ctx.settings.pg_bin_dirs, m.tool.major, &format!("backup {id:?}")).await?;
+            let mut child = tokio::process::Command::new(&tool.path)
+                .arg("--list")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| Error::permanent(format!("start {}: {e}", tool.path.display())))?;
+            let stdin = std::fs::File::from(
+                child.stdin.take().expect("piped").into_owned_fd().map_err(|e| Error::transient(e.to_string()))?,
+            );
+            let consumer = tokio::task::spawn_blocking(move || feed(rx, compression, stdin, true));
+            let (pumped, fed, out) = tokio::join!(verified_blocks(&m, stream, tx), consumer, child.wait_with_output());
+            pumped?;
+            let out = out.map_err(|e| Error::transient(format!("pg_restore --list: {e}")))?;
+            let raw = fed.map_err(|e| Error::transient(e.to_string()))?;
+            if !out.status.success() {
+                return Err(Error::permanent(format!(
+                    "backup {id:?} does not read as an archive: pg_restore --list failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            let raw = raw.map_err(|e| Error::permanent(format!("backup {id:?}: decompress: {e}")))?;
+            let toc = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+                .count();
+            (raw, toc)
+        }
+        BackupKind::Globals => {
+            let consumer = tokio::task::spawn_blocking(move || {
+                let mut head = Vec::new();
+                let raw = feed(rx, compression, HeadWriter { head: &mut head, keep: 4096 }, false)?;
+                Ok::<_, std::io::Error>((raw, head))
+            });
+            let (pumped, fed) = tokio::join!(verified_blocks(&m, stream, tx), consumer);
+            pumped?;
+            let (raw, head) = fed
+                .map_err(|e| Error::transient(e.to_string()))?
+                .map_err(|e| Error::permanent(format!("backup {id:?}: decompress: {e}")))?;
+            if !String::from_utf8_lossy(&head).contains("PostgreSQL database cluster dump") {
+                return Err(Error::permanent(format!("backup {id:?} is not a pg_dumpall globals script")));
+            }
+            (raw, 0)
+        }
+    };
+    check_raw(&m, raw)?;
+    Ok(VerifyReport {
+        id: m.id.clone(),
+        blocks: m.blocks.len(),
+        stored_bytes: m.stored_bytes,
+        raw_bytes: raw,
+        toc_entries,
+    })
+}
+
+fn check_raw(m: &Manifest, raw: u64) -> Result<()> {
+    if raw != m.raw_bytes {
+        return Err(Error::permanent(format!(
+            "backup {:?} decompresses to {raw} bytes, the manifest says {}",
+            m.id, m.raw_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Keeps the first `keep` bytes written, discards the rest.
+struct HeadWriter<'a> {
+    head: &'a mut Vec<u8>,
+    keep: usize,
+}
+
+impl Write for HeadWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.keep.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&buf[..room.min(buf.len())]);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

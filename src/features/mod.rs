@@ -1,0 +1,14 @@
+//! Features: backup, catalog and verify, restore, retention and holds, drills, pgBackRest SAS
+//! rotation, the scheduler, reports and the least-privilege SQL.
+
+pub mod backup;
+pub mod catalog;
+pub mod claim;
+pub mod drill;
+pub mod grant;
+pub mod holds;
+pub mod pgbackrest;
+pub mod report;
+pub mod restore;
+pub mod retention;
+pub mod scheduler;

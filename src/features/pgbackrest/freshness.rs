@@ -1,0 +1,167 @@
+//! Repository freshness: read `backup/<stanza>/backup.info` from each pgBackRest container
+//! (with the function's identity; it needs only Storage Blob Data Reader on the container) and
+//! record the newest full, diff and incremental backup per stanza. A stanza whose newest backup
+//! is older than the target's `max_backup_age` (or that has none) gets an error-level record.
+//!
+//! Runs inside `sas-rotator` after the rotation (one timer, one schedule; see DESIGN.md), and as
+//! `pgvault pgbackrest-sas freshness`.
+
+use super::plan::rfc3339;
+use super::target::Target;
+use crate::domain::error::{Error, Result};
+use crate::monitor::records::{self as jobrecords, JobKind, JobRecord, Status};
+use crate::seams::store::BlobStore;
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+/// One backup in `[backup:current]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupEntry {
+    pub label: String,
+    /// `full`, `diff` or `incr`.
+    pub kind: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub stopped: OffsetDateTime,
+}
+
+/// Parse a `backup.info` (pgBackRest's INI with JSON values).
+pub fn parse_backup_info(text: &str) -> Result<Vec<BackupEntry>> {
+    let mut section = "";
+    let mut out = Vec::new();
+    let mut saw_backrest = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s;
+            saw_backrest |= s == "backrest";
+            continue;
+        }
+        if section != "backup:current" || line.is_empty() {
+            continue;
+        }
+        let Some((label, value)) = line.split_once('=') else { continue };
+        let v: Value = serde_json::from_str(value)
+            .map_err(|e| Error::permanent(format!("backup.info: backup {label:?} is not readable: {e}")))?;
+        let ts = |k: &str| {
+            v[k].as_i64()
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+                .ok_or_else(|| Error::permanent(format!("backup.info: backup {label:?} has no {k}")))
+        };
+        out.push(BackupEntry {
+            label: label.to_string(),
+            kind: v["backup-type"].as_str().unwrap_or("?").to_string(),
+            started: ts("backup-timestamp-start")?,
+            stopped: ts("backup-timestamp-stop")?,
+        });
+    }
+    if !saw_backrest {
+        return Err(Error::permanent("backup.info has no [backrest] section: not a pgBackRest info file"));
+    }
+    Ok(out)
+}
+
+/// The blob name of a stanza's backup.info under `repo_path`.
+pub fn info_blob(repo_path: &str, stanza: &str) -> String {
+    let p = repo_path.trim_matches('/');
+    if p.is_empty() { format!("backup/{stanza}/backup.info") } else { format!("{p}/backup/{stanza}/backup.info") }
+}
+
+/// Newest of each type, and whether the newest of all is fresh enough.
+pub fn summarize(stanza: &str, backups: &[BackupEntry], t: &Target, now: OffsetDateTime) -> Value {
+    let newest = |k: &str| backups.iter().filter(|b| b.kind == k).max_by_key(|b| b.stopped).cloned();
+    let latest = backups.iter().max_by_key(|b| b.stopped);
+    let mut v = json!({
+        "stanza": stanza,
+        "full": newest("full"),
+        "diff": newest("diff"),
+        "incr": newest("incr"),
+        "newest_label": latest.map(|b| b.label.clone()),
+        "newest_time": latest.map(|b| rfc3339(b.stopped)),
+    });
+    let stale = match latest {
+        None => Some("the stanza has no backup".to_string()),
+        Some(b) if now - b.stopped > t.max_backup_age => Some(format!(
+            "the newest backup {} finished at {}, more than {} ago",
+            b.label,
+            rfc3339(b.stopped),
+            super::target::show(t.max_backup_age)
+        )),
+        Some(_) => None,
+    };
+    v["fresh"] = json!(stale.is_none());
+    if let Some(why) = stale {
+        v["error"] = json!(why);
+    }
+    v
+}
+
+/// Check every stanza of a target, reading from `store` (the target's container). Logs and
+/// records; returns the per-stanza summaries.
+pub async fn check(store: &dyn BlobStore, t: &Target, records: Option<&dyn BlobStore>, now: OffsetDateTime) -> Value {
+    let mut stanzas = Vec::new();
+    let mut ok = true;
+    for s in &t.stanzas {
+        let name = info_blob(&t.repo_path, s);
+        let summary = match store.get(&name).await {
+            Ok(bytes) => match parse_backup_info(&String::from_utf8_lossy(&bytes)) {
+                Ok(b) => summarize(s, &b, t, now),
+                Err(e) => json!({"stanza": s, "fresh": false, "error": e.to_string()}),
+            },
+            Err(e) => json!({"stanza": s, "fresh": false, "error": format!("read {name}: {e}")}),
+        };
+        if summary["fresh"] == json!(true) {
+            tracing::info!(target_name = %t.name, stanza = %s, newest = %summary["newest_label"], newest_time = %summary["newest_time"], "pgbackrest stanza is fresh");
+        } else {
+            ok = false;
+            tracing::error!(target_name = %t.name, stanza = %s, error = %summary["error"], newest = %summary["newest_label"], newest_time = %summary["newest_time"], "pgbackrest stanza is not fresh");
+        }
+        stanzas.push(summary);
+    }
+    let v = json!({"target": t.name, "ok": ok, "stanzas": stanzas});
+    if let Some(r) = records {
+        let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut job = JobRecord::new(
+            JobKind::PgbackrestFreshness,
+            &id,
+            format!("freshness of pgBackRest target {}", t.name),
+            now,
+        );
+        job.status = if ok { Status::Succeeded } else { Status::Failed };
+        job.reason = (!ok).then(|| "a stanza is not fresh".to_string());
+        job.finished_at = Some(OffsetDateTime::now_utc());
+        job.detail = v.clone();
+        jobrecords::put_logged(r, &job).await;
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_backup_info() {
+        let text = r#"[backrest]
+backrest-checksum="x"
+backrest-format=5
+backrest-version="2.45"
+
+[backup:current]
+20261121-010000F={"backrest-format":5,"backup-timestamp-start":1795222800,"backup-timestamp-stop":1795222860,"backup-type":"full"}
+20261121-010000F_20261121-020000I={"backrest-format":5,"backup-timestamp-start":1795226400,"backup-timestamp-stop":1795226420,"backup-type":"incr"}
+
+[db]
+db-id=1
+"#;
+        let b = parse_backup_info(text).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[1].kind, "incr");
+        assert_eq!(b[0].stopped.unix_timestamp(), 1795222860);
+        assert!(parse_backup_info("x=1").is_err());
+        assert_eq!(info_blob("/", "main"), "backup/main/backup.info");
+        assert_eq!(info_blob("/repo", "main"), "repo/backup/main/backup.info");
+    }
+}

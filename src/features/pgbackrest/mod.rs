@@ -1,0 +1,273 @@
+//! SAS rotation for VM-hosted pgBackRest (`sas-rotator`, `pgvault pgbackrest-sas`).
+//!
+//! - [`target`]: the inventory (`PGVAULT_PGBACKREST_TARGETS`).
+//! - [`plan`]: when to rotate, pure (tested over many lifetimes with a controlled clock).
+//! - [`token`]: the container-scoped user-delegation SAS.
+//! - [`include`]: the include file on the VM and its atomic replacement.
+//! - [`vm`]: what runs on the VM: `sync` (pull delivery) and `doctor`.
+//! - [`freshness`]: newest full/diff/incr per stanza from `backup.info`.
+//! - this module: the rotator ([`rotate_all`]) over three seams: [`DelegationKeys`],
+//!   [`TokenVault`] and, for push delivery, [`crate::azure::arm::RunCommands`].
+//!
+//! Data flow: function identity → user delegation key → signed SAS → Key Vault secret (one per
+//! target) → VM (pull: `sync` with the VM's identity; push: Run Command) → include file →
+//! pgBackRest. See DESIGN.md for failure modes and the threat model.
+
+pub mod commands;
+pub mod freshness;
+pub mod include;
+pub mod plan;
+pub mod target;
+pub mod token;
+pub mod vm;
+
+use crate::azure::arm::{RunCommandRequest, RunCommands};
+use crate::azure::sas::DelegationKey;
+use crate::domain::error::Result;
+use crate::domain::secret::Secret;
+use crate::monitor::records::{self as jobrecords, JobKind, JobRecord, Status};
+use crate::seams::store::BlobStore;
+use async_trait::async_trait;
+use plan::{Action, TokenState, rfc3339};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use target::{Delivery, Target};
+use time::OffsetDateTime;
+
+/// The content type of a token secret.
+pub const CONTENT_TYPE: &str = "application/vnd.pgvault.pgbackrest-sas";
+
+/// User delegation keys from a storage account.
+#[async_trait]
+pub trait DelegationKeys: Send + Sync {
+    /// A key valid from `start` to `expiry`, and the account's name.
+    async fn key(
+        &self,
+        blob_endpoint: &str,
+        start: OffsetDateTime,
+        expiry: OffsetDateTime,
+    ) -> Result<(String, DelegationKey)>;
+}
+
+/// The newest version of a token secret.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    pub state: TokenState,
+    pub version: String,
+    pub tags: HashMap<String, String>,
+    pub value: Option<Secret>,
+}
+
+/// A token to store as a new secret version.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub value: Secret,
+    pub start: OffsetDateTime,
+    pub expiry: OffsetDateTime,
+    pub content_type: String,
+    pub tags: HashMap<String, String>,
+}
+
+/// Where tokens are kept (Key Vault). Adding a version never disables the previous one.
+#[async_trait]
+pub trait TokenVault: Send + Sync {
+    /// The newest version, or `None` if the secret does not exist.
+    async fn current(&self, vault: &str, secret: &str) -> Result<Option<StoredToken>>;
+    /// Add a version; returns its id.
+    async fn store(&self, vault: &str, secret: &str, token: &NewToken) -> Result<String>;
+}
+
+/// The seams the rotator uses.
+pub struct Rotator<'a> {
+    pub keys: &'a dyn DelegationKeys,
+    pub vault: &'a dyn TokenVault,
+    pub run_commands: Option<&'a dyn RunCommands>,
+    /// Where job records go (the backup store), if anywhere.
+    pub records: Option<&'a dyn BlobStore>,
+}
+
+/// The shell script the push delivery runs on the VM: the same atomic write as `sync` (temp
+/// file in the directory, fsync, owner/mode, rename, directory fsync), only when changed. The
+/// SAS arrives as the protected parameter `PGVAULT_SAS` (an environment variable).
+pub const PUSH_SCRIPT: &str = r#"set -eu
+f="$PGVAULT_FILE"; d=$(dirname "$f")
+mkdir -p "$d"
+tmp=$(mktemp "$d/.pgvault-push.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+printf '# Written by pgvault (pgbackrest-sas); replaced whole on every rotation. Do not edit.\n[global]\nrepo%s-azure-key-type=sas\nrepo%s-azure-key=%s\n' "$PGVAULT_REPO" "$PGVAULT_REPO" "$PGVAULT_SAS" > "$tmp"
+if [ -f "$f" ] && cmp -s "$tmp" "$f"; then echo "pgvault: include file unchanged"; exit 0; fi
+sync "$tmp"
+chown "$PGVAULT_OWNER:$PGVAULT_GROUP" "$tmp"
+chmod "$PGVAULT_MODE" "$tmp"
+mv -f "$tmp" "$f"
+sync "$d"
+echo "pgvault: include file written"
+"#;
+
+/// Rotate (and push) every target; one outcome per target. Never fails as a whole: each
+/// target's error is in its outcome.
+pub async fn rotate_all(r: &Rotator<'_>, targets: &[Target], now: OffsetDateTime) -> Vec<Value> {
+    let mut out = Vec::new();
+    for t in targets {
+        out.push(rotate_one(r, t, now).await);
+    }
+    out
+}
+
+/// Rotate one target if its plan says so, deliver by push, check the alarm, record.
+pub async fn rotate_one(r: &Rotator<'_>, t: &Target, now: OffsetDateTime) -> Value {
+    let mut rec = json!({
+        "target": t.name,
+        "delivery": t.delivery.as_str(),
+        "vault": t.vault,
+        "secret": t.secret,
+    });
+    if t.delivery == Delivery::Auto {
+        rec["action"] = json!("skip");
+        rec["reason"] = json!("delivery auto: pgBackRest 2.58+ uses the VM's managed identity");
+        tracing::info!(target_name = %t.name, "pgbackrest target uses auto key type; skipped");
+        return rec;
+    }
+    let mut ok = true;
+    let current = match r.vault.current(&t.vault, &t.secret).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(target_name = %t.name, error = %e, "cannot read the current token");
+            rec["error"] = json!(e.to_string());
+            finish(r, t, &mut rec, None, now, false).await;
+            return rec;
+        }
+    };
+    let old_expiry = current.as_ref().and_then(|c| c.state.expires);
+    rec["old_expiry"] = json!(old_expiry.map(rfc3339));
+    let p = plan::plan(current.as_ref().map(|c| &c.state), &t.policy, now);
+    rec["reason"] = json!(p.reason);
+    let mut newest = current.as_ref().map(|c| c.state);
+    let mut newest_value = current.as_ref().and_then(|c| c.value.clone());
+    match p.action {
+        Action::Keep { renew_at } => {
+            rec["action"] = json!("keep");
+            rec["renew_at"] = json!(rfc3339(renew_at));
+        }
+        Action::Rotate { start, expiry } => {
+            rec["action"] = json!("rotate");
+            match mint(r, t, start, expiry).await {
+                Ok((value, version, key_version)) => {
+                    rec["new_expiry"] = json!(rfc3339(expiry));
+                    rec["secret_version"] = json!(version);
+                    rec["key_version"] = json!(key_version);
+                    tracing::info!(
+                        target_name = %t.name,
+                        old_expiry = old_expiry.map(rfc3339),
+                        new_expiry = %rfc3339(expiry),
+                        secret_version = %version,
+                        "pgbackrest sas rotated"
+                    );
+                    newest = Some(TokenState { enabled: true, not_before: Some(start), expires: Some(expiry) });
+                    newest_value = Some(value);
+                }
+                Err(e) => {
+                    ok = false;
+                    tracing::error!(target_name = %t.name, error = %e, "pgbackrest sas rotation failed");
+                    rec["error"] = json!(e.to_string());
+                }
+            }
+        }
+    }
+    if t.delivery == Delivery::Push {
+        let result = match (r.run_commands, &newest_value) {
+            (None, _) => Err("push delivery is not configured in this process".to_string()),
+            (_, None) => Err("no token to push".to_string()),
+            (Some(rc), Some(v)) => push(rc, t, v).await.map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(out) => {
+                tracing::info!(target_name = %t.name, "pgbackrest sas pushed to the VM");
+                rec["delivery_result"] = json!({"ok": true, "output": out});
+            }
+            Err(e) => {
+                ok = false;
+                tracing::error!(target_name = %t.name, error = %e, "pgbackrest sas push failed");
+                rec["delivery_result"] = json!({"ok": false, "error": e});
+            }
+        }
+    } else {
+        rec["delivery_result"] = json!({"ok": true, "note": "pull: the VM's sync timer reads the secret"});
+    }
+    finish(r, t, &mut rec, newest, now, ok).await;
+    rec
+}
+
+async fn mint(
+    r: &Rotator<'_>,
+    t: &Target,
+    start: OffsetDateTime,
+    expiry: OffsetDateTime,
+) -> Result<(Secret, String, String)> {
+    let (account, key) = r.keys.key(&t.blob_endpoint, start, expiry).await?;
+    let sas = token::container_sas(&account, &t.container, &t.permissions, &key, start, expiry);
+    let mut tags = HashMap::new();
+    tags.insert("pgvault".into(), "pgbackrest-sas".into());
+    tags.insert("target".into(), t.name.clone());
+    tags.insert("expiry".into(), rfc3339(expiry));
+    tags.insert("key-version".into(), key.version.clone());
+    tags.insert("key-expiry".into(), key.expiry.clone());
+    tags.insert("repo".into(), t.repo.to_string());
+    let new = NewToken { value: sas.clone(), start, expiry, content_type: CONTENT_TYPE.into(), tags };
+    let version = r.vault.store(&t.vault, &t.secret, &new).await?;
+    Ok((sas, version, key.version))
+}
+
+/// Write the include file on the VM through its managed Run Command.
+pub async fn push(rc: &dyn RunCommands, t: &Target, sas: &Secret) -> Result<String> {
+    let req = RunCommandRequest {
+        vm_resource_id: t.vm_resource_id.clone(),
+        location: t.location.clone().unwrap_or_default(),
+        name: "pgvault-pgbackrest-sas".into(),
+        script: PUSH_SCRIPT.into(),
+        parameters: vec![
+            ("PGVAULT_FILE".into(), t.include_file.display().to_string()),
+            ("PGVAULT_REPO".into(), t.repo.to_string()),
+            ("PGVAULT_OWNER".into(), t.owner.clone()),
+            ("PGVAULT_GROUP".into(), t.group.clone()),
+            ("PGVAULT_MODE".into(), format!("{:04o}", t.mode)),
+        ],
+        protected_parameters: vec![("PGVAULT_SAS".into(), sas.clone())],
+        timeout: std::time::Duration::from_secs(120),
+    };
+    Ok(rc.run(&req).await?.output.trim().to_string())
+}
+
+/// Alarm check and job record.
+async fn finish(
+    r: &Rotator<'_>,
+    t: &Target,
+    rec: &mut Value,
+    newest: Option<TokenState>,
+    now: OffsetDateTime,
+    ok: bool,
+) {
+    if let Some(why) = plan::alarm(newest.as_ref(), &t.policy, now) {
+        rec["alarm"] = json!(why);
+        tracing::error!(
+            target_name = %t.name,
+            alarm = %why,
+            newest_expiry = newest.and_then(|n| n.expires).map(rfc3339),
+            alarm_window_secs = t.policy.alarm_window.whole_seconds(),
+            "pgbackrest sas alarm: no token with margin for this target"
+        );
+    }
+    rec["ok"] = json!(ok && rec.get("alarm").is_none());
+    if let Some(store) = r.records {
+        let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut job =
+            JobRecord::new(JobKind::PgbackrestSas, &id, format!("sas rotation for pgBackRest target {}", t.name), now);
+        job.status = if rec["ok"] == json!(true) { Status::Succeeded } else { Status::Failed };
+        job.reason = rec.get("error").or(rec.get("alarm")).and_then(|v| v.as_str()).map(str::to_string);
+        job.started_at = Some(now);
+        job.finished_at = Some(OffsetDateTime::now_utc());
+        job.attempts = 1;
+        job.detail = rec.clone();
+        jobrecords::put_logged(store, &job).await;
+    }
+}

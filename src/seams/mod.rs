@@ -1,0 +1,9 @@
+//! Seams: the capabilities the features depend on, as traits with their contracts (the blob
+//! store, the job queue, the secret source) and the PostgreSQL tools and connections.
+
+pub mod bundle;
+pub mod credentials;
+pub mod pg;
+pub mod progress;
+pub mod queue;
+pub mod store;

@@ -1,0 +1,418 @@
+//! PostgreSQL: connections (tokio-postgres with rustls), catalog queries, and the client tools.
+//!
+//! The tools (pg_dump, pg_dumpall, pg_restore) are PostgreSQL's own, chosen per server version
+//! from the configured bin directories. Connection details and the password reach them through
+//! the environment (`PGHOST`, `PGPASSWORD`, ...), never the command line.
+
+use crate::config::settings::TlsMode;
+use crate::domain::error::{Error, Result};
+use crate::domain::secret::{Secret, redact};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Everything needed to open a connection. `Debug` hides the password.
+#[derive(Debug, Clone)]
+pub struct ConnSpec {
+    pub server: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub dbname: String,
+    pub tls: TlsMode,
+    pub password: Option<Secret>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ConnSpec {
+    pub fn with_db(&self, dbname: &str) -> Self {
+        Self { dbname: dbname.to_string(), ..self.clone() }
+    }
+
+    fn is_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
+    /// `server "prod" (db.example.com:5432, database "app")`, for messages.
+    pub fn describe(&self) -> String {
+        format!("server {:?} ({}:{}, database {:?})", self.server, self.host, self.port, self.dbname)
+    }
+
+    /// Environment for libpq-based tools. Carries the password; never log it.
+    pub fn tool_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PGHOST".to_string(), self.host.clone()),
+            ("PGPORT".to_string(), self.port.to_string()),
+            ("PGUSER".to_string(), self.user.clone()),
+            ("PGDATABASE".to_string(), self.dbname.clone()),
+            ("PGAPPNAME".to_string(), "pgvault".to_string()),
+            ("PGCONNECT_TIMEOUT".to_string(), "30".to_string()),
+        ];
+        if !self.is_socket() {
+            env.push(("PGSSLMODE".to_string(), self.tls.as_libpq().to_string()));
+            if matches!(self.tls, TlsMode::VerifyCa | TlsMode::VerifyFull) {
+                let root = self.ca_file.clone().or_else(system_ca_bundle);
+                if let Some(root) = root {
+                    env.push(("PGSSLROOTCERT".to_string(), root.display().to_string()));
+                }
+            }
+        }
+        if let Some(pw) = &self.password {
+            env.push(("PGPASSWORD".to_string(), pw.expose().to_string()));
+        }
+        env
+    }
+}
+
+/// The system CA bundle, handed to libpq as `PGSSLROOTCERT` when no CA file is configured
+/// (libpq before 16 has no `sslrootcert=system`).
+fn system_ca_bundle() -> Option<PathBuf> {
+    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Open a connection; the connection task runs in the background until the client drops.
+pub async fn connect(spec: &ConnSpec) -> Result<tokio_postgres::Client> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(&spec.user)
+        .dbname(&spec.dbname)
+        .port(spec.port)
+        .application_name("pgvault")
+        .connect_timeout(std::time::Duration::from_secs(30));
+    if let Some(pw) = &spec.password {
+        config.password(pw.expose());
+    }
+    let fail = |e: tokio_postgres::Error| connect_error(spec, e);
+    if spec.is_socket() {
+        config.host_path(&spec.host);
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(fail)?;
+        tokio::spawn(conn);
+        return Ok(client);
+    }
+    config.host(&spec.host);
+    match spec.tls {
+        TlsMode::Disable => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(fail)?;
+            tokio::spawn(conn);
+            Ok(client)
+        }
+        mode => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(mode, spec.ca_file.as_deref())?);
+            let (client, conn) = config.connect(tls).await.map_err(fail)?;
+            tokio::spawn(conn);
+            Ok(client)
+        }
+    }
+}
+
+fn connect_error(spec: &ConnSpec, e: tokio_postgres::Error) -> Error {
+    let text = redact(&error_text(&e));
+    let what = format!("connect to {}", spec.describe());
+    match e.as_db_error().map(|d| d.code().clone()) {
+        Some(code) if code == tokio_postgres::error::SqlState::INVALID_CATALOG_NAME => {
+            Error::permanent(format!("{what}: database {:?} does not exist", spec.dbname))
+        }
+        Some(code)
+            if code == tokio_postgres::error::SqlState::INVALID_PASSWORD
+                || code == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            Error::permanent(format!("{what}: authentication failed for role {:?}: {text}", spec.user))
+                .with_hint("check the role and the credentials secret named in the inventory")
+        }
+        _ if text.contains("certificate")
+            || text.contains("InvalidCertificate")
+            || text.contains("NotValidForName") =>
+        {
+            Error::permanent(format!("{what}: TLS certificate rejected: {text}"))
+                .with_hint("trust the server's CA with PGVAULT_CA_FILE, or check the host name in the inventory")
+        }
+        _ => Error::transient(format!("{what}: {text}")),
+    }
+}
+
+/// The full text of a tokio-postgres error, including its source chain.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A database query failed; name what was being done.
+pub fn query_error(what: &str, e: tokio_postgres::Error) -> Error {
+    let text = redact(&error_text(&e));
+    if e.is_closed() || e.as_db_error().is_none() {
+        Error::transient(format!("{what}: {text}"))
+    } else {
+        Error::permanent(format!("{what}: {text}"))
+    }
+}
+
+fn tls_config(mode: TlsMode, ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = Arc::new(root_store(ca_file)?);
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::permanent(format!("TLS setup: {e}")))?;
+    let config = match mode {
+        TlsMode::VerifyFull => builder.with_root_certificates(roots).with_no_client_auth(),
+        TlsMode::VerifyCa | TlsMode::Require => {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| Error::permanent(format!("TLS setup: {e}")))?;
+            let verifier = Arc::new(relaxed::Verifier { inner, check_chain: mode == TlsMode::VerifyCa });
+            builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
+        }
+        TlsMode::Disable => unreachable!("no TLS config for sslmode=disable"),
+    };
+    Ok(config)
+}
+
+/// System roots plus an optional CA file.
+pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| Error::permanent(format!("read CA file {}: {e}", path.display())))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| Error::permanent(format!("CA file {}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| Error::permanent(format!("CA file {}: {e}", path.display())))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(Error::permanent(format!("CA file {} holds no PEM certificate", path.display())));
+        }
+    }
+    Ok(roots)
+}
+
+/// Verifiers for libpq's weaker modes, chosen explicitly in the inventory (and logged as a
+/// warning): `verify-ca` checks the chain but not the host name; `require` checks nothing.
+mod relaxed {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    pub struct Verifier {
+        pub inner: Arc<rustls::client::WebPkiServerVerifier>,
+        pub check_chain: bool,
+    }
+
+    impl ServerCertVerifier for Verifier {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            if !self.check_chain {
+                return Ok(ServerCertVerified::assertion());
+            }
+            match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Ok(v) => Ok(v),
+                Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+                | Err(Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
+                    Ok(ServerCertVerified::assertion())
+                }
+                Err(e) => Err(e),
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+}
+
+/// The server's version: (`server_version`, `server_version_num`).
+pub async fn server_version(client: &tokio_postgres::Client) -> Result<(String, u32)> {
+    let row = client
+        .query_one("SELECT current_setting('server_version'), current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| query_error("read server version", e))?;
+    let num: i32 = row.get(1);
+    Ok((row.get(0), num as u32))
+}
+
+/// The major version of a `server_version_num` (10 and later).
+pub fn major_of(version_num: u32) -> u32 {
+    version_num / 10000
+}
+
+/// Databases that can be backed up: connectable, not templates.
+pub async fn list_databases(client: &tokio_postgres::Client) -> Result<Vec<String>> {
+    let rows = client
+        .query("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname", &[])
+        .await
+        .map_err(|e| query_error("list databases", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// User tables whose rows pg_dump dumps (ordinary tables and partitions, not extension members).
+pub const USER_TABLES_SQL: &str = "\
+SELECT n.nspname, c.relname, c.reltuples::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
+  AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2";
+
+/// Quote an identifier for SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+// ---- tools -----------------------------------------------------------------------------------
+
+/// The bin directories found on this machine: `/usr/lib/postgresql/*/bin`, newest first.
+pub fn default_bin_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.is_dir().then_some((major, bin))
+        })
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
+    dirs.into_iter().map(|(_, d)| d).collect()
+}
+
+/// A PostgreSQL client tool found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolBinary {
+    pub path: PathBuf,
+    /// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
+    pub version: String,
+    pub major: u32,
+}
+
+/// Run `<tool> --version` in each directory that has it.
+pub async fn find_tools(tool: &str, dirs: &[PathBuf]) -> Vec<ToolBinary> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        let path = dir.join(tool);
+        if !path.is_file() {
+            continue;
+        }
+        let Ok(out) = tokio::process::Command::new(&path).arg("--version").output().await else { continue };
+        if !out.status.success() {
+            continue;
+        }
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if let Some(major) = parse_tool_major(&version)
+            && !found.iter().any(|t: &ToolBinary| t.path == path)
+        {
+            found.push(ToolBinary { path, version, major });
+        }
+    }
+    found
+}
+
+/// `pg_dump (PostgreSQL) 15.18 (Debian ...)` -> 15.
+pub fn parse_tool_major(version: &str) -> Option<u32> {
+    let after = version.split(") ").nth(1)?;
+    let num = after.split(|c: char| !c.is_ascii_digit()).next()?;
+    num.parse().ok()
+}
+
+/// Pick the tool for a server of major `server_major`: the same major if present, else the
+/// oldest newer one. pg_dump must be at least as new as the server; pg_restore must be at least
+/// as new as the archive and is best matched to the target server.
+pub async fn pick_tool(tool: &str, dirs: &[PathBuf], min_major: u32, for_what: &str) -> Result<ToolBinary> {
+    let mut found = find_tools(tool, dirs).await;
+    found.sort_by_key(|t| t.major);
+    if let Some(t) = found.iter().find(|t| t.major >= min_major) {
+        return Ok(t.clone());
+    }
+    let have: Vec<String> = found.iter().map(|t| format!("{} ({})", t.major, t.path.display())).collect();
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(Error::permanent(format!(
+        "no {tool} of PostgreSQL {min_major} or newer for {for_what}; found: {}; searched: {}",
+        if have.is_empty() { "none".to_string() } else { have.join(", ") },
+        if searched.is_empty() { "nothing".to_string() } else { searched.join(":") }
+    ))
+    .with_hint(format!(
+        "install PostgreSQL {min_major}+ client tools and list their bin directory in PGVAULT_PG_BIN_DIRS"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_versions_parse() {
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(parse_tool_major("pg_restore (PostgreSQL) 17.11"), Some(17));
+        assert_eq!(parse_tool_major("garbage"), None);
+        assert_eq!(major_of(150018), 15);
+        assert_eq!(major_of(170011), 17);
+    }
+
+    #[test]
+    fn tool_env_carries_password_only_in_pgpassword() {
+        let spec = ConnSpec {
+            server: "s".into(),
+            host: "db.example".into(),
+            port: 5432,
+            user: "u".into(),
+            dbname: "d".into(),
+            tls: TlsMode::VerifyFull,
+            password: Some(Secret::new("pw-123")),
+            ca_file: Some("/ca.pem".into()),
+        };
+        let env = spec.tool_env();
+        let with_pw: Vec<_> = env.iter().filter(|(_, v)| v.contains("pw-123")).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(with_pw, ["PGPASSWORD"]);
+        assert!(env.contains(&("PGSSLMODE".into(), "verify-full".into())));
+        assert!(env.contains(&("PGSSLROOTCERT".into(), "/ca.pem".into())));
+        assert!(!format!("{spec:?}").contains("pw-123"));
+    }
+
+    #[tokio::test]
+    async fn missing_tool_error_names_versions() {
+        let e = pick_tool("pg_dump", &[PathBuf::from("/nonexistent")], 99, "server \"x\"").await.unwrap_err();
+        assert!(e.is_permanent());
+        assert!(e.to_string().contains("no pg_dump of PostgreSQL 99"), "{e}");
+    }
+}

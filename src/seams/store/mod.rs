@@ -1,0 +1,191 @@
+//! The blob-store seam: what the backup and restore pipelines need from object storage.
+//!
+//! Two implementations: [`local::LocalStore`] (a directory, the default for running without
+//! Azure) and `crate::azure::AzureBlobStore` (Azure Blob Storage through the official SDK).
+//! Both pass the same contract suite in `tests/store_contract.rs`.
+//!
+//! Names are `/`-separated paths relative to the store's root (a container in Azure). Only
+//! [`crate::domain::layout`] builds them.
+
+use crate::domain::error::Result;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+
+pub mod local;
+
+/// Blob index tags (Azure) or their local equivalent: small key/value strings, set at commit.
+pub type Tags = BTreeMap<String, String>;
+
+/// A stream of a blob's bytes, in order.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// The largest block Azure accepts (4000 MiB). The pipeline never asks for more.
+pub const MAX_BLOCK_SIZE: usize = 4000 * 1024 * 1024;
+/// The most blocks one block blob may have.
+pub const MAX_BLOCKS: usize = 50_000;
+
+/// One listed blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub name: String,
+    pub size: u64,
+    /// When the blob was last written, if the store says.
+    pub last_modified: Option<time::OffsetDateTime>,
+}
+
+/// A blob's access tier (Azure). Ordered from the most to the least readily available: a move
+/// to a later tier is "colder"; Archive is offline until rehydrated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Hot,
+    Cool,
+    Cold,
+    Archive,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Cool => "cool",
+            Tier::Cold => "cold",
+            Tier::Archive => "archive",
+        }
+    }
+
+    /// Case-insensitive: `hot`, `cool`, `cold`, `archive` (Azure answers `Hot`, `Cool`, ...).
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s.to_ascii_lowercase().as_str() {
+            "hot" => Some(Tier::Hot),
+            "cool" => Some(Tier::Cool),
+            "cold" => Some(Tier::Cold),
+            "archive" => Some(Tier::Archive),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What [`BlobStore::properties`] reports about one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobProps {
+    pub size: u64,
+    /// The access tier, when the store has tiers and reports one.
+    pub tier: Option<Tier>,
+    /// Azure's `x-ms-archive-status` while an archived blob is being rehydrated, e.g.
+    /// `rehydrate-pending-to-hot`.
+    pub archive_status: Option<String>,
+    /// When the blob's access tier last changed (Azure's `x-ms-access-tier-change-time`: a Set
+    /// Blob Tier, including the end of a rehydration), if the store reports it. Azure leaves it
+    /// out for a blob whose tier was never set explicitly.
+    pub tier_changed_at: Option<time::OffsetDateTime>,
+}
+
+/// The storage contract.
+///
+/// Every method may be retried by the caller after a [`crate::domain::error::Kind::Transient`] error;
+/// each is written so that a retry is safe. A [`crate::domain::error::Kind::Permanent`] error (a missing
+/// blob, a refused precondition, a forbidden request) will not get better by retrying.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// A short human description ("local:/var/x", "azure:https://acct/container") for logs.
+    fn describe(&self) -> String;
+
+    /// Stage one block of a blob that is being written. Staged blocks are invisible to readers
+    /// until [`BlobStore::commit_blocks`]. Idempotent: staging the same `block_id` again replaces
+    /// it. All block ids of one blob have the same length.
+    async fn stage_block(&self, name: &str, block_id: &str, data: Bytes) -> Result<()>;
+
+    /// Make the blob's content the concatenation of the given staged blocks, atomically: a reader
+    /// sees the old content (or no blob) before, and the whole new content after. Sets the tags.
+    /// Replaces an existing blob of the same name.
+    async fn commit_blocks(&self, name: &str, block_ids: &[String], tags: &Tags) -> Result<()>;
+
+    /// Write a small blob in one atomic step, failing with a permanent error (and writing
+    /// nothing) if a blob of that name already exists. This is how manifests are written, so that
+    /// exactly one attempt of a job can publish its backup.
+    async fn create(&self, name: &str, data: Bytes, tags: &Tags) -> Result<CreateOutcome>;
+
+    /// Read a whole blob into memory. For small blobs (manifests) only.
+    async fn get(&self, name: &str) -> Result<Bytes>;
+
+    /// Stream a blob's bytes in order. A missing blob is a permanent error.
+    async fn read(&self, name: &str) -> Result<ByteStream>;
+
+    /// The blob's tags.
+    async fn tags(&self, name: &str) -> Result<Tags>;
+
+    /// Committed blobs whose names start with `prefix`, sorted by name.
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>>;
+
+    /// Whether a committed blob of that name exists.
+    async fn exists(&self, name: &str) -> Result<bool>;
+
+    /// Remove a blob. Idempotent: removing a missing blob succeeds.
+    async fn delete(&self, name: &str) -> Result<()>;
+
+    /// Forget the blocks staged for a blob that will not be committed, where the store can.
+    /// Azure cannot (it discards uncommitted blocks after a week), so the default does nothing.
+    async fn discard_staged(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Move a blob to another access tier (Set Blob Tier). Moving an archived blob to Hot starts
+    /// a standard-priority rehydration; the blob stays offline until it completes. A store
+    /// without tiers answers [`crate::domain::error::Error::unsupported`] (permanent), which callers
+    /// treat as "skip, with a logged reason".
+    async fn set_tier(&self, name: &str, _tier: Tier) -> Result<()> {
+        Err(crate::domain::error::Error::unsupported(format!(
+            "set the access tier of blob {name:?}: access tiers are not supported by {}",
+            self.describe()
+        )))
+    }
+
+    /// A blob's size, tier, archive status and last tier change. A missing blob is a permanent
+    /// error; a store without tiers answers [`crate::domain::error::Error::unsupported`].
+    async fn properties(&self, name: &str) -> Result<BlobProps> {
+        Err(crate::domain::error::Error::unsupported(format!(
+            "read the properties of blob {name:?}: access tiers are not supported by {}",
+            self.describe()
+        )))
+    }
+
+    /// Exporting blobs as plain files behind time-limited, read-only URLs ("restore as files"),
+    /// where the store can sign such URLs: Azure can (user-delegation SAS), a directory cannot.
+    fn file_export(&self) -> Option<&dyn FileExport> {
+        None
+    }
+}
+
+/// The capability behind a restore's `as-files` mode.
+#[async_trait]
+pub trait FileExport: Send + Sync {
+    /// A store on another container of the same account, created if it is missing. Idempotent.
+    async fn container(&self, name: &str) -> Result<std::sync::Arc<dyn BlobStore>>;
+
+    /// A URL that lets anyone holding it read one blob, and nothing else, over HTTPS only, until
+    /// `expires_at`. Signed with a user-delegation key (the identity's own rights, revocable),
+    /// never an account key. The URL is a secret: it carries the signature.
+    async fn read_only_url(
+        &self,
+        container: &str,
+        blob: &str,
+        expires_at: time::OffsetDateTime,
+    ) -> Result<crate::domain::secret::Secret>;
+}
+
+/// What [`BlobStore::create`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// A blob of that name was already there; nothing was written.
+    AlreadyExists,
+}
