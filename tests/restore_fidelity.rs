@@ -86,6 +86,10 @@ ALTER DATABASE appdb SET statement_timeout = '5min';
 ALTER ROLE app_reader IN DATABASE appdb SET work_mem = '8MB';
 COMMENT ON DATABASE appdb IS 'the app''s database';";
 
+/// The owner of table `app.t` and of the large objects.
+const OWNERS: &str = "SELECT (SELECT tableowner FROM pg_tables WHERE tablename = 't') || ',' || \
+                      (SELECT string_agg(pg_get_userbyid(lomowner)::text, ',') FROM pg_largeobject_metadata)";
+
 const HARDENED_CONTENT: &str = "SET ROLE app_owner;
 CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY, v text);
 INSERT INTO app.t SELECT i, md5(i::text) FROM generate_series(1, 500) i;
@@ -288,122 +292,112 @@ async fn encoding_and_locale_come_back_and_a_target_without_the_locale_fails_cle
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grant_sql_restore_role_restores_and_replaces_and_a_lesser_role_is_refused_up_front() {
     let mut stack = Stack::start().await;
-    let source = blocking(|| harden(&stack.pg));
+    blocking(|| harden(&stack.pg));
+    // A second role owns a large object: pg_restore gives it back to that role too.
+    psql_blocking(&stack.pg, "postgres", "CREATE ROLE app_owner2");
+    psql_blocking(&stack.pg, "appdb", "SET ROLE app_owner2; SELECT lo_from_bytea(0, '\\x01'::bytea)");
+    // The documented role (a member of both owners), one that is a member of one owner only,
+    // and one without membership. grant-sql runs before the backup, as in a deployment, so the
+    // backup's privileges name the restore roles too.
+    let grant = |role: &str, owners: &[&str]| {
+        let mut args = vec!["grant-sql", "--restore", "--role", role, "--apply", "--server", "main"];
+        for o in owners {
+            args.extend(["--member-of", o]);
+        }
+        cli_ok(&stack, &args);
+    };
+    grant("pgvault_restore", &["app_owner", "app_owner2"]);
+    grant("half_restore", &["app_owner"]);
+    grant("weak_restore", &[]);
+    let source = blocking(|| props(&stack.pg, "appdb"));
+    assert!(source.contains("pgvault_restore:CONNECT:f:app_owner"), "{source}");
     cli_ok(&stack, &["backup", "--server", "main", "--database", "appdb"]);
-    // The documented role, and one without membership in the owner.
-    cli_ok(
+    // A member of a superuser would be one: grant-sql refuses.
+    let (ok, _, stderr) = cli(
         &stack,
-        &[
-            "grant-sql",
-            "--restore",
-            "--role",
-            "pgvault_restore",
-            "--member-of",
-            "app_owner",
-            "--apply",
-            "--server",
-            "main",
-        ],
+        &["grant-sql", "--restore", "--role", "x_restore", "--member-of", "postgres", "--apply", "--server", "main"],
     );
-    cli_ok(&stack, &["grant-sql", "--restore", "--role", "weak_restore", "--apply", "--server", "main"]);
+    assert!(
+        !ok && stderr.contains("a superuser or CREATEROLE role would give the restore role its powers"),
+        "{stderr}"
+    );
     let mut servers: Vec<serde_json::Value> = serde_json::from_str(&stack.inventory(&["postgres"])).unwrap();
-    for (name, user) in [("as_restore", "pgvault_restore"), ("as_weak", "weak_restore")] {
+    for (name, user) in [("as_restore", "pgvault_restore"), ("as_half", "half_restore"), ("as_weak", "weak_restore")] {
         let mut s = Stack::server_entry(name, &stack.pg);
         s["user"] = user.into();
         servers.push(s);
     }
     stack.set("PGVAULT_INVENTORY", &serde_json::Value::Array(servers).to_string());
+    let restore = |target: &str, extra: &[&str]| {
+        let mut args = vec!["restore", "--server", "main", "--database", "appdb", "--target-server", target];
+        args.extend_from_slice(extra);
+        cli(&stack, &args)
+    };
 
-    // create, as the role grant-sql made: the owner and privileges are applied; the per-role
-    // setting needs CREATEROLE, so it is reported as not applied, with the server's reason.
-    let out = cli_ok(
-        &stack,
-        &[
-            "restore",
-            "--server",
-            "main",
-            "--database",
-            "appdb",
-            "--target-server",
-            "as_restore",
-            "--target-database",
-            "appdb_copy",
-        ],
-    );
+    // create, as the role grant-sql made: the owner and privileges are applied, the restore
+    // role's own CONNECT among them; the per-role setting needs CREATEROLE, so it is reported
+    // as not applied, with the server's reason.
+    let (ok, out, err) = restore("as_restore", &["--target-database", "appdb_copy"]);
+    assert!(ok, "{out}{err}");
     assert!(out.contains("applied: owner \"app_owner\""), "{out}");
     assert!(out.contains("not applied: setting work_mem=8MB for role \"app_reader\": "), "{out}");
-    let copy = blocking(|| props(&stack.pg, "appdb_copy"));
     let without_role_setting =
         |p: &str| p.lines().filter(|l| !l.starts_with("setting app_reader")).collect::<Vec<_>>().join("\n");
-    assert_eq!(copy, without_role_setting(&source));
-    assert_eq!(
-        blocking(|| stack.pg.psql("appdb_copy", "SELECT tableowner FROM pg_tables WHERE tablename = 't'")),
-        "app_owner",
-        "objects keep their owner"
-    );
+    assert_eq!(blocking(|| props(&stack.pg, "appdb_copy")), without_role_setting(&source));
+    assert_eq!(blocking(|| stack.pg.psql("appdb_copy", OWNERS)), "app_owner,app_owner2", "objects keep their owners");
 
     // replace, as the same role, of the database app_owner owns.
-    let out = cli_ok(
-        &stack,
-        &["restore", "--server", "main", "--database", "appdb", "--target-server", "as_restore", "--mode", "replace"],
-    );
+    let (ok, out, err) = restore("as_restore", &["--mode", "replace"]);
+    assert!(ok, "{out}{err}");
     assert!(out.contains("the database's properties read back as planned"), "{out}");
     assert_eq!(blocking(|| databases_like(&stack.pg, "appdb\\_pre\\_restore\\_%")).len(), 1);
     assert_eq!(without_role_setting(&blocking(|| props(&stack.pg, "appdb"))), without_role_setting(&source));
 
-    // The lesser role: refused before any work, with the way out, for create and for replace.
+    // The lesser roles: refused before any work, with the way out, for create and for replace.
     let before = blocking(|| props(&stack.pg, "appdb"));
-    let (ok, stdout, stderr) = cli(
-        &stack,
-        &[
-            "restore",
-            "--server",
-            "main",
-            "--database",
-            "appdb",
-            "--target-server",
-            "as_weak",
-            "--target-database",
-            "appdb_weak",
-        ],
-    );
+    let (ok, stdout, stderr) = restore("as_weak", &["--target-database", "appdb_weak"]);
     assert!(!ok);
     assert!(
-        stdout.contains("role \"weak_restore\" cannot give the restored database and its objects to \"app_owner\""),
+        stdout.contains(
+            "role \"weak_restore\" cannot give the restored database and its objects to \"app_owner\", \"app_owner2\""
+        ),
         "{stdout}"
     );
-    assert!(stdout.contains("HINT: GRANT \"app_owner\" TO \"weak_restore\""), "{stdout}");
+    assert!(
+        stdout.contains("HINT: GRANT \"app_owner\" TO \"weak_restore\"; GRANT \"app_owner2\" TO \"weak_restore\";"),
+        "{stdout}"
+    );
     assert!(stdout.contains("or restore with --no-owner"), "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.starts_with("FAILED")).count(), 1, "{stdout}");
+    assert!(stderr.contains(" INFO "), "the logs are there: {stderr}");
     assert!(!stderr.contains("ERROR"), "a CLI failure is printed once, not logged again: {stderr}");
     assert!(!stderr.contains('\u{1b}'), "no colour codes off a terminal: {stderr:?}");
-    let (ok, stdout, _) = cli(
-        &stack,
-        &["restore", "--server", "main", "--database", "appdb", "--target-server", "as_weak", "--mode", "replace"],
-    );
+    // A member of the database's owner but not of every object's owner: refused up front too.
+    let (ok, stdout, _) = restore("as_half", &["--target-database", "appdb_half"]);
     assert!(!ok);
-    assert!(stdout.contains("role \"weak_restore\" cannot replace database \"appdb\" on server \"as_weak\": the database belongs to \"app_owner\""), "{stdout}");
+    assert!(
+        stdout.contains("role \"half_restore\" cannot give the restored database and its objects to \"app_owner2\""),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = restore("as_weak", &["--mode", "replace"]);
+    assert!(!ok);
+    assert!(
+        stdout.contains(
+            "role \"weak_restore\" cannot replace database \"appdb\" on server \"as_weak\": the database belongs to \
+             \"app_owner\""
+        ),
+        "{stdout}"
+    );
     assert!(blocking(|| databases_like(&stack.pg, "pgvault\\_restore\\_%")).is_empty(), "no work was started");
     assert!(blocking(|| databases_like(&stack.pg, "appdb\\_weak")).is_empty());
+    assert!(blocking(|| databases_like(&stack.pg, "appdb\\_half")).is_empty());
     assert_eq!(blocking(|| props(&stack.pg, "appdb")), before, "the target is untouched");
     // The way out the HINT names works.
-    let out = cli_ok(
-        &stack,
-        &[
-            "restore",
-            "--server",
-            "main",
-            "--database",
-            "appdb",
-            "--target-server",
-            "as_weak",
-            "--target-database",
-            "appdb_weak",
-            "--no-owner",
-        ],
-    );
+    let (ok, out, err) = restore("as_weak", &["--target-database", "appdb_weak", "--no-owner"]);
+    assert!(ok, "{out}{err}");
     assert!(out.contains("not applied: owner \"app_owner\": not applied: --no-owner was asked for"), "{out}");
     assert!(blocking(|| props(&stack.pg, "appdb_weak")).starts_with("owner=weak_restore "));
+    assert_eq!(blocking(|| stack.pg.psql("appdb_weak", OWNERS)), "weak_restore,weak_restore");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,4 +434,33 @@ async fn cli_errors_name_the_flags_and_are_printed_once() {
     assert!(stderr.contains("there is no backup \"main/app/20260101T000000Z-nope\""), "{stderr}");
     assert!(stderr.contains("HINT: `pgvault list` prints the backup ids"), "{stderr}");
     assert!(!stderr.contains("alert"), "{stderr}");
+    let verify_records: serde_json::Value =
+        serde_json::from_str(&cli_ok(&stack, &["jobs", "--json", "--kind", "verify"])).unwrap();
+    assert_eq!(verify_records["jobs"], serde_json::json!([]), "a usage error leaves no record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_manifest_predates_the_properties_still_restores_and_says_what_it_did() {
+    use pgvault::seams::store::BlobStore;
+    let stack = Stack::start().await;
+    blocking(|| harden(&stack.pg));
+    cli_ok(&stack, &["backup", "--server", "main", "--database", "appdb"]);
+    // Rewrite the manifest as an older pgvault wrote it: without database_properties.
+    let store = stack.store().await;
+    let m = support::data::manifests(&store, "main/appdb/").await.pop().unwrap();
+    let name = format!("{}.manifest.json", m.id);
+    let mut v: serde_json::Value = serde_json::from_slice(&store.get(&name).await.unwrap()).unwrap();
+    assert!(v.as_object_mut().unwrap().remove("database_properties").is_some());
+    store.delete(&name).await.unwrap();
+    store.create(&name, serde_json::to_vec(&v).unwrap().into(), &Default::default()).await.unwrap();
+    let live = blocking(|| props(&stack.pg, "appdb"));
+
+    // replace: the replaced database's owner, privileges and settings, and a note saying so.
+    let out = cli_ok(&stack, &["restore", "--server", "main", "--database", "appdb", "--mode", "replace"]);
+    assert!(out.contains("the owner, privileges, settings and comment are the replaced database's"), "{out}");
+    assert_eq!(blocking(|| props(&stack.pg, "appdb")), live, "not more open than the database it replaced");
+    // create: nothing to go by; the defaults, said plainly.
+    let out = cli_ok(&stack, &["restore", "--server", "main", "--database", "appdb", "--target-database", "appdb_old"]);
+    assert!(out.contains("it has the default privileges, no settings and no comment"), "{out}");
+    assert!(blocking(|| props(&stack.pg, "appdb_old")).contains("PUBLIC:CONNECT"), "the default privileges");
 }

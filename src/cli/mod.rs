@@ -610,12 +610,30 @@ const FLAG_FOR_FIELD: &[(&str, &str)] = &[
     ("request_id", "--request-id"),
 ];
 
-/// A restore message in the words of the flags the user typed. Longer field names come first
-/// in the table, so `options.no_owner` is replaced whole before `no_owner` would be.
+/// A restore message in the words of the flags the user typed. Only whole field names outside
+/// double quotes are replaced (object names and server text are quoted, and stay as they are);
+/// longer names come first in the table, so `options.no_owner` is replaced whole.
 pub fn flag_words(text: &str) -> String {
-    let mut out = text.to_string();
-    for (field, flag) in FLAG_FOR_FIELD {
-        out = out.replace(field, flag);
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    let mut rest = text;
+    'outer: while let Some(c) = rest.chars().next() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && !out.chars().next_back().is_some_and(word) {
+            for (field, flag) in FLAG_FOR_FIELD {
+                if let Some(after) = rest.strip_prefix(field)
+                    && !after.chars().next().is_some_and(|n| n.is_ascii_alphanumeric() || n == '_')
+                {
+                    out.push_str(flag);
+                    rest = after;
+                    continue 'outer;
+                }
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
     }
     out
 }
@@ -692,7 +710,11 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
         match restore::execute_task(&rt.ctx, task, true, &delivery).await {
             Ok(TaskOutcome::Done(r)) => {
                 if !a.json {
-                    print_task_report(task, &r);
+                    print_task_report(
+                        task,
+                        &r,
+                        |t: &str| if a.request.is_none() { flag_words(t) } else { t.to_string() },
+                    );
                 }
                 reports.push(serde_json::json!({ "task_id": task.task_id, "status": "succeeded", "report": r }));
             }
@@ -746,7 +768,11 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn print_task_report(task: &crate::features::restore::RestoreTask, r: &crate::features::restore::TaskReport) {
+fn print_task_report(
+    task: &crate::features::restore::RestoreTask,
+    r: &crate::features::restore::TaskReport,
+    words: impl Fn(&str) -> String,
+) {
     println!("ok {}: {} ({}, {:.1} s)", task.task_id, task.describe(), human_bytes(r.stored_bytes), r.seconds);
     if let Some(g) = &r.globals {
         println!("   roles created: {:?}; existing, left as they are: {:?}", g.created, g.skipped);
@@ -765,7 +791,7 @@ fn print_task_report(task: &crate::features::restore::RestoreTask, r: &crate::fe
                 println!("   applied: {a}");
             }
             for s in &p.skipped {
-                println!("   not applied: {}: {}", s.what, flag_words(&s.reason));
+                println!("   not applied: {}: {}", s.what, words(&s.reason));
             }
             if p.checked {
                 println!("   the database's properties read back as planned");
@@ -844,5 +870,10 @@ mod tests {
         );
         assert_eq!(flag_words("no_privileges was asked for"), "--no-privileges was asked for");
         assert_eq!(flag_words("source.backup.id \"a\""), "--backup \"a\"");
+        // Object names and server text in quotes, and longer words, stay as they are.
+        assert_eq!(
+            flag_words("database \"app_no_owner\": column \"request_id\" of my_request_id; no_owner."),
+            "database \"app_no_owner\": column \"request_id\" of my_request_id; --no-owner."
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! encoding and locale, the owner, the privileges (a database that refused a role would let it
 //! in), the settings, the comment.
 //!
-//! - [`read`] reads them at backup time, in the dump's own snapshot, into the manifest.
+//! - `seams::pg::database_properties` reads them at backup time, in the dump's own snapshot,
+//!   into the manifest.
 //! - [`create_clauses`] makes the temporary database like the source (pure).
 //! - [`plan_apply`] turns them into the statements a restore runs in its swap transaction, with
 //!   a reason for everything it leaves out (pure).
@@ -13,7 +14,7 @@
 //!   now says (pure; the caller reads the database back with [`read`]).
 
 use crate::domain::error::{Error, Result};
-use crate::seams::pg::{self, quote_ident};
+use crate::domain::sql::{quote_ident, quote_literal};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -47,6 +48,11 @@ pub struct DatabaseProperties {
     pub comment: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_labels: Vec<SecurityLabel>,
+    /// The roles that own objects in the database (schemas, tables, functions, types, large
+    /// objects, ...), besides the database's owner: pg_restore gives every object back to its
+    /// owner, so a restore checks up front that the login may become each of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub object_owners: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +64,7 @@ pub enum LocaleProvider {
 }
 
 impl LocaleProvider {
-    fn from_catalog(c: &str) -> Result<Self> {
+    pub fn from_catalog(c: &str) -> Result<Self> {
         match c {
             "c" => Ok(Self::Libc),
             "i" => Ok(Self::Icu),
@@ -104,6 +110,26 @@ pub struct SecurityLabel {
 }
 
 impl DatabaseProperties {
+    /// No properties at all (the defaults of a new database owned by nobody in particular).
+    pub fn empty() -> Self {
+        DatabaseProperties {
+            encoding: String::new(),
+            locale_provider: LocaleProvider::Libc,
+            collate: String::new(),
+            ctype: String::new(),
+            locale: None,
+            icu_rules: None,
+            owner: String::new(),
+            acl: None,
+            connection_limit: -1,
+            tablespace: "pg_default".into(),
+            settings: Vec::new(),
+            comment: None,
+            security_labels: Vec::new(),
+            object_owners: Vec::new(),
+        }
+    }
+
     /// `UTF8, libc, collate "C", ctype "C"` and the like, for messages.
     pub fn describe_locale(&self) -> String {
         let mut s = format!(
@@ -123,111 +149,7 @@ impl DatabaseProperties {
     }
 }
 
-// ---- reading ------------------------------------------------------------------------------------
-
-/// Read database `datname`'s properties. At backup time this runs in the transaction whose
-/// snapshot pg_dump dumps, so the properties and the dump describe the same moment (`pg_database`
-/// and `pg_db_role_setting` are read through the transaction's snapshot like any table).
-pub async fn read(
-    client: &impl tokio_postgres::GenericClient,
-    datname: &str,
-    version_num: u32,
-) -> Result<DatabaseProperties> {
-    let major = pg::major_of(version_num);
-    let provider = if major >= 15 { "d.datlocprovider::text" } else { "'c'" };
-    let locale = match major {
-        17.. => "d.datlocale",
-        15 | 16 => "d.daticulocale",
-        _ => "NULL::text",
-    };
-    let rules = if major >= 16 { "d.daticurules" } else { "NULL::text" };
-    let sql = format!(
-        "SELECT pg_encoding_to_char(d.encoding)::text, {provider}, d.datcollate::text, d.datctype::text, \
-         {locale}, {rules}, pg_get_userbyid(d.datdba)::text, d.datacl IS NULL, d.datconnlimit, t.spcname::text, \
-         shobj_description(d.oid, 'pg_database') \
-         FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = $1"
-    );
-    let what = format!("read the properties of database {datname:?}");
-    let row = client
-        .query_opt(&sql, &[&datname])
-        .await
-        .map_err(|e| pg::query_error(&what, e))?
-        .ok_or_else(|| Error::permanent(format!("{what}: no such database")))?;
-    let acl_is_null: bool = row.get(7);
-    let acl = if acl_is_null {
-        None
-    } else {
-        let rows = client
-            .query(
-                "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
-                 pg_get_userbyid(a.grantor)::text, a.privilege_type, a.is_grantable \
-                 FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
-                &[&datname],
-            )
-            .await
-            .map_err(|e| pg::query_error(&what, e))?;
-        let mut items: Vec<AclItem> = rows
-            .iter()
-            .map(|r| AclItem { grantee: r.get(0), grantor: r.get(1), privilege: r.get(2), grantable: r.get(3) })
-            .collect();
-        items.sort();
-        Some(items)
-    };
-    let rows = client
-        .query(
-            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole)::text END, c.setting \
-             FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, \
-             unnest(s.setconfig) WITH ORDINALITY AS c(setting, n) WHERE d.datname = $1 ORDER BY 1 NULLS FIRST, c.n",
-            &[&datname],
-        )
-        .await
-        .map_err(|e| pg::query_error(&what, e))?;
-    let settings = rows
-        .iter()
-        .filter_map(|r| {
-            let role: Option<String> = r.get(0);
-            let text: String = r.get(1);
-            let (name, value) = text.split_once('=')?;
-            Some(Setting { role, name: name.to_string(), value: value.to_string() })
-        })
-        .collect();
-    let rows = client
-        .query(
-            "SELECT l.provider, l.label FROM pg_shseclabel l JOIN pg_database d ON d.oid = l.objoid \
-             WHERE l.classoid = 'pg_database'::regclass AND d.datname = $1 ORDER BY 1",
-            &[&datname],
-        )
-        .await
-        .map_err(|e| pg::query_error(&what, e))?;
-    let security_labels = rows.iter().map(|r| SecurityLabel { provider: r.get(0), label: r.get(1) }).collect();
-    Ok(DatabaseProperties {
-        encoding: row.get(0),
-        locale_provider: LocaleProvider::from_catalog(row.get::<_, String>(1).as_str())?,
-        collate: row.get(2),
-        ctype: row.get(3),
-        locale: row.get::<_, Option<String>>(4).filter(|s| !s.is_empty()),
-        icu_rules: row.get::<_, Option<String>>(5).filter(|s| !s.is_empty()),
-        owner: row.get(6),
-        acl,
-        connection_limit: row.get(8),
-        tablespace: row.get(9),
-        settings,
-        comment: row.get(10),
-        security_labels,
-    })
-}
-
 // ---- creating -----------------------------------------------------------------------------------
-
-/// `SQL literal` of a string (`E'…'` when it holds a backslash, so the text is the same whatever
-/// `standard_conforming_strings` says).
-pub fn quote_literal(s: &str) -> String {
-    if s.contains('\\') {
-        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", s.replace('\'', "''"))
-    }
-}
 
 /// The clauses after `CREATE DATABASE <name> TEMPLATE template0` that give a database the
 /// source's encoding and locale on a server of `target_major`. Pure. An error names what the
@@ -349,19 +271,81 @@ pub struct PropertiesReport {
     pub checked: bool,
 }
 
-/// A database's privileges as (grantee, privilege, grantable); the grantee `None` is PUBLIC.
-pub type Privileges = BTreeSet<(Option<String>, String, bool)>;
+/// A database's privileges as (grantee, privilege) -> grantable; the grantee `None` is PUBLIC.
+/// PostgreSQL keeps one entry per grantee and privilege, with the grant option if any grant had
+/// it, whoever granted it.
+pub type Privileges = BTreeMap<(Option<String>, String), bool>;
 
-/// The apply step's plan: statements on the temporary database `db` (which the restoring login
-/// created, so it owns it while they run), the owner's statement to run last (after the renames,
-/// on the final name), what was skipped, and what to check afterwards.
+/// The privileges a database has while its ACL is NULL: the owner all, PUBLIC CONNECT and
+/// TEMPORARY (`acldefault('d', owner)`).
+pub fn default_privileges(owner: &str) -> Privileges {
+    let mut p = Privileges::new();
+    for privilege in ["CONNECT", "CREATE", "TEMPORARY"] {
+        p.insert((Some(owner.to_string()), privilege.to_string()), false);
+    }
+    for privilege in ["CONNECT", "TEMPORARY"] {
+        p.insert((None, privilege.to_string()), false);
+    }
+    p
+}
+
+/// A database's privileges as a set, whether its ACL is NULL (the defaults) or explicit.
+pub fn privileges_of(p: &DatabaseProperties) -> Privileges {
+    match &p.acl {
+        None => default_privileges(&p.owner),
+        Some(items) => {
+            let mut out = Privileges::new();
+            for i in items {
+                *out.entry((i.grantee.clone(), i.privilege.clone())).or_default() |= i.grantable;
+            }
+            out
+        }
+    }
+}
+
+/// The privileges a database can have: anything else in a manifest is refused, never put in SQL.
+const DATABASE_PRIVILEGES: &[&str] = &["CONNECT", "CREATE", "TEMPORARY"];
+
+/// The apply step's plan, in the order the swap transaction runs it:
+/// 1. `steps` (settings, comment, labels, connection limit) on the temporary database, which the
+///    restoring login created and so owns, each under a savepoint;
+/// 2. the renames (not part of the plan);
+/// 3. `owner`: `ALTER DATABASE <final name> OWNER TO <owner>`, before
+/// 4. `acl`, run as that owner (`SET LOCAL ROLE`): every grant then has the owner as grantor, as
+///    in the source, and no entry of the login is merged into the owner's by the owner change
+///    (which rewrites the old owner's entries as the new owner's).
+///
+/// The temporary database was created with no privileges for PUBLIC (nothing is open while it
+/// is restored, and a copy kept after a failed swap stays closed), so `acl` always sets the
+/// privileges, to the backup's or to the defaults.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyPlan {
-    pub steps: Vec<Step>,
     pub owner: Option<Step>,
+    /// The role `acl` runs as (`None`: the login, which stays the owner).
+    pub acl_role: Option<String>,
+    pub acl: Vec<Step>,
+    pub steps: Vec<Step>,
     pub skipped: Vec<Skipped>,
-    /// The privileges the database must end up with: `None` to leave them unchecked.
-    pub expect_acl: Option<Option<Privileges>>,
+    /// The privileges the database must end up with.
+    pub expect_acl: Privileges,
+}
+
+impl ApplyPlan {
+    /// The SQL of the whole swap with `renames` in their place, for an operator finishing a
+    /// kept copy by hand.
+    pub fn sql(&self, renames: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = self.steps.iter().map(|s| s.sql.clone()).collect();
+        out.extend(renames.iter().cloned());
+        out.extend(self.owner.iter().map(|s| s.sql.clone()));
+        if let Some(r) = &self.acl_role {
+            out.push(format!("SET LOCAL ROLE {}", quote_ident(r)));
+        }
+        out.extend(self.acl.iter().map(|s| s.sql.clone()));
+        if self.acl_role.is_some() {
+            out.push("RESET ROLE".into());
+        }
+        out
+    }
 }
 
 /// GUCs whose values are lists of separately quoted elements (pg_dump's
@@ -437,13 +421,13 @@ fn setting_value_sql(name: &str, value: &str) -> String {
 
 /// The statements that give the temporary database `db` the backup's properties. Pure.
 ///
-/// - ACL: unless `no_privileges`, the database's privileges are set to exactly the backup's
-///   (`REVOKE ALL` from PUBLIC and the owner, then one `GRANT` per grantee). The backup owner's
-///   own entry follows the owner that is applied. A grantee missing on the target is skipped and
-///   reported; the grantor is always the owner (as pg_restore --create does it).
+/// - Owner: unless not applied, first (see [`ApplyPlan`]).
+/// - Privileges: the backup's exactly (`REVOKE ALL` from PUBLIC and the owner, then one `GRANT`
+///   per grantee), or with `no_privileges` the defaults. The backup owner's own entry follows the
+///   owner that is applied. A grantee missing on the target is skipped and reported; the grantor
+///   is always the owner (as pg_restore --create does it).
 /// - Settings: database-wide, and per role (a role missing on the target is skipped).
 /// - Comment, security labels, connection limit.
-/// - Owner last, on `final_name`, unless not applied.
 pub fn plan_apply(
     p: &DatabaseProperties,
     db: &str,
@@ -454,76 +438,91 @@ pub fn plan_apply(
 ) -> ApplyPlan {
     let mut plan = ApplyPlan::default();
     let qdb = quote_ident(db);
+    let qfinal = quote_ident(final_name);
     let exists = |r: &str| facts.roles.contains(r);
     let final_owner = owner.role().unwrap_or(&facts.restorer).to_string();
-    // Privileges.
-    match (&p.acl, no_privileges) {
-        (_, true) => plan.skipped.push(Skipped {
+    plan.owner = owner_step(owner, Some(&p.owner), final_name);
+    plan.acl_role = owner.role().filter(|r| *r != facts.restorer).map(String::from);
+    if let OwnerChoice::NotApplied = owner {
+        plan.skipped.push(Skipped {
+            what: format!("owner {:?}", p.owner),
+            reason: format!("not applied: no_owner was asked for (the database belongs to {:?})", facts.restorer),
+        });
+    }
+    // Privileges: (grantee, privilege) -> grantable, mapped to the target.
+    let wanted: Privileges = if no_privileges {
+        plan.skipped.push(Skipped {
             what: "privileges".into(),
-            reason: "not restored: no_privileges was asked for (the database has the target's default privileges)"
-                .into(),
-        }),
-        (None, false) => {
-            plan.expect_acl = Some(None);
+            reason: "not restored: no_privileges was asked for (the database has the default privileges)".into(),
+        });
+        default_privileges(&final_owner)
+    } else {
+        let mut wanted = Privileges::new();
+        for ((grantee, privilege), grantable) in privileges_of(p) {
+            let grantee = match grantee {
+                Some(g) if g == p.owner => Some(final_owner.clone()),
+                other => other,
+            };
+            if !DATABASE_PRIVILEGES.contains(&privilege.as_str()) {
+                plan.skipped.push(Skipped {
+                    what: format!("privilege {privilege:?} for {}", who(&grantee)),
+                    reason: "not a database privilege".into(),
+                });
+                continue;
+            }
+            if let Some(g) = &grantee
+                && !exists(g)
+            {
+                plan.skipped.push(Skipped {
+                    what: format!("privilege {privilege} for role {g:?}"),
+                    reason: format!("role {g:?} does not exist on the target server"),
+                });
+                continue;
+            }
+            *wanted.entry((grantee, privilege)).or_default() |= grantable;
         }
-        (Some(items), false) => {
-            let mut expect = BTreeSet::new();
-            plan.steps.push(Step {
-                what: "privileges: revoke the defaults".into(),
-                sql: format!(
-                    "REVOKE ALL ON DATABASE {qdb} FROM PUBLIC; REVOKE ALL ON DATABASE {qdb} FROM CURRENT_USER"
-                ),
+        if let Some(items) = &p.acl {
+            for item in items.iter().filter(|i| i.grantor != p.owner) {
+                plan.skipped.push(Skipped {
+                    what: format!(
+                        "grantor {:?} of privilege {} for {}",
+                        item.grantor,
+                        item.privilege,
+                        who(&item.grantee)
+                    ),
+                    reason: "the privilege is granted by the database's owner instead".into(),
+                });
+            }
+        }
+        wanted
+    };
+    plan.acl.push(Step {
+        what: "privileges: revoke the defaults".into(),
+        sql: format!("REVOKE ALL ON DATABASE {qfinal} FROM PUBLIC; REVOKE ALL ON DATABASE {qfinal} FROM CURRENT_USER"),
+        required: true,
+        check: Check::Nothing,
+    });
+    // grantee -> (plain privileges, grantable privileges), in a stable order.
+    let mut by_grantee: BTreeMap<Option<String>, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+    for ((grantee, privilege), grantable) in &wanted {
+        let entry = by_grantee.entry(grantee.clone()).or_default();
+        if *grantable { &mut entry.1 } else { &mut entry.0 }.push(privilege);
+    }
+    for (grantee, (plain, grantable)) in by_grantee {
+        let to = grantee.as_deref().map(quote_ident).unwrap_or_else(|| "PUBLIC".into());
+        for (privs, option) in [(plain, ""), (grantable, " WITH GRANT OPTION")] {
+            if privs.is_empty() {
+                continue;
+            }
+            plan.acl.push(Step {
+                what: format!("privileges: {} to {}{option}", privs.join(", "), who(&grantee)),
+                sql: format!("GRANT {} ON DATABASE {qfinal} TO {to}{option}", privs.join(", ")),
                 required: true,
                 check: Check::Nothing,
             });
-            // grantee -> (plain privileges, grantable privileges), in a stable order.
-            let mut by_grantee: BTreeMap<Option<String>, (Vec<String>, Vec<String>)> = BTreeMap::new();
-            for item in items {
-                let grantee = match &item.grantee {
-                    Some(g) if *g == p.owner => Some(final_owner.clone()),
-                    other => other.clone(),
-                };
-                if let Some(g) = &grantee
-                    && !exists(g)
-                {
-                    plan.skipped.push(Skipped {
-                        what: format!("privilege {} for role {g:?}", item.privilege),
-                        reason: format!("role {g:?} does not exist on the target server"),
-                    });
-                    continue;
-                }
-                if item.grantor != p.owner {
-                    plan.skipped.push(Skipped {
-                        what: format!(
-                            "grantor {:?} of privilege {} for {}",
-                            item.grantor,
-                            item.privilege,
-                            who(&grantee)
-                        ),
-                        reason: "the privilege is granted by the database's owner instead".into(),
-                    });
-                }
-                let entry = by_grantee.entry(grantee.clone()).or_default();
-                if item.grantable { &mut entry.1 } else { &mut entry.0 }.push(item.privilege.clone());
-                expect.insert((grantee, item.privilege.clone(), item.grantable));
-            }
-            for (grantee, (plain, grantable)) in by_grantee {
-                let to = grantee.as_deref().map(quote_ident).unwrap_or_else(|| "PUBLIC".into());
-                for (privs, option) in [(plain, ""), (grantable, " WITH GRANT OPTION")] {
-                    if privs.is_empty() {
-                        continue;
-                    }
-                    plan.steps.push(Step {
-                        what: format!("privileges: {} to {}{option}", privs.join(", "), who(&grantee)),
-                        sql: format!("GRANT {} ON DATABASE {qdb} TO {to}{option}", privs.join(", ")),
-                        required: true,
-                        check: Check::Nothing,
-                    });
-                }
-            }
-            plan.expect_acl = Some(Some(expect));
         }
     }
+    plan.expect_acl = wanted;
     // Settings.
     for s in &p.settings {
         let value = setting_value_sql(&s.name, &s.value);
@@ -580,20 +579,11 @@ pub fn plan_apply(
             reason: "tablespaces are not restored: the database is in the target's default tablespace".into(),
         });
     }
-    match owner {
-        OwnerChoice::NotApplied => plan.skipped.push(Skipped {
-            what: format!("owner {:?}", p.owner),
-            reason: format!("not applied: no_owner was asked for (the database belongs to {:?})", facts.restorer),
-        }),
-        OwnerChoice::Backup(_) | OwnerChoice::Mapped(_) | OwnerChoice::Previous(_) => {
-            plan.owner = owner_step(owner, Some(&p.owner), final_name);
-        }
-    }
     plan
 }
 
-/// `ALTER DATABASE <final name> OWNER TO <role>`, unless the owner is not applied.
-pub fn owner_step(owner: &OwnerChoice, backup_owner: Option<&str>, final_name: &str) -> Option<Step> {
+/// `ALTER DATABASE <db> OWNER TO <role>`, unless the owner is not applied.
+pub fn owner_step(owner: &OwnerChoice, backup_owner: Option<&str>, db: &str) -> Option<Step> {
     let r = owner.role()?;
     let what = match (owner, backup_owner) {
         (OwnerChoice::Mapped(_), Some(b)) if b != r => format!("owner {r:?} (options.owner; the backup's was {b:?})"),
@@ -603,7 +593,7 @@ pub fn owner_step(owner: &OwnerChoice, backup_owner: Option<&str>, final_name: &
     };
     Some(Step {
         what,
-        sql: format!("ALTER DATABASE {} OWNER TO {}", quote_ident(final_name), quote_ident(r)),
+        sql: format!("ALTER DATABASE {} OWNER TO {}", quote_ident(db), quote_ident(r)),
         required: true,
         check: Check::Nothing,
     })
@@ -614,31 +604,32 @@ fn who(grantee: &Option<String>) -> String {
 }
 
 /// What differs between the plan and the database read back (empty: as planned). Pure.
+/// `expected` holds the encoding and locale the database must have (the backup's, as the
+/// target stored them), or `None` when they were not applied.
 pub fn compare(
     p: &DatabaseProperties,
+    expected_locale: Option<&DatabaseProperties>,
     plan: &ApplyPlan,
     applied: &[&Check],
-    locale_applied: bool,
     expected_owner: &str,
     actual: &DatabaseProperties,
 ) -> Vec<String> {
     let mut diffs = Vec::new();
-    if locale_applied {
+    if let Some(loc) = expected_locale {
+        let (want, libc) = (loc, loc.locale_provider == LocaleProvider::Libc);
         for (what, want, got) in [
-            ("encoding", p.encoding.as_str(), actual.encoding.as_str()),
-            ("locale provider", p.locale_provider.as_sql(), actual.locale_provider.as_sql()),
-            ("LC_COLLATE", &p.collate, &actual.collate),
-            ("LC_CTYPE", &p.ctype, &actual.ctype),
-            ("locale", p.locale.as_deref().unwrap_or(""), actual.locale.as_deref().unwrap_or("")),
-            ("ICU rules", p.icu_rules.as_deref().unwrap_or(""), actual.icu_rules.as_deref().unwrap_or("")),
+            ("encoding", want.encoding.as_str(), actual.encoding.as_str()),
+            ("locale provider", want.locale_provider.as_sql(), actual.locale_provider.as_sql()),
+            ("LC_COLLATE", &want.collate, &actual.collate),
+            ("LC_CTYPE", &want.ctype, &actual.ctype),
+            ("locale", want.locale.as_deref().unwrap_or(""), actual.locale.as_deref().unwrap_or("")),
+            ("ICU rules", want.icu_rules.as_deref().unwrap_or(""), actual.icu_rules.as_deref().unwrap_or("")),
         ] {
-            // The builtin and libc providers need no locale of their own before 17.
-            if what == "locale" && p.locale_provider == LocaleProvider::Libc {
+            // The libc provider has no locale of its own.
+            if what == "locale" && libc {
                 continue;
             }
-            // ICU locale names are canonicalized by newer servers (`de_DE` becomes `de-DE`).
-            let same = if what == "locale" { canonical_locale(want) == canonical_locale(got) } else { want == got };
-            if !same {
+            if want != got {
                 diffs.push(format!("{what} is {got:?}, the backup's is {want:?}"));
             }
         }
@@ -646,14 +637,9 @@ pub fn compare(
     if actual.owner != expected_owner {
         diffs.push(format!("owner is {:?}, expected {expected_owner:?}", actual.owner));
     }
-    if let Some(expect) = &plan.expect_acl {
-        let got: Option<Privileges> = actual
-            .acl
-            .as_ref()
-            .map(|items| items.iter().map(|i| (i.grantee.clone(), i.privilege.clone(), i.grantable)).collect());
-        if *expect != got {
-            diffs.push(format!("privileges are {}, expected {}", acl_text(&got), acl_text(expect)));
-        }
+    let got = privileges_of(actual);
+    if got != plan.expect_acl {
+        diffs.push(format!("privileges are {}, expected {}", acl_text(&got), acl_text(&plan.expect_acl)));
     }
     for check in applied {
         match check {
@@ -671,20 +657,14 @@ pub fn compare(
     diffs
 }
 
-fn canonical_locale(l: &str) -> String {
-    l.replace('_', "-").to_ascii_lowercase()
-}
-
-fn acl_text(acl: &Option<Privileges>) -> String {
-    match acl {
-        None => "the defaults".into(),
-        Some(items) if items.is_empty() => "none".into(),
-        Some(items) => items
-            .iter()
-            .map(|(g, p, o)| format!("{p} to {}{}", who(g), if *o { " with grant option" } else { "" }))
-            .collect::<Vec<_>>()
-            .join(", "),
+fn acl_text(acl: &Privileges) -> String {
+    if acl.is_empty() {
+        return "none".into();
     }
+    acl.iter()
+        .map(|((g, p), o)| format!("{p} to {}{}", who(g), if *o { " with grant option" } else { "" }))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -735,6 +715,7 @@ mod tests {
             ],
             comment: Some("it's the app".into()),
             security_labels: vec![],
+            object_owners: vec![],
         }
     }
 
@@ -791,46 +772,77 @@ mod tests {
         let p = props();
         let plan =
             plan_apply(&p, "pgvault_restore_1", "app", &OwnerChoice::Backup("app_owner".into()), false, &facts());
-        let sql: Vec<&str> = plan.steps.iter().map(|s| s.sql.as_str()).collect();
-        assert_eq!(
-            sql[0],
-            "REVOKE ALL ON DATABASE \"pgvault_restore_1\" FROM PUBLIC; REVOKE ALL ON DATABASE \"pgvault_restore_1\" FROM CURRENT_USER"
-        );
-        assert!(sql.contains(&"GRANT CONNECT, CREATE ON DATABASE \"pgvault_restore_1\" TO \"app_owner\""), "{sql:?}");
-        assert!(sql.contains(&"GRANT CONNECT ON DATABASE \"pgvault_restore_1\" TO \"app_reader\""), "{sql:?}");
-        assert!(
-            sql.contains(&"ALTER DATABASE \"pgvault_restore_1\" SET \"search_path\" TO 'app', 'My Schema'"),
-            "{sql:?}"
-        );
-        assert!(sql.contains(
+        // Settings go to the temporary database, before the renames; the owner and the
+        // privileges to the final name, after them, the privileges as the owner.
+        let steps: Vec<&str> = plan.steps.iter().map(|s| s.sql.as_str()).collect();
+        assert!(steps.contains(&"ALTER DATABASE \"pgvault_restore_1\" SET \"search_path\" TO 'app', 'My Schema'"));
+        assert!(steps.contains(
             &"ALTER ROLE \"app_reader\" IN DATABASE \"pgvault_restore_1\" SET \"statement_timeout\" TO '5min'"
         ));
-        assert!(sql.contains(&"COMMENT ON DATABASE \"pgvault_restore_1\" IS 'it''s the app'"));
-        assert!(!sql.iter().any(|s| s.contains("gone")), "missing roles get no statement: {sql:?}");
+        assert!(steps.contains(&"COMMENT ON DATABASE \"pgvault_restore_1\" IS 'it''s the app'"));
+        assert_eq!(plan.owner.as_ref().unwrap().sql, "ALTER DATABASE \"app\" OWNER TO \"app_owner\"");
+        assert_eq!(plan.acl_role.as_deref(), Some("app_owner"));
+        let acl: Vec<&str> = plan.acl.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            acl[0],
+            "REVOKE ALL ON DATABASE \"app\" FROM PUBLIC; REVOKE ALL ON DATABASE \"app\" FROM CURRENT_USER"
+        );
+        assert!(acl.contains(&"GRANT CONNECT, CREATE ON DATABASE \"app\" TO \"app_owner\""), "{acl:?}");
+        assert!(acl.contains(&"GRANT CONNECT ON DATABASE \"app\" TO \"app_reader\""), "{acl:?}");
+        let all = plan.sql(&["RENAME".into()]);
+        assert!(!all.iter().any(|s| s.contains("gone")), "missing roles get no statement: {all:?}");
+        let at = |needle: &str| all.iter().position(|s| s.starts_with(needle)).unwrap();
+        assert!(at("ALTER DATABASE \"pgvault_restore_1\" SET") < at("RENAME"));
+        assert!(
+            at("RENAME") < at("ALTER DATABASE \"app\" OWNER")
+                && at("ALTER DATABASE \"app\" OWNER") < at("SET LOCAL ROLE")
+        );
+        assert!(at("SET LOCAL ROLE") < at("GRANT") && at("GRANT") < at("RESET ROLE"));
         let skipped: Vec<&str> = plan.skipped.iter().map(|s| s.what.as_str()).collect();
         assert_eq!(skipped, ["privilege CONNECT for role \"gone\"", "setting work_mem=8MB for role \"gone\""]);
-        assert_eq!(plan.owner.as_ref().unwrap().sql, "ALTER DATABASE \"app\" OWNER TO \"app_owner\"");
-        let expect = plan.expect_acl.clone().unwrap().unwrap();
-        assert_eq!(expect.len(), 3);
+        assert_eq!(plan.expect_acl.len(), 3);
     }
 
     #[test]
     fn the_owners_own_privileges_follow_the_owner_that_is_applied() {
         let p = props();
         let plan = plan_apply(&p, "t", "app", &OwnerChoice::NotApplied, false, &facts());
-        assert!(plan.owner.is_none());
-        assert!(plan.steps.iter().any(|s| s.sql == "GRANT CONNECT, CREATE ON DATABASE \"t\" TO \"pgvault_restore\""));
+        assert!(plan.owner.is_none() && plan.acl_role.is_none());
+        assert!(plan.acl.iter().any(|s| s.sql == "GRANT CONNECT, CREATE ON DATABASE \"app\" TO \"pgvault_restore\""));
         assert!(plan.skipped.iter().any(|s| s.what == "owner \"app_owner\"" && s.reason.contains("no_owner")));
         let plan = plan_apply(&p, "t", "app", &OwnerChoice::Mapped("app_reader".into()), false, &facts());
         assert!(plan.owner.as_ref().unwrap().what.contains("the backup's was \"app_owner\""));
+        // no_privileges and a NULL ACL both give the defaults back (the temporary database was
+        // created closed to PUBLIC).
         let plan = plan_apply(&p, "t", "app", &OwnerChoice::Backup("app_owner".into()), true, &facts());
-        assert!(plan.expect_acl.is_none());
-        assert!(!plan.steps.iter().any(|s| s.sql.contains("GRANT") || s.sql.contains("REVOKE")));
+        assert_eq!(plan.expect_acl, default_privileges("app_owner"));
+        assert!(plan.acl.iter().any(|s| s.sql == "GRANT CONNECT, TEMPORARY ON DATABASE \"app\" TO PUBLIC"));
         let mut p = props();
         p.acl = None;
         let plan = plan_apply(&p, "t", "app", &OwnerChoice::Backup("app_owner".into()), false, &facts());
-        assert_eq!(plan.expect_acl, Some(None), "default privileges stay the default");
-        assert!(!plan.steps.iter().any(|s| s.sql.contains("REVOKE")));
+        assert_eq!(plan.expect_acl, default_privileges("app_owner"));
+    }
+
+    #[test]
+    fn grant_options_merge_and_unknown_privileges_never_reach_sql() {
+        let mut p = props();
+        let item = |privilege: &str, grantable: bool, grantor: &str| AclItem {
+            grantee: Some("app_reader".into()),
+            grantor: grantor.into(),
+            privilege: privilege.into(),
+            grantable,
+        };
+        p.acl = Some(vec![
+            item("CONNECT", false, "app_owner"),
+            item("CONNECT", true, "someone"),
+            item("CONNECT; DROP DATABASE x", false, "app_owner"),
+        ]);
+        let plan = plan_apply(&p, "t", "app", &OwnerChoice::Backup("app_owner".into()), false, &facts());
+        assert_eq!(plan.expect_acl.get(&(Some("app_reader".into()), "CONNECT".into())), Some(&true));
+        assert_eq!(plan.expect_acl.len(), 1);
+        assert!(plan.acl.iter().all(|s| !s.sql.contains("DROP")), "{:?}", plan.acl);
+        assert!(plan.skipped.iter().any(|s| s.reason == "not a database privilege"));
+        assert!(plan.skipped.iter().any(|s| s.what.starts_with("grantor \"someone\"")));
     }
 
     #[test]
@@ -845,7 +857,7 @@ mod tests {
         let checks = [Check::Setting(p.settings[0].clone()), Check::Comment];
         let applied: Vec<&Check> = checks.iter().collect();
         actual.settings.clear();
-        let diffs = compare(&p, &plan, &applied, true, "app_owner", &actual);
+        let diffs = compare(&p, Some(&p), &plan, &applied, "app_owner", &actual);
         assert_eq!(diffs.len(), 4, "{diffs:?}");
         assert!(diffs[0].contains("LC_COLLATE is \"en_US.UTF-8\""));
         assert!(diffs[1].starts_with("privileges are CONNECT to PUBLIC, expected"));
@@ -853,7 +865,33 @@ mod tests {
         assert!(diffs[3].starts_with("comment is None"));
         let mut same = p.clone();
         same.acl = Some(p.acl.clone().unwrap().into_iter().filter(|i| i.grantee.as_deref() != Some("gone")).collect());
-        assert!(compare(&p, &plan, &applied, true, "app_owner", &same).is_empty());
-        assert_eq!(compare(&p, &plan, &applied, true, "someone", &same).len(), 1);
+        assert!(compare(&p, Some(&p), &plan, &applied, "app_owner", &same).is_empty());
+        assert_eq!(compare(&p, Some(&p), &plan, &applied, "someone", &same).len(), 1);
+        assert!(
+            compare(&p, None, &plan, &applied, "app_owner", &{
+                let mut other_locale = same.clone();
+                other_locale.collate = "de_DE.UTF-8".into();
+                other_locale
+            })
+            .is_empty(),
+            "locale not applied: not compared"
+        );
+        // A NULL ACL is the defaults, however it is spelled.
+        let mut p = props();
+        p.acl = None;
+        let plan = plan_apply(&p, "t", "app", &OwnerChoice::Backup("app_owner".into()), false, &facts());
+        let mut explicit = p.clone();
+        explicit.acl = Some(
+            default_privileges("app_owner")
+                .into_keys()
+                .map(|(grantee, privilege)| AclItem {
+                    grantee,
+                    grantor: "app_owner".into(),
+                    privilege,
+                    grantable: false,
+                })
+                .collect(),
+        );
+        assert!(compare(&p, None, &plan, &[], "app_owner", &explicit).is_empty());
     }
 }

@@ -7,3 +7,4 @@ pub mod jobs;
 pub mod layout;
 pub mod manifest;
 pub mod secret;
+pub mod sql;

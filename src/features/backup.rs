@@ -167,7 +167,20 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
             .map_err(|e| pg::query_error("export snapshot", e))?
             .get(0);
         args.push(format!("--snapshot={snap}"));
-        database_properties = Some(crate::domain::dbprops::read(&client, &database, server_version_num).await?);
+        // A backup that cannot record them is still a backup: its restore says what it could
+        // not give back.
+        // Under a savepoint, so a failed read leaves the snapshot's transaction usable.
+        let savepoint = client.batch_execute("SAVEPOINT pgvault_properties").await;
+        database_properties = match pg::database_properties(&client, &database, server_version_num).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                if savepoint.is_ok() {
+                    let _ = client.batch_execute("ROLLBACK TO SAVEPOINT pgvault_properties").await;
+                }
+                tracing::warn!(job = %job.job_id, what = %job.describe(), error = %e, "the database's own properties could not be read; the backup goes on without them");
+                None
+            }
+        };
         snapshot_client = Some(&client);
     }
 

@@ -79,7 +79,17 @@ pub fn script(opts: &GrantOptions) -> Result<Script> {
         );
         for owner in &opts.member_of {
             check_role(owner)?;
-            server_wide.push_str(&format!("GRANT {} TO {ident};\n", pg::quote_ident(owner)));
+            // Membership lets the restore role act as the owner: never as a superuser or a role
+            // that can create roles, which would make it one in all but name.
+            let owner_lit = literal(owner);
+            server_wide.push_str(&format!(
+                "DO $pgvault$\nBEGIN\n  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {owner_lit} \
+                 AND (rolsuper OR rolcreaterole)) THEN\n    \
+                 RAISE EXCEPTION 'pgvault grant-sql: --member-of %: a superuser or CREATEROLE role would give the \
+                 restore role its powers; restore its databases with --no-owner instead', {owner_lit};\n  \
+                 END IF;\nEND\n$pgvault$;\nGRANT {} TO {ident};\n",
+                pg::quote_ident(owner)
+            ));
         }
         return Ok(Script { server_wide, per_database: None });
     }
@@ -244,6 +254,7 @@ mod tests {
         let with_owner = GrantOptions { member_of: vec!["app_owner".into()], ..opts("pgvault_restore", true, false) };
         let s = script(&with_owner).unwrap();
         assert!(s.server_wide.ends_with("GRANT \"app_owner\" TO \"pgvault_restore\";\n"), "{}", s.server_wide);
+        assert!(s.server_wide.contains("rolsuper OR rolcreaterole"), "never a superuser's member: {}", s.server_wide);
         let backup_with_owner = GrantOptions { member_of: vec!["app_owner".into()], ..opts("b", false, false) };
         assert!(script(&backup_with_owner).is_err(), "--member-of needs --restore");
     }

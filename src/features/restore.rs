@@ -1387,35 +1387,59 @@ async fn choose_owner(
         (None, false, None, None) => OwnerChoice::NotApplied,
     };
     let Some(role) = choice.role() else { return Ok(choice) };
-    if !role_exists(admin, role).await? {
-        return Err(match &choice {
-            OwnerChoice::Mapped(_) => {
-                Error::permanent(format!("options.owner role {role:?} does not exist on server {server_name:?}"))
-            }
-            _ => Error::permanent(format!(
-                "the backup's database and objects belong to role {role:?}, which does not exist on server \
-                 {server_name:?}"
-            ))
-            .with_hint(
-                "restore the roles first (options.globals), give everything to an existing role (options.owner), or \
-                 restore with options.no_owner (everything then belongs to the restoring role)",
-            ),
-        });
+    if let OwnerChoice::Mapped(_) = &choice
+        && !role_exists(admin, role).await?
+    {
+        return Err(Error::permanent(format!("options.owner role {role:?} does not exist on server {server_name:?}")));
     }
-    if !login.has_role(admin, role, login.set_privilege).await? {
-        let me = &login.name;
+    // pg_restore gives every object back to its owner (unless no_owner or owner says otherwise):
+    // the login must be able to become each of them, or pg_restore would fail half-way.
+    let mut owners = vec![role.to_string()];
+    if let (OwnerChoice::Backup(_), Some(p)) = (&choice, &m.database_properties) {
+        owners.extend(p.object_owners.iter().cloned());
+    }
+    let mut missing = Vec::new();
+    let mut not_member = Vec::new();
+    for r in &owners {
+        if !role_exists(admin, r).await? {
+            missing.push(r.clone());
+        } else if !login.has_role(admin, r, login.set_privilege).await? {
+            not_member.push(r.clone());
+        }
+    }
+    if !missing.is_empty() {
         return Err(Error::permanent(format!(
-            "role {me:?} cannot give the restored database and its objects to {role:?} on server {server_name:?}: \
-             it is not a member of {role:?}"
+            "objects of the backup's database belong to {}, which do not exist on server {server_name:?}",
+            quoted_list(&missing)
+        ))
+        .with_hint(
+            "restore the roles first (options.globals), give everything to an existing role (options.owner), or \
+             restore with options.no_owner (everything then belongs to the restoring role)",
+        ));
+    }
+    if !not_member.is_empty() {
+        let me = &login.name;
+        let grants: Vec<String> =
+            not_member.iter().map(|r| format!("GRANT {} TO {};", quote_ident(r), quote_ident(me))).collect();
+        let flags: Vec<String> = not_member.iter().map(|r| format!("--member-of {r}")).collect();
+        return Err(Error::permanent(format!(
+            "role {me:?} cannot give the restored database and its objects to {} on server {server_name:?}: it is \
+             not a member of {}",
+            quoted_list(&not_member),
+            if not_member.len() == 1 { "that role" } else { "those roles" }
         ))
         .with_hint(format!(
-            "GRANT {} TO {} (`pgvault grant-sql --restore --role {me} --member-of {role}` prints it), or restore with \
-             options.no_owner (everything then belongs to {me:?})",
-            quote_ident(role),
-            quote_ident(me)
+            "{} (`pgvault grant-sql --restore --role {me} {}` prints it), or restore with options.no_owner \
+             (everything then belongs to {me:?})",
+            grants.join(" "),
+            flags.join(" ")
         )));
     }
     Ok(choice)
+}
+
+fn quoted_list(items: &[String]) -> String {
+    items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ")
 }
 
 async fn restore_database(
@@ -1489,11 +1513,6 @@ async fn restore_database(
             quote_ident(me)
         )));
     }
-    if let Some(owner) = &task.options.owner
-        && !role_exists(&admin, owner).await?
-    {
-        return Err(Error::permanent(format!("options.owner role {owner:?} does not exist on server {server_name:?}")));
-    }
     // Without globals to restore first, the owner's role must exist now: check before any work.
     let owner = match task.globals {
         None => Some(choose_owner(&admin, &login, task, m, previous_owner.as_deref(), server_name).await?),
@@ -1515,6 +1534,13 @@ async fn restore_database(
         }
         _ => None,
     };
+    if target_major >= 16 && props.is_some_and(|p| p.locale_provider == dbprops::LocaleProvider::Icu) {
+        // An ICU locale the target's ICU does not know must fail, not fall back to root rules.
+        admin
+            .batch_execute("SET icu_validation_level = error")
+            .await
+            .map_err(|e| pg::query_error("set icu_validation_level", e))?;
+    }
     let jobs = task.options.jobs.unwrap_or(1);
     let (method, method_reason) =
         choose_method(jobs, m.raw_bytes, free_space(&settings.restore_scratch_dir), settings.restore_scratch_reserve);
@@ -1552,6 +1578,17 @@ async fn restore_database(
     };
     let temp_spec = admin_spec.with_db(&temp);
     let restored = async {
+        // Closed while it is restored, and if it is kept after a failed swap: the privileges the
+        // database ends up with are set in the swap transaction.
+        admin
+            .batch_execute(&format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(&temp)))
+            .await
+            .map_err(|e| pg::query_error(&format!("close temporary database {temp:?}"), e))?;
+        // The locale as the target stored it (newer servers canonicalize ICU locale names).
+        let stored = match props {
+            Some(_) if locale.is_some() => Some(pg::database_properties(&admin, &temp, version_num).await?),
+            _ => None,
+        };
         let globals = match &task.globals {
             Some(g) => Some(restore_globals(ctx, server_name, g).await?),
             None => None,
@@ -1574,13 +1611,13 @@ async fn restore_database(
         feed_pg_restore(ctx, m, &tool.path, &temp_spec, args, method).await?;
         let checked = check_row_counts(&temp_spec, m).await?;
         wait_until_unused(&admin, &temp).await?;
-        Ok::<_, Error>((globals, owner, checked))
+        Ok::<_, Error>((globals, owner, checked, stored))
     }
     .await;
-    let (globals, owner) = match restored {
-        Ok((globals, owner, n)) => {
+    let (globals, owner, stored) = match restored {
+        Ok((globals, owner, n, stored)) => {
             report.tables_checked = n;
-            (globals, owner)
+            (globals, owner, stored)
         }
         Err(e) => {
             let dropped = drop_temp(&admin, &temp).await;
@@ -1600,15 +1637,30 @@ async fn restore_database(
     if m.row_counts.as_ref().is_none_or(|r| r.method != "exact") {
         report.notes.push("the manifest has no exact row counts: row counts were not compared".into());
     }
+    if let (Some(p), Some(s)) = (props, &stored)
+        && p.locale != s.locale
+    {
+        report.notes.push(format!(
+            "the ICU locale {:?} is stored as {:?} by PostgreSQL {target_major}",
+            p.locale.as_deref().unwrap_or(""),
+            s.locale.as_deref().unwrap_or("")
+        ));
+    }
 
-    // Put it in place: the properties, both renames and the owner in one transaction, checked
+    // Put it in place: the properties, the owner and both renames in one transaction, checked
     // before it commits. The target name never points at nothing, and a failure changes nothing.
     let now = OffsetDateTime::now_utc();
     let previous = (mode == Mode::Replace && exists).then(|| pre_restore_name(target, now));
     if let Some(p) = &previous
         && db_exists(&admin, p).await?
     {
-        return Err(swap_failed(&where_, &temp, &format!("database {p:?} (the name for the old copy) exists"), None));
+        return Err(swap_failed(
+            &where_,
+            &temp,
+            &format!("database {p:?} (the name for the old copy) exists"),
+            None,
+            &[],
+        ));
     }
     let facts = dbprops::TargetFacts {
         restorer: login.name.clone(),
@@ -1620,65 +1672,106 @@ async fn restore_database(
             .map(|r| r.get(0))
             .collect(),
     };
-    let plan = match props {
+    // A backup that records no properties (made before pgvault recorded them): in replace, the
+    // replaced database's privileges, settings and comment are the best there is.
+    let fallback = match (props, exists) {
+        (None, true) => Some(pg::database_properties(&admin, target, version_num).await?),
+        _ => None,
+    };
+    let applied_props = props.or(fallback.as_ref());
+    let plan = match applied_props {
         Some(p) => dbprops::plan_apply(p, &temp, target, &owner, task.options.no_privileges, &facts),
-        None => dbprops::ApplyPlan { owner: dbprops::owner_step(&owner, None, target), ..Default::default() },
+        None => {
+            // Nothing to go by: the owner as chosen, and the default privileges back.
+            let mut plan =
+                dbprops::ApplyPlan { owner: dbprops::owner_step(&owner, None, target), ..Default::default() };
+            let defaults = dbprops::DatabaseProperties {
+                owner: owner.role().unwrap_or(&login.name).to_string(),
+                ..dbprops::DatabaseProperties::empty()
+            };
+            let p = dbprops::plan_apply(&defaults, &temp, target, &dbprops::OwnerChoice::NotApplied, true, &facts);
+            plan.acl_role = owner.role().filter(|r| *r != login.name).map(String::from);
+            plan.acl = p.acl;
+            plan.expect_acl = dbprops::default_privileges(owner.role().unwrap_or(&login.name));
+            plan
+        }
     };
     let mut props_report = dbprops::PropertiesReport { skipped: plan.skipped.clone(), ..Default::default() };
+    let mut renames = Vec::new();
+    if let Some(p) = &previous {
+        renames.push(format!("ALTER DATABASE {} RENAME TO {}", quote_ident(target), quote_ident(p)));
+    }
+    renames.push(format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&temp), quote_ident(target)));
+    let finish = plan.sql(&renames);
     let tx = admin.transaction().await.map_err(|e| pg::query_error("begin the swap transaction", e))?;
     let swapped = async {
         let mut tx = tx;
+        let sql_err = |e: tokio_postgres::Error| (redact(&pg::error_text(&e)), Some(e));
         let mut applied_checks = Vec::new();
         for step in &plan.steps {
-            if step.required {
-                tx.batch_execute(&step.sql).await.map_err(|e| (step_error(&step.what, &e), Some(e)))?;
-            } else {
-                let sp = tx.savepoint("pgvault_property").await.map_err(|e| (redact(&pg::error_text(&e)), Some(e)))?;
-                match sp.batch_execute(&step.sql).await {
-                    Ok(()) => {
-                        sp.commit().await.map_err(|e| (redact(&pg::error_text(&e)), Some(e)))?;
-                        applied_checks.push(&step.check);
+            let sp = tx.savepoint("pgvault_property").await.map_err(sql_err)?;
+            match sp.batch_execute(&step.sql).await {
+                Ok(()) => {
+                    sp.commit().await.map_err(sql_err)?;
+                    applied_checks.push(&step.check);
+                    props_report.applied.push(step.what.clone());
+                }
+                Err(e) => {
+                    let mut reason = redact(&pg::error_text(&e));
+                    if let dbprops::Check::Setting(s) = &step.check
+                        && e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+                    {
+                        reason.push_str(&format!(
+                            " (on PostgreSQL 15+ an admin may `GRANT SET ON PARAMETER {} TO {}`)",
+                            s.name,
+                            quote_ident(&login.name)
+                        ));
                     }
-                    Err(e) => {
-                        let reason = redact(&pg::error_text(&e));
-                        sp.rollback().await.map_err(|e| (redact(&pg::error_text(&e)), Some(e)))?;
-                        props_report.skipped.push(dbprops::Skipped { what: step.what.clone(), reason });
-                        continue;
-                    }
+                    sp.rollback().await.map_err(sql_err)?;
+                    props_report.skipped.push(dbprops::Skipped { what: step.what.clone(), reason });
                 }
             }
-            props_report.applied.push(step.what.clone());
         }
-        if let Some(p) = &previous {
-            let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(target), quote_ident(p));
-            tx.batch_execute(&sql).await.map_err(|e| (rename_error(&e), Some(e)))?;
+        for sql in &renames {
+            tx.batch_execute(sql).await.map_err(|e| (rename_error(&e), Some(e)))?;
         }
-        let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&temp), quote_ident(target));
-        tx.batch_execute(&sql).await.map_err(|e| (rename_error(&e), Some(e)))?;
         if let Some(step) = &plan.owner {
             tx.batch_execute(&step.sql).await.map_err(|e| (step_error(&step.what, &e), Some(e)))?;
             props_report.applied.push(step.what.clone());
         }
-        if let Some(p) = props {
-            let actual = dbprops::read(&tx, target, version_num).await.map_err(|e| (e.to_string(), None))?;
-            let expected_owner = owner.role().unwrap_or(&login.name);
-            let locale_applied = locale.is_some();
-            let diffs = dbprops::compare(p, &plan, &applied_checks, locale_applied, expected_owner, &actual);
-            if !diffs.is_empty() {
-                return Err((
-                    format!("the database's properties did not come out as planned: {}", diffs.join("; ")),
-                    None,
-                ));
-            }
-            props_report.checked = true;
+        // The privileges as the owner: its grants, with itself as grantor, as in the source.
+        if let Some(r) = &plan.acl_role {
+            tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(r))).await.map_err(sql_err)?;
         }
-        tx.commit().await.map_err(|e| (redact(&pg::error_text(&e)), Some(e)))?;
+        for step in &plan.acl {
+            tx.batch_execute(&step.sql).await.map_err(|e| (step_error(&step.what, &e), Some(e)))?;
+            props_report.applied.push(step.what.clone());
+        }
+        if plan.acl_role.is_some() {
+            tx.batch_execute("RESET ROLE").await.map_err(sql_err)?;
+        }
+        let actual = pg::database_properties(&tx, target, version_num).await.map_err(|e| (e.to_string(), None))?;
+        let expected_owner = owner.role().unwrap_or(&login.name);
+        let empty = dbprops::DatabaseProperties::empty();
+        let diffs = dbprops::compare(
+            applied_props.unwrap_or(&empty),
+            stored.as_ref(),
+            &plan,
+            &applied_checks,
+            expected_owner,
+            &actual,
+        );
+        if !diffs.is_empty() {
+            return Err((format!("the database's properties did not come out as planned: {}", diffs.join("; ")), None));
+        }
+        props_report.checked = true;
+        tx.commit().await.map_err(sql_err)?;
         Ok::<_, (String, Option<tokio_postgres::Error>)>(())
     }
     .await;
     if let Err((why, e)) = swapped {
         // Dropping the transaction rolled it back; nothing was renamed.
-        return Err(swap_failed(&where_, &temp, &why, e.as_ref()));
+        return Err(swap_failed(&where_, &temp, &why, e.as_ref(), &finish));
     }
     report.previous_kept_as = previous.clone();
     if mode == Mode::Replace && !exists {
@@ -1687,21 +1780,27 @@ async fn restore_database(
     if let Some(p) = &previous {
         report.notes.push(format!("the old database is kept as {p:?}, with its own properties"));
     }
-    match (props, &locale) {
-        (None, _) => report.notes.push(
+    match (props, &locale, &fallback) {
+        (None, _, Some(_)) => report.notes.push(
             "the backup's manifest does not record the database's own properties (it was made before pgvault \
-             recorded them): the encoding and locale are the target server's defaults, and the database's \
-             privileges, settings and comment were not restored"
+             recorded them): the encoding and locale are the target server's defaults, and the owner, privileges, \
+             settings and comment are the replaced database's"
                 .into(),
         ),
-        (Some(p), None) => props_report.skipped.insert(
+        (None, _, None) => report.notes.push(
+            "the backup's manifest does not record the database's own properties (it was made before pgvault \
+             recorded them): the encoding and locale are the target server's defaults, the database belongs to the \
+             restoring role (or options.owner), and it has the default privileges, no settings and no comment"
+                .into(),
+        ),
+        (Some(p), None, _) => props_report.skipped.insert(
             0,
             dbprops::Skipped {
                 what: format!("encoding and locale ({})", p.describe_locale()),
                 reason: "not applied: default_locale was asked for (the target server's defaults)".into(),
             },
         ),
-        (Some(p), Some(_)) => props_report.applied.insert(0, p.describe_locale()),
+        (Some(p), Some(_), _) => props_report.applied.insert(0, p.describe_locale()),
     }
     report.properties = Some(props_report);
     tracing::info!(task = %task.task_id, backup = %m.id, target = %target, previous = ?previous, "restored database is in place");
@@ -1725,29 +1824,30 @@ fn rename_error(e: &tokio_postgres::Error) -> String {
 
 /// The copy was restored and verified but could not be put in place. The HINT follows the
 /// cause: sessions on the old database, a missing privilege, or anything else.
-fn swap_failed(where_: &str, temp: &str, why: &str, cause: Option<&tokio_postgres::Error>) -> Error {
+fn swap_failed(where_: &str, temp: &str, why: &str, cause: Option<&tokio_postgres::Error>, finish: &[String]) -> Error {
     use tokio_postgres::error::SqlState;
     let code = cause.and_then(|e| e.code());
-    let hint = if code == Some(&SqlState::OBJECT_IN_USE) {
-        format!(
-            "end the sessions that hold the database and rename {temp:?} yourself, or drop it and post the request \
-             again with a new request_id"
-        )
+    let first = if code == Some(&SqlState::OBJECT_IN_USE) {
+        "end the sessions that hold the database"
     } else if code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
-        format!(
-            "the restoring role lacks a privilege the swap needs (see the reason): grant it, then rename {temp:?} \
-             yourself, or drop it and post the request again with a new request_id"
-        )
+        "grant the restoring role the privilege the reason names"
     } else {
-        format!(
-            "rename {temp:?} yourself once the cause is fixed, or drop it and post the request again with a new request_id"
-        )
+        "fix the cause"
+    };
+    // Renaming the copy alone would give a database without the backup's owner, privileges and
+    // settings (it is closed to PUBLIC meanwhile): the whole swap, as pgvault would have run it.
+    let finish = if finish.is_empty() {
+        format!("rename {temp:?}")
+    } else {
+        format!("run in one transaction: BEGIN; {}; COMMIT;", finish.join("; "))
     };
     Error::permanent(format!(
         "the backup was restored and verified, but could not be put in place as {where_}: {why}; the restored copy \
          is kept as database {temp:?}"
     ))
-    .with_hint(hint)
+    .with_hint(format!(
+        "{first}, then finish by hand ({finish}), or drop {temp:?} and post the request again with a new request_id"
+    ))
 }
 
 /// Keep the last 64 KiB of a tool's stderr.
@@ -1823,7 +1923,16 @@ fn pg_restore_verdict(status: std::process::ExitStatus, stderr: &str) -> Result<
     {
         // Objects in the archive belong to a role the restoring login may not become.
         e.with_hint(
-            "make the restoring role a member of the objects' owner (`pgvault grant-sql --restore --member-of R`),              or restore with options.no_owner / options.owner",
+            "make the restoring role a member of the objects' owner (`pgvault grant-sql --restore --role <restore \
+             role> --member-of <owner>`), or restore with options.no_owner / options.owner",
+        )
+    } else if lower.contains("permission denied for schema") || lower.contains("permission denied for database") {
+        // A non-superuser pg_restore gives each object its owner as it creates it, and PostgreSQL
+        // then wants that owner to hold CREATE on the schema (or database) already; the archive
+        // grants it only later, with the other privileges.
+        e.with_hint(
+            "an object's owner lacks CREATE on its schema while pg_restore gives it the object (the archive grants \
+             it later): restore with options.no_owner, or as an admin role",
         )
     } else {
         e

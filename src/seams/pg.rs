@@ -294,10 +294,7 @@ WHERE c.relkind = 'r'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 ORDER BY 1, 2";
 
-/// Quote an identifier for SQL.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub use crate::domain::sql::quote_ident;
 
 // ---- tools -----------------------------------------------------------------------------------
 
@@ -374,6 +371,132 @@ pub async fn pick_tool(tool: &str, dirs: &[PathBuf], min_major: u32, for_what: &
     .with_hint(format!(
         "install PostgreSQL {min_major}+ client tools and list their bin directory in PGVAULT_PG_BIN_DIRS"
     )))
+}
+
+// ---- a database's own properties -----------------------------------------------------------
+
+/// Read database `datname`'s properties. At backup time this runs in the transaction whose
+/// snapshot pg_dump dumps, so the properties and the dump describe the same moment (`pg_database`
+/// and `pg_db_role_setting` are read through the transaction's snapshot like any table).
+pub async fn database_properties(
+    client: &impl tokio_postgres::GenericClient,
+    datname: &str,
+    version_num: u32,
+) -> Result<crate::domain::dbprops::DatabaseProperties> {
+    use crate::domain::dbprops::{AclItem, LocaleProvider, SecurityLabel, Setting};
+    let major = major_of(version_num);
+    let provider = if major >= 15 { "d.datlocprovider::text" } else { "'c'" };
+    let locale = match major {
+        17.. => "d.datlocale",
+        15 | 16 => "d.daticulocale",
+        _ => "NULL::text",
+    };
+    let rules = if major >= 16 { "d.daticurules" } else { "NULL::text" };
+    let sql = format!(
+        "SELECT pg_encoding_to_char(d.encoding)::text, {provider}, d.datcollate::text, d.datctype::text, \
+         {locale}, {rules}, pg_get_userbyid(d.datdba)::text, d.datacl IS NULL, d.datconnlimit, t.spcname::text, \
+         shobj_description(d.oid, 'pg_database') \
+         FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = $1"
+    );
+    let what = format!("read the properties of database {datname:?}");
+    let row = client
+        .query_opt(&sql, &[&datname])
+        .await
+        .map_err(|e| query_error(&what, e))?
+        .ok_or_else(|| Error::permanent(format!("{what}: no such database")))?;
+    let acl_is_null: bool = row.get(7);
+    let acl = if acl_is_null {
+        None
+    } else {
+        let rows = client
+            .query(
+                "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
+                 pg_get_userbyid(a.grantor)::text, a.privilege_type, a.is_grantable \
+                 FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
+                &[&datname],
+            )
+            .await
+            .map_err(|e| query_error(&what, e))?;
+        let mut items: Vec<AclItem> = rows
+            .iter()
+            .map(|r| AclItem { grantee: r.get(0), grantor: r.get(1), privilege: r.get(2), grantable: r.get(3) })
+            .collect();
+        items.sort();
+        Some(items)
+    };
+    let rows = client
+        .query(
+            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole)::text END, c.setting \
+             FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, \
+             unnest(s.setconfig) WITH ORDINALITY AS c(setting, n) WHERE d.datname = $1 ORDER BY 1 NULLS FIRST, c.n",
+            &[&datname],
+        )
+        .await
+        .map_err(|e| query_error(&what, e))?;
+    let settings = rows
+        .iter()
+        .filter_map(|r| {
+            let role: Option<String> = r.get(0);
+            let text: String = r.get(1);
+            let (name, value) = text.split_once('=')?;
+            Some(Setting { role, name: name.to_string(), value: value.to_string() })
+        })
+        .collect();
+    let rows = client
+        .query(
+            "SELECT l.provider, l.label FROM pg_shseclabel l JOIN pg_database d ON d.oid = l.objoid \
+             WHERE l.classoid = 'pg_database'::regclass AND d.datname = $1 ORDER BY 1",
+            &[&datname],
+        )
+        .await
+        .map_err(|e| query_error(&what, e))?;
+    let security_labels = rows.iter().map(|r| SecurityLabel { provider: r.get(0), label: r.get(1) }).collect();
+    // Owners of the database's own objects (oids from FirstNormalObjectId on: not the system's).
+    // Only meaningful in the database itself, which is where the backup reads it.
+    let rows = client
+        .query(
+            "SELECT DISTINCT pg_get_userbyid(o)::text FROM ( \
+               SELECT nspowner AS o FROM pg_namespace WHERE oid >= 16384 \
+               UNION SELECT relowner FROM pg_class WHERE oid >= 16384 \
+               UNION SELECT proowner FROM pg_proc WHERE oid >= 16384 \
+               UNION SELECT typowner FROM pg_type WHERE oid >= 16384 \
+               UNION SELECT collowner FROM pg_collation WHERE oid >= 16384 \
+               UNION SELECT conowner FROM pg_conversion WHERE oid >= 16384 \
+               UNION SELECT oprowner FROM pg_operator WHERE oid >= 16384 \
+               UNION SELECT opfowner FROM pg_opfamily WHERE oid >= 16384 \
+               UNION SELECT opcowner FROM pg_opclass WHERE oid >= 16384 \
+               UNION SELECT extowner FROM pg_extension WHERE oid >= 16384 \
+               UNION SELECT lomowner FROM pg_largeobject_metadata \
+               UNION SELECT pubowner FROM pg_publication \
+               UNION SELECT evtowner FROM pg_event_trigger \
+               UNION SELECT fdwowner FROM pg_foreign_data_wrapper WHERE oid >= 16384 \
+               UNION SELECT srvowner FROM pg_foreign_server \
+               UNION SELECT stxowner FROM pg_statistic_ext \
+               UNION SELECT dictowner FROM pg_ts_dict WHERE oid >= 16384 \
+               UNION SELECT cfgowner FROM pg_ts_config WHERE oid >= 16384 \
+             ) owners ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(&what, e))?;
+    let owner: String = row.get(6);
+    let object_owners = rows.iter().map(|r| r.get::<_, String>(0)).filter(|o| *o != owner).collect();
+    Ok(crate::domain::dbprops::DatabaseProperties {
+        encoding: row.get(0),
+        locale_provider: LocaleProvider::from_catalog(row.get::<_, String>(1).as_str())?,
+        collate: row.get(2),
+        ctype: row.get(3),
+        locale: row.get::<_, Option<String>>(4).filter(|s| !s.is_empty()),
+        icu_rules: row.get::<_, Option<String>>(5).filter(|s| !s.is_empty()),
+        owner,
+        acl,
+        connection_limit: row.get(8),
+        tablespace: row.get(9),
+        settings,
+        comment: row.get(10),
+        security_labels,
+        object_owners,
+    })
 }
 
 #[cfg(test)]
