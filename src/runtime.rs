@@ -2,17 +2,20 @@
 //! so `pgvault serve` can bind its port first and build this right after.
 
 use crate::azure::{self, CredentialKind, RetrySettings};
+use crate::config::context::Ctx;
+use crate::config::secrets::SettingsSecrets;
 use crate::config::settings::{IdentitySettings, Settings, StorageSettings};
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::{BACKUP_JOBS_QUEUE, rejected_queue};
-use crate::features::backup::Ctx;
 use crate::features::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
-use crate::seams::credentials::SettingsSecrets;
 use crate::seams::progress;
 use crate::seams::queue::JobQueue;
 use crate::seams::store::BlobStore;
 use crate::seams::store::local::LocalStore;
+use azure_core::credentials::TokenCredential;
+use azure_core::http::ClientOptions;
 use std::sync::Arc;
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 /// The queues pgvault sends to or that the host reads; `pgvault init` creates them.
@@ -32,19 +35,7 @@ impl Runtime {
         let needs_azure = matches!(settings.storage, StorageSettings::Azure { .. })
             || settings.queue_service_uri.is_some()
             || cloud_credentials;
-        let azure = if needs_azure {
-            let options = azure::client_options(settings.ca_file.as_deref(), &RetrySettings::default())?;
-            let kind = match &settings.identity {
-                IdentitySettings::ManagedIdentity { client_id } => {
-                    CredentialKind::ManagedIdentity { client_id: client_id.clone() }
-                }
-                IdentitySettings::AzureCli => CredentialKind::AzureCli,
-            };
-            let credential = azure::credential(&kind, &options)?;
-            Some((credential, options))
-        } else {
-            None
-        };
+        let azure = if needs_azure { Some(azure_parts(&settings, &RetrySettings::default())?) } else { None };
         let mut azure_store = None;
         let store: Arc<dyn BlobStore> = match &settings.storage {
             StorageSettings::Local { dir } => {
@@ -101,4 +92,91 @@ impl Runtime {
         }
         Ok(done)
     }
+}
+
+// ---- pgBackRest SAS rotation: its Azure parts, composed here like everything else ----------
+
+/// Credential and client options from the settings.
+pub fn azure_parts(settings: &Settings, retry: &RetrySettings) -> Result<(Arc<dyn TokenCredential>, ClientOptions)> {
+    let options = azure::client_options(settings.ca_file.as_deref(), retry)?;
+    let kind = match &settings.identity {
+        IdentitySettings::ManagedIdentity { client_id } => {
+            CredentialKind::ManagedIdentity { client_id: client_id.clone() }
+        }
+        IdentitySettings::AzureCli => CredentialKind::AzureCli,
+    };
+    let credential = azure::credential(&kind, &options)?;
+    Ok((credential, options))
+}
+
+/// Rotation (and optionally freshness) over the settings' targets: the function and the CLI.
+pub async fn rotate_pgbackrest(
+    settings: &Settings,
+    records: Option<&dyn BlobStore>,
+    target: Option<&str>,
+    with_freshness: bool,
+) -> Result<(serde_json::Value, bool)> {
+    let targets = crate::features::pgbackrest::pick(settings, target)?;
+    let (credential, options) = azure_parts(settings, &RetrySettings::default())?;
+    let keys = azure::pgbackrest::AzureDelegationKeys::new(credential.clone(), options.clone());
+    let vault = azure::pgbackrest::AzureTokenVault::new(credential.clone(), options.clone());
+    let arm = azure::arm::ArmRunCommands::new(&settings.arm_endpoint, credential.clone(), &options)?;
+    let r = crate::features::pgbackrest::Rotator {
+        keys: &keys,
+        vault: &vault,
+        run_commands: Some(&arm as &dyn crate::features::pgbackrest::run_command::RunCommands),
+        records,
+    };
+    let now = OffsetDateTime::now_utc();
+    let results = crate::features::pgbackrest::rotate_all(&r, &targets, now).await;
+    let mut ok = results.iter().all(|v| v["ok"] == serde_json::json!(true) || v["action"] == "skip");
+    let mut fresh = Vec::new();
+    if with_freshness {
+        for t in targets.iter().filter(|t| !t.stanzas.is_empty()) {
+            let v = freshness_one(t, credential.clone(), options.clone(), records, now).await;
+            ok &= v["ok"] == serde_json::json!(true);
+            fresh.push(v);
+        }
+    }
+    Ok((serde_json::json!({"rotation": results, "freshness": fresh}), ok))
+}
+
+async fn freshness_one(
+    t: &crate::domain::pgbackrest_target::Target,
+    credential: Arc<dyn TokenCredential>,
+    options: ClientOptions,
+    records: Option<&dyn BlobStore>,
+    now: OffsetDateTime,
+) -> serde_json::Value {
+    match azure::AzureBlobStore::new(&t.blob_endpoint, &t.container, credential, options).await {
+        Ok(store) => crate::features::pgbackrest::freshness::check(&store, t, records, now).await,
+        Err(e) => {
+            tracing::error!(target_name = %t.name, error = %e, "cannot open the pgBackRest container");
+            serde_json::json!({"target": t.name, "ok": false, "error": e.to_string()})
+        }
+    }
+}
+
+/// Freshness of one target's stanzas, with the settings' identity (`pgvault pgbackrest-sas
+/// freshness`).
+pub async fn pgbackrest_freshness(
+    settings: &Settings,
+    t: &crate::domain::pgbackrest_target::Target,
+    records: Option<&dyn BlobStore>,
+    now: time::OffsetDateTime,
+) -> Result<serde_json::Value> {
+    let (credential, options) = azure_parts(settings, &RetrySettings::default())?;
+    Ok(freshness_one(t, credential, options, records, now).await)
+}
+
+/// The VM side's Key Vault reader (`pgvault pgbackrest-sas sync`): a few quick retries, since the
+/// timer runs again soon and a failure must not hang.
+pub fn vm_cloud_secrets(settings: &Settings) -> Result<Arc<dyn crate::seams::credentials::CloudSecrets>> {
+    let retry = RetrySettings {
+        max_retries: 2,
+        initial_delay: std::time::Duration::from_millis(500),
+        max_delay: std::time::Duration::from_secs(2),
+    };
+    let (credential, options) = azure_parts(settings, &retry)?;
+    Ok(Arc::new(azure::AzureCloudSecrets::new(credential, options)))
 }

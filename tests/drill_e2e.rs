@@ -65,7 +65,7 @@ async fn drills_prove_good_backups_and_fail_loudly_on_a_corrupted_one() {
     let mut data = store.get(&newest.data_blob).await.unwrap().to_vec();
     let at = newest.blocks[0].size as usize + 5;
     data[at] ^= 0x01;
-    let id = pgvault::features::backup::block_id(0);
+    let id = pgvault::seams::store::block_id(0);
     store.stage_block(&newest.data_blob, &id, Bytes::from(data)).await.unwrap();
     store.commit_blocks(&newest.data_blob, &[id], &Default::default()).await.unwrap();
 

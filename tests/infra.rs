@@ -665,7 +665,7 @@ fn example_parameters_name_real_parameters_and_a_valid_inventory() {
     assert_eq!(settings.inventory.len(), 2);
     // Its schedule is one pgvault accepts, too.
     let schedule = v["parameters"]["backupSchedule"]["value"].as_str().unwrap();
-    pgvault::domain::jobs::parse_ncrontab(schedule).unwrap();
+    pgvault::domain::schedule::parse_ncrontab(schedule).unwrap();
 }
 
 // ---- platform rules no parser checks (issue 17: a deployment that succeeds on the first try,

@@ -8,12 +8,13 @@ mod app;
 mod support;
 
 use app::Stack;
-use pgvault::azure::arm::{ArmRunCommands, RunCommands};
+use pgvault::azure::arm::ArmRunCommands;
 use pgvault::azure::pgbackrest::{AzureDelegationKeys, AzureTokenVault};
 use pgvault::azure::{RetrySettings, client_options};
+use pgvault::domain::pgbackrest_target::{Policy, parse_targets};
 use pgvault::domain::secret::Secret;
 use pgvault::features::pgbackrest::plan::{self, Action, TokenState};
-use pgvault::features::pgbackrest::target::{Policy, parse_targets};
+use pgvault::features::pgbackrest::run_command::RunCommands;
 use pgvault::features::pgbackrest::{DelegationKeys, TokenVault, include, token};
 use serde_json::{Value, json};
 use std::os::unix::fs::MetadataExt;

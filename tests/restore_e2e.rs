@@ -196,7 +196,7 @@ async fn a_corrupt_block_fails_the_restore_before_pg_restore_and_changes_nothing
     let mut ids = Vec::new();
     let mut off = 0usize;
     for (i, b) in m.blocks.iter().enumerate() {
-        let id = pgvault::features::backup::block_id(i);
+        let id = pgvault::seams::store::block_id(i);
         store
             .stage_block(&m.data_blob, &id, bytes::Bytes::copy_from_slice(&data[off..off + b.size as usize]))
             .await

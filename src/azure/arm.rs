@@ -20,7 +20,8 @@
 //! the VM, or a custom role with just those actions).
 
 use crate::domain::error::{Error, Result};
-use crate::domain::secret::{Secret, redact};
+use crate::domain::secret::redact;
+use crate::features::pgbackrest::run_command::{RunCommandRequest, RunCommandResult, RunCommands};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, Context, Method, Request, Transport, Url};
@@ -30,36 +31,7 @@ use std::time::Duration;
 
 pub const API_VERSION: &str = "2024-07-01";
 pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
-pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
-
-/// One run command to execute on a VM.
-#[derive(Debug, Clone)]
-pub struct RunCommandRequest {
-    pub vm_resource_id: String,
-    pub location: String,
-    /// The run command resource's name.
-    pub name: String,
-    /// A shell script.
-    pub script: String,
-    pub parameters: Vec<(String, String)>,
-    /// Environment variables of the script that ARM never returns (the SAS).
-    pub protected_parameters: Vec<(String, Secret)>,
-    pub timeout: Duration,
-}
-
-/// How a run command ended on the VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunCommandResult {
-    pub exit_code: Option<i64>,
-    /// The script's stdout, redacted.
-    pub output: String,
-}
-
-/// Run a command on a VM and wait for it. Errors name the VM and say what ARM answered.
-#[async_trait]
-pub trait RunCommands: Send + Sync {
-    async fn run(&self, req: &RunCommandRequest) -> Result<RunCommandResult>;
-}
+pub use crate::config::settings::DEFAULT_ARM_ENDPOINT;
 
 pub struct ArmRunCommands {
     endpoint: Url,

@@ -2,9 +2,9 @@
 //! the token secrets (Key Vault, read and write) with the function's managed identity.
 
 use super::keyvault::{is_loopback, vault_error};
-use super::sas::DelegationKey;
 use super::{Service, sdk_error};
 use crate::domain::error::{Error, Result};
+use crate::domain::sas::DelegationKey;
 use crate::domain::secret::{Secret, redact};
 use crate::features::pgbackrest::plan::TokenState;
 use crate::features::pgbackrest::{DelegationKeys, NewToken, StoredToken, TokenVault};

@@ -2,6 +2,7 @@
 
 pub mod hostsim;
 pub mod monitor;
+pub mod pgbackrest;
 
 use crate::domain::error::{Error, Result};
 use crate::features::backup::Outcome;
@@ -110,7 +111,7 @@ pub enum Command {
     HostSim(HostSim),
     /// SAS for VM-hosted pgBackRest: rotate, freshness (operator); sync, doctor (on the VM).
     #[command(subcommand, name = "pgbackrest-sas")]
-    PgbackrestSas(crate::features::pgbackrest::commands::PgbackrestSas),
+    PgbackrestSas(crate::cli::pgbackrest::PgbackrestSas),
     /// Print, or apply, the least-privilege SQL for pgvault's database role.
     GrantSql {
         /// The role pgvault logs in as.
@@ -194,9 +195,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(settings).await,
         // Runs on a VM: no backup store, no queues.
-        Command::PgbackrestSas(c) if c.is_vm_side() => {
-            crate::features::pgbackrest::commands::run_vm(&settings, c).await
-        }
+        Command::PgbackrestSas(c) if c.is_vm_side() => crate::cli::pgbackrest::run_vm(&settings, c).await,
         other => {
             let cancel = CancellationToken::new();
             let c = cancel.clone();
@@ -338,7 +337,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             restore_now(&rt, *args).await.map_err(|e| if flags { e.reworded(flag_words) } else { e })
         }
         Command::PgbackrestSas(c) => {
-            crate::features::pgbackrest::commands::run(&rt.ctx.settings, Some(rt.ctx.store.as_ref()), c).await
+            crate::cli::pgbackrest::run(&rt.ctx.settings, Some(rt.ctx.store.as_ref()), c).await
         }
         Command::Jobs { kind, id, failed, since, server, summary, json } => {
             let now = time::OffsetDateTime::now_utc();

@@ -1,38 +1,16 @@
 //! The CLI side of retention, holds, drills and the jobs summary: printing only; the work is in
 //! [`crate::features::retention`], [`crate::features::holds`], [`crate::features::drill`] and [`crate::features::report`].
 
+use crate::config::context::Ctx;
 use crate::domain::error::Result;
-use crate::features::backup::Ctx;
 use crate::features::report::{self as monitor, DbSummary, Filter};
 use crate::features::retention;
 use crate::monitor::records::{JobKind, Status};
 use std::process::ExitCode;
 use time::OffsetDateTime;
 
-/// One run of retention (the `retention` timer does the same, then checks RPO): plan, print,
-/// and unless `dry_run` execute, with a job record of kind `retention`.
-pub async fn run_retention(ctx: &Ctx, dry_run: bool, server: Option<&str>, trigger: &str) -> Result<serde_json::Value> {
-    let now = OffsetDateTime::now_utc();
-    let plans = retention::plan_store(&ctx.settings, ctx.store.as_ref(), server, now).await?;
-    if dry_run {
-        return Ok(serde_json::json!({ "dry_run": true, "plans": plans }));
-    }
-    let mut rec = monitor::start_record(JobKind::Retention, server.unwrap_or("*"), "retention", trigger);
-    crate::monitor::records::put_logged(ctx.store.as_ref(), &rec).await;
-    let result = retention::execute(ctx.store.as_ref(), &plans).await;
-    let pruned = monitor::prune_records(ctx.store.as_ref(), ctx.settings.job_record_days, now).await;
-    let outcome = match (&result, &pruned) {
-        (Ok(done), Ok(n)) => Ok(serde_json::json!({ "executed": done, "job_records_pruned": n })),
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-    };
-    monitor::finish_record(ctx, &mut rec, outcome).await;
-    let done = result?;
-    pruned?;
-    Ok(serde_json::json!({ "dry_run": false, "plans": plans, "executed": done, "job": rec.id }))
-}
-
 pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result<ExitCode> {
-    let v = run_retention(ctx, dry_run, server, "cli").await?;
+    let v = retention::run(ctx, dry_run, server, "cli").await?;
     let plans: Vec<serde_json::Value> = serde_json::from_value(v["plans"].clone()).unwrap_or_default();
     let executed = &v["executed"];
     let listed = |key: &str| -> Vec<String> {

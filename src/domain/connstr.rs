@@ -9,7 +9,7 @@
 //! Nothing here ever puts text from the secret into an error: a parse error names at most a
 //! keyword pgvault knows (never an unknown one, which could be a piece of a password).
 
-use crate::config::settings::TlsMode;
+use crate::domain::inventory::TlsMode;
 use crate::domain::secret::Secret;
 
 /// What a connection-string secret says about the login.

@@ -3,9 +3,10 @@
 //! A backup job is one JSON message on `backup-jobs`. The scheduler turns the inventory and each
 //! server's database list into jobs with the pure function [`plan_backups`].
 
-use crate::config::settings::Server;
 use crate::domain::error::{Error, Result};
+use crate::domain::inventory::Server;
 use crate::domain::layout::BackupKind;
+pub use crate::domain::schedule::parse_ncrontab;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -129,29 +130,13 @@ pub fn plan_backups(server: &Server, databases: &[String], now: OffsetDateTime, 
     jobs
 }
 
-/// Parse an NCRONTAB expression as the Functions timer trigger reads it: six fields,
-/// `{second} {minute} {hour} {day} {month} {day-of-week}`, in UTC.
-pub fn parse_ncrontab(expr: &str) -> Result<croner::Cron> {
-    if expr.split_whitespace().count() != 6 {
-        return Err(Error::permanent(format!(
-            "{expr:?} is not an NCRONTAB expression: it needs six fields, {{second}} {{minute}} {{hour}} {{day}} {{month}} {{day-of-week}}"
-        )));
-    }
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .year(croner::parser::Year::Disallowed)
-        .build()
-        .parse(expr)
-        .map_err(|e| Error::permanent(format!("{expr:?} is not a valid NCRONTAB expression: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
 
     fn server(include: &[&str], exclude: &[&str]) -> Server {
-        crate::config::settings::parse_inventory(&format!(
+        crate::domain::inventory::parse_inventory(&format!(
             r#"[{{"name":"s","host":"h","user":"u","include":{},"exclude":{}}}]"#,
             serde_json::to_string(include).unwrap(),
             serde_json::to_string(exclude).unwrap()

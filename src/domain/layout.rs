@@ -152,8 +152,8 @@ pub fn extension(kind: BackupKind, compressed_by_pgvault: bool) -> &'static str 
 
 /// Blob index tags. Values are encoded segments, which Azure's tag character set
 /// (`a-z A-Z 0-9 space + - . / : = _`) accepts.
-pub fn tags(kind: BackupKind, server: &str, database: &str, role: &str) -> crate::seams::store::Tags {
-    let mut t = crate::seams::store::Tags::new();
+pub fn tags(kind: BackupKind, server: &str, database: &str, role: &str) -> Tags {
+    let mut t = Tags::new();
     t.insert("pgvault".into(), role.into());
     t.insert("kind".into(), kind.as_str().into());
     t.insert("server".into(), encode_segment(server));
@@ -162,6 +162,48 @@ pub fn tags(kind: BackupKind, server: &str, database: &str, role: &str) -> crate
         t.insert("database".into(), encode_segment(database));
     }
     t
+}
+
+/// Blob index tags (Azure) or their local equivalent: small key/value strings, set at commit.
+pub type Tags = std::collections::BTreeMap<String, String>;
+
+/// A blob's access tier (Azure). Ordered from the most to the least readily available: a move
+/// to a later tier is "colder"; Archive is offline until rehydrated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Hot,
+    Cool,
+    Cold,
+    Archive,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Cool => "cool",
+            Tier::Cold => "cold",
+            Tier::Archive => "archive",
+        }
+    }
+
+    /// Case-insensitive: `hot`, `cool`, `cold`, `archive` (Azure answers `Hot`, `Cool`, ...).
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s.to_ascii_lowercase().as_str() {
+            "hot" => Some(Tier::Hot),
+            "cool" => Some(Tier::Cool),
+            "cold" => Some(Tier::Cold),
+            "archive" => Some(Tier::Archive),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,13 @@
 pub mod connstr;
 pub mod dbprops;
 pub mod error;
+pub mod inventory;
 pub mod jobs;
 pub mod layout;
 pub mod manifest;
+pub mod pgbackrest_target;
+pub mod policy;
+pub mod sas;
+pub mod schedule;
 pub mod secret;
 pub mod sql;

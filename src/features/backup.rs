@@ -6,18 +6,16 @@
 //! the commit. Memory is about `(blocks_in_flight + 2) x block size` plus zstd's workers (about
 //! 8 MiB each with 2 MiB jobs), whatever the database size.
 
-use crate::config::settings::{RowCountMode, Settings};
+use crate::config::settings::RowCountMode;
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
 use crate::domain::layout::{self, BackupKind};
 use crate::domain::manifest::{self, Block, Compression, Manifest, RowCounts, TableCount, Tool};
 use crate::domain::secret::redact;
-use crate::seams::credentials::SecretSource;
-use crate::seams::pg::{self, ConnSpec};
-use crate::seams::progress::{self, Progress};
+use crate::seams::pg::{self};
+use crate::seams::progress::Progress;
 use crate::seams::store::{BlobStore, CreateOutcome, MAX_BLOCK_SIZE, MAX_BLOCKS};
 use backon::{ExponentialBuilder, Retryable};
-use base64::Engine;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -28,46 +26,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// What every operation needs: settings, the store, the secret source, how to show progress,
-/// and the token that says "stop" (SIGTERM).
-#[derive(Clone)]
-pub struct Ctx {
-    pub settings: Arc<Settings>,
-    pub store: Arc<dyn BlobStore>,
-    pub secrets: Arc<dyn SecretSource>,
-    pub progress: progress::Mode,
-    pub cancel: CancellationToken,
-}
-
-impl Ctx {
-    /// Connection details for a server and database, with the login read now: the password (a
-    /// Key Vault secret is read, an Entra token fetched, on every call, so call it right before
-    /// connecting), and the role and `sslmode` a Key Vault connection string states, which
-    /// override the inventory's.
-    pub async fn conn_spec(&self, server_name: &str, database: &str) -> Result<ConnSpec> {
-        let server = self.settings.server(server_name).ok_or_else(|| unknown_server(server_name))?;
-        let login = self.secrets.login(server, database).await?;
-        let tls = login.tls.unwrap_or(server.tls);
-        if tls != crate::config::settings::TlsMode::VerifyFull && !server.host.starts_with('/') {
-            tracing::warn!(server = %server.name, tls = tls.as_libpq(), from_secret = login.tls.is_some(), "TLS to PostgreSQL is not verify-full");
-        }
-        Ok(ConnSpec {
-            server: server.name.clone(),
-            host: server.host.clone(),
-            port: server.port,
-            user: login.user.unwrap_or_else(|| server.user.clone()),
-            dbname: database.to_string(),
-            tls,
-            password: login.password,
-            ca_file: self.settings.ca_file.clone(),
-        })
-    }
-}
-
-pub fn unknown_server(name: &str) -> Error {
-    Error::permanent(format!("unknown server {name:?}: it is not in the inventory"))
-        .with_hint("check the server name, or add the server to PGVAULT_INVENTORY")
-}
+use crate::config::context::{Ctx, unknown_server};
 
 /// What a run did.
 #[derive(Debug)]
@@ -103,10 +62,7 @@ impl BlockSizer {
     }
 }
 
-/// Fixed-width block id for block `index` (base64 of an 8-digit number).
-pub fn block_id(index: usize) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("{index:08}"))
-}
+use crate::seams::store::block_id;
 
 /// Run one backup job to completion (or to a clean failure).
 pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
@@ -626,6 +582,7 @@ async fn estimated_counts(client: &tokio_postgres::Client) -> Result<RowCounts> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seams::progress;
 
     #[test]
     fn block_ids_have_fixed_width() {

@@ -4,10 +4,10 @@
 //! checks each block against the manifest before handing it on, so corrupted bytes never reach
 //! pg_restore, and checks the whole-file SHA-256 at the end.
 
+use crate::config::context::Ctx;
 use crate::domain::error::{Error, Result};
 use crate::domain::layout::{self, BackupKind, MANIFEST_SUFFIX};
 use crate::domain::manifest::{Compression, Manifest};
-use crate::features::backup::Ctx;
 use crate::seams::pg;
 use crate::seams::store::{BlobStore, ByteStream};
 use bytes::{Bytes, BytesMut};

@@ -14,10 +14,10 @@
 //! an archived newest backup is not drilled. Each backup passed over is listed in
 //! [`Drills::skipped`] with the reason, and logged.
 
+use crate::config::context::Ctx;
 use crate::domain::error::{Error, Result};
 use crate::domain::layout::BackupKind;
 use crate::domain::manifest::Manifest;
-use crate::features::backup::Ctx;
 use crate::features::restore::{self, Mode, Options, RestoreTask, Target};
 use crate::monitor::records::{JobKind, JobRecord, Status};
 use serde_json::json;
@@ -169,7 +169,7 @@ async fn drill_one(ctx: &Ctx, scratch: &str, server: &str, database: &str, m: &M
 }
 
 async fn drop_database(ctx: &Ctx, server: &str, name: &str) -> Result<()> {
-    let sv = ctx.settings.server(server).ok_or_else(|| crate::features::backup::unknown_server(server))?;
+    let sv = ctx.settings.server(server).ok_or_else(|| crate::config::context::unknown_server(server))?;
     let admin = crate::seams::pg::connect(&ctx.conn_spec(server, &sv.maintenance_db).await?).await?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     admin

@@ -13,8 +13,8 @@
 //! One script works on every version: version checks run in `DO` blocks on the server. The same
 //! text is printed for an admin to run and executed by `--apply`.
 
+use crate::config::context::Ctx;
 use crate::domain::error::{Error, Result};
-use crate::features::backup::Ctx;
 use crate::seams::pg;
 use std::process::ExitCode;
 
@@ -186,8 +186,7 @@ pub fn render(opts: &GrantOptions, script: &Script) -> String {
 /// admin: a superuser, or on Azure a member of azure_pg_admin). Returns what was done.
 pub async fn apply(ctx: &Ctx, server_name: &str, opts: &GrantOptions) -> Result<Vec<String>> {
     let script = script(opts)?;
-    let server =
-        ctx.settings.server(server_name).ok_or_else(|| crate::features::backup::unknown_server(server_name))?;
+    let server = ctx.settings.server(server_name).ok_or_else(|| crate::config::context::unknown_server(server_name))?;
     let spec = ctx.conn_spec(server_name, &server.maintenance_db).await?;
     let client = pg::connect(&spec).await?;
     let what = |db: &str| format!("grant-sql for role {:?} on server {server_name:?}, database {db:?}", opts.role);

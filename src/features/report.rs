@@ -6,10 +6,11 @@
 //! `running` while an attempt runs, then `succeeded` (with the backup id, bytes and rate) or
 //! `failed` (with the error, and whether the host will retry).
 
+use crate::config::context::Ctx;
 use crate::config::settings::Settings;
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
-use crate::features::backup::{self, Ctx, Outcome};
+use crate::features::backup::{self, Outcome};
 use crate::monitor::alerts::{Alert, AlertKind, Alerter};
 use crate::monitor::records::{self as jobrecords, JobKind, JobRecord, Status};
 use futures::StreamExt;
@@ -230,7 +231,7 @@ pub fn summary(settings: &Settings, records: &[JobRecord], now: OffsetDateTime) 
         let server = settings.server(&s.server);
         let db = (s.database != "@globals").then_some(s.database.as_str());
         s.next_run = server
-            .and_then(|sv| crate::features::retention::schedule_for(sv, db, settings.backup_schedule.as_deref()))
+            .and_then(|sv| crate::domain::inventory::schedule_for(sv, db, settings.backup_schedule.as_deref()))
             .and_then(|sch| next_after(sch, now));
     }
     out.into_values().collect()
@@ -242,7 +243,7 @@ fn to_chrono(t: OffsetDateTime) -> chrono::DateTime<chrono::Utc> {
 
 /// The next run of an NCRONTAB schedule strictly after `t`.
 pub fn next_after(schedule: &str, t: OffsetDateTime) -> Option<OffsetDateTime> {
-    let cron = crate::domain::jobs::parse_ncrontab(schedule).ok()?;
+    let cron = crate::domain::schedule::parse_ncrontab(schedule).ok()?;
     let next = cron.find_next_occurrence(&to_chrono(t), false).ok()?;
     OffsetDateTime::from_unix_timestamp(next.timestamp()).ok()
 }
@@ -316,8 +317,7 @@ pub fn breaches(settings: &Settings, newest: &Newest, now: OffsetDateTime) -> Ve
             continue;
         }
         let db = (database != "@globals").then_some(database.as_str());
-        let Some(schedule) = crate::features::retention::schedule_for(sv, db, settings.backup_schedule.as_deref())
-        else {
+        let Some(schedule) = crate::domain::inventory::schedule_for(sv, db, settings.backup_schedule.as_deref()) else {
             continue;
         };
         let Some(due) = next_after(schedule, *last) else { continue };
@@ -784,7 +784,7 @@ mod tests {
         assert!(e.contains("database \"app\"") && e.contains("six fields"), "{e}");
         let s = settings();
         let prod = s.server("prod").unwrap();
-        assert_eq!(crate::features::retention::policy_for(prod, Some("app")).unwrap().yearly, 10);
-        assert_eq!(crate::features::retention::schedule_for(prod, Some("hourly"), None), Some("0 0 * * * *"));
+        assert_eq!(crate::domain::inventory::policy_for(prod, Some("app")).unwrap().yearly, 10);
+        assert_eq!(crate::domain::inventory::schedule_for(prod, Some("hourly"), None), Some("0 0 * * * *"));
     }
 }

@@ -16,13 +16,14 @@
 //!   failed restore drops its temporary database; a swap that cannot be done leaves the verified
 //!   copy under its temporary name and says so.
 
+use crate::config::context::Ctx;
 use crate::config::settings::{Settings, StorageSettings};
 use crate::domain::dbprops;
 use crate::domain::error::{Error, Result};
 use crate::domain::layout::{self, BackupKind};
 use crate::domain::manifest::Manifest;
 use crate::domain::secret::redact;
-use crate::features::backup::{self, Ctx};
+use crate::features::backup;
 use crate::features::catalog;
 use crate::monitor::records::{self as jobrecords, JobKind, JobRecord, Status};
 use crate::seams::pg::{self, ConnSpec, quote_ident};
@@ -1450,7 +1451,7 @@ async fn restore_database(
     let settings = &ctx.settings;
     let server_name = task.target.server.as_deref().expect("validated");
     let target = task.target.database.as_deref().expect("validated");
-    let server = settings.server(server_name).ok_or_else(|| backup::unknown_server(server_name))?;
+    let server = settings.server(server_name).ok_or_else(|| crate::config::context::unknown_server(server_name))?;
     let admin_spec = ctx.conn_spec(server_name, &server.maintenance_db).await?;
     let mut admin = pg::connect(&admin_spec).await?;
     let (version, version_num) = pg::server_version(&admin).await?;
@@ -2232,7 +2233,7 @@ pub async fn restore_globals(ctx: &Ctx, server_name: &str, id: &str) -> Result<G
     if m.kind != BackupKind::Globals {
         return Err(Error::permanent(format!("backup {id:?} is not a globals backup")));
     }
-    let server = ctx.settings.server(server_name).ok_or_else(|| backup::unknown_server(server_name))?;
+    let server = ctx.settings.server(server_name).ok_or_else(|| crate::config::context::unknown_server(server_name))?;
     let stream = read_with_progress(ctx, &m, "restore globals").await?;
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let compression = m.compression;
@@ -2358,10 +2359,10 @@ async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Result<Vec<Expor
     let mut tags = Tags::new();
     tags.insert("pgvault".into(), "export".into());
     tags.insert("kind".into(), m.kind.as_str().into());
-    let ids: Vec<String> = (0..staged).map(backup::block_id).collect();
+    let ids: Vec<String> = (0..staged).map(crate::seams::store::block_id).collect();
     dest.commit_blocks(&data_name, &ids, &tags).await.map_err(|e| e.context(format!("commit copy {data_name:?}")))?;
     let manifest_bytes = ctx.store.get(&manifest_blob).await?;
-    let id0 = backup::block_id(0);
+    let id0 = crate::seams::store::block_id(0);
     dest.stage_block(&manifest_name, &id0, manifest_bytes.clone()).await?;
     dest.commit_blocks(&manifest_name, &[id0], &tags).await?;
 

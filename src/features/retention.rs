@@ -1,314 +1,15 @@
-//! Retention: a pure plan of which backups to keep, each decision with its reason.
-//!
-//! Grandfather-father-son over a real UTC calendar: the newest backup of each of the `daily`
-//! most recent days that have a backup, of the `weekly` most recent ISO weeks, the `monthly`
-//! most recent months and the `yearly` most recent years (at most 10). On top of that the newest
-//! `min_keep` backups are never pruned, and a held backup is never removed.
-//!
-//! The plan is idempotent: every kept backup is the newest of its bucket among all backups, so
-//! it is still the newest among the kept ones, and planning again removes nothing more.
+//! Retention, executed: plan every backup in the store with [`crate::domain::policy`], then
+//! remove manifest first, data second, and move old data to a colder tier.
 
+use crate::config::context::Ctx;
 use crate::domain::error::{Error, Result};
+use crate::domain::inventory::policy_for;
 use crate::domain::layout::BackupKind;
-use crate::seams::store::{BlobStore, Tier as AccessTier};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use crate::domain::policy::*;
+use crate::seams::store::BlobStore;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use time::OffsetDateTime;
-
-/// The most years a policy may keep.
-pub const MAX_YEARS: u32 = 10;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    #[serde(default)]
-    pub daily: u32,
-    #[serde(default)]
-    pub weekly: u32,
-    #[serde(default)]
-    pub monthly: u32,
-    #[serde(default)]
-    pub yearly: u32,
-    /// The newest `min_keep` backups are kept whatever the rest says.
-    #[serde(default = "default_min_keep")]
-    pub min_keep: u32,
-}
-
-fn default_min_keep() -> u32 {
-    1
-}
-
-impl Policy {
-    pub fn validate(&self) -> Result<()> {
-        if self.yearly > MAX_YEARS {
-            return Err(Error::permanent(format!(
-                "retention policy keeps {} yearly backups; the most is {MAX_YEARS}",
-                self.yearly
-            )));
-        }
-        if self.min_keep == 0 && self.daily + self.weekly + self.monthly + self.yearly == 0 {
-            return Err(Error::permanent("retention policy keeps nothing")
-                .with_hint("set min_keep or at least one of daily, weekly, monthly, yearly"));
-        }
-        Ok(())
-    }
-}
-
-/// One backup as retention sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
-    pub id: String,
-    pub time: OffsetDateTime,
-    /// A legal hold (`keep` flag): never removed.
-    pub held: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "lowercase")]
-pub enum Decision {
-    Keep { reasons: Vec<String> },
-    Remove { reason: String },
-}
-
-impl Decision {
-    pub fn is_keep(&self) -> bool {
-        matches!(self, Decision::Keep { .. })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Planned {
-    pub id: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub time: OffsetDateTime,
-    #[serde(flatten)]
-    pub decision: Decision,
-}
-
-#[derive(Clone, Copy)]
-enum Tier {
-    Daily,
-    Weekly,
-    Monthly,
-    Yearly,
-}
-
-impl Tier {
-    fn name(self) -> &'static str {
-        match self {
-            Tier::Daily => "daily",
-            Tier::Weekly => "weekly",
-            Tier::Monthly => "monthly",
-            Tier::Yearly => "yearly",
-        }
-    }
-
-    /// The calendar bucket of a time (UTC), as a label that is also its identity.
-    fn bucket(self, t: OffsetDateTime) -> String {
-        let t = t.to_offset(time::UtcOffset::UTC);
-        match self {
-            Tier::Daily => format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),
-            Tier::Weekly => {
-                let (year, week, _) = t.to_iso_week_date();
-                format!("{year:04}-W{week:02}")
-            }
-            Tier::Monthly => format!("{:04}-{:02}", t.year(), u8::from(t.month())),
-            Tier::Yearly => format!("{:04}", t.year()),
-        }
-    }
-}
-
-/// Decide, for every backup, keep or remove, with reasons. Backups dated after `now` (clock
-/// skew) are kept. The result is ordered newest first.
-pub fn plan(items: &[Item], policy: &Policy, now: OffsetDateTime) -> Vec<Planned> {
-    let mut order: Vec<&Item> = items.iter().collect();
-    order.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
-    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); order.len()];
-
-    for (i, item) in order.iter().enumerate() {
-        if item.held {
-            reasons[i].push("held".to_string());
-        }
-        if (i as u32) < policy.min_keep {
-            reasons[i].push(format!("among the newest {}", policy.min_keep));
-        }
-        if item.time > now {
-            reasons[i].push("dated in the future".to_string());
-        }
-    }
-    let tiers = [
-        (Tier::Daily, policy.daily),
-        (Tier::Weekly, policy.weekly),
-        (Tier::Monthly, policy.monthly),
-        (Tier::Yearly, policy.yearly),
-    ];
-    let mut kept_buckets: Vec<HashSet<String>> = Vec::new();
-    for (tier, count) in tiers {
-        let mut seen = HashSet::new();
-        for (i, item) in order.iter().enumerate() {
-            if seen.len() as u32 >= count {
-                break;
-            }
-            let bucket = tier.bucket(item.time);
-            // Newest first, so the first item of a bucket is its newest.
-            if seen.insert(bucket.clone()) {
-                reasons[i].push(format!("newest {} of {bucket}", tier.name()));
-            }
-        }
-        kept_buckets.push(seen);
-    }
-
-    order
-        .iter()
-        .zip(reasons)
-        .map(|(item, reasons)| {
-            let decision = if reasons.is_empty() {
-                Decision::Remove { reason: removal_reason(item.time, &tiers, &kept_buckets) }
-            } else {
-                Decision::Keep { reasons }
-            };
-            Planned { id: item.id.clone(), time: item.time, decision }
-        })
-        .collect()
-}
-
-/// Why a backup goes: a newer one holds its day/week/month/year, or it is older than every
-/// bucket the policy keeps ("beyond daily 7, weekly 4, monthly 12, yearly 10").
-fn removal_reason(t: OffsetDateTime, tiers: &[(Tier, u32)], kept: &[HashSet<String>]) -> String {
-    for ((tier, _), buckets) in tiers.iter().zip(kept) {
-        let bucket = tier.bucket(t);
-        if buckets.contains(&bucket) {
-            return format!("a newer backup is the {} of {bucket}", tier.name());
-        }
-    }
-    let limits: Vec<String> =
-        tiers.iter().filter(|(_, n)| *n > 0).map(|(tier, n)| format!("{} {n}", tier.name())).collect();
-    if limits.is_empty() {
-        "the policy keeps only the newest backups".to_string()
-    } else {
-        format!("beyond {}", limits.join(", "))
-    }
-}
-
-/// Per-database overrides in the inventory (`servers[].databases.<name>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DatabasePolicy {
-    #[serde(default)]
-    pub schedule: Option<String>,
-    #[serde(default)]
-    pub retention: Option<Policy>,
-}
-
-/// Validate a server's schedule and policies, naming the server and database on error.
-pub fn check_server(s: &crate::config::settings::Server) -> Result<()> {
-    let what = |db: Option<&str>| match db {
-        Some(d) => format!("inventory: server {:?}, database {d:?}", s.name),
-        None => format!("inventory: server {:?}", s.name),
-    };
-    let check = |db: Option<&str>, schedule: &Option<String>, policy: &Option<Policy>| -> Result<()> {
-        if let Some(sch) = schedule {
-            crate::domain::jobs::parse_ncrontab(sch).map_err(|e| e.context(format!("{} schedule", what(db))))?;
-        }
-        if let Some(p) = policy {
-            p.validate().map_err(|e| e.context(format!("{} retention", what(db))))?;
-        }
-        Ok(())
-    };
-    check(None, &s.schedule, &s.retention)?;
-    for (db, p) in &s.databases {
-        check(Some(db), &p.schedule, &p.retention)?;
-    }
-    Ok(())
-}
-
-/// The policy for a database (`None`: the server's globals): its override, else the server's.
-pub fn policy_for(s: &crate::config::settings::Server, database: Option<&str>) -> Option<Policy> {
-    database.and_then(|d| s.databases.get(d)).and_then(|p| p.retention).or(s.retention)
-}
-
-/// The schedule a database's backups are expected on: its override, the server's, the global.
-pub fn schedule_for<'a>(
-    s: &'a crate::config::settings::Server,
-    database: Option<&str>,
-    global: Option<&'a str>,
-) -> Option<&'a str> {
-    database.and_then(|d| s.databases.get(d)).and_then(|p| p.schedule.as_deref()).or(s.schedule.as_deref()).or(global)
-}
-
-/// The plan for one database (or the globals) of one server.
-#[derive(Debug, Clone, Serialize)]
-pub struct TargetPlan {
-    pub server: String,
-    /// `None`: the server's globals.
-    pub database: Option<String>,
-    pub policy: Option<Policy>,
-    /// Why nothing is planned (no policy), if so.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skipped: Option<String>,
-    pub backups: Vec<Planned>,
-    /// Kept backups whose data blob moves to a colder access tier (`PGVAULT_TIER_AFTER_DAYS`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tiering: Vec<TierMove>,
-}
-
-/// One planned access-tier move: always a backup's data blob, never its manifest (listing and
-/// planning read manifests, and must never touch an offline blob).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TierMove {
-    pub id: String,
-    pub data_blob: String,
-    pub tier: AccessTier,
-    pub reason: String,
-    /// `PGVAULT_TIER_AFTER_DAYS` and the plan's time: execution also leaves alone a blob whose
-    /// tier changed less than this long before (see [`recent_tier_change`]).
-    #[serde(skip)]
-    pub after_days: u32,
-    #[serde(skip)]
-    pub planned_at: OffsetDateTime,
-}
-
-/// Which kept backups move to `tier`: those older than `after_days` at `now`. Pure; each move
-/// carries its reason ("older than 30 days (41 days): data to cool").
-pub fn plan_tiering(
-    kept: &[(&Planned, &str)],
-    after_days: u32,
-    tier: AccessTier,
-    now: OffsetDateTime,
-) -> Vec<TierMove> {
-    kept.iter()
-        .filter(|(p, _)| p.decision.is_keep())
-        .filter_map(|(p, data_blob)| {
-            let age = (now - p.time).whole_days();
-            (age > i64::from(after_days)).then(|| TierMove {
-                id: p.id.clone(),
-                data_blob: data_blob.to_string(),
-                tier,
-                reason: format!("older than {after_days} days ({age} days): data to {tier}"),
-                after_days,
-                planned_at: now,
-            })
-        })
-        .collect()
-}
-
-/// Why a blob whose access tier last changed at `changed` is not moved yet, if so: its tier
-/// changed less than `after_days` before `now`. The usual cause is a restore that rehydrated an
-/// archived backup (the blob is now hot, with no archive status): moving it back at once would
-/// make the waiting restore task start a second rehydration, or fail a read under way with 409
-/// `BlobArchived`. So a blob gets the same `after_days` from its last tier change as a backup gets
-/// from its creation. Unknown (`None`: never set explicitly, or a store that does not say): no
-/// reason, the move goes ahead. Pure.
-pub fn recent_tier_change(changed: Option<OffsetDateTime>, after_days: u32, now: OffsetDateTime) -> Option<String> {
-    let changed = changed?;
-    let since = now - changed;
-    (since < time::Duration::days(i64::from(after_days))).then(|| {
-        format!(
-            "its tier changed {} days ago (a rehydration?): left alone until {after_days} days after that",
-            since.whole_days().max(0)
-        )
-    })
-}
 
 /// Plan retention for every backup in the store of the inventory's servers (or one). Backups of
 /// servers that left the inventory are not touched.
@@ -488,477 +189,383 @@ async fn tier_moves(store: &dyn BlobStore, moves: &[TierMove], done: &mut Execut
     true
 }
 
+/// One run of retention (the `retention` timer does the same, then checks RPO): plan, print,
+/// and unless `dry_run` execute, with a job record of kind `retention`.
+pub async fn run(ctx: &Ctx, dry_run: bool, server: Option<&str>, trigger: &str) -> Result<serde_json::Value> {
+    let now = OffsetDateTime::now_utc();
+    let plans = plan_store(&ctx.settings, ctx.store.as_ref(), server, now).await?;
+    if dry_run {
+        return Ok(serde_json::json!({ "dry_run": true, "plans": plans }));
+    }
+    let mut rec = crate::features::report::start_record(
+        crate::monitor::records::JobKind::Retention,
+        server.unwrap_or("*"),
+        "retention",
+        trigger,
+    );
+    crate::monitor::records::put_logged(ctx.store.as_ref(), &rec).await;
+    let result = execute(ctx.store.as_ref(), &plans).await;
+    let pruned = crate::features::report::prune_records(ctx.store.as_ref(), ctx.settings.job_record_days, now).await;
+    let outcome = match (&result, &pruned) {
+        (Ok(done), Ok(n)) => Ok(serde_json::json!({ "executed": done, "job_records_pruned": n })),
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    };
+    crate::features::report::finish_record(ctx, &mut rec, outcome).await;
+    let done = result?;
+    pruned?;
+    Ok(serde_json::json!({ "dry_run": false, "plans": plans, "executed": done, "job": rec.id }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seams::store::Tier as AccessTier;
+    use crate::seams::store::local::LocalStore;
+    use crate::seams::store::{BlobInfo, ByteStream, CreateOutcome, Tags};
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use time::macros::datetime;
-    use time::{Duration, Month};
 
-    fn daily_for_years(years: i64, end: OffsetDateTime) -> Vec<Item> {
-        let days = years * 366;
-        (0..days).map(|d| Item { id: format!("b{d:05}"), time: end - Duration::days(d), held: false }).collect()
+    /// The local store, with Azure-like tiers (every blob hot, with a configurable last
+    /// tier change; set_tier records the move) and, when armed, a failing first delete of a
+    /// data blob: a run "killed" between manifest and data.
+    struct TestStore {
+        inner: LocalStore,
+        fail_data_delete: AtomicBool,
+        changed: std::collections::HashMap<String, OffsetDateTime>,
+        moved: std::sync::Mutex<Vec<(String, AccessTier)>>,
     }
 
-    fn kept(plan: &[Planned]) -> Vec<&Planned> {
-        plan.iter().filter(|p| p.decision.is_keep()).collect()
+    impl TestStore {
+        fn new(dir: &std::path::Path) -> TestStore {
+            TestStore {
+                inner: LocalStore::new(dir),
+                fail_data_delete: AtomicBool::new(false),
+                changed: Default::default(),
+                moved: Default::default(),
+            }
+        }
     }
 
-    fn tier_count(plan: &[Planned], tier: &str) -> usize {
-        plan.iter()
-            .filter(|p| match &p.decision {
-                Decision::Keep { reasons } => reasons.iter().any(|r| r.starts_with(&format!("newest {tier} of"))),
-                _ => false,
+    #[async_trait]
+    impl BlobStore for TestStore {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        async fn stage_block(&self, n: &str, id: &str, d: Bytes) -> Result<()> {
+            self.inner.stage_block(n, id, d).await
+        }
+        async fn commit_blocks(&self, n: &str, ids: &[String], t: &Tags) -> Result<()> {
+            self.inner.commit_blocks(n, ids, t).await
+        }
+        async fn create(&self, n: &str, d: Bytes, t: &Tags) -> Result<CreateOutcome> {
+            self.inner.create(n, d, t).await
+        }
+        async fn get(&self, n: &str) -> Result<Bytes> {
+            self.inner.get(n).await
+        }
+        async fn read(&self, n: &str) -> Result<ByteStream> {
+            self.inner.read(n).await
+        }
+        async fn tags(&self, n: &str) -> Result<Tags> {
+            self.inner.tags(n).await
+        }
+        async fn list(&self, p: &str) -> Result<Vec<BlobInfo>> {
+            self.inner.list(p).await
+        }
+        async fn exists(&self, n: &str) -> Result<bool> {
+            self.inner.exists(n).await
+        }
+        async fn delete(&self, n: &str) -> Result<()> {
+            if !n.ends_with(crate::domain::layout::MANIFEST_SUFFIX)
+                && self.fail_data_delete.swap(false, Ordering::SeqCst)
+            {
+                return Err(Error::transient("injected: killed between manifest and data"));
+            }
+            self.inner.delete(n).await
+        }
+        async fn set_tier(&self, n: &str, tier: AccessTier) -> Result<()> {
+            self.moved.lock().unwrap().push((n.to_string(), tier));
+            Ok(())
+        }
+        async fn properties(&self, n: &str) -> Result<crate::seams::store::BlobProps> {
+            Ok(crate::seams::store::BlobProps {
+                size: 1,
+                tier: Some(AccessTier::Hot),
+                archive_status: None,
+                tier_changed_at: self.changed.get(n).copied(),
             })
-            .count()
-    }
-
-    #[test]
-    fn eleven_years_of_dailies_keep_exact_tier_counts() {
-        let now = datetime!(2026-11-21 03:00 UTC);
-        let items = daily_for_years(11, datetime!(2026-11-21 02:00 UTC));
-        for policy in [
-            Policy { daily: 7, weekly: 4, monthly: 12, yearly: 10, min_keep: 3 },
-            Policy { daily: 30, weekly: 0, monthly: 0, yearly: 0, min_keep: 1 },
-            Policy { daily: 0, weekly: 52, monthly: 0, yearly: 10, min_keep: 0 },
-            Policy { daily: 14, weekly: 8, monthly: 24, yearly: 5, min_keep: 20 },
-        ] {
-            let plan = plan(&items, &policy, now);
-            assert_eq!(plan.len(), items.len());
-            assert_eq!(tier_count(&plan, "daily"), policy.daily as usize, "{policy:?}");
-            assert_eq!(tier_count(&plan, "weekly"), policy.weekly as usize, "{policy:?}");
-            assert_eq!(tier_count(&plan, "monthly"), policy.monthly as usize, "{policy:?}");
-            assert_eq!(tier_count(&plan, "yearly"), policy.yearly as usize, "{policy:?}");
-            assert!(kept(&plan).len() >= policy.min_keep as usize);
-            // The newest min_keep are kept.
-            assert!(plan.iter().take(policy.min_keep as usize).all(|p| p.decision.is_keep()));
-
-            // Idempotent: planning the survivors removes nothing.
-            let survivors: Vec<Item> =
-                kept(&plan).iter().map(|p| Item { id: p.id.clone(), time: p.time, held: false }).collect();
-            let again = super::plan(&survivors, &policy, now);
-            assert!(again.iter().all(|p| p.decision.is_keep()), "{policy:?}");
         }
     }
 
-    #[test]
-    fn yearly_ten_reaches_back_ten_calendar_years_and_uses_december_31() {
-        let now = datetime!(2026-11-21 03:00 UTC);
-        let items = daily_for_years(11, datetime!(2026-11-21 02:00 UTC));
-        let policy = Policy { daily: 0, weekly: 0, monthly: 0, yearly: 10, min_keep: 0 };
-        let plan = plan(&items, &policy, now);
-        let years: Vec<(i32, Month, u8)> =
-            kept(&plan).iter().map(|p| (p.time.year(), p.time.month(), p.time.day())).collect();
-        assert_eq!(years[0], (2026, Month::November, 21), "the newest of this year");
-        assert_eq!(years[1], (2025, Month::December, 31));
-        assert_eq!(years.last().unwrap().0, 2017);
-        assert_eq!(years.len(), 10);
-        let removed = plan.iter().find(|p| p.time.year() == 2016).unwrap();
-        assert_eq!(removed.decision, Decision::Remove { reason: "beyond yearly 10".into() });
-        let superseded = plan.iter().find(|p| p.time.year() == 2020 && p.time.month() == Month::June).unwrap();
-        assert_eq!(superseded.decision, Decision::Remove { reason: "a newer backup is the yearly of 2020".into() });
+    async fn put_backup(store: &dyn BlobStore, server: &str, db: &str, t: OffsetDateTime, n: usize) -> String {
+        let p = crate::domain::layout::backup_paths(BackupKind::Database, server, db, t, &format!("job{n}"));
+        let data = crate::domain::layout::data_blob(&p.id, "0000abcd", "dump.zst");
+        let block = crate::seams::store::block_id(0);
+        store.stage_block(&data, &block, Bytes::from_static(b"x")).await.unwrap();
+        store.commit_blocks(&data, &[block], &Tags::new()).await.unwrap();
+        let m = serde_json::json!({
+            "format": "pgvault-backup-manifest", "format_version": 1, "pgvault_version": "0",
+            "id": p.id, "kind": "database", "job_id": format!("job{n}"), "server": server, "database": db,
+            "server_version": "15", "server_version_num": 150000,
+            "tool": {"name": "pg_dump", "version": "15", "major": 15, "args": []},
+            "archive_format": "custom", "compression": {"algorithm": "none"},
+            "data_blob": data, "raw_bytes": 1, "stored_bytes": 1, "sha256": "",
+            "blocks": [{"size": 1, "sha256": ""}],
+            "requested_at": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "started_at": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "finished_at": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "row_counts": null, "restore_hint": ""
+        });
+        store.create(&p.manifest, Bytes::from(m.to_string()), &Tags::new()).await.unwrap();
+        p.id
     }
 
-    #[test]
-    fn iso_weeks_cross_year_boundaries() {
-        // 2026-01-01 is a Thursday: ISO week 2026-W01 starts on Monday 2025-12-29.
-        assert_eq!(Tier::Weekly.bucket(datetime!(2025-12-29 00:00 UTC)), "2026-W01");
-        assert_eq!(Tier::Weekly.bucket(datetime!(2025-12-28 23:59 UTC)), "2025-W52");
-        assert_eq!(Tier::Weekly.bucket(datetime!(2021-01-03 12:00 UTC)), "2020-W53");
-        // A time in another offset buckets by its UTC date.
-        assert_eq!(Tier::Daily.bucket(datetime!(2026-03-01 01:00 +02:00)), "2026-02-28");
+    fn settings(dir: &std::path::Path) -> crate::config::settings::Settings {
+        let inv = r#"[{"name":"prod","host":"h","user":"u","retention":{"daily":3,"min_keep":1},
+            "databases":{"keepall":{"retention":{"daily":30}}}}]"#;
+        crate::config::settings::Settings::from_map(std::collections::HashMap::from([
+            ("PGVAULT_INVENTORY".to_string(), inv.to_string()),
+            ("PGVAULT_LOCAL_DIR".to_string(), dir.display().to_string()),
+        ]))
+        .unwrap()
     }
 
-    #[test]
-    fn held_backups_are_never_removed() {
-        let now = datetime!(2026-11-21 03:00 UTC);
-        let mut items = daily_for_years(3, datetime!(2026-11-21 02:00 UTC));
-        let held_ids: Vec<String> = items
-            .iter_mut()
-            .skip(400)
-            .step_by(97)
-            .map(|i| {
-                i.held = true;
-                i.id.clone()
-            })
-            .collect();
-        let plan = plan(&items, &Policy { daily: 7, weekly: 0, monthly: 0, yearly: 0, min_keep: 1 }, now);
-        for id in &held_ids {
-            let p = plan.iter().find(|p| &p.id == id).unwrap();
-            assert_eq!(p.decision, Decision::Keep { reasons: vec!["held".into()] });
+    #[tokio::test]
+    async fn interrupted_execution_leaves_only_orphan_data_and_holds_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TestStore { fail_data_delete: AtomicBool::new(true), ..TestStore::new(dir.path()) };
+        let settings = settings(dir.path());
+        let now = datetime!(2026-11-21 12:00 UTC);
+        let mut ids = Vec::new();
+        for d in 0..8 {
+            ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
         }
-        assert_eq!(kept(&plan).len(), 7 + held_ids.len());
-    }
-
-    #[test]
-    fn several_backups_a_day_keep_the_newest_of_the_day() {
-        let now = datetime!(2026-11-21 23:00 UTC);
-        let items: Vec<Item> = (0..6)
-            .map(|h| Item {
-                id: format!("h{h}"),
-                time: datetime!(2026-11-21 00:00 UTC) + Duration::hours(h * 4),
-                held: false,
-            })
-            .collect();
-        let plan = plan(&items, &Policy { daily: 1, weekly: 0, monthly: 0, yearly: 0, min_keep: 0 }, now);
-        let kept: Vec<&str> = kept(&plan).iter().map(|p| p.id.as_str()).collect();
-        assert_eq!(kept, ["h5"]);
-        assert_eq!(plan[0].decision, Decision::Keep { reasons: vec!["newest daily of 2026-11-21".into()] });
-    }
-
-    #[test]
-    fn policy_limits() {
-        assert!(Policy { daily: 0, weekly: 0, monthly: 0, yearly: 11, min_keep: 1 }.validate().is_err());
-        assert!(Policy { daily: 0, weekly: 0, monthly: 0, yearly: 0, min_keep: 0 }.validate().is_err());
-        assert!(Policy { daily: 7, weekly: 4, monthly: 12, yearly: 10, min_keep: 1 }.validate().is_ok());
-    }
-    mod execution {
-        use super::super::*;
-        use crate::seams::store::local::LocalStore;
-        use crate::seams::store::{BlobInfo, ByteStream, CreateOutcome, Tags};
-        use async_trait::async_trait;
-        use bytes::Bytes;
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use time::macros::datetime;
-
-        /// The local store, with Azure-like tiers (every blob hot, with a configurable last
-        /// tier change; set_tier records the move) and, when armed, a failing first delete of a
-        /// data blob: a run "killed" between manifest and data.
-        struct TestStore {
-            inner: LocalStore,
-            fail_data_delete: AtomicBool,
-            changed: std::collections::HashMap<String, OffsetDateTime>,
-            moved: std::sync::Mutex<Vec<(String, AccessTier)>>,
+        for d in 0..5 {
+            put_backup(&store, "prod", "keepall", now - time::Duration::days(d), 100 + d as usize).await;
         }
+        // A hold on the oldest: kept whatever the policy says.
+        crate::features::holds::set(&store, &ids[7], "test", now).await.unwrap();
 
-        impl TestStore {
-            fn new(dir: &std::path::Path) -> TestStore {
-                TestStore {
-                    inner: LocalStore::new(dir),
-                    fail_data_delete: AtomicBool::new(false),
-                    changed: Default::default(),
-                    moved: Default::default(),
-                }
-            }
-        }
-
-        #[async_trait]
-        impl BlobStore for TestStore {
-            fn describe(&self) -> String {
-                self.inner.describe()
-            }
-            async fn stage_block(&self, n: &str, id: &str, d: Bytes) -> Result<()> {
-                self.inner.stage_block(n, id, d).await
-            }
-            async fn commit_blocks(&self, n: &str, ids: &[String], t: &Tags) -> Result<()> {
-                self.inner.commit_blocks(n, ids, t).await
-            }
-            async fn create(&self, n: &str, d: Bytes, t: &Tags) -> Result<CreateOutcome> {
-                self.inner.create(n, d, t).await
-            }
-            async fn get(&self, n: &str) -> Result<Bytes> {
-                self.inner.get(n).await
-            }
-            async fn read(&self, n: &str) -> Result<ByteStream> {
-                self.inner.read(n).await
-            }
-            async fn tags(&self, n: &str) -> Result<Tags> {
-                self.inner.tags(n).await
-            }
-            async fn list(&self, p: &str) -> Result<Vec<BlobInfo>> {
-                self.inner.list(p).await
-            }
-            async fn exists(&self, n: &str) -> Result<bool> {
-                self.inner.exists(n).await
-            }
-            async fn delete(&self, n: &str) -> Result<()> {
-                if !n.ends_with(crate::domain::layout::MANIFEST_SUFFIX)
-                    && self.fail_data_delete.swap(false, Ordering::SeqCst)
-                {
-                    return Err(Error::transient("injected: killed between manifest and data"));
-                }
-                self.inner.delete(n).await
-            }
-            async fn set_tier(&self, n: &str, tier: AccessTier) -> Result<()> {
-                self.moved.lock().unwrap().push((n.to_string(), tier));
-                Ok(())
-            }
-            async fn properties(&self, n: &str) -> Result<crate::seams::store::BlobProps> {
-                Ok(crate::seams::store::BlobProps {
-                    size: 1,
-                    tier: Some(AccessTier::Hot),
-                    archive_status: None,
-                    tier_changed_at: self.changed.get(n).copied(),
-                })
-            }
-        }
-
-        async fn put_backup(store: &dyn BlobStore, server: &str, db: &str, t: OffsetDateTime, n: usize) -> String {
-            let p = crate::domain::layout::backup_paths(BackupKind::Database, server, db, t, &format!("job{n}"));
-            let data = crate::domain::layout::data_blob(&p.id, "0000abcd", "dump.zst");
-            let block = crate::features::backup::block_id(0);
-            store.stage_block(&data, &block, Bytes::from_static(b"x")).await.unwrap();
-            store.commit_blocks(&data, &[block], &Tags::new()).await.unwrap();
-            let m = serde_json::json!({
-                "format": "pgvault-backup-manifest", "format_version": 1, "pgvault_version": "0",
-                "id": p.id, "kind": "database", "job_id": format!("job{n}"), "server": server, "database": db,
-                "server_version": "15", "server_version_num": 150000,
-                "tool": {"name": "pg_dump", "version": "15", "major": 15, "args": []},
-                "archive_format": "custom", "compression": {"algorithm": "none"},
-                "data_blob": data, "raw_bytes": 1, "stored_bytes": 1, "sha256": "",
-                "blocks": [{"size": 1, "sha256": ""}],
-                "requested_at": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
-                "started_at": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
-                "finished_at": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
-                "row_counts": null, "restore_hint": ""
-            });
-            store.create(&p.manifest, Bytes::from(m.to_string()), &Tags::new()).await.unwrap();
-            p.id
-        }
-
-        fn settings(dir: &std::path::Path) -> crate::config::settings::Settings {
-            let inv = r#"[{"name":"prod","host":"h","user":"u","retention":{"daily":3,"min_keep":1},
-                "databases":{"keepall":{"retention":{"daily":30}}}}]"#;
-            crate::config::settings::Settings::from_map(std::collections::HashMap::from([
-                ("PGVAULT_INVENTORY".to_string(), inv.to_string()),
-                ("PGVAULT_LOCAL_DIR".to_string(), dir.display().to_string()),
-            ]))
-            .unwrap()
-        }
-
-        #[tokio::test]
-        async fn interrupted_execution_leaves_only_orphan_data_and_holds_are_kept() {
-            let dir = tempfile::tempdir().unwrap();
-            let store = TestStore { fail_data_delete: AtomicBool::new(true), ..TestStore::new(dir.path()) };
-            let settings = settings(dir.path());
-            let now = datetime!(2026-11-21 12:00 UTC);
-            let mut ids = Vec::new();
-            for d in 0..8 {
-                ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
-            }
-            for d in 0..5 {
-                put_backup(&store, "prod", "keepall", now - time::Duration::days(d), 100 + d as usize).await;
-            }
-            // A hold on the oldest: kept whatever the policy says.
-            crate::features::holds::set(&store, &ids[7], "test", now).await.unwrap();
-
-            let plans = plan_store(&settings, &store, None, now).await.unwrap();
-            let app = plans.iter().find(|p| p.database.as_deref() == Some("app")).unwrap();
-            let removing: Vec<&str> =
-                app.backups.iter().filter(|p| !p.decision.is_keep()).map(|p| p.id.as_str()).collect();
-            assert_eq!(removing, [&ids[3], &ids[4], &ids[5], &ids[6]].map(String::as_str));
-            assert!(
-                plans
-                    .iter()
-                    .find(|p| p.database.as_deref() == Some("keepall"))
-                    .unwrap()
-                    .backups
-                    .iter()
-                    .all(|p| p.decision.is_keep())
-            );
-
-            // First run dies between the first manifest delete and its data delete.
-            let err = execute(&store, &plans).await.unwrap_err();
-            assert!(err.to_string().contains("orphan"), "{err}");
-            // No manifest names missing data.
-            for m in crate::features::catalog::list(&store, None, None).await.unwrap() {
-                assert!(store.exists(&m.data_blob).await.unwrap(), "manifest {} points at missing data", m.id);
-            }
-            let orphans = crate::features::catalog::orphans(&store, None).await.unwrap();
-            assert_eq!(orphans.len(), 1, "{orphans:?}");
-            assert!(orphans[0].starts_with(&ids[3]), "{orphans:?}");
-
-            // A second run finishes the job; the orphan is verify's to clean.
-            let plans = plan_store(&settings, &store, None, now).await.unwrap();
-            let done = execute(&store, &plans).await.unwrap();
-            assert_eq!(done.removed.len(), 3);
-            let left: Vec<String> = crate::features::catalog::list(&store, Some("prod"), Some("app"))
-                .await
+        let plans = plan_store(&settings, &store, None, now).await.unwrap();
+        let app = plans.iter().find(|p| p.database.as_deref() == Some("app")).unwrap();
+        let removing: Vec<&str> = app.backups.iter().filter(|p| !p.decision.is_keep()).map(|p| p.id.as_str()).collect();
+        assert_eq!(removing, [&ids[3], &ids[4], &ids[5], &ids[6]].map(String::as_str));
+        assert!(
+            plans
+                .iter()
+                .find(|p| p.database.as_deref() == Some("keepall"))
                 .unwrap()
-                .into_iter()
-                .map(|m| m.id)
-                .collect();
-            assert_eq!(left, [&ids[7], &ids[2], &ids[1], &ids[0]].map(String::clone));
-            // Idempotent: nothing more to remove.
-            let again = plan_store(&settings, &store, None, now).await.unwrap();
-            assert!(again.iter().all(|tp| tp.backups.iter().all(|p| p.decision.is_keep())));
-            // The hold marker is not an orphan.
-            assert_eq!(crate::features::catalog::orphans(&store, None).await.unwrap().len(), 1);
-            crate::features::holds::release(&store, &ids[7]).await.unwrap();
-            let plans = plan_store(&settings, &store, None, now).await.unwrap();
-            assert_eq!(execute(&store, &plans).await.unwrap().removed, [ids[7].clone()]);
-        }
+                .backups
+                .iter()
+                .all(|p| p.decision.is_keep())
+        );
 
-        #[tokio::test]
-        async fn tiering_is_planned_with_reasons_and_skipped_with_a_reason_by_the_local_store() {
-            let dir = tempfile::tempdir().unwrap();
-            let store = LocalStore::new(dir.path());
-            let mut map = std::collections::HashMap::from([
-                (
-                    "PGVAULT_INVENTORY".to_string(),
-                    r#"[{"name":"prod","host":"h","user":"u","retention":{"daily":30}}]"#.to_string(),
-                ),
-                ("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string()),
-                ("PGVAULT_TIER_AFTER_DAYS".to_string(), "3".to_string()),
-            ]);
-            map.insert("PGVAULT_TIER".to_string(), "archive".to_string());
-            let settings = crate::config::settings::Settings::from_map(map).unwrap();
-            let now = datetime!(2026-11-21 12:00 UTC);
-            let mut ids = Vec::new();
-            for d in 0..6 {
-                ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
-            }
-            let plans = plan_store(&settings, &store, None, now).await.unwrap();
-            let moves = &plans[0].tiering;
-            let moved: Vec<&str> = moves.iter().map(|m| m.id.as_str()).collect();
-            assert_eq!(moved, [&ids[4], &ids[5]].map(String::as_str));
-            assert!(moves.iter().all(
+        // First run dies between the first manifest delete and its data delete.
+        let err = execute(&store, &plans).await.unwrap_err();
+        assert!(err.to_string().contains("orphan"), "{err}");
+        // No manifest names missing data.
+        for m in crate::features::catalog::list(&store, None, None).await.unwrap() {
+            assert!(store.exists(&m.data_blob).await.unwrap(), "manifest {} points at missing data", m.id);
+        }
+        let orphans = crate::features::catalog::orphans(&store, None).await.unwrap();
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert!(orphans[0].starts_with(&ids[3]), "{orphans:?}");
+
+        // A second run finishes the job; the orphan is verify's to clean.
+        let plans = plan_store(&settings, &store, None, now).await.unwrap();
+        let done = execute(&store, &plans).await.unwrap();
+        assert_eq!(done.removed.len(), 3);
+        let left: Vec<String> = crate::features::catalog::list(&store, Some("prod"), Some("app"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(left, [&ids[7], &ids[2], &ids[1], &ids[0]].map(String::clone));
+        // Idempotent: nothing more to remove.
+        let again = plan_store(&settings, &store, None, now).await.unwrap();
+        assert!(again.iter().all(|tp| tp.backups.iter().all(|p| p.decision.is_keep())));
+        // The hold marker is not an orphan.
+        assert_eq!(crate::features::catalog::orphans(&store, None).await.unwrap().len(), 1);
+        crate::features::holds::release(&store, &ids[7]).await.unwrap();
+        let plans = plan_store(&settings, &store, None, now).await.unwrap();
+        assert_eq!(execute(&store, &plans).await.unwrap().removed, [ids[7].clone()]);
+    }
+
+    #[tokio::test]
+    async fn tiering_is_planned_with_reasons_and_skipped_with_a_reason_by_the_local_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let mut map = std::collections::HashMap::from([
+            (
+                "PGVAULT_INVENTORY".to_string(),
+                r#"[{"name":"prod","host":"h","user":"u","retention":{"daily":30}}]"#.to_string(),
+            ),
+            ("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string()),
+            ("PGVAULT_TIER_AFTER_DAYS".to_string(), "3".to_string()),
+        ]);
+        map.insert("PGVAULT_TIER".to_string(), "archive".to_string());
+        let settings = crate::config::settings::Settings::from_map(map).unwrap();
+        let now = datetime!(2026-11-21 12:00 UTC);
+        let mut ids = Vec::new();
+        for d in 0..6 {
+            ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
+        }
+        let plans = plan_store(&settings, &store, None, now).await.unwrap();
+        let moves = &plans[0].tiering;
+        let moved: Vec<&str> = moves.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(moved, [&ids[4], &ids[5]].map(String::as_str));
+        assert!(
+            moves.iter().all(
                 |m| m.tier == AccessTier::Archive && !m.data_blob.ends_with(crate::domain::layout::MANIFEST_SUFFIX)
-            ));
-            assert_eq!(moves[0].reason, "older than 3 days (4 days): data to archive");
-            // The dry-run JSON shows the moves.
-            let json = serde_json::to_value(&plans).unwrap();
-            assert_eq!(json[0]["tiering"][1]["tier"], "archive", "{json}");
+            )
+        );
+        assert_eq!(moves[0].reason, "older than 3 days (4 days): data to archive");
+        // The dry-run JSON shows the moves.
+        let json = serde_json::to_value(&plans).unwrap();
+        assert_eq!(json[0]["tiering"][1]["tier"], "archive", "{json}");
 
-            // Execution: the local store has no tiers: a logged skip, not a failure.
-            let done = execute(&store, &plans).await.unwrap();
-            assert!(done.tiered.is_empty());
-            assert_eq!(done.tier_skipped.len(), 1, "{:?}", done.tier_skipped);
-            assert!(done.tier_skipped[0].1.contains("not supported by the local store"), "{:?}", done.tier_skipped);
-            assert_eq!(crate::features::catalog::list(&store, None, None).await.unwrap().len(), 6);
+        // Execution: the local store has no tiers: a logged skip, not a failure.
+        let done = execute(&store, &plans).await.unwrap();
+        assert!(done.tiered.is_empty());
+        assert_eq!(done.tier_skipped.len(), 1, "{:?}", done.tier_skipped);
+        assert!(done.tier_skipped[0].1.contains("not supported by the local store"), "{:?}", done.tier_skipped);
+        assert_eq!(crate::features::catalog::list(&store, None, None).await.unwrap().len(), 6);
+    }
+
+    #[test]
+    fn tiering_is_off_without_the_setting_and_never_moves_removed_backups() {
+        let now = datetime!(2026-11-21 12:00 UTC);
+        let keep = Planned {
+            id: "old".into(),
+            time: now - time::Duration::days(40),
+            decision: Decision::Keep { reasons: vec![] },
+        };
+        let gone = Planned {
+            id: "gone".into(),
+            time: now - time::Duration::days(50),
+            decision: Decision::Remove { reason: "x".into() },
+        };
+        let young = Planned {
+            id: "young".into(),
+            time: now - time::Duration::days(10),
+            decision: Decision::Keep { reasons: vec![] },
+        };
+        let moves = plan_tiering(&[(&keep, "d1"), (&gone, "d2"), (&young, "d3")], 30, AccessTier::Cool, now);
+        assert_eq!(moves.len(), 1);
+        assert_eq!((moves[0].id.as_str(), moves[0].data_blob.as_str()), ("old", "d1"));
+        let dir = tempfile::tempdir().unwrap();
+        let plans_settings = settings(dir.path());
+        assert_eq!(plans_settings.tier_after_days, None);
+        assert_eq!(plans_settings.tier, AccessTier::Cool);
+    }
+
+    #[test]
+    fn a_recent_tier_change_holds_off_a_move() {
+        let now = datetime!(2026-11-21 12:00 UTC);
+        // Rehydrated an hour ago: left alone, with the reason.
+        let why = recent_tier_change(Some(now - time::Duration::hours(1)), 30, now).unwrap();
+        assert_eq!(why, "its tier changed 0 days ago (a rehydration?): left alone until 30 days after that");
+        let why = recent_tier_change(Some(now - time::Duration::days(12)), 30, now).unwrap();
+        assert!(why.starts_with("its tier changed 12 days ago"), "{why}");
+        // Long ago (or exactly after_days ago): moved.
+        assert_eq!(recent_tier_change(Some(now - time::Duration::days(31)), 30, now), None);
+        assert_eq!(recent_tier_change(Some(now - time::Duration::days(30)), 30, now), None);
+        // Unknown: moved, as before the change time was read.
+        assert_eq!(recent_tier_change(None, 30, now), None);
+        // A clock ahead of ours: still recent.
+        assert!(recent_tier_change(Some(now + time::Duration::minutes(5)), 30, now).is_some());
+        // after_days 0: never held off.
+        assert_eq!(recent_tier_change(Some(now), 0, now), None);
+    }
+
+    #[tokio::test]
+    async fn a_backup_rehydrated_by_a_restore_is_not_archived_again_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = TestStore::new(dir.path());
+        let map = std::collections::HashMap::from([
+            (
+                "PGVAULT_INVENTORY".to_string(),
+                r#"[{"name":"prod","host":"h","user":"u","retention":{"daily":30}}]"#.to_string(),
+            ),
+            ("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string()),
+            ("PGVAULT_TIER_AFTER_DAYS".to_string(), "3".to_string()),
+            ("PGVAULT_TIER".to_string(), "archive".to_string()),
+        ]);
+        let settings = crate::config::settings::Settings::from_map(map).unwrap();
+        let now = datetime!(2026-11-21 12:00 UTC);
+        let mut ids = Vec::new();
+        for d in [10, 11, 12] {
+            ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
         }
+        let data = |id: &str| crate::domain::layout::data_blob(id, "0000abcd", "dump.zst");
+        // ids[0]: rehydrated by a restore two hours ago. ids[1]: its tier changed long ago
+        // (and it is hot again). ids[2]: never changed (unknown): moved as always.
+        store.changed.insert(data(&ids[0]), now - time::Duration::hours(2));
+        store.changed.insert(data(&ids[1]), now - time::Duration::days(9));
 
-        #[test]
-        fn tiering_is_off_without_the_setting_and_never_moves_removed_backups() {
-            let now = datetime!(2026-11-21 12:00 UTC);
-            let keep = Planned {
-                id: "old".into(),
-                time: now - time::Duration::days(40),
-                decision: Decision::Keep { reasons: vec![] },
-            };
-            let gone = Planned {
-                id: "gone".into(),
-                time: now - time::Duration::days(50),
-                decision: Decision::Remove { reason: "x".into() },
-            };
-            let young = Planned {
-                id: "young".into(),
-                time: now - time::Duration::days(10),
-                decision: Decision::Keep { reasons: vec![] },
-            };
-            let moves = plan_tiering(&[(&keep, "d1"), (&gone, "d2"), (&young, "d3")], 30, AccessTier::Cool, now);
-            assert_eq!(moves.len(), 1);
-            assert_eq!((moves[0].id.as_str(), moves[0].data_blob.as_str()), ("old", "d1"));
-            let dir = tempfile::tempdir().unwrap();
-            let plans_settings = settings(dir.path());
-            assert_eq!(plans_settings.tier_after_days, None);
-            assert_eq!(plans_settings.tier, AccessTier::Cool);
+        let plans = plan_store(&settings, &store, None, now).await.unwrap();
+        assert_eq!(plans[0].tiering.len(), 3, "all three are older than 3 days: {:?}", plans[0].tiering);
+        let done = execute(&store, &plans).await.unwrap();
+        assert_eq!(done.tier_skipped.len(), 1, "{:?}", done.tier_skipped);
+        assert_eq!(done.tier_skipped[0].0, ids[0]);
+        assert_eq!(
+            done.tier_skipped[0].1,
+            "its tier changed 0 days ago (a rehydration?): left alone until 3 days after that"
+        );
+        let mut moved = store.moved.lock().unwrap().clone();
+        moved.sort();
+        let mut want = vec![(data(&ids[1]), AccessTier::Archive), (data(&ids[2]), AccessTier::Archive)];
+        want.sort();
+        assert_eq!(moved, want);
+        assert_eq!(done.tiered.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_hold_set_while_retention_runs_keeps_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let settings = settings(dir.path());
+        let now = datetime!(2026-11-21 12:00 UTC);
+        let mut ids = Vec::new();
+        for d in 0..6 {
+            ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
         }
+        let plans = plan_store(&settings, &store, None, now).await.unwrap();
+        let removing: Vec<&str> =
+            plans[0].backups.iter().filter(|p| !p.decision.is_keep()).map(|p| p.id.as_str()).collect();
+        assert_eq!(removing, [&ids[3], &ids[4], &ids[5]].map(String::as_str));
 
-        #[test]
-        fn a_recent_tier_change_holds_off_a_move() {
-            let now = datetime!(2026-11-21 12:00 UTC);
-            // Rehydrated an hour ago: left alone, with the reason.
-            let why = recent_tier_change(Some(now - time::Duration::hours(1)), 30, now).unwrap();
-            assert_eq!(why, "its tier changed 0 days ago (a rehydration?): left alone until 30 days after that");
-            let why = recent_tier_change(Some(now - time::Duration::days(12)), 30, now).unwrap();
-            assert!(why.starts_with("its tier changed 12 days ago"), "{why}");
-            // Long ago (or exactly after_days ago): moved.
-            assert_eq!(recent_tier_change(Some(now - time::Duration::days(31)), 30, now), None);
-            assert_eq!(recent_tier_change(Some(now - time::Duration::days(30)), 30, now), None);
-            // Unknown: moved, as before the change time was read.
-            assert_eq!(recent_tier_change(None, 30, now), None);
-            // A clock ahead of ours: still recent.
-            assert!(recent_tier_change(Some(now + time::Duration::minutes(5)), 30, now).is_some());
-            // after_days 0: never held off.
-            assert_eq!(recent_tier_change(Some(now), 0, now), None);
-        }
+        // `pgvault keep` on one of them after the plan was made, before execution.
+        crate::features::holds::set(&store, &ids[4], "test", now).await.unwrap();
+        let done = execute(&store, &plans).await.unwrap();
+        assert_eq!(done.held_meanwhile, [ids[4].clone()]);
+        let mut removed = done.removed.clone();
+        removed.sort();
+        let mut want = vec![ids[3].clone(), ids[5].clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        assert_eq!(done.kept, 3, "the plan's keeps; the held one is listed apart");
+        // The held backup is whole: manifest and data.
+        let m = crate::features::catalog::manifest(&store, &ids[4]).await.unwrap();
+        assert!(store.exists(&m.data_blob).await.unwrap());
+        let json = serde_json::to_value(&done).unwrap();
+        assert_eq!(json["held_meanwhile"][0], ids[4].as_str(), "{json}");
+        // The next plan sees the hold.
+        let again = plan_store(&settings, &store, None, now).await.unwrap();
+        let p = again[0].backups.iter().find(|p| p.id == ids[4]).unwrap();
+        assert_eq!(p.decision, Decision::Keep { reasons: vec!["held".into()] });
+    }
 
-        #[tokio::test]
-        async fn a_backup_rehydrated_by_a_restore_is_not_archived_again_at_once() {
-            let dir = tempfile::tempdir().unwrap();
-            let mut store = TestStore::new(dir.path());
-            let map = std::collections::HashMap::from([
-                (
-                    "PGVAULT_INVENTORY".to_string(),
-                    r#"[{"name":"prod","host":"h","user":"u","retention":{"daily":30}}]"#.to_string(),
-                ),
-                ("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string()),
-                ("PGVAULT_TIER_AFTER_DAYS".to_string(), "3".to_string()),
-                ("PGVAULT_TIER".to_string(), "archive".to_string()),
-            ]);
-            let settings = crate::config::settings::Settings::from_map(map).unwrap();
-            let now = datetime!(2026-11-21 12:00 UTC);
-            let mut ids = Vec::new();
-            for d in [10, 11, 12] {
-                ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
-            }
-            let data = |id: &str| crate::domain::layout::data_blob(id, "0000abcd", "dump.zst");
-            // ids[0]: rehydrated by a restore two hours ago. ids[1]: its tier changed long ago
-            // (and it is hot again). ids[2]: never changed (unknown): moved as always.
-            store.changed.insert(data(&ids[0]), now - time::Duration::hours(2));
-            store.changed.insert(data(&ids[1]), now - time::Duration::days(9));
-
-            let plans = plan_store(&settings, &store, None, now).await.unwrap();
-            assert_eq!(plans[0].tiering.len(), 3, "all three are older than 3 days: {:?}", plans[0].tiering);
-            let done = execute(&store, &plans).await.unwrap();
-            assert_eq!(done.tier_skipped.len(), 1, "{:?}", done.tier_skipped);
-            assert_eq!(done.tier_skipped[0].0, ids[0]);
-            assert_eq!(
-                done.tier_skipped[0].1,
-                "its tier changed 0 days ago (a rehydration?): left alone until 3 days after that"
-            );
-            let mut moved = store.moved.lock().unwrap().clone();
-            moved.sort();
-            let mut want = vec![(data(&ids[1]), AccessTier::Archive), (data(&ids[2]), AccessTier::Archive)];
-            want.sort();
-            assert_eq!(moved, want);
-            assert_eq!(done.tiered.len(), 2);
-        }
-
-        #[tokio::test]
-        async fn a_hold_set_while_retention_runs_keeps_the_backup() {
-            let dir = tempfile::tempdir().unwrap();
-            let store = LocalStore::new(dir.path());
-            let settings = settings(dir.path());
-            let now = datetime!(2026-11-21 12:00 UTC);
-            let mut ids = Vec::new();
-            for d in 0..6 {
-                ids.push(put_backup(&store, "prod", "app", now - time::Duration::days(d), d as usize).await);
-            }
-            let plans = plan_store(&settings, &store, None, now).await.unwrap();
-            let removing: Vec<&str> =
-                plans[0].backups.iter().filter(|p| !p.decision.is_keep()).map(|p| p.id.as_str()).collect();
-            assert_eq!(removing, [&ids[3], &ids[4], &ids[5]].map(String::as_str));
-
-            // `pgvault keep` on one of them after the plan was made, before execution.
-            crate::features::holds::set(&store, &ids[4], "test", now).await.unwrap();
-            let done = execute(&store, &plans).await.unwrap();
-            assert_eq!(done.held_meanwhile, [ids[4].clone()]);
-            let mut removed = done.removed.clone();
-            removed.sort();
-            let mut want = vec![ids[3].clone(), ids[5].clone()];
-            want.sort();
-            assert_eq!(removed, want);
-            assert_eq!(done.kept, 3, "the plan's keeps; the held one is listed apart");
-            // The held backup is whole: manifest and data.
-            let m = crate::features::catalog::manifest(&store, &ids[4]).await.unwrap();
-            assert!(store.exists(&m.data_blob).await.unwrap());
-            let json = serde_json::to_value(&done).unwrap();
-            assert_eq!(json["held_meanwhile"][0], ids[4].as_str(), "{json}");
-            // The next plan sees the hold.
-            let again = plan_store(&settings, &store, None, now).await.unwrap();
-            let p = again[0].backups.iter().find(|p| p.id == ids[4]).unwrap();
-            assert_eq!(p.decision, Decision::Keep { reasons: vec!["held".into()] });
-        }
-
-        #[test]
-        fn immutability_refusals_are_recognised() {
-            assert!(is_immutability_refusal(&Error::immutable("delete x: http 409 BlobImmutableDueToPolicy")));
-            // Text alone is not enough: only the adapter's marker counts.
-            assert!(!is_immutability_refusal(&Error::permanent(
-                "delete x: 409 BlobImmutableDueToPolicy: immutability policy"
-            )));
-            assert!(!is_immutability_refusal(&Error::permanent("delete x: 404 not found")));
-        }
+    #[test]
+    fn immutability_refusals_are_recognised() {
+        assert!(is_immutability_refusal(&Error::immutable("delete x: http 409 BlobImmutableDueToPolicy")));
+        // Text alone is not enough: only the adapter's marker counts.
+        assert!(!is_immutability_refusal(&Error::permanent(
+            "delete x: 409 BlobImmutableDueToPolicy: immutability policy"
+        )));
+        assert!(!is_immutability_refusal(&Error::permanent("delete x: 404 not found")));
     }
 }

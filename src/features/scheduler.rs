@@ -1,10 +1,10 @@
 //! The scheduler run: list each server's databases and enqueue one job per database plus one
 //! globals job per server. Used by the `backup-scheduler` function and `pgvault backup`.
 
+use crate::config::context::Ctx;
 use crate::config::settings::Server;
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::{self, BackupJob, Trigger};
-use crate::features::backup::Ctx;
 use crate::seams::pg;
 use time::OffsetDateTime;
 
@@ -22,7 +22,7 @@ pub fn servers<'a>(ctx: &'a Ctx, only: Option<&str>) -> Result<Vec<&'a Server>> 
     match only {
         None => Ok(ctx.settings.inventory.iter().collect()),
         Some(name) => {
-            ctx.settings.server(name).map(|s| vec![s]).ok_or_else(|| crate::features::backup::unknown_server(name))
+            ctx.settings.server(name).map(|s| vec![s]).ok_or_else(|| crate::config::context::unknown_server(name))
         }
     }
 }

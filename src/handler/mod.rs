@@ -17,7 +17,7 @@ pub mod restore_worker;
 pub mod retention;
 pub mod sas_rotator;
 
-use crate::features::backup::Ctx;
+use crate::config::context::Ctx;
 use crate::seams::queue::JobQueue;
 use axum::Router;
 use axum::http::StatusCode;

@@ -13,7 +13,7 @@ pub async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> R
         return reply;
     }
     let ctx = &state.ctx;
-    let retention = crate::cli::monitor::run_retention(ctx, false, None, "timer").await;
+    let retention = crate::features::retention::run(ctx, false, None, "timer").await;
     let rpo = crate::features::report::check_rpo(ctx, time::OffsetDateTime::now_utc()).await;
     let mut logs = Vec::new();
     let removed = match &retention {

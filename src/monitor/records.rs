@@ -271,7 +271,7 @@ pub async fn create(store: &dyn BlobStore, rec: &JobRecord) -> Result<CreateOutc
 /// Write a record, replacing the one there (one staged block, then commit: atomic).
 pub async fn put(store: &dyn BlobStore, rec: &JobRecord) -> Result<()> {
     let name = name(rec.kind, &rec.id);
-    let id = crate::features::backup::block_id(0);
+    let id = crate::seams::store::block_id(0);
     store
         .stage_block(&name, &id, Bytes::from(rec.to_json()))
         .await

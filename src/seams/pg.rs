@@ -4,8 +4,8 @@
 //! from the configured bin directories. Connection details and the password reach them through
 //! the environment (`PGHOST`, `PGPASSWORD`, ...), never the command line.
 
-use crate::config::settings::TlsMode;
 use crate::domain::error::{Error, Result};
+use crate::domain::inventory::TlsMode;
 use crate::domain::secret::{Secret, redact};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

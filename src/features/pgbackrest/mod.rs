@@ -13,22 +13,23 @@
 //! target) → VM (pull: `sync` with the VM's identity; push: Run Command) → include file →
 //! pgBackRest. See DESIGN.md for failure modes and the threat model.
 
-pub mod commands;
 pub mod freshness;
 pub mod include;
 pub mod plan;
-pub mod target;
+pub mod run_command;
+/// The targets' model lives in the domain (the settings parse it).
+pub use crate::domain::pgbackrest_target as target;
 pub mod token;
 pub mod vm;
 
-use crate::azure::arm::{RunCommandRequest, RunCommands};
-use crate::azure::sas::DelegationKey;
 use crate::domain::error::Result;
+use crate::domain::sas::DelegationKey;
 use crate::domain::secret::Secret;
 use crate::monitor::records::{self as jobrecords, JobKind, JobRecord, Status};
 use crate::seams::store::BlobStore;
 use async_trait::async_trait;
 use plan::{Action, TokenState, rfc3339};
+use run_command::{RunCommandRequest, RunCommands};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use target::{Delivery, Target};
@@ -269,5 +270,23 @@ async fn finish(
         job.attempts = 1;
         job.detail = rec.clone();
         jobrecords::put_logged(store, &job).await;
+    }
+}
+/// The targets to act on: all of them, or the one named. An error names what is missing.
+pub fn pick(settings: &crate::config::settings::Settings, name: Option<&str>) -> Result<Vec<Target>> {
+    let all = &settings.pgbackrest_targets;
+    if all.is_empty() {
+        return Err(crate::domain::error::Error::permanent(
+            "setting PGVAULT_PGBACKREST_TARGETS: no pgBackRest targets are configured",
+        ));
+    }
+    match name {
+        None => Ok(all.clone()),
+        Some(n) => all
+            .iter()
+            .find(|t| t.name == n)
+            .cloned()
+            .map(|t| vec![t])
+            .ok_or_else(|| crate::domain::error::Error::permanent(format!("no pgBackRest target named {n:?}"))),
     }
 }

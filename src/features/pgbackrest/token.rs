@@ -6,12 +6,12 @@
 //! validate; see `crate::azure::sas` for why the SDK's own builder is not used. That module's
 //! [`DelegationKey`] is reused as is.
 
-use crate::azure::sas::{DelegationKey, sign_user_delegation_sas};
+use crate::domain::sas::{DelegationKey, sign_user_delegation_sas};
 use crate::domain::secret::Secret;
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
-pub use crate::azure::sas::sas_time;
+pub use crate::domain::sas::sas_time;
 
 /// Sign a container SAS for `account`/`container` with `permissions` (letters of `racwdl`),
 /// valid from `start` to `expiry`, HTTPS only. Returns the query string (no leading `?`).

@@ -11,12 +11,8 @@ use crate::domain::error::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use std::collections::BTreeMap;
 
 pub mod local;
-
-/// Blob index tags (Azure) or their local equivalent: small key/value strings, set at commit.
-pub type Tags = BTreeMap<String, String>;
 
 /// A stream of a blob's bytes, in order.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
@@ -35,43 +31,11 @@ pub struct BlobInfo {
     pub last_modified: Option<time::OffsetDateTime>,
 }
 
-/// A blob's access tier (Azure). Ordered from the most to the least readily available: a move
-/// to a later tier is "colder"; Archive is offline until rehydrated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Hot,
-    Cool,
-    Cold,
-    Archive,
-}
+pub use crate::domain::layout::{Tags, Tier};
 
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Hot => "hot",
-            Tier::Cool => "cool",
-            Tier::Cold => "cold",
-            Tier::Archive => "archive",
-        }
-    }
-
-    /// Case-insensitive: `hot`, `cool`, `cold`, `archive` (Azure answers `Hot`, `Cool`, ...).
-    pub fn parse(s: &str) -> Option<Tier> {
-        match s.to_ascii_lowercase().as_str() {
-            "hot" => Some(Tier::Hot),
-            "cool" => Some(Tier::Cool),
-            "cold" => Some(Tier::Cold),
-            "archive" => Some(Tier::Archive),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Tier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Fixed-width block id for block `index` (base64 of an 8-digit number).
+pub fn block_id(index: usize) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{index:08}"))
 }
 
 /// What [`BlobStore::properties`] reports about one blob.

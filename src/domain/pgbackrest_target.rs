@@ -270,7 +270,7 @@ pub fn parse_targets(json: &str) -> Result<Vec<Target>> {
         let lifetime = dur(&r.lifetime).map_err(ctx)?.unwrap_or(Duration::hours(12));
         let policy = Policy::new(lifetime, dur(&r.renew_before).map_err(ctx)?, dur(&r.alarm_window).map_err(ctx)?)
             .map_err(ctx)?;
-        let vault = crate::config::settings::key_vault_url(&r.vault).map_err(ctx)?;
+        let vault = crate::domain::inventory::key_vault_url(&r.vault).map_err(ctx)?;
         let secret = r.secret.clone().unwrap_or_else(|| format!("pgbackrest-sas-{}", r.name));
         if secret.is_empty() || secret.len() > 127 || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(ctx(Error::permanent(format!("{secret:?} is not a Key Vault secret name"))));

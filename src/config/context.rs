@@ -1,0 +1,52 @@
+//! The context every operation runs with: settings, the store, the secret source, how to show
+//! progress, and the token that says "stop". `runtime` (the one composition root) builds it.
+
+use crate::config::settings::Settings;
+use crate::domain::error::{Error, Result};
+use crate::seams::credentials::SecretSource;
+use crate::seams::pg::ConnSpec;
+use crate::seams::progress;
+use crate::seams::store::BlobStore;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What every operation needs: settings, the store, the secret source, how to show progress,
+/// and the token that says "stop" (SIGTERM).
+#[derive(Clone)]
+pub struct Ctx {
+    pub settings: Arc<Settings>,
+    pub store: Arc<dyn BlobStore>,
+    pub secrets: Arc<dyn SecretSource>,
+    pub progress: progress::Mode,
+    pub cancel: CancellationToken,
+}
+
+impl Ctx {
+    /// Connection details for a server and database, with the login read now: the password (a
+    /// Key Vault secret is read, an Entra token fetched, on every call, so call it right before
+    /// connecting), and the role and `sslmode` a Key Vault connection string states, which
+    /// override the inventory's.
+    pub async fn conn_spec(&self, server_name: &str, database: &str) -> Result<ConnSpec> {
+        let server = self.settings.server(server_name).ok_or_else(|| unknown_server(server_name))?;
+        let login = self.secrets.login(server, database).await?;
+        let tls = login.tls.unwrap_or(server.tls);
+        if tls != crate::domain::inventory::TlsMode::VerifyFull && !server.host.starts_with('/') {
+            tracing::warn!(server = %server.name, tls = tls.as_libpq(), from_secret = login.tls.is_some(), "TLS to PostgreSQL is not verify-full");
+        }
+        Ok(ConnSpec {
+            server: server.name.clone(),
+            host: server.host.clone(),
+            port: server.port,
+            user: login.user.unwrap_or_else(|| server.user.clone()),
+            dbname: database.to_string(),
+            tls,
+            password: login.password,
+            ca_file: self.settings.ca_file.clone(),
+        })
+    }
+}
+
+pub fn unknown_server(name: &str) -> Error {
+    Error::permanent(format!("unknown server {name:?}: it is not in the inventory"))
+        .with_hint("check the server name, or add the server to PGVAULT_INVENTORY")
+}
