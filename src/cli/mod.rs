@@ -480,7 +480,8 @@ pub struct RestoreArgs {
     /// The newest backup taken at or before this RFC 3339 time.
     #[arg(long)]
     latest_before: Option<String>,
-    #[arg(long, value_enum, default_value = "create")]
+    /// create, replace or as-files.
+    #[arg(long, default_value = "create", value_parser = parse_mode)]
     mode: crate::features::restore::Mode,
     /// create / replace: a server of the inventory (default: --server).
     #[arg(long)]
@@ -530,6 +531,14 @@ pub struct RestoreArgs {
     /// Print JSON reports (with the as-files URLs) instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_mode(s: &str) -> std::result::Result<crate::features::restore::Mode, String> {
+    use crate::features::restore::Mode;
+    Mode::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+        format!("{s:?} is not a mode: use one of {}", all.join(", "))
+    })
 }
 
 fn restore_request(a: &RestoreArgs) -> Result<crate::features::restore::RestoreRequest> {

@@ -97,7 +97,7 @@ pub enum BackupChoice {
     LatestBefore(#[serde(with = "time::serde::rfc3339")] OffsetDateTime),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Fail if the target database exists.
@@ -109,6 +109,13 @@ pub enum Mode {
 }
 
 impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Create, Mode::Replace, Mode::AsFiles];
+
+    /// `create`, `replace` or `as-files`.
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Create => "create",
