@@ -1,0 +1,102 @@
+//! Submit: claim a request id once, record the plan, enqueue its tasks.
+
+use super::*;
+
+/// What [`submit`] did.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Planned, recorded, and (with a queue) enqueued.
+    Planned(Plan),
+    /// The request id was used before; nothing was done. The record says what became of it.
+    Duplicate(Box<JobRecord>),
+}
+
+/// Validate and plan a request, claim its id, record the plan and the tasks, and send the tasks
+/// to `restore-tasks` (when `queue` is given; the CLI runs them itself).
+///
+/// A permanent error (invalid, impossible) is recorded as a failed request (marked `rejected`,
+/// so the id may be posted again once fixed) and returned. A request id that was planned before
+/// is a duplicate: nothing is done, whatever the new text says. A request whose tasks were not
+/// all sent (the host retries it) resumes sending the recorded plan.
+pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreRequest) -> Result<Submitted> {
+    req.validate()?;
+    let store = ctx.store.as_ref();
+    let existing = jobrecords::get(store, JobKind::RestoreRequest, &req.request_id).await?;
+    let rejected_before = existing.as_ref().is_some_and(|r| r.detail["rejected"] == true);
+    let resume = existing.as_ref().filter(|r| {
+        r.detail["enqueued"] == false && r.detail["request"] == serde_json::to_value(req).unwrap_or_default()
+    });
+    let plan = match (resume, &existing) {
+        (Some(r), _) => serde_json::from_value::<Plan>(r.detail["plan"].clone()).map_err(|e| {
+            Error::permanent(format!("restore request {:?}: recorded plan unreadable: {e}", req.request_id))
+        })?,
+        (None, Some(r)) if !rejected_before => return Ok(Submitted::Duplicate(Box::new(r.clone()))),
+        _ => {
+            let backups = catalog::list(store, Some(&req.source.server), None).await?;
+            match plan(req, &ctx.settings, &backups) {
+                Ok(p) => p,
+                Err(e) => {
+                    if e.is_permanent() {
+                        record_rejection(ctx, req, &e).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    };
+
+    let now = OffsetDateTime::now_utc();
+    let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
+    rec.requested_by = req.requested_by.clone();
+    rec.detail = serde_json::json!({ "request": req, "plan": plan, "enqueued": false, "rejected": false });
+    if resume.is_none() {
+        let claimed = if rejected_before {
+            jobrecords::put(store, &rec).await.map(|()| CreateOutcome::Created)?
+        } else {
+            jobrecords::create(store, &rec).await?
+        };
+        if claimed == CreateOutcome::AlreadyExists {
+            // Someone else claimed it between our read and our create.
+            let theirs = jobrecords::get(store, JobKind::RestoreRequest, &req.request_id).await?.unwrap_or(rec);
+            return Ok(Submitted::Duplicate(Box::new(theirs)));
+        }
+        for c in &plan.choices {
+            tracing::info!(request = %req.request_id, what = %c.what, reason = %c.reason, "restore plan");
+        }
+    }
+    for task in &plan.tasks {
+        if jobrecords::get(store, JobKind::RestoreTask, &task.task_id).await?.is_none() {
+            let mut t = JobRecord::new(JobKind::RestoreTask, &task.task_id, task.describe(), now);
+            t.parent = Some(req.request_id.clone());
+            t.requested_by = req.requested_by.clone();
+            t.detail = serde_json::json!({ "task": task });
+            jobrecords::put(store, &t).await?;
+        }
+        if let Some(q) = queue {
+            q.send(RESTORE_TASKS_QUEUE, &task.to_json(), false)
+                .await
+                .map_err(|e| e.context(format!("enqueue restore task {}", task.task_id)))?;
+            tracing::info!(request = %req.request_id, task = %task.task_id, what = %task.describe(), "restore task enqueued");
+        }
+    }
+    if let Some(r) = resume {
+        rec.created_at = r.created_at;
+    }
+    rec.detail["enqueued"] = serde_json::Value::Bool(true);
+    jobrecords::put(store, &rec).await?;
+    // A fast worker may have recorded progress before the put above overwrote it.
+    update_request(ctx, &req.request_id).await;
+    Ok(Submitted::Planned(plan))
+}
+
+/// Record a request that can never run: a failed record marked `rejected`.
+pub(super) async fn record_rejection(ctx: &Ctx, req: &RestoreRequest, why: &Error) {
+    let now = OffsetDateTime::now_utc();
+    let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
+    rec.status = Status::Failed;
+    rec.reason = Some(why.to_string());
+    rec.requested_by = req.requested_by.clone();
+    rec.finished_at = Some(now);
+    rec.detail = serde_json::json!({ "request": req, "rejected": true });
+    jobrecords::put_logged(ctx.store.as_ref(), &rec).await;
+}

@@ -1,0 +1,236 @@
+//! Run one task under its claim, with its job record: export it, or restore (globals first
+//! when asked, then the database).
+
+use super::*;
+
+/// Run one task and keep its job record (and its request's) up to date. `last_attempt` says
+/// whether a transient failure will be retried by the host.
+///
+/// `delivery` says who runs it: one delivery at a time runs a task (see [`crate::features::claim`]);
+/// another delivery of it meanwhile gets [`TaskOutcome::RunningElsewhere`].
+pub async fn execute_task(
+    ctx: &Ctx,
+    task: &RestoreTask,
+    last_attempt: bool,
+    delivery: &crate::features::claim::Delivery,
+) -> Result<TaskOutcome> {
+    use crate::features::claim::{self, Claimed};
+    task.validate()?;
+    let store = ctx.store.as_ref();
+    let now = OffsetDateTime::now_utc();
+    let claim = match claim::acquire(store, "restore-task", &task.task_id, delivery, now).await? {
+        Claimed::Owned(c) => c,
+        Claimed::HeldBy(holder) => {
+            // A holder whose run has ended (its record was written after it claimed, and says
+            // it is not running) only failed to remove its claim: take it over.
+            let ended = matches!(
+                jobrecords::get(store, JobKind::RestoreTask, &task.task_id).await,
+                Ok(Some(r)) if r.status != Status::Running && r.updated_at >= holder.since
+            );
+            match ended {
+                true => match claim::take_over(store, "restore-task", &task.task_id, delivery, now).await? {
+                    Claimed::Owned(c) => c,
+                    Claimed::HeldBy(h) => return Ok(TaskOutcome::RunningElsewhere(h)),
+                },
+                false => {
+                    tracing::info!(task = %task.task_id, holder = %holder.message_id, since = %ts(holder.since), "restore task is being run by another delivery; this one stands down");
+                    return Ok(TaskOutcome::RunningElsewhere(holder));
+                }
+            }
+        }
+    };
+    // Read under the claim: a delivery that finished released it only after writing its record.
+    // A CLI run prints its own failure once; the error log line is for the host's runs.
+    let interactive = delivery.lease.is_none();
+    let outcome = execute_claimed(ctx, task, last_attempt, interactive, now).await;
+    if let Err(e) = claim.release(store).await
+        && matches!(outcome, Ok(TaskOutcome::RehydrationPending { .. }))
+    {
+        // The next look is another message. It would find the claim, and also this record
+        // saying the run ended, so it would take over; but retrying this very message is
+        // simpler and certain (a redelivery takes its own claim over).
+        return Err(Error::transient(format!(
+            "task {}: rehydration pending, but its claim could not be removed: {e}",
+            task.task_id
+        )));
+    }
+    outcome
+}
+
+pub(super) async fn execute_claimed(
+    ctx: &Ctx,
+    task: &RestoreTask,
+    last_attempt: bool,
+    interactive: bool,
+    now: OffsetDateTime,
+) -> Result<TaskOutcome> {
+    let store = ctx.store.as_ref();
+    let mut rec = match jobrecords::get(store, JobKind::RestoreTask, &task.task_id).await {
+        Ok(Some(r)) if r.status == Status::Succeeded => return Ok(TaskOutcome::AlreadyDone(Box::new(r))),
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            let mut r = JobRecord::new(JobKind::RestoreTask, &task.task_id, task.describe(), now);
+            r.parent = Some(task.request_id.clone());
+            r.requested_by = task.requested_by.clone();
+            r
+        }
+        Err(e) => {
+            tracing::warn!(task = %task.task_id, error = %e, "cannot read the task's job record; running it");
+            JobRecord::new(JobKind::RestoreTask, &task.task_id, task.describe(), now)
+        }
+    };
+    // An archived backup: start rehydration and come back later, within a bound.
+    let rehydration_started =
+        rec.detail["rehydration_started_at"].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    let waited = rehydration_started.map(|t| now - t);
+    let offline = check_archived(ctx, task, waited).await;
+    let gave_up = offline.iter().find_map(|(blob, a)| match a {
+        Availability::GiveUp(why) => Some(Error::permanent(format!("backup {:?}, data {blob:?}: {why}", task.backup))),
+        _ => None,
+    });
+    if gave_up.is_none() && !offline.is_empty() {
+        for (blob, action) in &offline {
+            if *action == Availability::Rehydrate {
+                start_rehydration(ctx, task, blob, waited).await?;
+            }
+        }
+        let blobs: Vec<&str> = offline.iter().map(|(b, _)| b.as_str()).collect();
+        let started = rehydration_started.unwrap_or(now);
+        rec.status = Status::RehydrationPending;
+        rec.reason = Some(format!("rehydration pending: backup data {blobs:?} in the archive tier"));
+        rec.updated_at = now;
+        rec.detail = serde_json::json!({
+            "task": task, "rehydration_started_at": ts(started), "blobs": blobs,
+            "recheck_secs": REHYDRATION_RECHECK_SECS,
+        });
+        jobrecords::put_logged(store, &rec).await;
+        update_request(ctx, &task.request_id).await;
+        tracing::info!(task = %task.task_id, blobs = ?blobs, recheck_secs = REHYDRATION_RECHECK_SECS, "restore task waits for rehydration");
+        return Ok(TaskOutcome::RehydrationPending { blob: blobs.join(", "), recheck_secs: REHYDRATION_RECHECK_SECS });
+    }
+    rec.start_attempt(now);
+    rec.detail = serde_json::json!({ "task": task });
+    jobrecords::put_logged(store, &rec).await;
+    update_request(ctx, &task.request_id).await;
+    tracing::info!(task = %task.task_id, what = %task.describe(), attempt = rec.attempts, "restore task started");
+
+    let started = std::time::Instant::now();
+    let result = match gave_up {
+        Some(e) => Err(e),
+        None => run_task(ctx, task).await,
+    };
+    let now = OffsetDateTime::now_utc();
+    rec.updated_at = now;
+    rec.finished_at = Some(now);
+    let outcome = match result {
+        Ok(mut report) => {
+            report.seconds = started.elapsed().as_secs_f64();
+            rec.status = Status::Succeeded;
+            rec.bytes = Some(report.stored_bytes);
+            rec.detail = serde_json::json!({ "task": task, "report": report });
+            tracing::info!(
+                task = %task.task_id, what = %task.describe(), stored_bytes = report.stored_bytes,
+                raw_bytes = report.raw_bytes, seconds = report.seconds, "restore task succeeded"
+            );
+            Ok(TaskOutcome::Done(Box::new(report)))
+        }
+        Err(e) => {
+            let will_retry = !e.is_permanent() && !last_attempt;
+            rec.status = Status::Failed;
+            rec.reason = Some(e.to_string());
+            rec.detail = serde_json::json!({ "task": task, "will_retry": will_retry });
+            if interactive {
+                tracing::debug!(task = %task.task_id, will_retry, error = %e, "restore task failed");
+            } else {
+                tracing::error!(task = %task.task_id, what = %task.describe(), will_retry, error = %e, "restore task failed");
+            }
+            Err(e)
+        }
+    };
+    jobrecords::put_logged(store, &rec).await;
+    update_request(ctx, &task.request_id).await;
+    outcome
+}
+
+/// Bring a request's record in line with its tasks: running while any runs, succeeded when all
+/// succeeded, failed when all ended and one failed. Best effort (it is bookkeeping).
+pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
+    let store = ctx.store.as_ref();
+    let Ok(Some(mut req)) = jobrecords::get(store, JobKind::RestoreRequest, request_id).await else { return };
+    let Ok(plan) = serde_json::from_value::<Plan>(req.detail["plan"].clone()) else { return };
+    let mut states = Vec::new();
+    let mut bytes = 0;
+    for t in &plan.tasks {
+        match jobrecords::get(store, JobKind::RestoreTask, &t.task_id).await {
+            Ok(Some(r)) => {
+                bytes += r.bytes.unwrap_or(0);
+                states.push((r.status, r.detail["will_retry"] == true, r.reason));
+            }
+            _ => states.push((Status::Queued, false, None)),
+        }
+    }
+    let finished = |s: &(Status, bool, Option<String>)| s.0 == Status::Succeeded || (s.0 == Status::Failed && !s.1);
+    let now = OffsetDateTime::now_utc();
+    let status = if states.iter().all(|s| s.0 == Status::Succeeded) {
+        Status::Succeeded
+    } else if states.iter().all(finished) {
+        Status::Failed
+    } else if states.iter().any(|s| s.0 != Status::Queued) {
+        Status::Running
+    } else {
+        Status::Queued
+    };
+    if req.status == Status::Queued && status != Status::Queued {
+        req.started_at = Some(now);
+    }
+    req.status = status;
+    req.bytes = Some(bytes);
+    req.updated_at = now;
+    if matches!(status, Status::Succeeded | Status::Failed) {
+        req.finished_at = Some(now);
+    }
+    req.reason = (status == Status::Failed).then(|| {
+        let failed: Vec<String> = plan
+            .tasks
+            .iter()
+            .zip(&states)
+            .filter(|(_, s)| s.0 == Status::Failed)
+            .map(|(t, s)| format!("task {}: {}", t.task_id, s.2.as_deref().unwrap_or("failed")))
+            .collect();
+        failed.join("; ")
+    });
+    jobrecords::put_logged(store, &req).await;
+}
+
+/// Run one task: export it, or restore (globals first when asked, then the database).
+pub async fn run_task(ctx: &Ctx, task: &RestoreTask) -> Result<TaskReport> {
+    task.validate()?;
+    let m = catalog::manifest(ctx.store.as_ref(), &task.backup).await?;
+    let mut report = TaskReport {
+        task_id: task.task_id.clone(),
+        backup: m.id.clone(),
+        mode: task.target.mode.as_str().into(),
+        stored_bytes: m.stored_bytes,
+        raw_bytes: m.raw_bytes,
+        ..Default::default()
+    };
+    match task.target.mode {
+        Mode::AsFiles => {
+            report.files = export(ctx, task, &m).await?;
+        }
+        Mode::Create | Mode::Replace => {
+            if m.kind != BackupKind::Database {
+                return Err(Error::permanent(format!(
+                    "backup {:?} holds globals, not a database; restore it with options.globals",
+                    m.id
+                )));
+            }
+            // The globals are restored inside, once the temporary database exists: a target that
+            // cannot create it (a missing locale) fails before any role is created.
+            let (globals, database) = restore_database(ctx, task, &m).await?;
+            report.globals = globals;
+            report.database = Some(database);
+        }
+    }
+    Ok(report)
+}
