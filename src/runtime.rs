@@ -63,7 +63,10 @@ impl Runtime {
             let (credential, options) = azure.clone().expect("built above");
             secrets = secrets.with_cloud(Arc::new(azure::AzureCloudSecrets::new(credential, options)));
         }
-        let ctx = Ctx { secrets: Arc::new(secrets), settings, store, progress, cancel };
+        let alerter = Arc::new(crate::seams::alerts::Alerter::new(
+            settings.alert_webhook.as_ref().and_then(|s| url::Url::parse(s.expose()).ok()),
+        ));
+        let ctx = Ctx { secrets: Arc::new(secrets), settings, store, progress, cancel, alerter };
         Ok(Runtime { ctx, queue, azure_store })
     }
 
@@ -112,7 +115,7 @@ pub fn azure_parts(settings: &Settings, retry: &RetrySettings) -> Result<(Arc<dy
 /// Rotation (and optionally freshness) over the settings' targets: the function and the CLI.
 pub async fn rotate_pgbackrest(
     settings: &Settings,
-    records: Option<&dyn BlobStore>,
+    monitor: crate::monitor::tracked::Monitor<'_>,
     target: Option<&str>,
     with_freshness: bool,
 ) -> Result<(serde_json::Value, bool)> {
@@ -125,7 +128,7 @@ pub async fn rotate_pgbackrest(
         keys: &keys,
         vault: &vault,
         run_commands: Some(&arm as &dyn crate::features::pgbackrest::run_command::RunCommands),
-        records,
+        monitor,
     };
     let now = OffsetDateTime::now_utc();
     let results = crate::features::pgbackrest::rotate_all(&r, &targets, now).await;
@@ -133,7 +136,7 @@ pub async fn rotate_pgbackrest(
     let mut fresh = Vec::new();
     if with_freshness {
         for t in targets.iter().filter(|t| !t.stanzas.is_empty()) {
-            let v = freshness_one(t, credential.clone(), options.clone(), records, now).await;
+            let v = freshness_one(t, credential.clone(), options.clone(), monitor, now).await;
             ok &= v["ok"] == serde_json::json!(true);
             fresh.push(v);
         }
@@ -145,11 +148,11 @@ async fn freshness_one(
     t: &crate::domain::pgbackrest_target::Target,
     credential: Arc<dyn TokenCredential>,
     options: ClientOptions,
-    records: Option<&dyn BlobStore>,
+    monitor: crate::monitor::tracked::Monitor<'_>,
     now: OffsetDateTime,
 ) -> serde_json::Value {
     match azure::AzureBlobStore::new(&t.blob_endpoint, &t.container, credential, options).await {
-        Ok(store) => crate::features::pgbackrest::freshness::check(&store, t, records, now).await,
+        Ok(store) => crate::features::pgbackrest::freshness::check(&store, t, monitor, now).await,
         Err(e) => {
             tracing::error!(target_name = %t.name, error = %e, "cannot open the pgBackRest container");
             serde_json::json!({"target": t.name, "ok": false, "error": e.to_string()})
@@ -162,11 +165,11 @@ async fn freshness_one(
 pub async fn pgbackrest_freshness(
     settings: &Settings,
     t: &crate::domain::pgbackrest_target::Target,
-    records: Option<&dyn BlobStore>,
+    monitor: crate::monitor::tracked::Monitor<'_>,
     now: time::OffsetDateTime,
 ) -> Result<serde_json::Value> {
     let (credential, options) = azure_parts(settings, &RetrySettings::default())?;
-    Ok(freshness_one(t, credential, options, records, now).await)
+    Ok(freshness_one(t, credential, options, monitor, now).await)
 }
 
 /// The VM side's Key Vault reader (`pgvault pgbackrest-sas sync`): a few quick retries, since the

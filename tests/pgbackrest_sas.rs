@@ -217,6 +217,8 @@ async fn rotate_sync_backup_expire_and_recover() {
         &targets(&stack, &kv, &pgbr, &push_file, &format!("{}/devstoreaccount1", arm.url)),
     );
     stack.set("PGVAULT_ARM_ENDPOINT", &arm.url);
+    let hook = support::webhook::Webhook::start().await;
+    stack.set("PGVAULT_ALERT_WEBHOOK", &hook.url);
     let mut outputs = String::new();
 
     // Rotate: pg1 and pg2 get tokens; pg3 cannot (its endpoint refuses), pg4 is auto.
@@ -234,11 +236,20 @@ async fn rotate_sync_backup_expire_and_recover() {
     assert!(pg3["alarm"].as_str().unwrap().contains("no valid token"), "{pg3}");
     assert!(pg3["error"].as_str().unwrap().contains("user delegation key"), "{pg3}");
     let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    // pg3 has no valid token: inside its alarm window. One alert of kind pgbackrest, as an
+    // error-level alert record and on the webhook; pg1, pg2 and pg4 raise none.
+    let alert_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("alert=true")).collect();
+    assert_eq!(alert_lines.len(), 1, "{stderr}");
     assert!(
-        stderr.lines().any(|l| l.contains("ERROR") && l.contains("alarm") && l.contains("target_name=\"pg3\"")
-            || l.contains("ERROR") && l.contains("alarm") && l.contains("target_name=pg3")),
-        "error-level alarm with structured fields: {stderr}"
+        alert_lines[0].contains("ERROR")
+            && alert_lines[0].contains("alert_kind=\"pgbackrest\"")
+            && alert_lines[0].contains("subject=pg3")
+            && alert_lines[0].contains("pgbackrest sas alarm"),
+        "{stderr}"
     );
+    let hits = hook.hits();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!((hits[0]["kind"].as_str(), hits[0]["subject"].as_str()), (Some("pgbackrest"), Some("pg3")), "{hits:?}");
 
     // Token shape and secret attributes.
     let vault = vault_reader(&stack.ca).await;

@@ -30,9 +30,9 @@ var failureMessages = [
 var rejectionMessages = [
   'message rejected and kept'
 ]
-// alert_kind values of src/alerts.rs records (Debug names): RPO breach and the rest.
+// alert_kind values of src/seams/alerts.rs records (AlertKind::as_str): RPO breach and the rest.
 var rpoAlertKinds = [
-  'MissedSchedule'
+  'missed-schedule'
 ]
 
 var hasGroup = !empty(actionGroupId) || !empty(alertEmail)

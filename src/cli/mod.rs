@@ -276,7 +276,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             }
-            let mut rec = crate::features::report::start_record(
+            let rec = crate::features::report::start_record(
                 crate::monitor::records::JobKind::Verify,
                 "*",
                 "pgvault verify",
@@ -287,44 +287,64 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             } else {
                 ids
             };
-            let mut failed = 0;
-            for id in &ids {
-                match catalog::verify(&rt.ctx, id).await {
-                    Ok(r) => println!(
-                        "ok {}: {} blocks, {} stored, {} raw, {} archive entries",
-                        r.id,
-                        r.blocks,
-                        human_bytes(r.stored_bytes),
-                        human_bytes(r.raw_bytes),
-                        r.toc_entries
-                    ),
-                    Err(e) => {
-                        failed += 1;
-                        println!("FAILED {id}: {e}");
+            use crate::monitor::tracked::{Alerting, Monitor, Run, track};
+            let alerting = Alerting::once(crate::seams::alerts::AlertKind::JobFailed);
+            let (result, _) = track(Monitor::of(&rt.ctx), rec, alerting, async {
+                let mut failed = 0;
+                for id in &ids {
+                    match catalog::verify(&rt.ctx, id).await {
+                        Ok(r) => println!(
+                            "ok {}: {} blocks, {} stored, {} raw, {} archive entries",
+                            r.id,
+                            r.blocks,
+                            human_bytes(r.stored_bytes),
+                            human_bytes(r.raw_bytes),
+                            r.toc_entries
+                        ),
+                        Err(e) => {
+                            failed += 1;
+                            println!("FAILED {id}: {e}");
+                        }
                     }
                 }
-            }
-            let mut orphans = Vec::new();
-            if all {
-                orphans = catalog::orphans(rt.ctx.store.as_ref(), None).await?;
-                for orphan in &orphans {
-                    println!("orphan (data without manifest, not a backup): {orphan}");
-                    if clean_orphans {
-                        rt.ctx.store.delete(orphan).await?;
-                        println!("removed orphan {orphan}");
+                let mut orphans = Vec::new();
+                let mut cleaned = Vec::new();
+                if all {
+                    match catalog::orphans(rt.ctx.store.as_ref(), None).await {
+                        Ok(o) => orphans = o,
+                        Err(e) => return Run::failed(e, serde_json::json!({ "verified": ids.len() - failed })),
+                    }
+                    for orphan in &orphans {
+                        println!("orphan (data without manifest, not a backup): {orphan}");
+                        if clean_orphans {
+                            if let Err(e) = rt.ctx.store.delete(orphan).await {
+                                let detail = serde_json::json!({ "orphans": orphans, "cleaned": cleaned });
+                                return Run::failed(e.context(format!("remove orphan {orphan:?}")), detail);
+                            }
+                            println!("removed orphan {orphan}");
+                            cleaned.push(orphan.clone());
+                        }
                     }
                 }
-            }
-            println!("{} verified, {failed} failed", ids.len() - failed);
-            let detail =
-                serde_json::json!({"verified": ids.len() - failed, "orphans": orphans, "cleaned": clean_orphans});
-            let result = if failed == 0 {
-                Ok(detail)
-            } else {
-                Err(format!("{failed} of {} backups failed verification", ids.len()))
-            };
-            crate::features::report::finish_record(&rt.ctx, &mut rec, result).await;
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                println!("{} verified, {failed} failed", ids.len() - failed);
+                let detail = serde_json::json!({
+                    "verified": ids.len() - failed, "failed": failed, "orphans": orphans, "cleaned": cleaned
+                });
+                if failed == 0 {
+                    Run::ok((), detail)
+                } else {
+                    Run::failed(
+                        Error::permanent(format!("{failed} of {} backups failed verification", ids.len())),
+                        detail,
+                    )
+                }
+            })
+            .await;
+            Ok(match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.message().ends_with("backups failed verification") => ExitCode::FAILURE,
+                Err(e) => return Err(e),
+            })
         }
         Command::GrantSql { role, restore, per_schema, member_of, apply, server } => {
             let opts = crate::features::grant::GrantOptions { role, restore, per_schema, member_of };
@@ -337,7 +357,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             restore_now(&rt, *args).await.map_err(|e| if flags { e.reworded(flag_words) } else { e })
         }
         Command::PgbackrestSas(c) => {
-            crate::cli::pgbackrest::run(&rt.ctx.settings, Some(rt.ctx.store.as_ref()), c).await
+            crate::cli::pgbackrest::run(&rt.ctx.settings, crate::monitor::tracked::Monitor::of(&rt.ctx), c).await
         }
         Command::Jobs { kind, id, failed, since, server, summary, json } => {
             let now = time::OffsetDateTime::now_utc();

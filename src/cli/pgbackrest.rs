@@ -6,7 +6,6 @@ use crate::domain::error::{Error, Result};
 use crate::features::pgbackrest::vm::{PgBackRest, SyncRequest};
 use crate::features::pgbackrest::{pick, vm};
 use crate::runtime;
-use crate::seams::store::BlobStore;
 use clap::Subcommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,10 +105,14 @@ impl PgbackrestSas {
 }
 
 /// Commands that use the runtime (backup store for records).
-pub async fn run(settings: &Settings, records: Option<&dyn BlobStore>, cmd: PgbackrestSas) -> Result<ExitCode> {
+pub async fn run(
+    settings: &Settings,
+    monitor: crate::monitor::tracked::Monitor<'_>,
+    cmd: PgbackrestSas,
+) -> Result<ExitCode> {
     match cmd {
         PgbackrestSas::Rotate { target, freshness } => {
-            let (v, ok) = runtime::rotate_pgbackrest(settings, records, target.as_deref(), freshness).await?;
+            let (v, ok) = runtime::rotate_pgbackrest(settings, monitor, target.as_deref(), freshness).await?;
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -118,7 +121,7 @@ pub async fn run(settings: &Settings, records: Option<&dyn BlobStore>, cmd: Pgba
             let mut ok = true;
             let now = OffsetDateTime::now_utc();
             for t in &targets {
-                let v = runtime::pgbackrest_freshness(settings, t, records, now).await?;
+                let v = runtime::pgbackrest_freshness(settings, t, monitor, now).await?;
                 ok &= v["ok"] == serde_json::json!(true);
                 println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             }

@@ -3,6 +3,7 @@
 
 use crate::config::settings::Settings;
 use crate::domain::error::{Error, Result};
+use crate::seams::alerts::Alerter;
 use crate::seams::credentials::SecretSource;
 use crate::seams::pg::ConnSpec;
 use crate::seams::progress;
@@ -19,6 +20,8 @@ pub struct Ctx {
     pub secrets: Arc<dyn SecretSource>,
     pub progress: progress::Mode,
     pub cancel: CancellationToken,
+    /// Where alerts go: the log, and the webhook of `PGVAULT_ALERT_WEBHOOK` (one HTTP client).
+    pub alerter: Arc<Alerter>,
 }
 
 impl Ctx {

@@ -19,7 +19,9 @@ use crate::domain::error::{Error, Result};
 use crate::domain::layout::BackupKind;
 use crate::domain::manifest::Manifest;
 use crate::features::restore::{self, Mode, Options, RestoreTask, Target};
-use crate::monitor::records::{JobKind, JobRecord, Status};
+use crate::monitor::records::{JobKind, JobRecord};
+use crate::monitor::tracked::{Alerting, Monitor, Run, track};
+use crate::seams::alerts::AlertKind;
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -118,14 +120,12 @@ pub async fn run(ctx: &Ctx, only_server: Option<&str>, trigger: &str) -> Result<
 }
 
 async fn drill_one(ctx: &Ctx, scratch: &str, server: &str, database: &str, m: &Manifest, trigger: &str) -> JobRecord {
-    let mut rec = crate::features::report::start_record(
+    let rec = crate::features::report::start_record(
         JobKind::Drill,
         &format!("{server}/{database}"),
         &format!("restore drill of {} into server {scratch:?}", m.id),
         trigger,
     );
-    rec.bytes = Some(m.stored_bytes);
-    crate::monitor::records::put_logged(ctx.store.as_ref(), &rec).await;
     let temp = format!("pgvault_drill_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let task = RestoreTask {
         version: restore::MESSAGE_VERSION,
@@ -146,25 +146,31 @@ async fn drill_one(ctx: &Ctx, scratch: &str, server: &str, database: &str, m: &M
         reason: "restore drill".into(),
     };
     tracing::info!(backup = %m.id, scratch, database = %temp, "restore drill started");
-    let started = std::time::Instant::now();
-    let result = restore::run_task(ctx, &task).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let dropped = drop_database(ctx, scratch, &temp).await;
-    let outcome = match (result, dropped) {
-        (Ok(report), Ok(())) => {
-            tracing::info!(backup = %m.id, seconds, "restore drill succeeded");
-            Ok(json!({ "backup": m.id, "restore_seconds": seconds, "scratch_server": scratch, "report": report }))
+    let (_, rec) = track(Monitor::of(ctx), rec, Alerting::once(AlertKind::DrillFailed), async {
+        let started = std::time::Instant::now();
+        let result = restore::run_task(ctx, &task).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let dropped = drop_database(ctx, scratch, &temp).await;
+        let detail = json!({ "backup": m.id, "restore_seconds": seconds, "scratch_server": scratch });
+        match (result, dropped) {
+            (Ok(mut report), Ok(())) => {
+                tracing::info!(backup = %m.id, seconds, "restore drill succeeded");
+                // The report's time is the restore's own (the drill measured it).
+                report.seconds = seconds;
+                let detail =
+                    json!({ "backup": m.id, "restore_seconds": seconds, "scratch_server": scratch, "report": report });
+                Run::ok((), detail).with_bytes(Some(m.stored_bytes))
+            }
+            (Ok(_), Err(e)) => {
+                Run::failed(e.context(format!("backup {:?} restored, but dropping {temp:?} failed", m.id)), detail)
+            }
+            (Err(e), _) => {
+                tracing::info!(backup = %m.id, error = %e, "restore drill failed");
+                Run::failed(e.context(format!("backup {:?} did not restore", m.id)), detail)
+            }
         }
-        (Ok(_), Err(e)) => Err(format!("backup {:?} restored, but dropping {temp:?} failed: {e}", m.id)),
-        (Err(e), _) => {
-            tracing::error!(backup = %m.id, error = %e, "restore drill failed");
-            Err(format!("backup {:?} did not restore: {e}", m.id))
-        }
-    };
-    crate::features::report::finish_record(ctx, &mut rec, outcome).await;
-    if rec.status == Status::Succeeded {
-        rec.detail["restore_seconds"] = json!(seconds);
-    }
+    })
+    .await;
     rec
 }
 

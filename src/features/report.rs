@@ -11,18 +11,14 @@ use crate::config::settings::Settings;
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
 use crate::features::backup::{self, Outcome};
-use crate::monitor::alerts::{Alert, AlertKind, Alerter};
 use crate::monitor::records::{self as jobrecords, JobKind, JobRecord, Status};
+use crate::monitor::tracked::{Alerting, Monitor, Run, conclude, track};
+use crate::seams::alerts::{Alert, AlertKind};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
-
-/// The alerter the settings describe (the webhook URL stays a secret: never logged).
-pub fn alerter(settings: &Settings) -> Alerter {
-    Alerter::new(settings.alert_webhook.as_ref().and_then(|s| url::Url::parse(s.expose()).ok()))
-}
 
 /// `server/database`, or `server/@globals`.
 pub fn backup_target(job: &BackupJob) -> String {
@@ -41,47 +37,36 @@ pub fn backup_record(job: &BackupJob, now: OffsetDateTime) -> JobRecord {
     r
 }
 
-/// Run one backup job and keep its record. A failure that will not be retried (permanent, or
-/// the last attempt) raises an alert; the alert never changes the outcome.
+/// Run one backup job and keep its record (`monitor::tracked`): a failure that will not be
+/// retried (permanent, or the last attempt) raises one alert; the alert never changes the
+/// outcome.
 pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Result<Outcome> {
     let store = ctx.store.as_ref();
-    let now = OffsetDateTime::now_utc();
-    let mut rec = match jobrecords::get(store, JobKind::Backup, &job.job_id).await {
+    let rec = match jobrecords::get(store, JobKind::Backup, &job.job_id).await {
         Ok(Some(r)) => r,
-        _ => backup_record(job, now),
+        _ => backup_record(job, OffsetDateTime::now_utc()),
     };
-    rec.start_attempt(now);
-    jobrecords::put_logged(store, &rec).await;
-    let result = backup::run(ctx, job).await;
-    let end = OffsetDateTime::now_utc();
-    rec.updated_at = end;
-    rec.finished_at = Some(end);
-    match &result {
-        Ok(Outcome::Created(m)) => {
-            rec.status = Status::Succeeded;
-            rec.bytes = Some(m.stored_bytes);
-            rec.detail = json!({ "backup": m.id, "raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes });
-        }
-        Ok(Outcome::AlreadyDone { id }) => {
-            rec.status = Status::Succeeded;
-            rec.detail = json!({ "backup": id, "already_done": true });
-        }
-        Err(e) => {
-            let will_retry = !e.is_permanent() && !last_attempt;
-            rec.status = Status::Failed;
-            rec.reason = Some(e.to_string());
-            rec.detail = json!({ "will_retry": will_retry });
-            if !will_retry {
-                alerter(&ctx.settings).raise(&failed_alert(&rec)).await;
+    let alerting = Alerting::delivery(AlertKind::JobFailed, last_attempt);
+    let (result, _) = track(Monitor::of(ctx), rec, alerting, async {
+        match backup::run(ctx, job).await {
+            Ok(Outcome::Created(m)) => {
+                let detail = json!({ "backup": m.id, "raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes });
+                let bytes = Some(m.stored_bytes);
+                Run::ok(Outcome::Created(m), detail).with_bytes(bytes)
             }
+            Ok(Outcome::AlreadyDone { id }) => {
+                let detail = json!({ "backup": id, "already_done": true });
+                Run::ok(Outcome::AlreadyDone { id }, detail)
+            }
+            Err(e) => Run::failed(e, Value::Null),
         }
-    }
-    jobrecords::put_logged(store, &rec).await;
+    })
+    .await;
     result
 }
 
 /// Record a backup message that can never run (malformed, unknown server...) as failed, and
-/// alert. `job` is the parsed job when it parsed.
+/// alert, once. `job` is the parsed job when it parsed.
 pub async fn record_rejected(ctx: &Ctx, job: Option<&BackupJob>, message_id: &str, why: &Error) {
     let now = OffsetDateTime::now_utc();
     let mut rec = match job {
@@ -93,21 +78,8 @@ pub async fn record_rejected(ctx: &Ctx, job: Option<&BackupJob>, message_id: &st
             now,
         ),
     };
-    rec.status = Status::Failed;
-    rec.reason = Some(format!("rejected: {why}"));
-    rec.finished_at = Some(now);
-    jobrecords::put_logged(ctx.store.as_ref(), &rec).await;
-    alerter(&ctx.settings).raise(&failed_alert(&rec)).await;
-}
-
-/// The alert for a failed job record.
-pub fn failed_alert(rec: &JobRecord) -> Alert {
-    Alert {
-        kind: if rec.kind == JobKind::Drill { AlertKind::DrillFailed } else { AlertKind::JobFailed },
-        subject: rec.target.clone().unwrap_or_else(|| rec.id.clone()),
-        summary: format!("{} job {} failed: {}", rec.kind.as_str(), rec.id, rec.reason.as_deref().unwrap_or("failed")),
-        job_id: Some(rec.id.clone()),
-    }
+    let rejected = Error::permanent(format!("rejected: {why}"));
+    conclude(Monitor::of(ctx), &mut rec, Err(rejected), Value::Null, None, Alerting::once(AlertKind::JobFailed)).await;
 }
 
 /// The filters of `pgvault jobs` and the `jobs` function.
@@ -333,7 +305,7 @@ pub fn breaches(settings: &Settings, newest: &Newest, now: OffsetDateTime) -> Ve
 pub async fn check_rpo(ctx: &Ctx, now: OffsetDateTime) -> Result<Vec<Breach>> {
     let newest = Newest::from_manifests(&crate::features::catalog::list(ctx.store.as_ref(), None, None).await?);
     let found = breaches(&ctx.settings, &newest, now);
-    let alerter = alerter(&ctx.settings);
+    let alerter = ctx.alerter.as_ref();
     // A few at a time: with a webhook that is down, each alert takes its retries (up to about
     // two minutes), and they should not queue up behind each other.
     futures::stream::iter(&found)
@@ -433,39 +405,15 @@ pub fn withhold_file_urls(answer: &mut Value) {
     }
 }
 
-/// Start and finish a record for a run of retention, verify or a drill (kinds without a queue
-/// message of their own).
+/// A new record for a run of retention, verify or a drill (kinds without a queue message of
+/// their own): [`track`] runs it.
 pub fn start_record(kind: JobKind, target: &str, summary: &str, trigger: &str) -> JobRecord {
     let now = OffsetDateTime::now_utc();
     let id = format!("{}-{}", crate::domain::layout::stamp(now), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut r = JobRecord::new(kind, &id, summary, now);
-    r.status = Status::Running;
-    r.started_at = Some(now);
-    r.attempts = 1;
     r.target = Some(target.to_string());
     r.trigger = Some(trigger.to_string());
     r
-}
-
-/// Finish a record from a result; a failure raises an alert.
-pub async fn finish_record(ctx: &Ctx, rec: &mut JobRecord, result: std::result::Result<Value, String>) {
-    let now = OffsetDateTime::now_utc();
-    rec.updated_at = now;
-    rec.finished_at = Some(now);
-    match result {
-        Ok(detail) => {
-            rec.status = Status::Succeeded;
-            rec.detail = detail;
-        }
-        Err(reason) => {
-            rec.status = Status::Failed;
-            rec.reason = Some(reason);
-        }
-    }
-    jobrecords::put_logged(ctx.store.as_ref(), rec).await;
-    if rec.status == Status::Failed {
-        alerter(&ctx.settings).raise(&failed_alert(rec)).await;
-    }
 }
 
 #[cfg(test)]

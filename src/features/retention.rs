@@ -6,6 +6,8 @@ use crate::domain::error::{Error, Result};
 use crate::domain::inventory::policy_for;
 use crate::domain::layout::BackupKind;
 use crate::domain::policy::*;
+use crate::monitor::tracked::{Alerting, Monitor, Run, track};
+use crate::seams::alerts::AlertKind;
 use crate::seams::store::BlobStore;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -87,6 +89,13 @@ pub fn is_immutability_refusal(e: &Error) -> bool {
 /// again just before each removal: a backup held since the plan was made is kept.
 pub async fn execute(store: &dyn BlobStore, plans: &[TargetPlan]) -> Result<Executed> {
     let mut done = Executed::default();
+    execute_into(store, plans, &mut done).await?;
+    Ok(done)
+}
+
+/// [`execute`], keeping in `done` what was done before a failure stopped it: the run's record
+/// lists those removals too.
+pub async fn execute_into(store: &dyn BlobStore, plans: &[TargetPlan], done: &mut Executed) -> Result<()> {
     for tp in plans {
         for p in &tp.backups {
             if p.decision.is_keep() {
@@ -134,11 +143,11 @@ pub async fn execute(store: &dyn BlobStore, plans: &[TargetPlan]) -> Result<Exec
         }
     }
     for tp in plans {
-        if !tier_moves(store, &tp.tiering, &mut done).await {
+        if !tier_moves(store, &tp.tiering, done).await {
             break;
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 /// Make the planned tier moves. Never fails the run: a move that cannot be made is logged and
@@ -197,22 +206,26 @@ pub async fn run(ctx: &Ctx, dry_run: bool, server: Option<&str>, trigger: &str) 
     if dry_run {
         return Ok(serde_json::json!({ "dry_run": true, "plans": plans }));
     }
-    let mut rec = crate::features::report::start_record(
+    let rec = crate::features::report::start_record(
         crate::monitor::records::JobKind::Retention,
         server.unwrap_or("*"),
         "retention",
         trigger,
     );
-    crate::monitor::records::put_logged(ctx.store.as_ref(), &rec).await;
-    let result = execute(ctx.store.as_ref(), &plans).await;
-    let pruned = crate::features::report::prune_records(ctx.store.as_ref(), ctx.settings.job_record_days, now).await;
-    let outcome = match (&result, &pruned) {
-        (Ok(done), Ok(n)) => Ok(serde_json::json!({ "executed": done, "job_records_pruned": n })),
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-    };
-    crate::features::report::finish_record(ctx, &mut rec, outcome).await;
+    let alerting = Alerting::once(AlertKind::JobFailed);
+    let (result, rec) = track(Monitor::of(ctx), rec, alerting, async {
+        let mut done = Executed::default();
+        let executed = execute_into(ctx.store.as_ref(), &plans, &mut done).await;
+        let pruned =
+            crate::features::report::prune_records(ctx.store.as_ref(), ctx.settings.job_record_days, now).await;
+        let detail = serde_json::json!({ "executed": done, "job_records_pruned": pruned.as_ref().ok() });
+        match (executed, pruned) {
+            (Ok(()), Ok(_)) => Run::ok(done, detail),
+            (Err(e), _) | (_, Err(e)) => Run::failed(e, detail),
+        }
+    })
+    .await;
     let done = result?;
-    pruned?;
     Ok(serde_json::json!({ "dry_run": false, "plans": plans, "executed": done, "job": rec.id }))
 }
 

@@ -81,7 +81,8 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
             vec![format!("job {} was already done as {id}; nothing to do", job.job_id)],
             json!({ "status": "already-done", "backup": id }),
         ),
-        Err(e) if e.is_permanent() => reject(&state, &msg, &e).await,
+        // run_backup recorded the failure and alerted: keep the message, alert no more.
+        Err(e) if e.is_permanent() => super::reject_and_keep(&state, BACKUP_JOBS_QUEUE, &msg, &e).await,
         Err(e) => {
             let last = dequeue_count >= state.max_dequeue_count;
             tracing::error!(
@@ -139,7 +140,8 @@ async fn defer(state: &AppState, msg: &QueueMessage, job: &BackupJob, holders: &
     }
 }
 
-/// Record the rejection in the job's record (and alert), then keep the message with its reason.
+/// A message that never reached run_backup: record the rejection in the job's record (and
+/// alert, once), then keep the message with its reason.
 async fn reject(state: &AppState, msg: &QueueMessage, why: &Error) -> Reply {
     crate::features::report::record_rejected(&state.ctx, BackupJob::from_json(&msg.text).ok().as_ref(), &msg.id, why)
         .await;

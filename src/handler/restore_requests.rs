@@ -25,7 +25,13 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
     let (text, dequeue_count) = (&msg.text, msg.dequeue_count);
     let req = match RestoreRequest::from_json(text) {
         Ok(r) => r,
-        Err(e) => return super::reject_and_keep(&state, RESTORE_REQUESTS_QUEUE, &msg, &e).await,
+        Err(e) => {
+            let monitor = crate::monitor::tracked::Monitor::of(&state.ctx);
+            let kind = crate::monitor::records::JobKind::RestoreRequest;
+            let summary = "a restore request message that is not a valid request";
+            crate::monitor::tracked::reject(monitor, kind, &msg.id, summary, &e).await;
+            return super::reject_and_keep(&state, RESTORE_REQUESTS_QUEUE, &msg, &e).await;
+        }
     };
     if state.ctx.cancel.is_cancelled() {
         return Reply::retry(

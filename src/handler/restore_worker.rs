@@ -25,6 +25,16 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
     let task = match RestoreTask::from_json(text) {
         Ok(t) => t,
         Err(e) => {
+            let monitor = crate::monitor::tracked::Monitor::of(&state.ctx);
+            let kind = crate::monitor::records::JobKind::RestoreTask;
+            crate::monitor::tracked::reject(
+                monitor,
+                kind,
+                &msg.id,
+                "a restore task message that is not a valid task",
+                &e,
+            )
+            .await;
             return super::reject_and_keep(&state, RESTORE_TASKS_QUEUE, &msg, &e).await;
         }
     };

@@ -15,7 +15,9 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
     if settings.pgbackrest_targets.is_empty() {
         return Reply::ok(vec!["no pgBackRest targets configured".into()], json!({ "rotation": [], "freshness": [] }));
     }
-    match crate::runtime::rotate_pgbackrest(settings, Some(state.ctx.store.as_ref()), None, true).await {
+    match crate::runtime::rotate_pgbackrest(settings, crate::monitor::tracked::Monitor::of(&state.ctx), None, true)
+        .await
+    {
         // A failed target is reported, recorded and alarmed; failing the invocation would only
         // make the host log it twice (a timer is not retried), so the reply is 200 either way.
         Ok((value, ok)) => {

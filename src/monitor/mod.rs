@@ -1,4 +1,4 @@
 //! Monitoring: job records, alerts, and the one wrapper every kind of job runs in.
 
-pub mod alerts;
 pub mod records;
+pub mod tracked;

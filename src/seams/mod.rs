@@ -1,6 +1,8 @@
 //! Seams: the capabilities the features depend on, as traits with their contracts (the blob
-//! store, the job queue, the secret source) and the PostgreSQL tools and connections.
+//! store, the job queue, the secret source), the PostgreSQL tools and connections, and where
+//! alerts go (the log and a webhook).
 
+pub mod alerts;
 pub mod bundle;
 pub mod credentials;
 pub mod pg;

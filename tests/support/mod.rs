@@ -14,6 +14,7 @@ pub mod identity;
 pub mod keyvault;
 pub mod pg;
 pub mod server;
+pub mod webhook;
 
 pub use azurite::Azurite;
 pub use certs::TestCa;

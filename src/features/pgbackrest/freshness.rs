@@ -9,7 +9,9 @@
 use super::plan::rfc3339;
 use super::target::Target;
 use crate::domain::error::{Error, Result};
-use crate::monitor::records::{self as jobrecords, JobKind, JobRecord, Status};
+use crate::monitor::records::{JobKind, JobRecord};
+use crate::monitor::tracked::{Alerting, Monitor, conclude};
+use crate::seams::alerts::AlertKind;
 use crate::seams::store::BlobStore;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -100,7 +102,7 @@ pub fn summarize(stanza: &str, backups: &[BackupEntry], t: &Target, now: OffsetD
 
 /// Check every stanza of a target, reading from `store` (the target's container). Logs and
 /// records; returns the per-stanza summaries.
-pub async fn check(store: &dyn BlobStore, t: &Target, records: Option<&dyn BlobStore>, now: OffsetDateTime) -> Value {
+pub async fn check(store: &dyn BlobStore, t: &Target, monitor: Monitor<'_>, now: OffsetDateTime) -> Value {
     let mut stanzas = Vec::new();
     let mut ok = true;
     for s in &t.stanzas {
@@ -121,20 +123,15 @@ pub async fn check(store: &dyn BlobStore, t: &Target, records: Option<&dyn BlobS
         stanzas.push(summary);
     }
     let v = json!({"target": t.name, "ok": ok, "stanzas": stanzas});
-    if let Some(r) = records {
-        let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut job = JobRecord::new(
-            JobKind::PgbackrestFreshness,
-            &id,
-            format!("freshness of pgBackRest target {}", t.name),
-            now,
-        );
-        job.status = if ok { Status::Succeeded } else { Status::Failed };
-        job.reason = (!ok).then(|| "a stanza is not fresh".to_string());
-        job.finished_at = Some(OffsetDateTime::now_utc());
-        job.detail = v.clone();
-        jobrecords::put_logged(r, &job).await;
-    }
+    let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut job =
+        JobRecord::new(JobKind::PgbackrestFreshness, &id, format!("freshness of pgBackRest target {}", t.name), now);
+    job.target = Some(t.name.clone());
+    job.started_at = Some(now);
+    job.attempts = 1;
+    let outcome = if ok { Ok(()) } else { Err(crate::domain::error::Error::permanent("a stanza is not fresh")) };
+    // A stale repository is not fixed by the next run: alert.
+    conclude(monitor, &mut job, outcome, v.clone(), None, Alerting::once(AlertKind::Pgbackrest)).await;
     v
 }
 

@@ -25,8 +25,9 @@ pub mod vm;
 use crate::domain::error::Result;
 use crate::domain::sas::DelegationKey;
 use crate::domain::secret::Secret;
-use crate::monitor::records::{self as jobrecords, JobKind, JobRecord, Status};
-use crate::seams::store::BlobStore;
+use crate::monitor::records::{JobKind, JobRecord};
+use crate::monitor::tracked::{Alerting, Monitor, conclude};
+use crate::seams::alerts::AlertKind;
 use async_trait::async_trait;
 use plan::{Action, TokenState, rfc3339};
 use run_command::{RunCommandRequest, RunCommands};
@@ -83,8 +84,8 @@ pub struct Rotator<'a> {
     pub keys: &'a dyn DelegationKeys,
     pub vault: &'a dyn TokenVault,
     pub run_commands: Option<&'a dyn RunCommands>,
-    /// Where job records go (the backup store), if anywhere.
-    pub records: Option<&'a dyn BlobStore>,
+    /// Where job records (the backup store, if any) and alerts go.
+    pub monitor: Monitor<'a>,
 }
 
 /// The shell script the push delivery runs on the VM: the same atomic write as `sync` (temp
@@ -248,9 +249,10 @@ async fn finish(
     now: OffsetDateTime,
     ok: bool,
 ) {
-    if let Some(why) = plan::alarm(newest.as_ref(), &t.policy, now) {
+    let alarm = plan::alarm(newest.as_ref(), &t.policy, now);
+    if let Some(why) = &alarm {
         rec["alarm"] = json!(why);
-        tracing::error!(
+        tracing::warn!(
             target_name = %t.name,
             alarm = %why,
             newest_expiry = newest.and_then(|n| n.expires).map(rfc3339),
@@ -258,20 +260,25 @@ async fn finish(
             "pgbackrest sas alarm: no token with margin for this target"
         );
     }
-    rec["ok"] = json!(ok && rec.get("alarm").is_none());
-    if let Some(store) = r.records {
-        let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut job =
-            JobRecord::new(JobKind::PgbackrestSas, &id, format!("sas rotation for pgBackRest target {}", t.name), now);
-        job.status = if rec["ok"] == json!(true) { Status::Succeeded } else { Status::Failed };
-        job.reason = rec.get("error").or(rec.get("alarm")).and_then(|v| v.as_str()).map(str::to_string);
-        job.started_at = Some(now);
-        job.finished_at = Some(OffsetDateTime::now_utc());
-        job.attempts = 1;
-        job.detail = rec.clone();
-        jobrecords::put_logged(store, &job).await;
-    }
+    rec["ok"] = json!(ok && alarm.is_none());
+    let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut job =
+        JobRecord::new(JobKind::PgbackrestSas, &id, format!("sas rotation for pgBackRest target {}", t.name), now);
+    job.target = Some(t.name.clone());
+    job.started_at = Some(now);
+    job.attempts = 1;
+    // Outside the alarm window a failed rotation is retried by the next timer run while the
+    // current token stays valid; inside it, the VM is about to lose its token: alert.
+    let outcome = match (&alarm, rec.get("error").and_then(|v| v.as_str())) {
+        (Some(why), _) => Err(crate::domain::error::Error::permanent(format!("pgbackrest sas alarm: {why}"))),
+        (None, Some(e)) if !ok => Err(crate::domain::error::Error::transient(e.to_string())),
+        (None, _) if !ok => Err(crate::domain::error::Error::transient("pgbackrest sas rotation failed")),
+        _ => Ok(()),
+    };
+    let alerting = Alerting::delivery(AlertKind::Pgbackrest, false);
+    conclude(r.monitor, &mut job, outcome, rec.clone(), None, alerting).await;
 }
+
 /// The targets to act on: all of them, or the one named. An error names what is missing.
 pub fn pick(settings: &crate::config::settings::Settings, name: Option<&str>) -> Result<Vec<Target>> {
     let all = &settings.pgbackrest_targets;

@@ -37,7 +37,7 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
                 Ok(p) => p,
                 Err(e) => {
                     if e.is_permanent() {
-                        record_rejection(ctx, req, &e).await;
+                        record_rejection(ctx, req, &e, queue.is_none()).await;
                     }
                     return Err(e);
                 }
@@ -90,13 +90,12 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
 }
 
 /// Record a request that can never run: a failed record marked `rejected`.
-pub(super) async fn record_rejection(ctx: &Ctx, req: &RestoreRequest, why: &Error) {
+pub(super) async fn record_rejection(ctx: &Ctx, req: &RestoreRequest, why: &Error, interactive: bool) {
+    use crate::monitor::tracked::{Alerting, Monitor, conclude};
     let now = OffsetDateTime::now_utc();
     let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
-    rec.status = Status::Failed;
-    rec.reason = Some(why.to_string());
     rec.requested_by = req.requested_by.clone();
-    rec.finished_at = Some(now);
-    rec.detail = serde_json::json!({ "request": req, "rejected": true });
-    jobrecords::put_logged(ctx.store.as_ref(), &rec).await;
+    let detail = serde_json::json!({ "request": req, "rejected": true });
+    let alerting = Alerting { interactive, ..Alerting::once(crate::seams::alerts::AlertKind::JobFailed) };
+    conclude(Monitor::of(ctx), &mut rec, Err(Error::permanent(why.to_string())), detail, None, alerting).await;
 }

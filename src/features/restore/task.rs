@@ -2,6 +2,8 @@
 //! when asked, then the database).
 
 use super::*;
+use crate::monitor::tracked::{Alerting, Monitor, Run, track};
+use crate::seams::alerts::AlertKind;
 
 /// Run one task and keep its job record (and its request's) up to date. `last_attempt` says
 /// whether a transient failure will be retried by the host.
@@ -108,46 +110,39 @@ pub(super) async fn execute_claimed(
         tracing::info!(task = %task.task_id, blobs = ?blobs, recheck_secs = REHYDRATION_RECHECK_SECS, "restore task waits for rehydration");
         return Ok(TaskOutcome::RehydrationPending { blob: blobs.join(", "), recheck_secs: REHYDRATION_RECHECK_SECS });
     }
-    rec.start_attempt(now);
     rec.detail = serde_json::json!({ "task": task });
-    jobrecords::put_logged(store, &rec).await;
-    update_request(ctx, &task.request_id).await;
-    tracing::info!(task = %task.task_id, what = %task.describe(), attempt = rec.attempts, "restore task started");
-
-    let started = std::time::Instant::now();
-    let result = match gave_up {
-        Some(e) => Err(e),
-        None => run_task(ctx, task).await,
-    };
-    let now = OffsetDateTime::now_utc();
-    rec.updated_at = now;
-    rec.finished_at = Some(now);
-    let outcome = match result {
-        Ok(mut report) => {
-            report.seconds = started.elapsed().as_secs_f64();
-            rec.status = Status::Succeeded;
-            rec.bytes = Some(report.stored_bytes);
-            rec.detail = serde_json::json!({ "task": task, "report": report });
-            tracing::info!(
-                task = %task.task_id, what = %task.describe(), stored_bytes = report.stored_bytes,
-                raw_bytes = report.raw_bytes, seconds = report.seconds, "restore task succeeded"
-            );
-            Ok(TaskOutcome::Done(Box::new(report)))
-        }
-        Err(e) => {
-            let will_retry = !e.is_permanent() && !last_attempt;
-            rec.status = Status::Failed;
-            rec.reason = Some(e.to_string());
-            rec.detail = serde_json::json!({ "task": task, "will_retry": will_retry });
-            if interactive {
-                tracing::debug!(task = %task.task_id, will_retry, error = %e, "restore task failed");
-            } else {
-                tracing::error!(task = %task.task_id, what = %task.describe(), will_retry, error = %e, "restore task failed");
+    let alerting = Alerting { kind: AlertKind::JobFailed, last_attempt, interactive };
+    let (outcome, _) = track(Monitor::of(ctx), rec, alerting, async {
+        update_request(ctx, &task.request_id).await;
+        tracing::info!(task = %task.task_id, what = %task.describe(), "restore task started");
+        let started = std::time::Instant::now();
+        let result = match gave_up {
+            Some(e) => Err(e),
+            None => run_task(ctx, task).await,
+        };
+        match result {
+            Ok(mut report) => {
+                report.seconds = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    task = %task.task_id, what = %task.describe(), stored_bytes = report.stored_bytes,
+                    raw_bytes = report.raw_bytes, seconds = report.seconds, "restore task succeeded"
+                );
+                let detail = serde_json::json!({ "task": task, "report": report });
+                let bytes = Some(report.stored_bytes);
+                Run::ok(TaskOutcome::Done(Box::new(report)), detail).with_bytes(bytes)
             }
-            Err(e)
+            Err(e) => {
+                let will_retry = !e.is_permanent() && !last_attempt;
+                if interactive {
+                    tracing::debug!(task = %task.task_id, will_retry, error = %e, "restore task failed");
+                } else {
+                    tracing::error!(task = %task.task_id, what = %task.describe(), will_retry, error = %e, "restore task failed");
+                }
+                Run::failed(e, serde_json::json!({ "task": task }))
+            }
         }
-    };
-    jobrecords::put_logged(store, &rec).await;
+    })
+    .await;
     update_request(ctx, &task.request_id).await;
     outcome
 }

@@ -25,6 +25,18 @@ pub enum AlertKind {
     Pgbackrest,
 }
 
+impl AlertKind {
+    /// The name in log records and webhook bodies: `job-failed`, `missed-schedule`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::JobFailed => "job-failed",
+            AlertKind::MissedSchedule => "missed-schedule",
+            AlertKind::DrillFailed => "drill-failed",
+            AlertKind::Pgbackrest => "pgbackrest",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Alert {
     pub kind: AlertKind,
@@ -82,7 +94,7 @@ impl Alerter {
     pub async fn raise(&self, alert: &Alert) -> Option<bool> {
         tracing::error!(
             alert = true,
-            alert_kind = ?alert.kind,
+            alert_kind = alert.kind.as_str(),
             subject = %redact(&alert.subject),
             job_id = alert.job_id.as_deref().unwrap_or(""),
             "{}",
