@@ -666,13 +666,6 @@ pub fn flag_words(text: &str) -> String {
     out
 }
 
-/// Whether a recorded request is this one: the same source, target and options (who asks does
-/// not matter).
-fn same_request(recorded: &serde_json::Value, req: &crate::features::restore::RestoreRequest) -> bool {
-    let now = serde_json::to_value(req).unwrap_or_default();
-    ["source", "target", "options"].iter().all(|k| recorded[k] == now[k])
-}
-
 async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
     use crate::features::restore::{self, Submitted, TaskOutcome};
     let req = restore_request(&a)?;
@@ -703,10 +696,10 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
         }
         // The same request again (after a WAITING, BUSY or FAILED run; whoever runs it): run its
         // recorded plan's tasks; those that succeeded before are skipped by their records.
-        Submitted::Duplicate(rec) if same_request(&rec.detail["request"], &req) => {
-            let plan: restore::Plan = serde_json::from_value(rec.detail["plan"].clone()).map_err(|e| {
+        Submitted::Duplicate(rec) if restore::RequestDetail::of(&rec).is_request(&req) => {
+            let plan = restore::RequestDetail::of(&rec).plan.ok_or_else(|| {
                 crate::domain::error::Error::permanent(format!(
-                    "restore request {:?}: recorded plan unreadable: {e}",
+                    "restore request {:?}: the record holds no readable plan",
                     rec.id
                 ))
             })?;

@@ -268,6 +268,12 @@ impl RestoreRequest {
         Ok(())
     }
 
+    /// Whether `other` asks for the same restore: the same source, target and options. Who asks
+    /// (`requested_by`) does not matter; the one rule for the queue's resume and the CLI's.
+    pub fn same_as(&self, other: &RestoreRequest) -> bool {
+        self.source == other.source && self.target == other.target && self.options == other.options
+    }
+
     /// One line for logs and job records.
     pub fn describe(&self) -> String {
         let what = match &self.source.database {

@@ -2,6 +2,34 @@
 
 use super::*;
 
+/// The detail of a restore request's job record, typed: what idempotency is decided on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RequestDetail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RestoreRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// Every task of the plan was sent (or, for the CLI, recorded).
+    #[serde(default)]
+    pub enqueued: bool,
+    /// The request was refused (invalid or impossible): its id may be posted again.
+    #[serde(default)]
+    pub rejected: bool,
+}
+
+impl RequestDetail {
+    /// The detail of a request record; a record without one (or an unreadable one) reads as
+    /// empty: not rejected, nothing planned.
+    pub fn of(rec: &JobRecord) -> RequestDetail {
+        serde_json::from_value(rec.detail.clone()).unwrap_or_default()
+    }
+
+    /// Whether the recorded request is `req` (see [`RestoreRequest::same_as`]).
+    pub fn is_request(&self, req: &RestoreRequest) -> bool {
+        self.request.as_ref().is_some_and(|r| r.same_as(req))
+    }
+}
+
 /// What [`submit`] did.
 #[derive(Debug)]
 pub enum Submitted {
@@ -22,13 +50,13 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
     req.validate()?;
     let store = ctx.store.as_ref();
     let existing = jobrecords::get(store, JobKind::RestoreRequest, &req.request_id).await?;
-    let rejected_before = existing.as_ref().is_some_and(|r| r.detail["rejected"] == true);
-    let resume = existing.as_ref().filter(|r| {
-        r.detail["enqueued"] == false && r.detail["request"] == serde_json::to_value(req).unwrap_or_default()
-    });
+    let recorded = existing.as_ref().map(RequestDetail::of).unwrap_or_default();
+    let rejected_before = recorded.rejected;
+    // The host retried a request whose tasks were not all sent: send the recorded plan.
+    let resume = existing.as_ref().filter(|_| !recorded.enqueued && recorded.is_request(req));
     let plan = match (resume, &existing) {
-        (Some(r), _) => serde_json::from_value::<Plan>(r.detail["plan"].clone()).map_err(|e| {
-            Error::permanent(format!("restore request {:?}: recorded plan unreadable: {e}", req.request_id))
+        (Some(_), _) => recorded.plan.clone().ok_or_else(|| {
+            Error::permanent(format!("restore request {:?}: the record holds no readable plan", req.request_id))
         })?,
         (None, Some(r)) if !rejected_before => return Ok(Submitted::Duplicate(Box::new(r.clone()))),
         _ => {
@@ -48,7 +76,8 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
     let now = OffsetDateTime::now_utc();
     let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
     rec.requested_by = req.requested_by.clone();
-    rec.detail = serde_json::json!({ "request": req, "plan": plan, "enqueued": false, "rejected": false });
+    let mut detail = RequestDetail { request: Some(req.clone()), plan: Some(plan.clone()), ..Default::default() };
+    rec.detail = serde_json::to_value(&detail).expect("request detail serializes");
     if resume.is_none() {
         let claimed = if rejected_before {
             jobrecords::put(store, &rec).await.map(|()| CreateOutcome::Created)?
@@ -82,7 +111,8 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
     if let Some(r) = resume {
         rec.created_at = r.created_at;
     }
-    rec.detail["enqueued"] = serde_json::Value::Bool(true);
+    detail.enqueued = true;
+    rec.detail = serde_json::to_value(&detail).expect("request detail serializes");
     jobrecords::put(store, &rec).await?;
     // A fast worker may have recorded progress before the put above overwrote it.
     update_request(ctx, &req.request_id).await;
@@ -95,7 +125,8 @@ pub(super) async fn record_rejection(ctx: &Ctx, req: &RestoreRequest, why: &Erro
     let now = OffsetDateTime::now_utc();
     let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
     rec.requested_by = req.requested_by.clone();
-    let detail = serde_json::json!({ "request": req, "rejected": true });
+    let detail = RequestDetail { request: Some(req.clone()), rejected: true, ..Default::default() };
+    let detail = serde_json::to_value(&detail).expect("request detail serializes");
     let alerting = Alerting { interactive, ..Alerting::once(crate::seams::alerts::AlertKind::JobFailed) };
     conclude(Monitor::of(ctx), &mut rec, Err(Error::permanent(why.to_string())), detail, None, alerting).await;
 }

@@ -152,7 +152,7 @@ pub(super) async fn execute_claimed(
 pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
     let store = ctx.store.as_ref();
     let Ok(Some(mut req)) = jobrecords::get(store, JobKind::RestoreRequest, request_id).await else { return };
-    let Ok(plan) = serde_json::from_value::<Plan>(req.detail["plan"].clone()) else { return };
+    let Some(plan) = RequestDetail::of(&req).plan else { return };
     let mut states = Vec::new();
     let mut bytes = 0;
     for t in &plan.tasks {
