@@ -82,8 +82,7 @@ pub(super) async fn execute_claimed(
         }
     };
     // An archived backup: start rehydration and come back later, within a bound.
-    let rehydration_started =
-        rec.detail["rehydration_started_at"].as_str().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    let rehydration_started = TaskDetail::of(&rec).rehydration_started_at;
     let waited = rehydration_started.map(|t| now - t);
     let offline = check_archived(ctx, task, waited).await;
     let gave_up = offline.iter().find_map(|(blob, a)| match a {
@@ -101,10 +100,14 @@ pub(super) async fn execute_claimed(
         rec.status = Status::RehydrationPending;
         rec.reason = Some(format!("rehydration pending: backup data {blobs:?} in the archive tier"));
         rec.updated_at = now;
-        rec.detail = serde_json::json!({
-            "task": task, "rehydration_started_at": ts(started), "blobs": blobs,
-            "recheck_secs": REHYDRATION_RECHECK_SECS,
-        });
+        let detail = TaskDetail {
+            task: Some(task.clone()),
+            rehydration_started_at: Some(started),
+            blobs: blobs.iter().map(|b| b.to_string()).collect(),
+            recheck_secs: Some(REHYDRATION_RECHECK_SECS),
+            ..Default::default()
+        };
+        rec.detail = serde_json::to_value(&detail).expect("task detail serializes");
         jobrecords::put_logged(store, &rec).await;
         update_request(ctx, &task.request_id).await;
         tracing::info!(task = %task.task_id, blobs = ?blobs, recheck_secs = REHYDRATION_RECHECK_SECS, "restore task waits for rehydration");
@@ -147,6 +150,33 @@ pub(super) async fn execute_claimed(
     outcome
 }
 
+/// The detail of a restore task's job record, typed: what the worker decides on when the task
+/// comes again (the start of a rehydration wait, whether the host retries a failure).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TaskDetail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<RestoreTask>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<TaskReport>,
+    /// When the wait for rehydration began: it bounds the total wait across deliveries.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub rehydration_started_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck_secs: Option<u32>,
+    /// A failure the host retries (set by the tracked-run wrapper).
+    #[serde(default)]
+    pub will_retry: bool,
+}
+
+impl TaskDetail {
+    /// A record's detail; one without (or unreadable) reads as empty.
+    pub fn of(rec: &JobRecord) -> TaskDetail {
+        serde_json::from_value(rec.detail.clone()).unwrap_or_default()
+    }
+}
+
 /// Bring a request's record in line with its tasks: running while any runs, succeeded when all
 /// succeeded, failed when all ended and one failed. Best effort (it is bookkeeping).
 pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
@@ -159,7 +189,7 @@ pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
         match jobrecords::get(store, JobKind::RestoreTask, &t.task_id).await {
             Ok(Some(r)) => {
                 bytes += r.bytes.unwrap_or(0);
-                states.push((r.status, r.detail["will_retry"] == true, r.reason));
+                states.push((r.status, TaskDetail::of(&r).will_retry, r.reason));
             }
             _ => states.push((Status::Queued, false, None)),
         }
