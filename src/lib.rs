@@ -6,7 +6,7 @@
 //!   own properties, the inventory, retention policy, schedules, job messages).
 //! - [`seams`]: the contracts the features depend on: [`seams::store::BlobStore`],
 //!   [`seams::queue::JobQueue`], [`seams::credentials::SecretSource`], PostgreSQL connections
-//!   and tools ([`seams::pg`]), progress.
+//!   and tools ([`seams::pg`], run by [`seams::tools`]), progress.
 //! - [`config`]: the typed settings, logins as the inventory says, the [`config::context::Ctx`].
 //! - [`monitor`]: job records and alerts.
 //! - [`features`]: backup, catalog and verify, restore, retention and holds, drills, pgBackRest

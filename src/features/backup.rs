@@ -11,15 +11,14 @@ use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
 use crate::domain::layout::{self, BackupKind};
 use crate::domain::manifest::{self, Block, Compression, Manifest, RowCounts, TableCount, Tool};
-use crate::domain::secret::redact;
 use crate::seams::pg::{self};
 use crate::seams::progress::Progress;
 use crate::seams::store::{BlobStore, CreateOutcome, MAX_BLOCK_SIZE, MAX_BLOCKS};
+use crate::seams::tools::{Exit, Stdout, ToolRun};
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -144,27 +143,8 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     let data_blob = layout::data_blob(&paths.id, &attempt, layout::extension(job.kind, compression.by_pgvault()));
     tracing::info!(job = %job.job_id, what = %job.describe(), blob = %data_blob, tool = %tool.path.display(), "backup started");
 
-    let mut child = tokio::process::Command::new(&tool.path)
-        .args(&args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("LANG", "C.UTF-8")
-        .envs(spec.tool_env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::permanent(format!("start {}: {e}", tool.path.display())))?;
-    let stdout = std::fs::File::from(
-        child
-            .stdout
-            .take()
-            .expect("piped")
-            .into_owned_fd()
-            .map_err(|e| Error::transient(format!("pg_dump stdout: {e}")))?,
-    );
-    let stderr_task = tokio::spawn(read_stderr(child.stderr.take().expect("piped")));
+    let mut dump = ToolRun::new(&tool, &args).conn(&spec).stdout(Stdout::Pipe).spawn(&ctx.cancel)?;
+    let stdout = dump.take_stdout().expect("stdout is piped");
 
     let progress = Progress::start(ctx.progress, format!("backup {}", job.describe()), None);
     let (tx, rx) = mpsc::channel::<(usize, Bytes)>(1);
@@ -189,21 +169,15 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     };
     let (uploaded, produced, row_counts) = tokio::join!(uploader, producer, counts);
     let produced = produced.map_err(|e| Error::transient(format!("backup stream task failed: {e}")))?;
-    // The stream is over (or broken): pg_dump has exited or will on the closed pipe.
-    let status = tokio::select! {
-        s = child.wait() => s.map_err(|e| Error::transient(format!("wait for {tool_name}: {e}")))?,
-        _ = ctx.cancel.cancelled() => {
-            let _ = child.kill().await;
-            child.wait().await.map_err(|e| Error::transient(format!("wait for {tool_name}: {e}")))?
-        }
-    };
-    let stderr = stderr_task.await.unwrap_or_default();
+    // The stream is over (or broken): pg_dump has exited or will on the closed pipe (a shutdown
+    // has killed it already).
+    let exit = dump.wait().await;
     progress.finish();
     if snapshot_client.is_some() {
         let _ = client.batch_execute("COMMIT").await;
     }
 
-    let checked = check_run(tool_name, job, &stderr, status, uploaded, produced, ctx.cancel.is_cancelled());
+    let checked = check_run(job, exit, uploaded, produced, ctx.cancel.is_cancelled());
     let (produced, block_count) = match checked {
         Ok(v) => v,
         Err(e) => {
@@ -284,10 +258,8 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
 /// Decide whether a finished dump may be committed. Every check that fails keeps the blob
 /// uncommitted.
 fn check_run(
-    tool: &str,
     job: &BackupJob,
-    stderr: &str,
-    status: std::process::ExitStatus,
+    exit: Result<Exit>,
     uploaded: Result<usize>,
     produced: Result<Produced>,
     cancelled: bool,
@@ -301,13 +273,13 @@ fn check_run(
     // halves of the pipeline intact (they just see the end of the stream).
     let uploaded = uploaded.map_err(|e| e.context(&what))?;
     let produced = produced.map_err(|e| e.context(&what))?;
-    let tool_error = stderr.lines().filter(|l| is_error_line(l)).collect::<Vec<_>>().join("\n");
-    if !status.success() || !tool_error.is_empty() {
-        let detail = if tool_error.is_empty() { stderr.trim().to_string() } else { tool_error };
-        return Err(Error::transient(format!("{what}: {tool} failed ({status}): {}", redact(&detail))));
-    }
+    let exit = exit.map_err(|e| e.context(&what))?;
+    // The runner's verdict decides whether the dump failed; every failure is retried, unlike a
+    // restore's: a dump changes nothing, and what makes one fail often passes (concurrent DDL,
+    // a recovery conflict on a replica, a restart). One that persists ends on the poison queue.
+    exit.verdict().map_err(|f| Error::transient(format!("{what}: {f}")))?;
     if produced.raw_bytes == 0 {
-        return Err(Error::transient(format!("{what}: {tool} wrote nothing")));
+        return Err(Error::transient(format!("{what}: {} wrote nothing", exit.tool)));
     }
     let sum: u64 = produced.blocks.iter().map(|b| b.size).sum();
     if uploaded != produced.blocks.len() || sum != produced.stored_bytes {
@@ -318,34 +290,6 @@ fn check_run(
         )));
     }
     Ok((produced, uploaded))
-}
-
-fn is_error_line(line: &str) -> bool {
-    let l = line.to_ascii_lowercase();
-    l.contains(": error:") || l.contains(": fatal:") || l.starts_with("error:") || l.contains("fatal: ")
-}
-
-/// Keep the last 64 KiB of a tool's stderr.
-async fn read_stderr(mut stderr: tokio::process::ChildStderr) -> String {
-    use tokio::io::AsyncReadExt;
-    const KEEP: usize = 64 * 1024;
-    let mut kept = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match stderr.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 2 * KEEP {
-                    kept.drain(..kept.len() - KEEP);
-                }
-            }
-        }
-    }
-    if kept.len() > KEEP {
-        kept.drain(..kept.len() - KEEP);
-    }
-    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// Stage blocks as they arrive, at most `in_flight` at once, each retried on transient errors.

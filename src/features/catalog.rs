@@ -10,11 +10,11 @@ use crate::domain::layout::{self, BackupKind, MANIFEST_SUFFIX};
 use crate::domain::manifest::{Compression, Manifest};
 use crate::seams::pg;
 use crate::seams::store::{BlobStore, ByteStream};
+use crate::seams::tools::{Stdin, Stdout, ToolRun};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::process::Stdio;
 use tokio::sync::mpsc;
 
 /// All backups, optionally of one server or one server and database, oldest first.
@@ -218,28 +218,23 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
         BackupKind::Database => {
             let tool =
                 pg::pick_tool("pg_restore", &ctx.settings.pg_bin_dirs, m.tool.major, &format!("backup {id:?}")).await?;
-            let mut child = tokio::process::Command::new(&tool.path)
-                .arg("--list")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| Error::permanent(format!("start {}: {e}", tool.path.display())))?;
-            let stdin = std::fs::File::from(
-                child.stdin.take().expect("piped").into_owned_fd().map_err(|e| Error::transient(e.to_string()))?,
-            );
+            let args = ["--list".to_string()];
+            let mut run = ToolRun::new(&tool, &args).stdin(Stdin::Pipe).stdout(Stdout::Capture).spawn(&ctx.cancel)?;
+            let stdin = run.take_stdin().expect("stdin is piped");
             let consumer = tokio::task::spawn_blocking(move || feed(rx, compression, stdin, true));
-            let (pumped, fed, out) = tokio::join!(verified_blocks(&m, stream, tx), consumer, child.wait_with_output());
+            let (pumped, fed, exit) =
+                tokio::join!(until_cancelled(ctx, id, verified_blocks(&m, stream, tx)), consumer, run.wait());
             pumped?;
-            let out = out.map_err(|e| Error::transient(format!("pg_restore --list: {e}")))?;
+            let out = exit?;
             let raw = fed.map_err(|e| Error::transient(e.to_string()))?;
-            if !out.status.success() {
-                return Err(Error::permanent(format!(
-                    "backup {id:?} does not read as an archive: pg_restore --list failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
+            out.verdict().map_err(|f| {
+                let what = if f.is_transient() {
+                    format!("verify backup {id:?}")
+                } else {
+                    format!("backup {id:?} does not read as an archive")
+                };
+                f.into_error().context(what)
+            })?;
             let raw = raw.map_err(|e| Error::permanent(format!("backup {id:?}: decompress: {e}")))?;
             let toc = String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -253,7 +248,7 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
                 let raw = feed(rx, compression, HeadWriter { head: &mut head, keep: 4096 }, false)?;
                 Ok::<_, std::io::Error>((raw, head))
             });
-            let (pumped, fed) = tokio::join!(verified_blocks(&m, stream, tx), consumer);
+            let (pumped, fed) = tokio::join!(until_cancelled(ctx, id, verified_blocks(&m, stream, tx)), consumer);
             pumped?;
             let (raw, head) = fed
                 .map_err(|e| Error::transient(e.to_string()))?
@@ -272,6 +267,14 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
         raw_bytes: raw,
         toc_entries,
     })
+}
+
+/// Read until done or until shutdown; dropping the reader ends the stream for its consumer.
+async fn until_cancelled(ctx: &Ctx, id: &str, read: impl Future<Output = Result<u64>>) -> Result<u64> {
+    tokio::select! {
+        r = read => r,
+        _ = ctx.cancel.cancelled() => Err(Error::transient(format!("verify backup {id:?}: cancelled by shutdown"))),
+    }
 }
 
 fn check_raw(m: &Manifest, raw: u64) -> Result<()> {

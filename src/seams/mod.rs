@@ -1,6 +1,6 @@
 //! Seams: the capabilities the features depend on, as traits with their contracts (the blob
-//! store, the job queue, the secret source), the PostgreSQL tools and connections, and where
-//! alerts go (the log and a webhook).
+//! store, the job queue, the secret source), PostgreSQL connections, the one runner of its client
+//! tools ([`tools`]), and where alerts go (the log and a webhook).
 
 pub mod alerts;
 pub mod bundle;
@@ -9,3 +9,4 @@ pub mod pg;
 pub mod progress;
 pub mod queue;
 pub mod store;
+pub mod tools;

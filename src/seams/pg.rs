@@ -1,8 +1,9 @@
 //! PostgreSQL: connections (tokio-postgres with rustls), catalog queries, and the client tools.
 //!
 //! The tools (pg_dump, pg_dumpall, pg_restore) are PostgreSQL's own, chosen per server version
-//! from the configured bin directories. Connection details and the password reach them through
-//! the environment (`PGHOST`, `PGPASSWORD`, ...), never the command line.
+//! from the configured bin directories, and run by [`super::tools`]. Connection details and the
+//! password reach them through the environment (`PGHOST`, `PGPASSWORD`, ...), never the command
+//! line.
 
 use crate::domain::error::{Error, Result};
 use crate::domain::inventory::TlsMode;

@@ -395,7 +395,7 @@ pub(super) async fn restore_database(
         if task.options.no_privileges {
             args.push("--no-privileges".into());
         }
-        feed_pg_restore(ctx, m, &tool.path, &temp_spec, args, method).await?;
+        feed_pg_restore(ctx, m, &tool, &temp_spec, args, method).await?;
         let checked = check_row_counts(&temp_spec, m).await?;
         wait_until_unused(&admin, &temp).await?;
         Ok::<_, Error>((globals, owner, checked, stored))

@@ -2,95 +2,8 @@
 //! copy for `--jobs`), its verdict, and the row counts checked afterwards.
 
 use super::*;
-
-/// Keep the last 64 KiB of a tool's stderr.
-pub(super) async fn collect_stderr(mut stderr: tokio::process::ChildStderr) -> String {
-    use tokio::io::AsyncReadExt;
-    const KEEP: usize = 64 * 1024;
-    let mut kept = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    while let Ok(n) = stderr.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        kept.extend_from_slice(&buf[..n]);
-        if kept.len() > 2 * KEEP {
-            kept.drain(..kept.len() - KEEP);
-        }
-    }
-    if kept.len() > KEEP {
-        kept.drain(..kept.len() - KEEP);
-    }
-    String::from_utf8_lossy(&kept).into_owned()
-}
-
-pub(super) fn pg_restore_command(tool: &Path, spec: &ConnSpec, args: &[String]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(tool);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("LANG", "C.UTF-8")
-        .envs(spec.tool_env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// Wait for a tool, killing it if the shutdown token fires.
-pub(super) async fn wait_or_kill(ctx: &Ctx, child: &mut tokio::process::Child) -> Result<std::process::ExitStatus> {
-    tokio::select! {
-        s = child.wait() => s.map_err(|e| Error::transient(format!("wait for pg_restore: {e}"))),
-        _ = ctx.cancel.cancelled() => {
-            let _ = child.kill().await;
-            Err(Error::transient("restore cancelled by shutdown"))
-        }
-    }
-}
-
-/// pg_restore's verdict: exit 0 and no error line.
-pub(super) fn pg_restore_verdict(status: std::process::ExitStatus, stderr: &str) -> Result<()> {
-    use std::os::unix::process::ExitStatusExt;
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error:") || l.contains("FATAL:")).collect();
-    if status.success() && errors.is_empty() {
-        return Ok(());
-    }
-    let detail = redact(if errors.is_empty() { stderr.trim().to_string() } else { errors.join("\n") }.trim());
-    if let Some(sig) = status.signal() {
-        return Err(Error::transient(format!("pg_restore was killed by signal {sig}: {detail}")));
-    }
-    let text = format!("pg_restore failed ({status}): {detail}");
-    let lower = detail.to_ascii_lowercase();
-    if ["could not connect", "server closed the connection", "terminating connection", "connection to server"]
-        .iter()
-        .any(|p| lower.contains(p))
-    {
-        return Err(Error::transient(text));
-    }
-    let e = Error::permanent(text);
-    Err(if lower.contains("role") && lower.contains("does not exist") {
-        e.with_hint("restore the roles first (options.globals), or restore with options.no_owner / options.owner")
-    } else if ["must be member of role", "must be able to set role", "permission denied to set role"]
-        .iter()
-        .any(|p| lower.contains(p))
-    {
-        // Objects in the archive belong to a role the restoring login may not become.
-        e.with_hint(
-            "make the restoring role a member of the objects' owner (`pgvault grant-sql --restore --role <restore \
-             role> --member-of <owner>`), or restore with options.no_owner / options.owner",
-        )
-    } else if lower.contains("permission denied for schema") || lower.contains("permission denied for database") {
-        // A non-superuser pg_restore gives each object its owner as it creates it, and PostgreSQL
-        // then wants that owner to hold CREATE on the schema (or database) already; the archive
-        // grants it only later, with the other privileges.
-        e.with_hint(
-            "an object's owner lacks CREATE on its schema while pg_restore gives it the object (the archive grants \
-             it later): restore with options.no_owner, or as an admin role",
-        )
-    } else {
-        e
-    })
-}
+use crate::seams::pg::ToolBinary;
+use crate::seams::tools::{Failure, Stdin, ToolRun};
 
 /// Open a backup's data for reading, with progress (bytes as stored, rate, elapsed, time left
 /// against the manifest's stored size) logged at the steady interval of `ctx.progress`, or a bar
@@ -130,7 +43,7 @@ pub(super) fn with_progress(
 pub(super) async fn feed_pg_restore(
     ctx: &Ctx,
     m: &Manifest,
-    tool: &Path,
+    tool: &ToolBinary,
     spec: &ConnSpec,
     mut args: Vec<String>,
     method: Method,
@@ -140,32 +53,19 @@ pub(super) async fn feed_pg_restore(
     let compression = m.compression;
     let raw = match method {
         Method::Stream => {
-            let mut child = pg_restore_command(tool, spec, &args)
-                .stdin(Stdio::piped())
-                .spawn()
-                .map_err(|e| Error::permanent(format!("start {}: {e}", tool.display())))?;
-            let stdin = std::fs::File::from(
-                child
-                    .stdin
-                    .take()
-                    .expect("piped")
-                    .into_owned_fd()
-                    .map_err(|e| Error::transient(format!("pg_restore stdin: {e}")))?,
-            );
-            let stderr = tokio::spawn(collect_stderr(child.stderr.take().expect("piped")));
+            let mut run = ToolRun::new(tool, &args).conn(spec).stdin(Stdin::Pipe).spawn(&ctx.cancel)?;
+            let stdin = run.take_stdin().expect("stdin is piped");
             let consumer = tokio::task::spawn_blocking(move || catalog::feed(rx, compression, stdin, false));
-            let (pumped, fed, status) =
-                tokio::join!(catalog::verified_blocks(m, stream, tx), consumer, wait_or_kill(ctx, &mut child));
-            let stderr = stderr.await.unwrap_or_default();
+            let (pumped, fed, exit) = tokio::join!(catalog::verified_blocks(m, stream, tx), consumer, run.wait());
             // Precedence: shutdown, then corruption (pg_restore saw only verified bytes and then
             // an early end), then pg_restore's own failure, then reading errors.
-            let status = status?;
+            let exit = exit?;
             if let Err(e) = &pumped
                 && e.is_permanent()
             {
                 return Err(pumped.expect_err("checked"));
             }
-            pg_restore_verdict(status, &stderr)?;
+            exit.verdict().map_err(Failure::into_error)?;
             pumped?;
             fed.map_err(|e| Error::transient(format!("restore stream task failed: {e}")))?
                 .map_err(|e| Error::permanent(format!("backup {:?}: decompress into pg_restore: {e}", m.id)))?
@@ -197,15 +97,9 @@ pub(super) async fn feed_pg_restore(
             };
             args.push(format!("--jobs={jobs}"));
             args.push(path.display().to_string());
-            let mut child = pg_restore_command(tool, spec, &args)
-                .stdin(Stdio::null())
-                .spawn()
-                .map_err(|e| Error::permanent(format!("start {}: {e}", tool.display())))?;
-            let stderr = tokio::spawn(collect_stderr(child.stderr.take().expect("piped")));
-            let status = wait_or_kill(ctx, &mut child).await?;
-            let stderr = stderr.await.unwrap_or_default();
+            let exit = ToolRun::new(tool, &args).conn(spec).spawn(&ctx.cancel)?.wait().await?;
             drop(file);
-            pg_restore_verdict(status, &stderr)?;
+            exit.verdict().map_err(Failure::into_error)?;
             raw
         }
     };

@@ -2,21 +2,6 @@ use super::*;
 use crate::domain::manifest::{Compression, Tool};
 use time::macros::datetime;
 
-#[test]
-fn a_membership_refusal_in_pg_restore_says_how_to_fix_it() {
-    use std::os::unix::process::ExitStatusExt;
-    let failed = std::process::ExitStatus::from_raw(1 << 8);
-    for line in [
-        "pg_restore: error: could not execute query: ERROR:  must be member of role \"app_owner\"",
-        "pg_restore: error: could not execute query: ERROR:  must be able to SET ROLE \"app_owner\"",
-        "pg_restore: error: could not execute query: ERROR:  permission denied to set role \"app_owner\"",
-    ] {
-        let e = pg_restore_verdict(failed, line).unwrap_err();
-        assert!(e.is_permanent());
-        assert!(e.to_string().contains("HINT: make the restoring role a member"), "{e}");
-    }
-}
-
 fn settings(storage: &str) -> Settings {
     let mut map = std::collections::HashMap::new();
     map.insert(
