@@ -230,7 +230,7 @@ fn main_settings() -> (BTreeMap<String, String>, BTreeMap<String, String>) {
 #[test]
 fn bicep_sets_every_setting_the_code_reads() {
     let (pgvault, host) = main_settings();
-    let all: BTreeSet<&str> = pgvault::config::settings::ALL.iter().map(|(n, _)| *n).collect();
+    let all: BTreeSet<&str> = pgvault::config::settings::ALL.iter().map(|s| s.name).collect();
     let exempt: BTreeSet<&str> = NOT_IN_PRODUCTION.iter().map(|(n, _)| *n).collect();
     let missing: Vec<&&str> = all.iter().filter(|n| !exempt.contains(**n) && !pgvault.contains_key(**n)).collect();
     assert!(

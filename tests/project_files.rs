@@ -139,10 +139,27 @@ fn host_json_is_deliberate() {
 
 #[test]
 fn sample_settings_parse_and_list_every_setting() {
+    use pgvault::config::settings::{ALL, find};
     let sample = json("local.settings.sample.json");
     let values = sample["Values"].as_object().unwrap();
-    for (name, _) in pgvault::config::settings::ALL {
-        assert!(values.contains_key(*name), "local.settings.sample.json lacks {name}");
+    for s in ALL {
+        assert!(values.contains_key(s.name), "local.settings.sample.json lacks {}", s.name);
+    }
+    // Nothing dead: every pgvault setting of the sample is one the code reads.
+    for name in values.keys().filter(|k| k.starts_with("PGVAULT_")) {
+        assert!(find(name).is_some(), "local.settings.sample.json sets {name}, which settings::ALL does not define");
+    }
+    // Where the sample sets a setting that has a default, it shows that default, unless it
+    // deliberately sets another value.
+    const NOT_THE_DEFAULT: &[(&str, &str)] = &[("PGVAULT_STORAGE", "the sample is a deployment to Azure")];
+    for s in ALL {
+        let v = values[s.name].as_str().unwrap().trim();
+        if let Some(default) = s.default_value()
+            && !v.is_empty()
+            && !NOT_THE_DEFAULT.iter().any(|(n, _)| *n == s.name)
+        {
+            assert_eq!(v, default, "local.settings.sample.json: {} is not the table's default", s.name);
+        }
     }
     let map = values.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
     let s = pgvault::config::settings::Settings::from_map(map).unwrap();
@@ -151,10 +168,27 @@ fn sample_settings_parse_and_list_every_setting() {
     assert_eq!(s.pgbackrest_targets.len(), 1);
 }
 
+/// The README's settings table is `settings::markdown_table()`, between the markers
+/// `<!-- settings -->` and `<!-- /settings -->`: every setting, its doc line, default and range
+/// as the table defines them. `PGVAULT_WRITE_README=1` rewrites the section.
 #[test]
-fn readme_documents_every_setting() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    for (name, _) in pgvault::config::settings::ALL {
-        assert!(readme.contains(&format!("| `{name}` |")), "README's settings table lacks {name}");
+fn readme_settings_table_is_rendered_from_the_table() {
+    const START: &str = "<!-- settings -->\n";
+    const END: &str = "<!-- /settings -->";
+    let path = root().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let start = readme.find(START).expect("README.md has a <!-- settings --> marker") + START.len();
+    let end = start + readme[start..].find(END).expect("README.md closes the settings table");
+    let want = pgvault::config::settings::markdown_table();
+    if readme[start..end] == want {
+        return;
     }
+    if std::env::var_os("PGVAULT_WRITE_README").is_some() {
+        std::fs::write(&path, format!("{}{want}{}", &readme[..start], &readme[end..])).unwrap();
+        return;
+    }
+    panic!(
+        "README's settings table is not settings::ALL's rendering; run \
+         `PGVAULT_WRITE_README=1 cargo test --test project_files readme` or put this between the markers:\n{want}"
+    );
 }

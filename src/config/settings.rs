@@ -1,87 +1,25 @@
 //! One typed settings struct, read once from the environment (the Functions app settings) and
-//! validated at start-up. Every error names the setting.
+//! validated at start-up. Every error names the setting; the value of a secret setting is never
+//! echoed, in an error or in `Debug` output.
+//!
+//! Every setting is defined once, in [`ALL`] (`settings/table.rs`): name, secret or not,
+//! default, range or allowed values, doc line. The parser below takes its defaults and bounds
+//! from there, and reads no setting the table does not list. The README's settings table is
+//! rendered from it ([`markdown_table`]) and `local.settings.sample.json` lists every name; a
+//! test checks both.
 //!
 //! A value that still holds a Key Vault reference (`@Microsoft.KeyVault(...)`) is refused: the
 //! platform passes the reference text on when it could not resolve it (the identity lacks the
 //! role, the vault is not reachable yet), and that text must never pass for the value.
-//!
-//! The README's settings table and `local.settings.sample.json` list the same names; a test
-//! checks all three agree with [`ALL`].
+
+mod table;
 
 use crate::domain::error::{Error, Result};
 pub use crate::domain::inventory::{CredentialRef, Server, TlsMode, key_vault_url, parse_inventory};
 use crate::domain::manifest::Compression;
 use std::collections::HashMap;
 use std::path::PathBuf;
-
-/// Every setting pgvault reads, with a one-line description (the README table is checked
-/// against this list).
-pub const ALL: &[(&str, &str)] = &[
-    ("PGVAULT_INVENTORY", "the server inventory as JSON (or use PGVAULT_INVENTORY_FILE)"),
-    ("PGVAULT_INVENTORY_FILE", "path of a file holding the inventory JSON"),
-    ("PGVAULT_STORAGE", "where backups go: `azure` or `local` (default `local`)"),
-    ("PGVAULT_LOCAL_DIR", "directory of the local store (default `.pgvault-local/store`)"),
-    ("PGVAULT_BLOB_ENDPOINT", "Blob service URL of the backup account, e.g. `https://acct.blob.core.windows.net`"),
-    ("PGVAULT_BACKUP_CONTAINER", "container for dumps and manifests (default `pgvault-backups`)"),
-    ("JobsQueue__queueServiceUri", "Queue service URL of the job queues (identity-based connection `JobsQueue`)"),
-    ("JobsQueue__credential", "`managedidentity`: read by the Functions host for the queue triggers"),
-    ("JobsQueue__clientId", "client id of the user-assigned identity, for the host's queue triggers"),
-    ("PGVAULT_IDENTITY", "`managed-identity` (default) or `azure-cli` for local runs"),
-    ("PGVAULT_IDENTITY_CLIENT_ID", "client id of a user-assigned managed identity (default: system-assigned)"),
-    ("PGVAULT_CA_FILE", "extra CA certificates (PEM) trusted for Azure endpoints and PostgreSQL"),
-    ("PGVAULT_BACKUP_SCHEDULE", "NCRONTAB schedule (UTC) of `backup-scheduler`, e.g. `0 0 2 * * *`"),
-    ("PGVAULT_COMPRESSION", "`zstd:<1-19>` (default `zstd:3`), `none`, or `pg_dump`"),
-    ("PGVAULT_ZSTD_THREADS", "zstd worker threads (default 2)"),
-    ("PGVAULT_BLOCK_SIZE_MIB", "initial block size in MiB (default 8); grows for very long streams"),
-    (
-        "PGVAULT_BLOCKS_IN_FLIGHT",
-        "blocks uploaded concurrently (default 4); memory is about (this + 2) times the block size, plus about 8 MiB per zstd thread",
-    ),
-    (
-        "PGVAULT_MAX_DUMPS_PER_SERVER",
-        "the most backup jobs that dump one PostgreSQL server at once, across all instances (default 2)",
-    ),
-    (
-        "PGVAULT_DUMP_SLOT_RETRY_SECONDS",
-        "seconds a backup job that found all its server's dump slots taken waits on the queue before its next try (default 120; up to twice this, jittered)",
-    ),
-    ("PGVAULT_PG_BIN_DIRS", "`:`-separated PostgreSQL bin directories (default: /usr/lib/postgresql/*/bin)"),
-    ("PGVAULT_ROW_COUNTS", "`exact` (default, count(*) in pg_dump's snapshot), `estimate`, or `off`"),
-    (
-        "PGVAULT_RESTORE_SCRATCH_DIR",
-        "where a parallel restore (`jobs` > 1) keeps its local copy of the archive (default: the system temp dir)",
-    ),
-    (
-        "PGVAULT_RESTORE_SCRATCH_RESERVE_MIB",
-        "free space (MiB) that must remain in the scratch dir after that copy, else the restore streams (default 1024)",
-    ),
-    (
-        "PGVAULT_PGBACKREST_TARGETS",
-        "pgBackRest targets whose SAS `sas-rotator` rotates, as JSON (see docs/vm-pgbackrest.md)",
-    ),
-    ("PGVAULT_SAS_ROTATOR_SCHEDULE", "NCRONTAB schedule (UTC) of `sas-rotator`, e.g. `0 0 * * * *` (hourly)"),
-    ("PGVAULT_ARM_ENDPOINT", "Azure Resource Manager URL for push delivery (default `https://management.azure.com`)"),
-    ("PGVAULT_ALERT_WEBHOOK", "secret: incoming-webhook URL (Teams/Slack) that alerts are POSTed to; never logged"),
-    (
-        "PGVAULT_RETENTION_SCHEDULE",
-        "NCRONTAB schedule (UTC) of `retention` (prune, then RPO check), e.g. `0 30 * * * *`",
-    ),
-    (
-        "PGVAULT_RPO_MARGIN_MINUTES",
-        "minutes a scheduled backup may be late before a missed-schedule alert (default 60)",
-    ),
-    ("PGVAULT_DRILL_SCHEDULE", "NCRONTAB schedule (UTC) of `restore-drill`, e.g. `0 0 5 * * 0`"),
-    ("PGVAULT_DRILL_SERVER", "inventory server that restore drills restore into (a scratch server)"),
-    ("PGVAULT_JOB_RECORD_DAYS", "days finished job records are kept (default 400)"),
-    (
-        "PGVAULT_TIER_AFTER_DAYS",
-        "retention moves data blobs of backups older than this many days to `PGVAULT_TIER` (unset: no tiering by pgvault)",
-    ),
-    ("PGVAULT_TIER", "access tier of that move: `cool` (default), `cold` or `archive`"),
-    ("PGVAULT_LOG", "log filter, e.g. `info` or `pgvault=debug` (default `info`)"),
-    ("PGVAULT_LOG_FORMAT", "`json` (default under the Functions host) or `text`"),
-    ("FUNCTIONS_CUSTOMHANDLER_PORT", "set by the Functions host: the port `pgvault serve` listens on"),
-];
+pub use table::{ALL, Allowed, Fallback, Setting, find, markdown_table};
 
 /// Azure Resource Manager of the public cloud (`PGVAULT_ARM_ENDPOINT` overrides it).
 pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
@@ -151,7 +89,18 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     pub handler_port: Option<u16>,
     /// The raw environment, for credential references such as `password_env`.
-    env: HashMap<String, String>,
+    env: Env,
+}
+
+/// The raw environment. It holds secrets (passwords that `password_env` names, the webhook), so
+/// its `Debug` shows none of it.
+#[derive(Clone)]
+struct Env(HashMap<String, String>);
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Env(**redacted**)")
+    }
 }
 
 fn bad(name: &str, why: impl std::fmt::Display) -> Error {
@@ -166,13 +115,13 @@ impl Settings {
 
     /// Read from a map of settings (the environment, or a `local.settings.json` `Values`).
     pub fn from_map(env: HashMap<String, String>) -> Result<Self> {
-        for (name, _) in ALL {
-            if let Some(v) = env.get(*name) {
-                refuse_key_vault_reference(name, v)?;
+        for s in ALL {
+            if let Some(v) = env.get(s.name) {
+                refuse_key_vault_reference(s.name, v)?;
             }
         }
-        let get = |k: &str| env.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let inventory_json = match (get("PGVAULT_INVENTORY"), get("PGVAULT_INVENTORY_FILE")) {
+        let r = Reader { env: &env };
+        let inventory_json = match (r.set("PGVAULT_INVENTORY"), r.set("PGVAULT_INVENTORY_FILE")) {
             (Some(_), Some(_)) => {
                 return Err(bad(
                     "PGVAULT_INVENTORY",
@@ -201,88 +150,81 @@ impl Settings {
             }
         }
 
-        let storage = match get("PGVAULT_STORAGE").as_deref().unwrap_or("local") {
-            "local" => StorageSettings::Local {
-                dir: get("PGVAULT_LOCAL_DIR").unwrap_or_else(|| ".pgvault-local/store".into()).into(),
-            },
+        let storage = match r.value("PGVAULT_STORAGE").as_str() {
+            "local" => StorageSettings::Local { dir: r.value("PGVAULT_LOCAL_DIR").into() },
             "azure" => {
-                let blob_endpoint = get("PGVAULT_BLOB_ENDPOINT")
+                let blob_endpoint = r
+                    .set("PGVAULT_BLOB_ENDPOINT")
                     .ok_or_else(|| bad("PGVAULT_BLOB_ENDPOINT", "required when PGVAULT_STORAGE=azure"))?;
                 check_https_url("PGVAULT_BLOB_ENDPOINT", &blob_endpoint)?;
-                let container = get("PGVAULT_BACKUP_CONTAINER").unwrap_or_else(|| "pgvault-backups".into());
+                let container = r.value("PGVAULT_BACKUP_CONTAINER");
                 check_container_name("PGVAULT_BACKUP_CONTAINER", &container)?;
                 StorageSettings::Azure { blob_endpoint: blob_endpoint.trim_end_matches('/').to_string(), container }
             }
-            other => return Err(bad("PGVAULT_STORAGE", format!("{other:?} is neither `azure` nor `local`"))),
+            other => return Err(r.not_allowed("PGVAULT_STORAGE", other)),
         };
 
-        let queue_service_uri = get("JobsQueue__queueServiceUri");
+        let queue_service_uri = r.set("JobsQueue__queueServiceUri");
         if let Some(q) = &queue_service_uri {
             check_https_url("JobsQueue__queueServiceUri", q)?;
         }
-        let client_id = get("PGVAULT_IDENTITY_CLIENT_ID");
-        let identity = match get("PGVAULT_IDENTITY").as_deref().unwrap_or("managed-identity") {
+        let client_id = r.set("PGVAULT_IDENTITY_CLIENT_ID");
+        let identity = match r.value("PGVAULT_IDENTITY").as_str() {
             "managed-identity" => IdentitySettings::ManagedIdentity { client_id },
             "azure-cli" => IdentitySettings::AzureCli,
-            other => {
-                return Err(bad(
-                    "PGVAULT_IDENTITY",
-                    format!("{other:?} is neither `managed-identity` nor `azure-cli`"),
-                ));
-            }
+            other => return Err(r.not_allowed("PGVAULT_IDENTITY", other)),
         };
-        let ca_file = get("PGVAULT_CA_FILE").map(PathBuf::from);
+        let ca_file = r.set("PGVAULT_CA_FILE").map(PathBuf::from);
         if let Some(ca) = &ca_file
             && !ca.is_file()
         {
             return Err(bad("PGVAULT_CA_FILE", format!("{} is not a readable file", ca.display())));
         }
-        let backup_schedule = get("PGVAULT_BACKUP_SCHEDULE");
+        let backup_schedule = r.set("PGVAULT_BACKUP_SCHEDULE");
         if let Some(s) = &backup_schedule {
             crate::domain::schedule::parse_ncrontab(s).map_err(|e| bad("PGVAULT_BACKUP_SCHEDULE", e))?;
         }
-        let compression = Compression::parse(get("PGVAULT_COMPRESSION").as_deref().unwrap_or("zstd:3"))
-            .map_err(|e| bad("PGVAULT_COMPRESSION", e))?;
-        let zstd_threads = number(&get, "PGVAULT_ZSTD_THREADS", 2, 0, 64)? as u32;
-        let block_size = number(&get, "PGVAULT_BLOCK_SIZE_MIB", 8, 1, 4000)? as usize * 1024 * 1024;
-        let blocks_in_flight = number(&get, "PGVAULT_BLOCKS_IN_FLIGHT", 4, 1, 64)? as usize;
-        let max_dumps_per_server = number(&get, "PGVAULT_MAX_DUMPS_PER_SERVER", 2, 1, 64)? as u32;
-        let dump_slot_retry_secs = number(&get, "PGVAULT_DUMP_SLOT_RETRY_SECONDS", 120, 1, 3600)? as u32;
-        let pg_bin_dirs = match get("PGVAULT_PG_BIN_DIRS") {
+        let compression =
+            Compression::parse(&r.value("PGVAULT_COMPRESSION")).map_err(|e| bad("PGVAULT_COMPRESSION", e))?;
+        let zstd_threads = r.number("PGVAULT_ZSTD_THREADS")? as u32;
+        let block_size = r.number("PGVAULT_BLOCK_SIZE_MIB")? as usize * 1024 * 1024;
+        let blocks_in_flight = r.number("PGVAULT_BLOCKS_IN_FLIGHT")? as usize;
+        let max_dumps_per_server = r.number("PGVAULT_MAX_DUMPS_PER_SERVER")? as u32;
+        let dump_slot_retry_secs = r.number("PGVAULT_DUMP_SLOT_RETRY_SECONDS")? as u32;
+        let pg_bin_dirs = match r.set("PGVAULT_PG_BIN_DIRS") {
             Some(dirs) => dirs.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect(),
             None => crate::seams::pg::default_bin_dirs(),
         };
-        let row_counts = match get("PGVAULT_ROW_COUNTS").as_deref().unwrap_or("exact") {
+        let row_counts = match r.value("PGVAULT_ROW_COUNTS").as_str() {
             "exact" => RowCountMode::Exact,
             "estimate" => RowCountMode::Estimate,
             "off" => RowCountMode::Off,
-            other => return Err(bad("PGVAULT_ROW_COUNTS", format!("{other:?} is not `exact`, `estimate` or `off`"))),
+            other => return Err(r.not_allowed("PGVAULT_ROW_COUNTS", other)),
         };
         let restore_scratch_dir =
-            get("PGVAULT_RESTORE_SCRATCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let restore_scratch_reserve = number(&get, "PGVAULT_RESTORE_SCRATCH_RESERVE_MIB", 1024, 0, 1 << 30)? << 20;
-        let pgbackrest_targets = match get("PGVAULT_PGBACKREST_TARGETS") {
+            r.set("PGVAULT_RESTORE_SCRATCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let restore_scratch_reserve = r.number("PGVAULT_RESTORE_SCRATCH_RESERVE_MIB")? << 20;
+        let pgbackrest_targets = match r.set("PGVAULT_PGBACKREST_TARGETS") {
             Some(j) => {
                 crate::domain::pgbackrest_target::parse_targets(&j).map_err(|e| bad("PGVAULT_PGBACKREST_TARGETS", e))?
             }
             None => Vec::new(),
         };
-        let sas_rotator_schedule = get("PGVAULT_SAS_ROTATOR_SCHEDULE");
+        let sas_rotator_schedule = r.set("PGVAULT_SAS_ROTATOR_SCHEDULE");
         if let Some(s) = &sas_rotator_schedule {
             crate::domain::schedule::parse_ncrontab(s).map_err(|e| bad("PGVAULT_SAS_ROTATOR_SCHEDULE", e))?;
         }
-        let arm_endpoint = get("PGVAULT_ARM_ENDPOINT").unwrap_or_else(|| DEFAULT_ARM_ENDPOINT.into());
+        let arm_endpoint = r.value("PGVAULT_ARM_ENDPOINT");
         check_https_url("PGVAULT_ARM_ENDPOINT", &arm_endpoint)?;
-        let alert_webhook = match get("PGVAULT_ALERT_WEBHOOK") {
+        let alert_webhook = match r.set("PGVAULT_ALERT_WEBHOOK") {
             Some(u) => match url::Url::parse(&u) {
                 Ok(p) if matches!(p.scheme(), "https" | "http") => Some(crate::domain::secret::Secret::new(u)),
-                // The value is a secret: name the setting, never echo it.
-                _ => return Err(bad("PGVAULT_ALERT_WEBHOOK", "is not an http(s) URL")),
+                _ => return Err(r.bad_value("PGVAULT_ALERT_WEBHOOK", &u, "is not an http(s) URL")),
             },
             None => None,
         };
-        let retention_schedule = get("PGVAULT_RETENTION_SCHEDULE");
-        let drill_schedule = get("PGVAULT_DRILL_SCHEDULE");
+        let retention_schedule = r.set("PGVAULT_RETENTION_SCHEDULE");
+        let drill_schedule = r.set("PGVAULT_DRILL_SCHEDULE");
         for (name, v) in
             [("PGVAULT_RETENTION_SCHEDULE", &retention_schedule), ("PGVAULT_DRILL_SCHEDULE", &drill_schedule)]
         {
@@ -290,30 +232,27 @@ impl Settings {
                 crate::domain::schedule::parse_ncrontab(s).map_err(|e| bad(name, e))?;
             }
         }
-        let rpo_margin = time::Duration::minutes(number(&get, "PGVAULT_RPO_MARGIN_MINUTES", 60, 0, 10_000_000)? as i64);
-        let drill_server = get("PGVAULT_DRILL_SERVER");
+        let rpo_margin = time::Duration::minutes(r.number("PGVAULT_RPO_MARGIN_MINUTES")? as i64);
+        let drill_server = r.set("PGVAULT_DRILL_SERVER");
         if let Some(d) = &drill_server
             && !inventory.iter().any(|s| &s.name == d)
         {
             return Err(bad("PGVAULT_DRILL_SERVER", format!("{d:?} is not a server of the inventory")));
         }
-        let job_record_days = number(&get, "PGVAULT_JOB_RECORD_DAYS", 400, 1, 100_000)?;
-        let tier_after_days = match get("PGVAULT_TIER_AFTER_DAYS") {
-            None => None,
-            Some(_) => Some(number(&get, "PGVAULT_TIER_AFTER_DAYS", 0, 0, 100_000)? as u32),
+        let job_record_days = r.number("PGVAULT_JOB_RECORD_DAYS")?;
+        let tier_after_days = r.optional_number("PGVAULT_TIER_AFTER_DAYS")?.map(|n| n as u32);
+        // Not `not_allowed`: the tier's message has never echoed the value.
+        let tier = match crate::seams::store::Tier::parse(&r.value("PGVAULT_TIER")) {
+            Some(t) if t != crate::seams::store::Tier::Hot => t,
+            _ => return Err(bad("PGVAULT_TIER", format!("is {}", r.alternatives("PGVAULT_TIER")))),
         };
-        let tier = match get("PGVAULT_TIER").as_deref().map(crate::seams::store::Tier::parse) {
-            None => crate::seams::store::Tier::Cool,
-            Some(Some(t)) if t != crate::seams::store::Tier::Hot => t,
-            Some(_) => return Err(bad("PGVAULT_TIER", "is not `cool`, `cold` or `archive`")),
-        };
-        let log_format = match get("PGVAULT_LOG_FORMAT").as_deref() {
+        let log_format = match r.set("PGVAULT_LOG_FORMAT").as_deref() {
             None => None,
             Some("json") => Some(LogFormat::Json),
             Some("text") => Some(LogFormat::Text),
-            Some(other) => return Err(bad("PGVAULT_LOG_FORMAT", format!("{other:?} is neither `json` nor `text`"))),
+            Some(other) => return Err(r.not_allowed("PGVAULT_LOG_FORMAT", other)),
         };
-        let handler_port = match get("FUNCTIONS_CUSTOMHANDLER_PORT") {
+        let handler_port = match r.set("FUNCTIONS_CUSTOMHANDLER_PORT") {
             None => None,
             Some(p) => Some(
                 p.parse::<u16>().map_err(|_| bad("FUNCTIONS_CUSTOMHANDLER_PORT", format!("{p:?} is not a port")))?,
@@ -347,10 +286,10 @@ impl Settings {
             job_record_days,
             tier_after_days,
             tier,
-            log_filter: get("PGVAULT_LOG").unwrap_or_else(|| "info".into()),
+            log_filter: r.value("PGVAULT_LOG"),
             log_format,
             handler_port,
-            env,
+            env: Env(env),
         })
     }
 
@@ -360,7 +299,7 @@ impl Settings {
 
     /// An environment value named by the inventory (e.g. `password_env`).
     pub fn env_value(&self, name: &str) -> Option<&str> {
-        self.env.get(name).map(String::as_str)
+        self.env.0.get(name).map(String::as_str)
     }
 
     /// Bin directories for a server: its own, then the global ones.
@@ -386,13 +325,68 @@ fn refuse_key_vault_reference(name: &str, value: &str) -> Result<()> {
         ))
 }
 
-fn number(get: &impl Fn(&str) -> Option<String>, name: &str, default: u64, min: u64, max: u64) -> Result<u64> {
-    match get(name) {
-        None => Ok(default),
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(bad(name, format!("{v:?} is not a whole number from {min} to {max}"))),
-        },
+/// The environment, read through [`ALL`]: every lookup names a setting of the table (reading
+/// one it lacks is a bug, and panics in the first test that takes that path), and defaults and
+/// bounds come from its entry.
+struct Reader<'a> {
+    env: &'a HashMap<String, String>,
+}
+
+impl Reader<'_> {
+    fn spec(name: &str) -> &'static Setting {
+        find(name).unwrap_or_else(|| panic!("{name} is read but not defined in settings::ALL"))
+    }
+
+    /// The value as set, trimmed; blank counts as unset.
+    fn set(&self, name: &str) -> Option<String> {
+        Self::spec(name);
+        self.env.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    /// The value as set, else the table's default (which this setting must have).
+    fn value(&self, name: &str) -> String {
+        self.set(name).unwrap_or_else(|| {
+            Self::spec(name).default_value().unwrap_or_else(|| panic!("settings::ALL gives {name} no default")).into()
+        })
+    }
+
+    /// A whole number in the table's range, else the table's default (if it has one).
+    fn optional_number(&self, name: &str) -> Result<Option<u64>> {
+        let spec = Self::spec(name);
+        let Allowed::Whole { min, max } = spec.allowed else {
+            panic!("settings::ALL gives {name} no whole-number range");
+        };
+        let Some(v) = self.set(name).or_else(|| spec.default_value().map(String::from)) else {
+            return Ok(None);
+        };
+        match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(self.bad_value(name, &v, format!("is not a whole number from {min} to {max}"))),
+        }
+    }
+
+    /// A whole number in the table's range, else the table's default (which it must have).
+    fn number(&self, name: &str) -> Result<u64> {
+        Ok(self.optional_number(name)?.unwrap_or_else(|| panic!("settings::ALL gives {name} no default")))
+    }
+
+    /// "neither `a` nor `b`", from the table's allowed words.
+    fn alternatives(&self, name: &str) -> String {
+        match Self::spec(name).allowed {
+            Allowed::OneOf(words) => table::not_one_of(words),
+            _ => panic!("settings::ALL gives {name} no allowed words"),
+        }
+    }
+
+    /// The error for a word the table does not allow.
+    fn not_allowed(&self, name: &str, value: &str) -> Error {
+        self.bad_value(name, value, format!("is {}", self.alternatives(name)))
+    }
+
+    /// `setting NAME: "value" why`, or `setting NAME: why` for a secret, whose value is never
+    /// echoed.
+    fn bad_value(&self, name: &str, value: &str, why: impl std::fmt::Display) -> Error {
+        if Self::spec(name).secret { bad(name, why) } else { bad(name, format!("{value:?} {why}")) }
     }
 }
 
@@ -423,12 +417,142 @@ mod tests {
 
     #[test]
     fn defaults() {
+        // Today's defaults, held here so that a change to the table is a deliberate one.
         let s = Settings::from_map(map(&[])).unwrap();
         assert_eq!(s.storage, StorageSettings::Local { dir: ".pgvault-local/store".into() });
         assert_eq!(s.compression, Compression::Zstd { level: 3 });
+        assert_eq!(s.zstd_threads, 2);
         assert_eq!(s.block_size, 8 << 20);
+        assert_eq!(s.blocks_in_flight, 4);
         assert_eq!(s.row_counts, RowCountMode::Exact);
+        assert_eq!(s.restore_scratch_dir, std::env::temp_dir());
+        assert_eq!(s.restore_scratch_reserve, 1024 << 20);
+        assert_eq!(s.identity, IdentitySettings::ManagedIdentity { client_id: None });
+        assert_eq!(s.arm_endpoint, "https://management.azure.com");
+        assert_eq!(s.rpo_margin, time::Duration::minutes(60));
+        assert_eq!(s.job_record_days, 400);
+        assert_eq!((s.tier_after_days, s.tier), (None, crate::seams::store::Tier::Cool));
+        assert_eq!((s.log_filter.as_str(), s.log_format.clone()), ("info", None));
         assert!(s.inventory.is_empty());
+        let s = Settings::from_map(map(&[
+            ("PGVAULT_STORAGE", "azure"),
+            ("PGVAULT_BLOB_ENDPOINT", "https://acct.blob.core.windows.net/"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.storage,
+            StorageSettings::Azure {
+                blob_endpoint: "https://acct.blob.core.windows.net".into(),
+                container: "pgvault-backups".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_table_is_consistent() {
+        let mut names = std::collections::BTreeSet::new();
+        for s in ALL {
+            assert!(names.insert(s.name), "{} is defined twice", s.name);
+            assert!(!s.doc.is_empty() && !s.doc.contains('|') && !s.doc.contains('\n'), "{}: one line", s.name);
+            // The default is a field of the entry; the doc line does not say it again.
+            assert!(!s.doc.contains("(default"), "{}: the default belongs in `default`", s.name);
+            match (s.default_value(), s.allowed) {
+                (Some(v), Allowed::Whole { min, max }) => {
+                    assert!(min <= max, "{}", s.name);
+                    let n: u64 = v.parse().unwrap_or_else(|_| panic!("{}: default {v:?} is not a number", s.name));
+                    assert!((min..=max).contains(&n), "{}: default {n} outside {min} to {max}", s.name);
+                }
+                (Some(v), Allowed::OneOf(words)) => assert!(words.contains(&v), "{}: default {v:?}", s.name),
+                _ => {}
+            }
+        }
+        assert_eq!(table::not_one_of(&["a", "b"]), "neither `a` nor `b`");
+        assert_eq!(table::not_one_of(&["a", "b", "c"]), "not `a`, `b` or `c`");
+    }
+
+    /// Every bound and every allowed word of the table is the one the parser enforces: the ends
+    /// of each range pass and one past them fails, each word passes and another fails, and each
+    /// error names the setting.
+    #[test]
+    fn the_parser_takes_ranges_and_words_from_the_table() {
+        // So that PGVAULT_STORAGE=azure parses.
+        let base = [("PGVAULT_BLOB_ENDPOINT", "https://acct.blob.core.windows.net")];
+        let parse = |name: &str, v: &str| {
+            let mut m = map(&base);
+            m.insert(name.to_string(), v.to_string());
+            Settings::from_map(m)
+        };
+        let refused = |name: &str, v: &str| {
+            let e = parse(name, v).expect_err(&format!("{name}={v} is refused"));
+            assert!(e.to_string().starts_with(&format!("setting {name}: ")), "{name}={v}: {e}");
+        };
+        let mut ranges = 0;
+        let mut words = 0;
+        for s in ALL {
+            match s.allowed {
+                Allowed::Whole { min, max } => {
+                    ranges += 1;
+                    for ok in [min, max] {
+                        parse(s.name, &ok.to_string()).unwrap_or_else(|e| panic!("{}={ok}: {e}", s.name));
+                    }
+                    refused(s.name, &(max + 1).to_string());
+                    if min > 0 {
+                        refused(s.name, &(min - 1).to_string());
+                    }
+                    refused(s.name, "many");
+                }
+                Allowed::OneOf(list) => {
+                    words += 1;
+                    for ok in list {
+                        parse(s.name, ok).unwrap_or_else(|e| panic!("{}={ok}: {e}", s.name));
+                    }
+                    refused(s.name, "bogus");
+                }
+                Allowed::Any => {}
+            }
+        }
+        assert!(ranges > 0 && words > 0, "the table has ranges and word lists to try");
+        let e = parse("PGVAULT_TIER_AFTER_DAYS", "100001").unwrap_err();
+        assert_eq!(e.to_string(), "setting PGVAULT_TIER_AFTER_DAYS: \"100001\" is not a whole number from 0 to 100000");
+        // The messages as they have always read.
+        let e = parse("PGVAULT_STORAGE", "s3").unwrap_err();
+        assert_eq!(e.to_string(), "setting PGVAULT_STORAGE: \"s3\" is neither `azure` nor `local`");
+        let e = parse("PGVAULT_ROW_COUNTS", "some").unwrap_err();
+        assert_eq!(e.to_string(), "setting PGVAULT_ROW_COUNTS: \"some\" is not `exact`, `estimate` or `off`");
+        let e = parse("PGVAULT_TIER", "hot").unwrap_err();
+        assert_eq!(e.to_string(), "setting PGVAULT_TIER: is not `cool`, `cold` or `archive`");
+        assert_eq!(parse("PGVAULT_TIER", "Archive").unwrap().tier, crate::seams::store::Tier::Archive);
+    }
+
+    /// A secret's value is never echoed: not when it is refused, not in `Debug` once accepted.
+    #[test]
+    fn secret_values_are_not_echoed() {
+        let secrets: Vec<&Setting> = ALL.iter().filter(|s| s.secret).collect();
+        assert!(secrets.iter().any(|s| s.name == "PGVAULT_ALERT_WEBHOOK"));
+        let token = "TOKEN-7f3a9c";
+        for s in &secrets {
+            for v in [
+                format!("ftp://hooks.example/{token}"),
+                format!("not a url {token}"),
+                format!("https://hooks.example/{token}"),
+            ] {
+                match Settings::from_map(map(&[(s.name, &v)])) {
+                    Err(e) => {
+                        assert!(e.to_string().starts_with(&format!("setting {}: ", s.name)), "{e}");
+                        assert!(!e.to_string().contains(token) && !format!("{e:?}").contains(token), "{e:?}");
+                    }
+                    Ok(parsed) => assert!(!format!("{parsed:?}").contains(token), "{} in Debug", s.name),
+                }
+            }
+        }
+        let e =
+            Settings::from_map(map(&[("PGVAULT_ALERT_WEBHOOK", &format!("ftp://hooks.example/{token}"))])).unwrap_err();
+        assert_eq!(e.to_string(), "setting PGVAULT_ALERT_WEBHOOK: is not an http(s) URL");
+        // Nor a password that the inventory names: the raw environment is not in `Debug` either.
+        let inv = r#"[{"name":"a","host":"h","user":"u","credentials":{"password_env":"PG_A_PASSWORD"}}]"#;
+        let s = Settings::from_map(map(&[("PGVAULT_INVENTORY", inv), ("PG_A_PASSWORD", token)])).unwrap();
+        assert_eq!(s.env_value("PG_A_PASSWORD"), Some(token));
+        assert!(!format!("{s:?}").contains(token));
     }
 
     #[test]
