@@ -12,6 +12,7 @@ use crate::seams::progress;
 use crate::seams::queue::JobQueue;
 use crate::seams::store::BlobStore;
 use crate::seams::store::local::LocalStore;
+use crate::seams::store::retry::{RetryPolicy, RetryingStore};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::ClientOptions;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ impl Runtime {
             || cloud_credentials;
         let azure = if needs_azure { Some(azure_parts(&settings, &RetrySettings::default())?) } else { None };
         let mut azure_store = None;
-        let store: Arc<dyn BlobStore> = match &settings.storage {
+        let inner: Arc<dyn BlobStore> = match &settings.storage {
             StorageSettings::Local { dir } => {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     Error::permanent(format!("setting PGVAULT_LOCAL_DIR: cannot create {}: {e}", dir.display()))
@@ -51,6 +52,7 @@ impl Runtime {
                 s
             }
         };
+        let store = retrying(inner);
         let queue: Option<Arc<dyn JobQueue>> = match &settings.queue_service_uri {
             Some(uri) => {
                 let (credential, options) = azure.clone().expect("built above");
@@ -95,6 +97,11 @@ impl Runtime {
         }
         Ok(done)
     }
+}
+
+/// Every store the features get retries transient errors, with the one policy.
+fn retrying(store: Arc<dyn BlobStore>) -> Arc<dyn BlobStore> {
+    Arc::new(RetryingStore::new(store, RetryPolicy::default()))
 }
 
 // ---- pgBackRest SAS rotation: its Azure parts, composed here like everything else ----------
@@ -152,7 +159,9 @@ async fn freshness_one(
     now: OffsetDateTime,
 ) -> serde_json::Value {
     match azure::AzureBlobStore::new(&t.blob_endpoint, &t.container, credential, options).await {
-        Ok(store) => crate::features::pgbackrest::freshness::check(&store, t, monitor, now).await,
+        Ok(store) => {
+            crate::features::pgbackrest::freshness::check(retrying(Arc::new(store)).as_ref(), t, monitor, now).await
+        }
         Err(e) => {
             tracing::error!(target_name = %t.name, error = %e, "cannot open the pgBackRest container");
             serde_json::json!({"target": t.name, "ok": false, "error": e.to_string()})

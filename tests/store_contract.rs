@@ -152,6 +152,59 @@ async fn contract(store: &dyn BlobStore) {
     assert_eq!(store.create("manifests/empty", Bytes::new(), &Tags::new()).await.unwrap(), CreateOutcome::Created);
     assert_eq!(store.get("manifests/empty").await.unwrap().len(), 0);
 
+    // --- put: a whole small blob at once, replacing content and tags; idempotent.
+    let r = "@jobs/backup/put.json";
+    let rt1 = tags(&[("pgvault", "job"), ("status", "running")]);
+    store.put(r, Bytes::from_static(br#"{"status":"running"}"#), &rt1).await.unwrap();
+    assert!(store.exists(r).await.unwrap());
+    assert_eq!(store.get(r).await.unwrap(), &br#"{"status":"running"}"#[..], "{d}: put content");
+    assert_eq!(store.tags(r).await.unwrap(), rt1, "{d}: put tags");
+    let rt2 = tags(&[("pgvault", "job"), ("status", "succeeded")]);
+    let second = Bytes::from_static(br#"{"status":"succeeded","summary":"a longer document than before"}"#);
+    store.put(r, second.clone(), &rt2).await.unwrap();
+    store.put(r, second.clone(), &rt2).await.unwrap(); // the same put again (a retry)
+    assert_eq!(store.get(r).await.unwrap(), second, "{d}: put did not replace the content");
+    assert_eq!(read_all(store, r).await, second, "{d}: read after put");
+    assert_eq!(store.tags(r).await.unwrap(), rt2, "{d}: put did not replace the tags");
+    let listed = store.list("@jobs/backup/").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|b| (b.name.as_str(), b.size)).collect::<Vec<_>>(),
+        [(r, second.len() as u64)],
+        "{d}: listing after put"
+    );
+    // Over a blob written with blocks, and over one created: both replaced.
+    store.put(name, Bytes::from_static(b"put over blocks"), &Tags::new()).await.unwrap();
+    assert_eq!(store.get(name).await.unwrap(), &b"put over blocks"[..]);
+    assert_eq!(store.tags(name).await.unwrap(), Tags::new(), "{d}: put kept the old tags");
+    commit_bytes(store, name, &[b"second ", b"version"], &t2).await;
+    store.put("manifests/empty", Bytes::from_static(b"now full"), &Tags::new()).await.unwrap();
+    assert_eq!(store.get("manifests/empty").await.unwrap(), &b"now full"[..]);
+    // An empty put makes an empty blob; a put blob refuses create like any other.
+    store.put("@jobs/empty.json", Bytes::new(), &Tags::new()).await.unwrap();
+    assert_eq!(store.get("@jobs/empty.json").await.unwrap().len(), 0);
+    assert_eq!(store.create(r, Bytes::from_static(b"x"), &Tags::new()).await.unwrap(), CreateOutcome::AlreadyExists);
+    assert_eq!(store.get(r).await.unwrap(), second);
+    // Atomic: concurrent readers of a blob being replaced see one whole version, never a mix.
+    let v1 = Bytes::from(pseudo_random(3 * 1024 * 1024, 11));
+    let v2 = Bytes::from(pseudo_random(3 * 1024 * 1024 + 5, 12));
+    let swap = "@jobs/swap.json";
+    store.put(swap, v1.clone(), &Tags::new()).await.unwrap();
+    let writer = async {
+        for i in 0..4 {
+            let v = if i % 2 == 0 { v2.clone() } else { v1.clone() };
+            store.put(swap, v, &Tags::new()).await.unwrap();
+        }
+    };
+    let reader = async {
+        for _ in 0..4 {
+            let got = store.get(swap).await.unwrap();
+            assert!(got == v1 || got == v2, "{d}: a reader saw a mix of two puts ({} bytes)", got.len());
+        }
+    };
+    tokio::join!(writer, reader);
+    store.delete(swap).await.unwrap();
+    store.delete("@jobs/empty.json").await.unwrap();
+
     // --- missing blobs: permanent errors for get, read and tags; exists is false.
     let missing = "servers/pg1/app/missing.zst";
     assert_permanent(store.get(missing).await, "get of a missing blob");

@@ -4,7 +4,9 @@
 //! - `stage_block` / `commit_blocks`: Put Block / Put Block List. The trait's block id string is
 //!   sent as the raw block id (the SDK base64-encodes it), so equal-length ids stay equal-length.
 //!   Tags travel in the commit itself (`x-ms-tags`), so content and tags appear together.
-//! - `create`: one Put Blob with `If-None-Match: *`; 409/412 means someone else was first.
+//! - `put`: one Put Blob (the SDK's upload with a partition as large as the data, so it never
+//!   falls back to staged blocks), which replaces the blob and sets its tags in one request.
+//! - `create`: the same Put Blob with `If-None-Match: *`; 409/412 means someone else was first.
 //! - `read`: the SDK's partitioned download, which yields the bytes in order and pins the blob's
 //!   ETag, so a blob replaced mid-read fails instead of mixing two versions.
 
@@ -143,6 +145,18 @@ fn is_not_found(e: &azure_core::Error) -> bool {
     e.http_status() == Some(StatusCode::NotFound)
 }
 
+/// Upload options that keep an upload of `data` one Put Blob request: a partition at least as
+/// large as the data stops the SDK from cutting it into staged blocks, so content, tags and any
+/// condition (If-None-Match) are one atomic write.
+fn one_put_blob(data: &Bytes) -> BlockBlobClientUploadOptions<'static> {
+    let one_shot = NonZero::new((data.len() as u64).max(1)).expect("at least 1");
+    BlockBlobClientUploadOptions {
+        partition_size: Some(one_shot),
+        parallel: Some(NonZero::new(1).expect("1")),
+        ..Default::default()
+    }
+}
+
 fn sdk_tags(tags: &Tags) -> HashMap<String, String> {
     tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
@@ -183,17 +197,17 @@ impl BlobStore for AzureBlobStore {
         Ok(())
     }
 
+    async fn put(&self, name: &str, data: Bytes, tags: &Tags) -> Result<()> {
+        let options = one_put_blob(&data).with_tags(sdk_tags(tags));
+        self.blob(name)?
+            .upload(data.into(), Some(options))
+            .await
+            .map_err(|e| sdk_error(Service::Blob, format!("write blob {name:?}"), e))?;
+        Ok(())
+    }
+
     async fn create(&self, name: &str, data: Bytes, tags: &Tags) -> Result<CreateOutcome> {
-        // A partition at least as large as the data keeps this one Put Blob request, so the
-        // If-None-Match condition covers the whole write.
-        let one_shot = NonZero::new((data.len() as u64).max(1)).expect("at least 1");
-        let options = BlockBlobClientUploadOptions {
-            partition_size: Some(one_shot),
-            parallel: Some(NonZero::new(1).expect("1")),
-            ..Default::default()
-        }
-        .if_not_exists()
-        .with_tags(sdk_tags(tags));
+        let options = one_put_blob(&data).if_not_exists().with_tags(sdk_tags(tags));
         match self.blob(name)?.upload(data.into(), Some(options)).await {
             Ok(_) => Ok(CreateOutcome::Created),
             Err(e)

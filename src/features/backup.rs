@@ -15,12 +15,10 @@ use crate::seams::pg::{self};
 use crate::seams::progress::Progress;
 use crate::seams::store::{BlobStore, CreateOutcome, MAX_BLOCK_SIZE, MAX_BLOCKS};
 use crate::seams::tools::{Exit, Stdout, ToolRun};
-use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -292,7 +290,8 @@ fn check_run(
     Ok((produced, uploaded))
 }
 
-/// Stage blocks as they arrive, at most `in_flight` at once, each retried on transient errors.
+/// Stage blocks as they arrive, at most `in_flight` at once (the store retries each one's
+/// transient errors).
 /// Returns how many blocks were staged. Dropping the receiver on error stops the producer.
 pub async fn upload_blocks(
     store: Arc<dyn BlobStore>,
@@ -328,7 +327,7 @@ pub async fn upload_blocks(
                     count += 1;
                     let store = store.clone();
                     let name = name.clone();
-                    set.spawn(async move { stage_with_retry(store.as_ref(), &name, index, data).await });
+                    set.spawn(async move { stage(store.as_ref(), &name, index, data).await });
                 }
             },
         }
@@ -339,19 +338,12 @@ pub async fn upload_blocks(
     Ok(count)
 }
 
-/// Stage one block, retrying transient failures with exponential backoff. A block is a
-/// rewindable `Bytes`, which is why retries happen here and never around the whole stream.
-async fn stage_with_retry(store: &dyn BlobStore, name: &str, index: usize, data: Bytes) -> Result<()> {
-    let id = block_id(index);
-    let policy = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_max_times(6)
-        .with_jitter();
-    (|| async { store.stage_block(name, &id, data.clone()).await })
-        .retry(policy)
-        .when(|e: &Error| !e.is_permanent())
-        .notify(|e, after| tracing::warn!(blob = name, block = index, error = %e, retry_in = ?after, "stage block failed; retrying"))
+/// Stage one block. The store retries transient failures (the runtime wraps it in
+/// [`crate::seams::store::retry::RetryingStore`]): a block is a `Bytes` it can send again, which
+/// is why retries happen per block and never around the whole stream.
+async fn stage(store: &dyn BlobStore, name: &str, index: usize, data: Bytes) -> Result<()> {
+    store
+        .stage_block(name, &block_id(index), data)
         .await
         .map_err(|e| e.context(format!("stage block {index} of blob {name:?}")))
 }

@@ -30,10 +30,7 @@ pub async fn set(store: &dyn BlobStore, id: &str, by: &str, now: OffsetDateTime)
     });
     let mut tags = Tags::new();
     tags.insert("pgvault".into(), "hold".into());
-    let n = name(id);
-    let block = crate::seams::store::block_id(0);
-    store.stage_block(&n, &block, Bytes::from(body.to_string())).await?;
-    store.commit_blocks(&n, &[block], &tags).await
+    store.put(&name(id), Bytes::from(body.to_string()), &tags).await
 }
 
 /// Release a hold (idempotent).

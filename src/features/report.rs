@@ -604,6 +604,9 @@ mod tests {
         async fn commit_blocks(&self, n: &str, ids: &[String], t: &crate::seams::store::Tags) -> Result<()> {
             self.inner.commit_blocks(n, ids, t).await
         }
+        async fn put(&self, n: &str, d: bytes::Bytes, t: &crate::seams::store::Tags) -> Result<()> {
+            self.inner.put(n, d, t).await
+        }
         async fn create(
             &self,
             n: &str,

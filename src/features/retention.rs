@@ -272,6 +272,9 @@ mod tests {
         async fn commit_blocks(&self, n: &str, ids: &[String], t: &Tags) -> Result<()> {
             self.inner.commit_blocks(n, ids, t).await
         }
+        async fn put(&self, n: &str, d: Bytes, t: &Tags) -> Result<()> {
+            self.inner.put(n, d, t).await
+        }
         async fn create(&self, n: &str, d: Bytes, t: &Tags) -> Result<CreateOutcome> {
             self.inner.create(n, d, t).await
         }

@@ -268,15 +268,13 @@ pub async fn create(store: &dyn BlobStore, rec: &JobRecord) -> Result<CreateOutc
         .map_err(|e| e.context(format!("write job record {name:?}")))
 }
 
-/// Write a record, replacing the one there (one staged block, then commit: atomic).
+/// Write a record, replacing the one there (one atomic put).
 pub async fn put(store: &dyn BlobStore, rec: &JobRecord) -> Result<()> {
     let name = name(rec.kind, &rec.id);
-    let id = crate::seams::store::block_id(0);
     store
-        .stage_block(&name, &id, Bytes::from(rec.to_json()))
+        .put(&name, Bytes::from(rec.to_json()), &tags(rec))
         .await
-        .map_err(|e| e.context(format!("write job record {name:?}")))?;
-    store.commit_blocks(&name, &[id], &tags(rec)).await.map_err(|e| e.context(format!("write job record {name:?}")))
+        .map_err(|e| e.context(format!("write job record {name:?}")))
 }
 
 /// Write a record, logging (not failing) on error: bookkeeping must not fail a restore that

@@ -45,9 +45,7 @@ pub(super) async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Resul
     let ids: Vec<String> = (0..staged).map(crate::seams::store::block_id).collect();
     dest.commit_blocks(&data_name, &ids, &tags).await.map_err(|e| e.context(format!("commit copy {data_name:?}")))?;
     let manifest_bytes = ctx.store.get(&manifest_blob).await?;
-    let id0 = crate::seams::store::block_id(0);
-    dest.stage_block(&manifest_name, &id0, manifest_bytes.clone()).await?;
-    dest.commit_blocks(&manifest_name, &[id0], &tags).await?;
+    dest.put(&manifest_name, manifest_bytes.clone(), &tags).await?;
 
     // Whole seconds: the URL's `se` has no fraction, and the record must say the same time.
     let expires_at = (OffsetDateTime::now_utc() + time::Duration::seconds(secs as i64))

@@ -3,7 +3,8 @@
 //!
 //! Layout under the root: committed blobs at their names; staged blocks under
 //! `.staging/<name>/<block id>`; tags in `.tags/<name>.json`. Commit writes the concatenation to a
-//! temporary file, fsyncs it, and renames it into place, so readers see old or new, never half.
+//! temporary file, fsyncs it, and renames it into place, so readers see old or new, never half;
+//! `put` writes its bytes the same way.
 
 use super::{BlobInfo, BlobProps, BlobStore, ByteStream, CreateOutcome, Tags, Tier};
 use crate::domain::error::{Error, Result};
@@ -112,6 +113,13 @@ impl BlobStore for LocalStore {
         // Like Azure, a commit discards the blob's uncommitted blocks.
         let _ = tokio::fs::remove_dir_all(self.staging_dir(name)?).await;
         Ok(())
+    }
+
+    async fn put(&self, name: &str, data: Bytes, tags: &Tags) -> Result<()> {
+        let dest = self.path(name)?;
+        // As in a commit: tags first, then the content's rename, the one step readers can see.
+        write_atomic(&self.tags_path(name)?, &serde_json::to_vec(tags).expect("tags serialize")).await?;
+        write_atomic(&dest, &data).await
     }
 
     async fn create(&self, name: &str, data: Bytes, tags: &Tags) -> Result<CreateOutcome> {

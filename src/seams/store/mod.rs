@@ -2,7 +2,8 @@
 //!
 //! Two implementations: [`local::LocalStore`] (a directory, the default for running without
 //! Azure) and `crate::azure::AzureBlobStore` (Azure Blob Storage through the official SDK).
-//! Both pass the same contract suite in `tests/store_contract.rs`.
+//! Both pass the same contract suite in `tests/store_contract.rs`. [`retry::RetryingStore`] wraps
+//! either with retries of transient errors; `runtime` builds it, so every caller gets them.
 //!
 //! Names are `/`-separated paths relative to the store's root (a container in Azure). Only
 //! [`crate::domain::layout`] builds them.
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub mod local;
+pub mod retry;
 
 /// A stream of a blob's bytes, in order.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
@@ -55,9 +57,11 @@ pub struct BlobProps {
 
 /// The storage contract.
 ///
-/// Every method may be retried by the caller after a [`crate::domain::error::Kind::Transient`] error;
-/// each is written so that a retry is safe. A [`crate::domain::error::Kind::Permanent`] error (a missing
-/// blob, a refused precondition, a forbidden request) will not get better by retrying.
+/// A [`crate::domain::error::Kind::Permanent`] error (a missing blob, a refused precondition, a
+/// forbidden request) will not get better by retrying. A [`crate::domain::error::Kind::Transient`]
+/// one may, and leaves the outcome of a write unknown: it may have taken effect. Each method says
+/// whether a retry after a transient error is safe; [`retry::RetryingStore`] is the one place that
+/// retries, and only what is said safe here. Callers do not retry by hand.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// A short human description ("local:/var/x", "azure:https://acct/container") for logs.
@@ -65,39 +69,58 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Stage one block of a blob that is being written. Staged blocks are invisible to readers
     /// until [`BlobStore::commit_blocks`]. Idempotent: staging the same `block_id` again replaces
-    /// it. All block ids of one blob have the same length.
+    /// it, so a retry is safe (the block is a `Bytes`, which can be sent again). All block ids of
+    /// one blob have the same length.
     async fn stage_block(&self, name: &str, block_id: &str, data: Bytes) -> Result<()>;
 
     /// Make the blob's content the concatenation of the given staged blocks, atomically: a reader
     /// sees the old content (or no blob) before, and the whole new content after. Sets the tags.
-    /// Replaces an existing blob of the same name.
+    /// Replaces an existing blob of the same name. Retry safe: a commit that failed transiently
+    /// either changed nothing or committed exactly these blocks, and committing the same list
+    /// again gives the same blob (Azure finds already committed blocks under "latest"; the local
+    /// store fails only before its rename).
     async fn commit_blocks(&self, name: &str, block_ids: &[String], tags: &Tags) -> Result<()>;
 
-    /// Write a small blob in one atomic step, failing with a permanent error (and writing
-    /// nothing) if a blob of that name already exists. This is how manifests are written, so that
-    /// exactly one attempt of a job can publish its backup.
+    /// Write a whole small blob (a job record, a hold, a copied manifest) in one atomic step,
+    /// replacing any blob of that name: a reader sees the old content (or no blob) or the whole
+    /// new content with its tags, never a mix. For data that is already in memory; a stream goes
+    /// through [`BlobStore::stage_block`] and [`BlobStore::commit_blocks`]. Idempotent: writing
+    /// the same bytes again gives the same blob, so a retry is safe.
+    async fn put(&self, name: &str, data: Bytes, tags: &Tags) -> Result<()>;
+
+    /// Write a small blob in one atomic step if no blob of that name exists, and answer
+    /// [`CreateOutcome::AlreadyExists`] (writing nothing, tags included) if one does. This is how
+    /// manifests and claims are written, so that exactly one attempt of a job can publish.
+    ///
+    /// Retries need care: after a transient error the blob may have been written, and a retried
+    /// create then finds it. [`retry::RetryingStore`] answers [`CreateOutcome::Created`] in that
+    /// case only when the blob holds exactly the bytes this create meant to write (the earlier
+    /// attempt landed), and [`CreateOutcome::AlreadyExists`] when it holds other bytes.
     async fn create(&self, name: &str, data: Bytes, tags: &Tags) -> Result<CreateOutcome>;
 
-    /// Read a whole blob into memory. For small blobs (manifests) only.
+    /// Read a whole blob into memory. For small blobs (manifests) only. A read: retry safe.
     async fn get(&self, name: &str) -> Result<Bytes>;
 
-    /// Stream a blob's bytes in order. A missing blob is a permanent error.
+    /// Stream a blob's bytes in order. A missing blob is a permanent error. Opening the stream
+    /// may be retried; an error in the middle of the stream may not (its consumer has taken the
+    /// bytes before it), so it reaches the caller, who decides for the whole read.
     async fn read(&self, name: &str) -> Result<ByteStream>;
 
-    /// The blob's tags.
+    /// The blob's tags. A read: retry safe.
     async fn tags(&self, name: &str) -> Result<Tags>;
 
-    /// Committed blobs whose names start with `prefix`, sorted by name.
+    /// Committed blobs whose names start with `prefix`, sorted by name. A read: retry safe.
     async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>>;
 
-    /// Whether a committed blob of that name exists.
+    /// Whether a committed blob of that name exists. A read: retry safe.
     async fn exists(&self, name: &str) -> Result<bool>;
 
-    /// Remove a blob. Idempotent: removing a missing blob succeeds.
+    /// Remove a blob. Idempotent: removing a missing blob succeeds, so a retry is safe.
     async fn delete(&self, name: &str) -> Result<()>;
 
     /// Forget the blocks staged for a blob that will not be committed, where the store can.
     /// Azure cannot (it discards uncommitted blocks after a week), so the default does nothing.
+    /// Idempotent: retry safe.
     async fn discard_staged(&self, _name: &str) -> Result<()> {
         Ok(())
     }
@@ -105,7 +128,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Move a blob to another access tier (Set Blob Tier). Moving an archived blob to Hot starts
     /// a standard-priority rehydration; the blob stays offline until it completes. A store
     /// without tiers answers [`crate::domain::error::Error::unsupported`] (permanent), which callers
-    /// treat as "skip, with a logged reason".
+    /// treat as "skip, with a logged reason". Retry safe: setting a tier again is a no-op, and a
+    /// retried start of a rehydration that the first attempt began is refused permanently (409
+    /// `BlobBeingRehydrated`), which callers read from the blob's properties.
     async fn set_tier(&self, name: &str, _tier: Tier) -> Result<()> {
         Err(crate::domain::error::Error::unsupported(format!(
             "set the access tier of blob {name:?}: access tiers are not supported by {}",
@@ -114,7 +139,8 @@ pub trait BlobStore: Send + Sync + 'static {
     }
 
     /// A blob's size, tier, archive status and last tier change. A missing blob is a permanent
-    /// error; a store without tiers answers [`crate::domain::error::Error::unsupported`].
+    /// error; a store without tiers answers [`crate::domain::error::Error::unsupported`]. A read:
+    /// retry safe.
     async fn properties(&self, name: &str) -> Result<BlobProps> {
         Err(crate::domain::error::Error::unsupported(format!(
             "read the properties of blob {name:?}: access tiers are not supported by {}",
@@ -132,12 +158,14 @@ pub trait BlobStore: Send + Sync + 'static {
 /// The capability behind a restore's `as-files` mode.
 #[async_trait]
 pub trait FileExport: Send + Sync {
-    /// A store on another container of the same account, created if it is missing. Idempotent.
+    /// A store on another container of the same account, created if it is missing. Idempotent:
+    /// retry safe.
     async fn container(&self, name: &str) -> Result<std::sync::Arc<dyn BlobStore>>;
 
     /// A URL that lets anyone holding it read one blob, and nothing else, over HTTPS only, until
     /// `expires_at`. Signed with a user-delegation key (the identity's own rights, revocable),
-    /// never an account key. The URL is a secret: it carries the signature.
+    /// never an account key. The URL is a secret: it carries the signature. Writes nothing:
+    /// retry safe.
     async fn read_only_url(
         &self,
         container: &str,
