@@ -46,7 +46,10 @@ impl Runtime {
                 Arc::new(LocalStore::new(dir))
             }
             StorageSettings::Azure { blob_endpoint, container } => {
-                let (credential, options) = azure.clone().expect("built above");
+                let (credential, _) = azure.clone().expect("built above");
+                // RetryingStore (below) does the patient retries; the SDK only a few quick ones.
+                let options =
+                    azure::client_options(settings.ca_file.as_deref(), &RetrySettings::beneath_store_retries())?;
                 let s = Arc::new(azure::AzureBlobStore::new(blob_endpoint, container, credential, options).await?);
                 azure_store = Some(s.clone());
                 s

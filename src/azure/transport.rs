@@ -38,6 +38,13 @@ impl Default for RetrySettings {
 }
 
 impl RetrySettings {
+    /// The blob store client's own retries when `seams::store::retry::RetryingStore` wraps it
+    /// (production): two quick ones for a dropped connection, while the wrapper does the patient
+    /// back-off, so the two never multiply into many minutes per operation.
+    pub fn beneath_store_retries() -> Self {
+        Self { max_retries: 2, initial_delay: Duration::from_millis(500), max_delay: Duration::from_secs(5) }
+    }
+
     /// For tests: one quick retry, so a misconfiguration (for example an untrusted TLS
     /// certificate) fails within about a second instead of a minute.
     pub fn fast() -> Self {
