@@ -225,6 +225,11 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
+    /// These tests run one at a time: tracing caches per call site whether anyone listens, and a
+    /// retry logged by one test's thread while another test holds its capturing subscriber can
+    /// leave that test's lines unrecorded.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// What the fault-injecting store does to the first calls of one operation.
     #[derive(Clone, Copy)]
     enum Fault {
@@ -351,6 +356,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn transient_errors_are_retried_with_backoff_until_success() {
+        let _serial = SERIAL.lock().await;
         let (_dir, faulty, store) = setup(6);
         let id = crate::seams::store::block_id(0);
         faulty.fail("stage_block", 2, Fault::Transient);
@@ -368,6 +374,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_stop_after_the_policy_allows() {
+        let _serial = SERIAL.lock().await;
         let (_dir, faulty, store) = setup(3);
         faulty.fail("list", u32::MAX, Fault::Transient);
         let e = store.list("a/").await.unwrap_err();
@@ -383,6 +390,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn permanent_errors_are_never_retried() {
+        let _serial = SERIAL.lock().await;
         let (_dir, faulty, store) = setup(6);
         // A missing blob, as the inner store reports it.
         let e = store.get("missing/blob").await.unwrap_err();
@@ -400,6 +408,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_put_whose_reply_was_lost_is_written_again() {
+        let _serial = SERIAL.lock().await;
         let (_dir, faulty, store) = setup(6);
         store.put("@jobs/x.json", Bytes::from_static(b"old"), &tags("old")).await.unwrap();
         faulty.fail("put", 2, Fault::LostReply);
@@ -411,6 +420,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_create_retried_after_an_unknown_outcome_reports_its_own_write() {
+        let _serial = SERIAL.lock().await;
         let (_dir, faulty, store) = setup(6);
         let body = Bytes::from_static(br#"{"attempt":"mine"}"#);
 
@@ -444,6 +454,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_read_retries_its_opening_but_never_mid_stream() {
+        let _serial = SERIAL.lock().await;
         let (_dir, faulty, store) = setup(6);
         store.put("d/dump", Bytes::from_static(b"whole content"), &Tags::new()).await.unwrap();
         faulty.fail("read", 2, Fault::Transient);
@@ -462,6 +473,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deletes_and_reads_are_retried_and_capabilities_pass_through() {
+        let _serial = SERIAL.lock().await;
         let (_dir, faulty, store) = setup(6);
         store.put("x/y", Bytes::from_static(b"1"), &tags("t")).await.unwrap();
         faulty.fail("tags", 1, Fault::Transient);
@@ -494,6 +506,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_retry_is_a_debug_line_naming_the_operation_and_the_blob() {
+        let _serial = SERIAL.lock().await;
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
