@@ -109,8 +109,21 @@ async fn restore_failures_alert_once_unless_the_host_retries_them_and_a_rejected
     let (status, _) = served.invoke("backup-worker", &payload).await;
     assert_eq!(status, 200);
     assert_eq!(hook.hits().len(), 4, "{:?}", hook.hits());
+    // Two messages without an id: each keeps a record of its own (they used to share one).
+    for text in ["{no id 1", "{no id 2"] {
+        let payload = queue_payload("backup-worker", "job", text, "", "pop", 1, Form::Host);
+        let (status, reply) = served.invoke("backup-worker", &payload).await;
+        assert_eq!(status, 200);
+        assert!(reply["Logs"][0].as_str().unwrap().contains("message (without an id) rejected"), "{reply}");
+    }
+    let out = blocking(|| stack.cli(&["jobs", "--json", "--kind", "backup", "--failed"]));
+    let failed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: std::collections::BTreeSet<&str> =
+        failed["jobs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.iter().filter(|i| i.starts_with("rejected-") && **i != "rejected-m4").count(), 2, "{ids:?}");
     // The webhook URL (a secret) is in no alert and no log line.
     let log = served.output();
     assert!(!log.contains("secret-webhook-token"), "{log}");
     assert!(!hook.hits().iter().any(|h| h.to_string().contains("secret-webhook-token")));
+    assert_eq!(hook.hits().len(), 6, "every rejected message alerted once: {:?}", hook.hits());
 }

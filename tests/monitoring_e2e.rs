@@ -67,7 +67,8 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
         ("PGVAULT_LOCAL_DIR".to_string(), dir.path().display().to_string()),
         (
             "PGVAULT_INVENTORY".to_string(),
-            r#"[{"name":"prod","host":"127.0.0.1","port":1,"user":"u","tls":"disable","exclude":["scratch"]}]"#
+            r#"[{"name":"prod","host":"127.0.0.1","port":1,"user":"u","tls":"disable","exclude":["scratch"]},
+                {"name":"only","host":"127.0.0.1","port":1,"user":"u","tls":"disable","include":["app"]}]"#
                 .to_string(),
         ),
         ("PGVAULT_BACKUP_SCHEDULE".to_string(), "0 0 2 * * *".to_string()),
@@ -113,6 +114,16 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
     .unwrap();
     assert_eq!(r["Outputs"]["res"]["statusCode"], 400, "{r}");
     assert!(r["Outputs"]["res"]["body"].as_str().unwrap().contains("excluded in the inventory"), "{r}");
+    // A database outside a server's include list is refused the same way.
+    let (_, r) = pgvault::cli::hostsim::invoke(
+        &url,
+        "backup-now",
+        &http("POST", json!({}), r#"{"server":"only","database":"other"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["Outputs"]["res"]["statusCode"], 400, "{r}");
+    assert!(r["Outputs"]["res"]["body"].as_str().unwrap().contains("is not in the server's include list"), "{r}");
     let (_, r) = pgvault::cli::hostsim::invoke(&url, "backup-now", &http("POST", json!({}), r#"{"server":"nope"}"#))
         .await
         .unwrap();

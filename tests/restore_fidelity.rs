@@ -427,6 +427,11 @@ async fn cli_errors_name_the_flags_and_are_printed_once() {
     cli_ok(&stack, &["restore", "--server", "main", "--database", "app", "--target-database", "app_again"]);
     assert_eq!(blocking(|| databases_like(&stack.pg, "app\\_again")), ["app_again"]);
 
+    // A database the inventory leaves out is refused by `pgvault backup`, never a silent exit 0.
+    let (ok, stdout, stderr) = cli(&stack, &["backup", "--server", "main", "--database", "postgres"]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("database \"postgres\" of server \"main\" is excluded in the inventory"), "{stderr}");
+
     // A mistyped id is a usage error, not a failed verification that alerts.
     let out = blocking(|| stack.cli(&["verify", "main/app/20260101T000000Z-nope"]));
     let stderr = String::from_utf8_lossy(&out.stderr);

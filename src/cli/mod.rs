@@ -393,6 +393,15 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
 
 /// Plan like the scheduler, then run each job here, in order.
 async fn backup_now(rt: &Runtime, server: Option<&str>, databases: &[String]) -> Result<ExitCode> {
+    // A database the inventory leaves out is refused, as backup-now refuses it: never a silent
+    // exit 0 that backed up nothing.
+    if let Some(name) = server {
+        let s = rt.ctx.settings.server(name).ok_or_else(|| crate::config::context::unknown_server(name))?;
+        if let Some(why) = databases.iter().find_map(|d| s.leaves_out(d)) {
+            return Err(Error::permanent(why)
+                .with_hint("change the server's include or exclude in the inventory to back it up"));
+        }
+    }
     let now = time::OffsetDateTime::now_utc();
     let plans = crate::features::scheduler::plan(&rt.ctx, server, databases, Trigger::Cli, now).await?;
     let mut failed = 0;
@@ -448,6 +457,11 @@ async fn serve(mut settings: Settings) -> Result<ExitCode> {
         Runtime::build(settings, progress::Mode::Log { every: std::time::Duration::from_secs(30) }, cancel.clone())
             .await?;
     let queue = rt.require_queue()?;
+    if rt.ctx.settings.drill_server.is_none() {
+        tracing::info!(
+            "restore drills are not configured (PGVAULT_DRILL_SERVER is unset): the restore-drill timer does nothing"
+        );
+    }
     let state = AppState { ctx: rt.ctx.clone(), queue, max_dequeue_count: MAX_DEQUEUE_COUNT };
     let shutdown = {
         let cancel = cancel.clone();

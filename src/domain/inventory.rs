@@ -76,6 +76,25 @@ impl TlsMode {
     }
 }
 
+impl Server {
+    /// Why the inventory leaves `database` out of this server's backups, if it does: it is in
+    /// `exclude`, or `include` lists databases and not this one. The scheduler never plans such
+    /// a database; on demand (`backup-now`, `pgvault backup --database`) it is refused with this
+    /// reason, and the worker rejects a job for it.
+    pub fn leaves_out(&self, database: &str) -> Option<String> {
+        if self.exclude.iter().any(|d| d == database) {
+            return Some(format!("database {database:?} of server {:?} is excluded in the inventory", self.name));
+        }
+        if !self.include.is_empty() && !self.include.iter().any(|d| d == database) {
+            return Some(format!(
+                "database {database:?} of server {:?} is not in the server's include list in the inventory",
+                self.name
+            ));
+        }
+        None
+    }
+}
+
 /// Where a server's password comes from. The value itself is never in the inventory.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

@@ -12,6 +12,25 @@ use time::OffsetDateTime;
 
 pub const BACKUP_JOBS_QUEUE: &str = "backup-jobs";
 /// Where messages that can never succeed are kept, with their reason, for an operator.
+/// The error for a queue message that does not parse as `what`. A message that is base64
+/// (what a producer sends for the host's default `messageEncoding`) is named as such: pgvault's
+/// host.json sets `messageEncoding: none`, so that producer is misconfigured.
+pub fn not_json(what: &str, text: &str, e: &serde_json::Error) -> Error {
+    use base64::Engine;
+    let t = text.trim();
+    let looks_base64 = t.len() >= 4
+        && t.len().is_multiple_of(4)
+        && !t.starts_with('{')
+        && base64::engine::general_purpose::STANDARD
+            .decode(t)
+            .is_ok_and(|raw| raw.trim_ascii_start().first() == Some(&b'{'));
+    if looks_base64 {
+        return Error::permanent(format!("{what} is base64-encoded JSON, not JSON text"))
+            .with_hint("host.json sets messageEncoding: none: enqueue the JSON text itself, not its base64");
+    }
+    Error::permanent(format!("{what} is not valid: {e}"))
+}
+
 pub fn rejected_queue(queue: &str) -> String {
     format!("{queue}-rejected")
 }
@@ -77,8 +96,7 @@ impl BackupJob {
 
     /// Parse and validate a message. Every error is permanent: the same text will never parse.
     pub fn from_json(text: &str) -> Result<Self> {
-        let job: BackupJob = serde_json::from_str(text)
-            .map_err(|e| Error::permanent(format!("backup job message is not valid: {e}")))?;
+        let job: BackupJob = serde_json::from_str(text).map_err(|e| not_json("backup job message", text, &e))?;
         job.validate()?;
         Ok(job)
     }
@@ -133,6 +151,19 @@ pub fn plan_backups(server: &Server, databases: &[String], now: OffsetDateTime, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base64_message_is_named_as_such() {
+        use base64::Engine;
+        let json = r#"{"version":1,"job_id":"x"}"#;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+        let e = BackupJob::from_json(&b64).unwrap_err().to_string();
+        assert!(e.contains("backup job message is base64-encoded JSON, not JSON text"), "{e}");
+        assert!(e.contains("HINT: host.json sets messageEncoding: none"), "{e}");
+        // Other garbage keeps the parser's own reason.
+        let e = BackupJob::from_json("hello").unwrap_err().to_string();
+        assert!(e.starts_with("backup job message is not valid: expected value"), "{e}");
+    }
     use time::macros::datetime;
 
     fn server(include: &[&str], exclude: &[&str]) -> Server {
@@ -143,6 +174,16 @@ mod tests {
         ))
         .unwrap()
         .remove(0)
+    }
+
+    #[test]
+    fn on_demand_the_inventory_says_why_a_database_is_left_out() {
+        assert_eq!(server(&["a"], &[]).leaves_out("a"), None);
+        let why = server(&["a"], &[]).leaves_out("b").unwrap();
+        assert_eq!(why, "database \"b\" of server \"s\" is not in the server's include list in the inventory");
+        let why = server(&[], &["x"]).leaves_out("x").unwrap();
+        assert_eq!(why, "database \"x\" of server \"s\" is excluded in the inventory");
+        assert_eq!(server(&[], &["x"]).leaves_out("y"), None);
     }
 
     #[test]

@@ -72,8 +72,10 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         tracing::info!(backup = %paths.id, job = %job.job_id, "backup already exists; redelivered job ignored");
         return Ok(Outcome::AlreadyDone { id: paths.id });
     }
-    if job.kind == BackupKind::Database && server.exclude.contains(&database) {
-        return Err(Error::permanent(format!("{} is excluded in the inventory", job.describe())));
+    if job.kind == BackupKind::Database
+        && let Some(why) = server.leaves_out(&database)
+    {
+        return Err(Error::permanent(why));
     }
     let started_at = OffsetDateTime::now_utc();
     let connect_db = if job.kind == BackupKind::Database { database.clone() } else { server.maintenance_db.clone() };

@@ -73,7 +73,12 @@ pub async fn record_rejected(ctx: &Ctx, job: Option<&BackupJob>, message_id: &st
         Some(j) => backup_record(j, now),
         None => JobRecord::new(
             JobKind::Backup,
-            &format!("rejected-{}", if message_id.is_empty() { "message" } else { message_id }),
+            // Named after the message, or a fresh id: rejected messages never share a record.
+            &if message_id.is_empty() {
+                format!("rejected-{}", uuid::Uuid::new_v4().simple())
+            } else {
+                format!("rejected-{}", crate::domain::layout::encode_segment(message_id))
+            },
             "a backup message that is not a valid job",
             now,
         ),

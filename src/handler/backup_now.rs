@@ -40,10 +40,7 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
         return http_reply(404, &json!({ "error": format!("server {:?} is not in the inventory", b.server) }), vec![]);
     };
     // What backup-worker would reject, refused here: no job, no failed record, no alert.
-    if let Some(db) = &b.database
-        && server.exclude.contains(db)
-    {
-        let msg = format!("database {db:?} of server {:?} is excluded in the inventory", b.server);
+    if let Some(msg) = b.database.as_deref().and_then(|db| server.leaves_out(db)) {
         return http_reply(400, &json!({ "error": msg }), vec![msg.clone()]);
     }
     let now = time::OffsetDateTime::now_utc();

@@ -161,9 +161,20 @@ pub fn bad_invocation(why: impl std::fmt::Display) -> Reply {
     Reply { status: StatusCode::BAD_REQUEST, logs: vec![msg.clone()], return_value: json!({ "error": msg }) }
 }
 
-/// Parse the body ourselves so a malformed one gets a clear 400 with the reason.
+/// Parse the body ourselves so a malformed one gets a clear 400 with the reason. An invocation
+/// is a JSON object: serde would also read an array as the struct's fields in order, so an
+/// array (or any other JSON value) is refused first.
 pub fn parse_invocation(body: &[u8]) -> Result<Invocation, Reply> {
-    serde_json::from_slice(body).map_err(bad_invocation)
+    let value: Value = serde_json::from_slice(body).map_err(bad_invocation)?;
+    let what = match &value {
+        Value::Object(_) => return serde_json::from_value(value).map_err(bad_invocation),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+    };
+    Err(bad_invocation(format!("it is {what}, not an object with Data and Metadata")))
 }
 
 /// A queue-triggered invocation's message: its text (with the host's extra encoding undone),
@@ -203,7 +214,7 @@ pub async fn reject_and_keep(
         "reason": why.to_string(),
         "message": msg.text,
     });
-    let message_id = msg.id.as_str();
+    let message_id = if msg.id.is_empty() { "(without an id)" } else { msg.id.as_str() };
     match state.queue.send(&kept_on, &record.to_string(), true).await {
         Ok(()) => {
             tracing::error!(message_id, queue = %kept_on, reason = %why, "message rejected and kept");
@@ -225,6 +236,19 @@ pub async fn reject_and_keep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_object_is_an_invocation() {
+        // serde would read this array as the struct's two fields: it must be a 400.
+        let body = br#"[{"job":"{}"},{"Id":"m","DequeueCount":1}]"#;
+        let reply = parse_invocation(body).expect_err("an array is refused");
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert!(reply.logs[0].contains("it is an array, not an object with Data and Metadata"), "{:?}", reply.logs);
+        for other in [&b"\"text\""[..], b"3", b"null", b"true"] {
+            assert_eq!(parse_invocation(other).expect_err("refused").status, StatusCode::BAD_REQUEST);
+        }
+        assert!(parse_invocation(br#"{"Data":{"job":"x"},"Metadata":{}}"#).is_ok());
+    }
 
     #[test]
     fn unquote_peels_double_encoding() {

@@ -1,6 +1,7 @@
 //! `restore-drill` (timer, `PGVAULT_DRILL_SCHEDULE`): restore drills of every server (see
-//! [`crate::features::drill`]). Each drill is a job record; a failed drill alerts. The reply fails only
-//! when the drills could not start (e.g. no `PGVAULT_DRILL_SERVER`).
+//! [`crate::features::drill`]). Each drill is a job record; a failed drill alerts. Without
+//! `PGVAULT_DRILL_SERVER` the timer does nothing and says so (200); the reply fails only when
+//! configured drills could not start.
 
 use super::{AppState, Reply};
 use crate::monitor::records::Status;
@@ -10,6 +11,14 @@ use serde_json::json;
 pub async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> Reply {
     if let Err(reply) = super::parse_invocation(&body) {
         return reply;
+    }
+    // Drills are optional: without a scratch server there is nothing to do, which is no failure
+    // (`serve` says so once at start-up).
+    if state.ctx.settings.drill_server.is_none() {
+        return Reply::ok(
+            vec!["restore drills are not configured (PGVAULT_DRILL_SERVER is unset): nothing to do".into()],
+            json!({ "status": "not-configured" }),
+        );
     }
     match crate::features::drill::run(&state.ctx, None, "timer").await {
         Ok(drills) => {

@@ -31,7 +31,7 @@ pub struct RestoreTask {
 impl RestoreTask {
     pub fn from_json(text: &str) -> Result<Self> {
         let task: RestoreTask =
-            serde_json::from_str(text).map_err(|e| Error::permanent(format!("restore task is not valid: {e}")))?;
+            serde_json::from_str(text).map_err(|e| crate::domain::jobs::not_json("restore task", text, &e))?;
         task.validate()?;
         Ok(task)
     }

@@ -172,7 +172,7 @@ impl RestoreRequest {
     /// Parse and check the request's shape. Every error is permanent: the same text never parses.
     pub fn from_json(text: &str) -> Result<Self> {
         let req: RestoreRequest =
-            serde_json::from_str(text).map_err(|e| Error::permanent(format!("restore request is not valid: {e}")))?;
+            serde_json::from_str(text).map_err(|e| crate::domain::jobs::not_json("restore request", text, &e))?;
         req.validate()?;
         Ok(req)
     }
