@@ -304,3 +304,62 @@ async fn an_upload_failure_is_reported_as_itself_not_as_the_pipe_it_broke() {
     assert!(text.contains("stage block 0 of blob"), "{text}");
     assert!(!text.contains("SIGPIPE"), "{text}");
 }
+
+/// A role that may not read one table: the backup worker rejects the job at once with that
+/// cause ("permission denied for table …", from counting rows in the dump's snapshot), instead
+/// of retrying pg_dump's failure, which could read "could not import the requested snapshot".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_role_may_not_read_is_the_reason_given_not_the_snapshot_error() {
+    let mut stack = Stack::start().await;
+    psql_blocking(&stack.pg, "postgres", "CREATE DATABASE app; CREATE ROLE lim LOGIN");
+    psql_blocking(
+        &stack.pg,
+        "app",
+        "CREATE TABLE open_t AS SELECT 1 AS x; CREATE TABLE secret_t AS SELECT 2 AS y; \
+         GRANT SELECT ON open_t TO lim",
+    );
+    let mut servers: Vec<Value> = serde_json::from_str(&stack.inventory(&["postgres"])).unwrap();
+    let mut lim = Stack::server_entry("lim", &stack.pg);
+    lim["user"] = json!("lim");
+    servers.push(lim);
+    stack.set("PGVAULT_INVENTORY", &Value::Array(servers).to_string());
+    let served = stack.serve();
+    let job = BackupJob::new(BackupKind::Database, "lim", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+    let payload = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m1", "pop", 1, Form::Host);
+    let (status, reply) = served.invoke("backup-worker", &payload).await;
+    // The first delivery, yet no retry: a permission problem does not pass by itself.
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["ReturnValue"]["status"], "rejected", "{reply}");
+    let reason = reply["ReturnValue"]["reason"].as_str().unwrap();
+    assert!(reason.contains("permission denied for table secret_t"), "{reason}");
+    assert!(!reason.contains("could not import the requested snapshot"), "{reason}");
+    assert!(manifests(&stack.store().await, "lim/").await.is_empty(), "nothing published");
+}
+
+/// Two deliveries of one job at once: exactly one backup is published, and the job record,
+/// whichever delivery wrote it last, names that backup and its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deliveries_at_once_publish_one_backup_and_the_record_keeps_its_outcome() {
+    let stack = Stack::start().await;
+    psql_blocking(&stack.pg, "postgres", "CREATE DATABASE app");
+    psql_blocking(&stack.pg, "app", "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 20000) i");
+    let served = stack.serve();
+    let job =
+        BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+    let text = job.to_json();
+    let p1 = hostsim::queue_payload("backup-worker", "job", &text, "m1", "pop1", 1, Form::Host);
+    let p2 = hostsim::queue_payload("backup-worker", "job", &text, "m2", "pop2", 1, Form::Host);
+    let ((s1, r1), (s2, r2)) = tokio::join!(served.invoke("backup-worker", &p1), served.invoke("backup-worker", &p2));
+    assert_eq!((s1, s2), (200, 200), "{r1} {r2}");
+    let statuses: std::collections::BTreeSet<String> =
+        [&r1, &r2].iter().map(|r| r["ReturnValue"]["status"].as_str().unwrap().to_string()).collect();
+    assert!(statuses.contains("succeeded"), "{r1} {r2}");
+    let published = manifests(&stack.store().await, "main/app/").await;
+    assert_eq!(published.len(), 1, "exactly one backup");
+    let out = blocking(|| stack.cli(&["jobs", "--json", "--id", &job.job_id]));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rec = &record["jobs"][0];
+    assert_eq!(rec["status"], "succeeded", "{record}");
+    assert_eq!(rec["detail"]["backup"], published[0].id, "{record}");
+    assert_eq!(rec["bytes"], published[0].stored_bytes, "the record keeps the winner's outcome: {record}");
+}

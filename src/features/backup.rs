@@ -178,15 +178,25 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     }
 
     let checked = check_run(job, exit, uploaded, produced, ctx.cancel.is_cancelled());
-    let (produced, block_count) = match checked {
-        Ok(v) => v,
-        Err(e) => {
+    let (produced, block_count, row_counts) = match (checked, row_counts) {
+        (Ok((produced, blocks)), Ok(counts)) => (produced, blocks, counts),
+        (checked, counts) => {
             let _ = ctx.store.discard_staged(&data_blob).await;
+            // Root cause first: counting in the snapshot's transaction fails first (a table the
+            // role may not read), aborts that transaction, and only then does pg_dump fail to
+            // import the snapshot. The count's error names the table; pg_dump's does not.
+            let e = match (checked, counts) {
+                (_, Err(count)) if !ctx.cancel.is_cancelled() => {
+                    count.context(format!("back up {}: count rows in the dump's snapshot", job.describe()))
+                }
+                (Err(e), _) => e,
+                (Ok(_), Err(count)) => count,
+                (Ok(_), Ok(_)) => unreachable!("handled above"),
+            };
             tracing::error!(job = %job.job_id, what = %job.describe(), error = %e, "backup failed");
             return Err(e);
         }
     };
-    let row_counts = row_counts?;
 
     let ids: Vec<String> = (0..block_count).map(block_id).collect();
     ctx.store

@@ -55,8 +55,18 @@ pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Resul
                 Run::ok(Outcome::Created(m), detail).with_bytes(bytes)
             }
             Ok(Outcome::AlreadyDone { id }) => {
-                let detail = json!({ "backup": id, "already_done": true });
-                Run::ok(Outcome::AlreadyDone { id }, detail)
+                // Another delivery published it (a redelivery, or two at once): the record
+                // follows the published manifest, so whichever delivery writes last, the
+                // record says what was backed up.
+                let published = crate::features::catalog::manifest(store, &id).await.ok();
+                let detail = match &published {
+                    Some(m) => json!({
+                        "backup": id, "raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes, "already_done": true
+                    }),
+                    None => json!({ "backup": id, "already_done": true }),
+                };
+                let bytes = published.map(|m| m.stored_bytes);
+                Run::ok(Outcome::AlreadyDone { id }, detail).with_bytes(bytes)
             }
             Err(e) => Run::failed(e, Value::Null),
         }
