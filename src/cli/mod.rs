@@ -289,6 +289,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             };
             use crate::monitor::tracked::{Alerting, Monitor, Run, track};
             let alerting = Alerting::once(crate::seams::alerts::AlertKind::JobFailed);
+            let verification_failed = std::cell::Cell::new(false);
             let (result, _) = track(Monitor::of(&rt.ctx), rec, alerting, async {
                 let mut failed = 0;
                 for id in &ids {
@@ -333,6 +334,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                 if failed == 0 {
                     Run::ok((), detail)
                 } else {
+                    verification_failed.set(true);
                     Run::failed(
                         Error::permanent(format!("{failed} of {} backups failed verification", ids.len())),
                         detail,
@@ -342,7 +344,8 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             .await;
             Ok(match result {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) if e.message().ends_with("backups failed verification") => ExitCode::FAILURE,
+                // Printed above, line by line: only the exit code is left to say it.
+                Err(_) if verification_failed.get() => ExitCode::FAILURE,
                 Err(e) => return Err(e),
             })
         }

@@ -334,7 +334,19 @@ impl ApplyPlan {
     /// The SQL of the whole swap with `renames` in their place, for an operator finishing a
     /// kept copy by hand.
     pub fn sql(&self, renames: &[String]) -> Vec<String> {
-        let mut out: Vec<String> = self.steps.iter().map(|s| s.sql.clone()).collect();
+        // A setting's value may be a secret and this text goes into an error: the value is named,
+        // not given (the manifest's `database_properties` has it).
+        let mut out: Vec<String> = self
+            .steps
+            .iter()
+            .map(|s| match &s.check {
+                Check::Setting(set) => match s.sql.rfind(" TO ") {
+                    Some(at) => format!("{} TO <the value of {} in the manifest>", &s.sql[..at], set.name),
+                    None => s.sql.clone(),
+                },
+                _ => s.sql.clone(),
+            })
+            .collect();
         out.extend(renames.iter().cloned());
         out.extend(self.owner.iter().map(|s| s.sql.clone()));
         if let Some(r) = &self.acl_role {
@@ -528,17 +540,17 @@ pub fn plan_apply(
         let value = setting_value_sql(&s.name, &s.value);
         match &s.role {
             None => plan.steps.push(Step {
-                what: format!("setting {}={}", s.name, s.value),
+                what: format!("setting {}", shown(s)),
                 sql: format!("ALTER DATABASE {qdb} SET {} TO {value}", quote_ident(&s.name)),
                 required: false,
                 check: Check::Setting(s.clone()),
             }),
             Some(r) if !exists(r) => plan.skipped.push(Skipped {
-                what: format!("setting {}={} for role {r:?}", s.name, s.value),
+                what: format!("setting {} for role {r:?}", shown(s)),
                 reason: format!("role {r:?} does not exist on the target server"),
             }),
             Some(r) => plan.steps.push(Step {
-                what: format!("setting {}={} for role {r:?}", s.name, s.value),
+                what: format!("setting {} for role {r:?}", shown(s)),
                 sql: format!("ALTER ROLE {} IN DATABASE {qdb} SET {} TO {value}", quote_ident(r), quote_ident(&s.name)),
                 required: false,
                 check: Check::Setting(s.clone()),
@@ -599,6 +611,13 @@ pub fn owner_step(owner: &OwnerChoice, backup_owner: Option<&str>, db: &str) -> 
     })
 }
 
+/// `name=value` of a setting for reports and records, through `redact`: an application may keep
+/// a password in a database setting (`ALTER DATABASE … SET myapp.password = …`), and reports
+/// reach job records, the CLI and the `jobs` function.
+fn shown(s: &Setting) -> String {
+    crate::domain::secret::redact(&format!("{}={}", s.name, s.value))
+}
+
 fn who(grantee: &Option<String>) -> String {
     grantee.as_deref().map(|g| format!("{g:?}")).unwrap_or_else(|| "PUBLIC".into())
 }
@@ -646,7 +665,7 @@ pub fn compare(
             Check::Setting(s)
                 if !actual.settings.iter().any(|a| a.role == s.role && a.name == s.name && a.value == s.value) =>
             {
-                diffs.push(format!("setting {}={} is missing", s.name, s.value));
+                diffs.push(format!("setting {} is missing", shown(s)));
             }
             Check::Comment if actual.comment != p.comment => {
                 diffs.push(format!("comment is {:?}, the backup's is {:?}", actual.comment, p.comment));
@@ -724,6 +743,26 @@ mod tests {
             restorer: "pgvault_restore".into(),
             roles: ["app_owner", "app_reader", "pgvault_restore"].map(String::from).into(),
         }
+    }
+
+    #[test]
+    fn a_setting_that_holds_a_password_is_redacted_in_reports() {
+        let mut p = props();
+        p.settings = vec![Setting { role: None, name: "myapp.password".into(), value: "hunter2-secret".into() }];
+        let plan = plan_apply(&p, "t", "app", &OwnerChoice::Backup("app_owner".into()), false, &facts());
+        let what = &plan.steps[0].what;
+        assert!(what.starts_with("setting myapp.password=") && !what.contains("hunter2-secret"), "{what}");
+        // The statement itself carries the value: it goes to the server, never to a report, nor
+        // to the finish-by-hand SQL of a failed swap's HINT.
+        assert!(plan.steps[0].sql.contains("'hunter2-secret'"));
+        let finish = plan.sql(&[]).join("; ");
+        assert!(!finish.contains("hunter2-secret"), "{finish}");
+        assert!(finish.contains("SET \"myapp.password\" TO <the value of myapp.password in the manifest>"), "{finish}");
+        let checks = [Check::Setting(p.settings[0].clone())];
+        let mut actual = p.clone();
+        actual.settings.clear();
+        let diffs = compare(&p, None, &plan, &checks.iter().collect::<Vec<_>>(), "app_owner", &actual);
+        assert!(diffs.iter().all(|d| !d.contains("hunter2-secret")), "{diffs:?}");
     }
 
     #[test]
