@@ -5,8 +5,6 @@ pub mod backup;
 pub mod catalog;
 pub mod claim;
 pub mod drill;
-#[cfg(test)]
-mod fixture_gen;
 pub mod grant;
 pub mod holds;
 pub mod pgbackrest;
