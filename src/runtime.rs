@@ -128,7 +128,7 @@ pub async fn rotate_pgbackrest(
     monitor: crate::monitor::tracked::Monitor<'_>,
     target: Option<&str>,
     with_freshness: bool,
-) -> Result<(serde_json::Value, bool)> {
+) -> Result<crate::features::pgbackrest::RotatorRun> {
     let targets = crate::features::pgbackrest::pick(settings, target)?;
     let (credential, options) = azure_parts(settings, &RetrySettings::default())?;
     let keys = azure::pgbackrest::AzureDelegationKeys::new(credential.clone(), options.clone());
@@ -141,17 +141,16 @@ pub async fn rotate_pgbackrest(
         monitor,
     };
     let now = OffsetDateTime::now_utc();
-    let results = crate::features::pgbackrest::rotate_all(&r, &targets, now).await;
-    let mut ok = results.iter().all(|v| v["ok"] == serde_json::json!(true) || v["action"] == "skip");
-    let mut fresh = Vec::new();
+    let mut run = crate::features::pgbackrest::RotatorRun {
+        rotation: crate::features::pgbackrest::rotate_all(&r, &targets, now).await,
+        freshness: Vec::new(),
+    };
     if with_freshness {
         for t in targets.iter().filter(|t| !t.stanzas.is_empty()) {
-            let v = freshness_one(t, credential.clone(), options.clone(), monitor, now).await;
-            ok &= v["ok"] == serde_json::json!(true);
-            fresh.push(v);
+            run.freshness.push(freshness_one(t, credential.clone(), options.clone(), monitor, now).await);
         }
     }
-    Ok((serde_json::json!({"rotation": results, "freshness": fresh}), ok))
+    Ok(run)
 }
 
 async fn freshness_one(
@@ -160,14 +159,19 @@ async fn freshness_one(
     options: ClientOptions,
     monitor: crate::monitor::tracked::Monitor<'_>,
     now: OffsetDateTime,
-) -> serde_json::Value {
+) -> crate::monitor::records::FreshnessDetail {
     match azure::AzureBlobStore::new(&t.blob_endpoint, &t.container, credential, options).await {
         Ok(store) => {
             crate::features::pgbackrest::freshness::check(retrying(Arc::new(store)).as_ref(), t, monitor, now).await
         }
         Err(e) => {
             tracing::error!(target_name = %t.name, error = %e, "cannot open the pgBackRest container");
-            serde_json::json!({"target": t.name, "ok": false, "error": e.to_string()})
+            crate::monitor::records::FreshnessDetail {
+                target: t.name.clone(),
+                ok: false,
+                error: Some(e.to_string()),
+                ..Default::default()
+            }
         }
     }
 }
@@ -179,7 +183,7 @@ pub async fn pgbackrest_freshness(
     t: &crate::domain::pgbackrest_target::Target,
     monitor: crate::monitor::tracked::Monitor<'_>,
     now: time::OffsetDateTime,
-) -> Result<serde_json::Value> {
+) -> Result<crate::monitor::records::FreshnessDetail> {
     let (credential, options) = azure_parts(settings, &RetrySettings::default())?;
     Ok(freshness_one(t, credential, options, monitor, now).await)
 }

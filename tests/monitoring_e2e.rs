@@ -177,9 +177,15 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
         now,
     );
     task.status = pgvault::monitor::records::Status::Succeeded;
-    task.detail = json!({"task": {"task_id": "req-9-1", "target": {"server": "prod"}}, "report": {"mode": "as-files",
-        "files": [{"container": "exports", "blob": "i-42/app.dump", "bytes": 3, "sha256": "ab", "url": sas,
-            "expires_at": "2030-01-01T00:00:00Z"}]}});
+    task.detail = pgvault::monitor::records::Detail::read(
+        pgvault::monitor::records::JobKind::RestoreTask,
+        json!({"task": {"version": 1, "task_id": "req-9-1", "request_id": "req-9", "backup": "prod/app/x",
+            "target": {"mode": "as-files", "container": "exports"}, "reason": "asked"},
+            "report": {"task_id": "req-9-1", "backup": "prod/app/x", "mode": "as-files", "stored_bytes": 3,
+            "raw_bytes": 3, "seconds": 0.5, "files": [{"container": "exports", "blob": "i-42/app.dump", "bytes": 3,
+            "sha256": "ab", "url": sas, "expires_at": "2030-01-01T00:00:00Z"}]}}),
+    );
+    assert!(task.detail.restore_task().is_some(), "a typed task detail: {:?}", task.detail);
     pgvault::monitor::records::put(ctx.store.as_ref(), &task).await.unwrap();
     for query in [json!({}), json!({"kind": "restore-task"}), json!({"id": "req-9-1", "summary": "true"})] {
         let (_, r) = pgvault::cli::hostsim::invoke(&url, "jobs", &http("GET", query.clone(), "")).await.unwrap();
@@ -201,9 +207,13 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
             .await
             .unwrap()
             .unwrap();
-    assert_eq!(stored.detail["report"]["files"][0]["url"], sas, "the record keeps the URL");
+    let kept = &stored.detail.restore_task().unwrap().report.as_ref().unwrap().files[0].url;
+    assert_eq!(kept.expose(), Some(sas), "the record keeps the URL");
+    assert!(!format!("{stored:?}").contains("sig="), "Debug never shows it: {stored:?}");
     let filter = pgvault::features::report::Filter { id: Some("req-9-1".into()), ..Default::default() };
-    let cli = pgvault::features::report::query(&ctx, &filter, false, now).await.unwrap();
+    let cli = pgvault::features::report::query(&ctx, &filter, false, now, pgvault::features::report::Reader::Operator)
+        .await
+        .unwrap();
     assert_eq!(cli["jobs"][0]["detail"]["report"]["files"][0]["url"], sas, "`pgvault jobs --json` shows it");
 
     // The retention timer's RPO check: two databases whose newest backup is three days old miss

@@ -396,12 +396,17 @@ async fn rotate_sync_backup_expire_and_recover() {
     let store = stack.store().await;
     let records =
         pgvault::monitor::records::list(&store, Some(pgvault::monitor::records::JobKind::PgbackrestSas)).await.unwrap();
-    let pg1_records: Vec<_> = records.iter().filter(|r| r.detail["target"] == "pg1").collect();
+    let rotation = |r: &pgvault::monitor::records::JobRecord| r.detail.rotation().cloned().expect("a typed rotation");
+    let pg1_records: Vec<_> = records.iter().filter(|r| rotation(r).target == "pg1").collect();
     assert!(pg1_records.len() >= 3, "{records:?}");
-    let last = pg1_records.iter().find(|r| r.detail["reason"].as_str().is_some_and(|s| s.contains("expired"))).unwrap();
-    assert!(last.detail["new_expiry"].is_string() && last.detail["old_expiry"].is_string());
-    assert!(last.detail["delivery_result"].is_object());
-    let pg3_rec = records.iter().find(|r| r.detail["target"] == "pg3").unwrap();
+    let last = pg1_records
+        .iter()
+        .map(|r| rotation(r))
+        .find(|d| d.reason.as_deref().is_some_and(|s| s.contains("expired")))
+        .unwrap();
+    assert!(last.new_expiry.is_some() && last.old_expiry.is_some(), "{last:?}");
+    assert!(last.delivery_result.is_some(), "{last:?}");
+    let pg3_rec = records.iter().find(|r| rotation(r).target == "pg3").unwrap();
     assert_eq!(pg3_rec.status, pgvault::monitor::records::Status::Failed);
     let fresh_records =
         pgvault::monitor::records::list(&store, Some(pgvault::monitor::records::JobKind::PgbackrestFreshness))

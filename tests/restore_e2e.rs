@@ -318,7 +318,7 @@ async fn replace_keeps_the_old_copy_and_a_killed_pg_restore_changes_nothing() {
     assert!(blocking(|| databases_like(&stack.pg, "app\\_pre\\_restore%")).is_empty());
     let task = record(&jobs(&stack), JobKind::RestoreTask, "replace-1-1").clone();
     assert_eq!(task.status, Status::Failed);
-    assert_eq!(task.detail["will_retry"], true, "{task:?}");
+    assert_eq!(task.detail.will_retry(), Some(true), "{task:?}");
 
     // 2. The retry succeeds: the backup's content is in place, the old one kept by name. While
     //    it runs, a second message of the same task (a request re-sent after enqueueing part of
@@ -592,7 +592,9 @@ async fn as_files_urls_work_with_plain_curl_and_pg_restore_until_they_expire() {
     assert_eq!(report.succeeded, 2, "the database and the globals: {:?}", report.replies);
     let records = jobs(&stack);
     let task = record(&records, JobKind::RestoreTask, "files-1-1");
-    let files = task.detail["report"]["files"].as_array().unwrap().clone();
+    assert!(task.detail.restore_task().is_some_and(|d| d.report.is_some()), "a typed report: {task:?}");
+    // As `pgvault jobs --json` prints it.
+    let files = serde_json::to_value(&task.detail).unwrap()["report"]["files"].as_array().unwrap().clone();
     assert_eq!(files.len(), 2, "{files:?}");
     let dump = files.iter().find(|f| f["blob"].as_str().unwrap().ends_with(".dump.zst")).unwrap();
     let manifest = files.iter().find(|f| f["blob"].as_str().unwrap().ends_with(".manifest.json")).unwrap();

@@ -287,6 +287,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             } else {
                 ids
             };
+            use crate::monitor::records::VerifyDetail;
             use crate::monitor::tracked::{Alerting, Monitor, Run, track};
             let alerting = Alerting::once(crate::seams::alerts::AlertKind::JobFailed);
             let verification_failed = std::cell::Cell::new(false);
@@ -313,13 +314,26 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                 if all {
                     match catalog::orphans(rt.ctx.store.as_ref(), None).await {
                         Ok(o) => orphans = o,
-                        Err(e) => return Run::failed(e, serde_json::json!({ "verified": ids.len() - failed })),
+                        Err(e) => {
+                            let detail = VerifyDetail {
+                                verified: Some(ids.len() - failed),
+                                failed: Some(failed),
+                                ..Default::default()
+                            };
+                            return Run::failed(e, detail);
+                        }
                     }
                     for orphan in &orphans {
                         println!("orphan (data without manifest, not a backup): {orphan}");
                         if clean_orphans {
                             if let Err(e) = rt.ctx.store.delete(orphan).await {
-                                let detail = serde_json::json!({ "orphans": orphans, "cleaned": cleaned });
+                                let detail = VerifyDetail {
+                                    verified: Some(ids.len() - failed),
+                                    failed: Some(failed),
+                                    orphans: orphans.clone(),
+                                    cleaned,
+                                    ..Default::default()
+                                };
                                 return Run::failed(e.context(format!("remove orphan {orphan:?}")), detail);
                             }
                             println!("removed orphan {orphan}");
@@ -328,9 +342,13 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                     }
                 }
                 println!("{} verified, {failed} failed", ids.len() - failed);
-                let detail = serde_json::json!({
-                    "verified": ids.len() - failed, "failed": failed, "orphans": orphans, "cleaned": cleaned
-                });
+                let detail = VerifyDetail {
+                    verified: Some(ids.len() - failed),
+                    failed: Some(failed),
+                    orphans,
+                    cleaned,
+                    ..Default::default()
+                };
                 if failed == 0 {
                     Run::ok((), detail)
                 } else {
@@ -848,7 +866,7 @@ fn print_task_report(
             f.bytes,
             f.sha256,
             // Printed deliberately: the operator asked for these read-only URLs.
-            f.url.expose()
+            f.url.expose().unwrap_or("(withheld)")
         );
     }
 }
@@ -862,7 +880,9 @@ async fn list_jobs(
     use crate::monitor::records as jobrecords;
     let now = time::OffsetDateTime::now_utc();
     if json {
-        let v = crate::features::report::query(&rt.ctx, filter, summary, now).await?;
+        let v =
+            crate::features::report::query(&rt.ctx, filter, summary, now, crate::features::report::Reader::Operator)
+                .await?;
         println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
         return Ok(ExitCode::SUCCESS);
     }

@@ -3,6 +3,7 @@
 
 use crate::config::context::Ctx;
 use crate::domain::error::Result;
+use crate::domain::policy::Decision;
 use crate::features::report::{self as monitor, DbSummary, Filter};
 use crate::features::retention;
 use crate::monitor::records::{JobKind, Status};
@@ -10,42 +11,30 @@ use std::process::ExitCode;
 use time::OffsetDateTime;
 
 pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result<ExitCode> {
-    let v = retention::run(ctx, dry_run, server, "cli").await?;
-    let plans: Vec<serde_json::Value> = serde_json::from_value(v["plans"].clone()).unwrap_or_default();
-    let executed = &v["executed"];
-    let listed = |key: &str| -> Vec<String> {
-        executed[key].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
-    };
+    let run = retention::run(ctx, dry_run, server, "cli").await?;
+    let nothing = retention::Executed::default();
+    let executed = run.executed.as_ref().unwrap_or(&nothing);
     // `refused` and `tier_skipped` are (id, reason) pairs.
-    let why_of = |key: &str, id: &str| -> Option<String> {
-        executed[key].as_array().into_iter().flatten().find(|p| p[0] == id).map(|p| p[1].as_str().unwrap_or("").into())
-    };
-    let (removed, tiered, held_meanwhile) = (listed("removed"), listed("tiered"), listed("held_meanwhile"));
-    for tp in &plans {
-        let db = tp["database"].as_str().unwrap_or("@globals");
-        println!("{}/{}: {}", tp["server"].as_str().unwrap_or(""), db, tp["skipped"].as_str().unwrap_or(""));
-        for b in tp["backups"].as_array().into_iter().flatten() {
-            let id = b["id"].as_str().unwrap_or("");
-            let mut why = match b["action"].as_str() {
-                Some("keep") => b["reasons"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                _ => b["reason"].as_str().unwrap_or("").to_string(),
+    let why_of = |pairs: &[(String, String)], id: &str| pairs.iter().find(|p| p.0 == id).map(|p| p.1.clone());
+    for tp in &run.plans {
+        let db = tp.database.as_deref().unwrap_or("@globals");
+        println!("{}/{}: {}", tp.server, db, tp.skipped.as_deref().unwrap_or(""));
+        for b in &tp.backups {
+            let id = b.id.as_str();
+            let (planned, mut why) = match &b.decision {
+                Decision::Keep { reasons } => ("keep", reasons.join("; ")),
+                Decision::Remove { reason } => ("remove", reason.clone()),
             };
             let action = if dry_run {
-                b["action"].as_str().unwrap_or("")
-            } else if b["action"] == "keep" {
+                planned
+            } else if b.decision.is_keep() {
                 "kept"
-            } else if removed.iter().any(|r| r == id) {
+            } else if executed.removed.iter().any(|r| r == id) {
                 "removed"
-            } else if held_meanwhile.iter().any(|h| h == id) {
+            } else if executed.held_meanwhile.iter().any(|h| h == id) {
                 why = format!("{why}; kept: a hold was set while retention ran");
                 "held"
-            } else if let Some(refusal) = why_of("refused", id) {
+            } else if let Some(refusal) = why_of(&executed.refused, id) {
                 why = format!("{why}; kept: the immutability policy refused the delete ({refusal})");
                 "refused"
             } else {
@@ -53,13 +42,12 @@ pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result
             };
             println!("  {action:<7} {id}  {why}");
         }
-        for t in tp["tiering"].as_array().into_iter().flatten() {
-            let id = t["id"].as_str().unwrap_or("");
-            let reason = t["reason"].as_str().unwrap_or("");
-            match (dry_run, why_of("tier_skipped", id)) {
+        for t in &tp.tiering {
+            let (id, reason) = (t.id.as_str(), t.reason.as_str());
+            match (dry_run, why_of(&executed.tier_skipped, id)) {
                 (true, _) => println!("  {:<7} {id}  {reason}", "tier"),
                 (false, Some(skip)) => println!("  {:<7} {id}  {reason}; not moved: {skip}", "untiered"),
-                (false, None) if tiered.iter().any(|b| Some(b.as_str()) == t["data_blob"].as_str()) => {
+                (false, None) if executed.tiered.iter().any(|b| *b == t.data_blob) => {
                     println!("  {:<7} {id}  {reason}", "tiered")
                 }
                 (false, None) => println!("  {:<7} {id}  {reason}; not moved", "untiered"),
@@ -89,12 +77,15 @@ pub async fn drill(ctx: &Ctx, server: Option<&str>) -> Result<ExitCode> {
     let mut failed = 0;
     for r in &records {
         match r.status {
-            Status::Succeeded => println!(
-                "ok {} ({}): restored in {:.1} s",
-                r.detail["backup"].as_str().unwrap_or(""),
-                r.target.as_deref().unwrap_or(""),
-                r.detail["restore_seconds"].as_f64().unwrap_or_default()
-            ),
+            Status::Succeeded => {
+                let d = r.detail.drill();
+                println!(
+                    "ok {} ({}): restored in {:.1} s",
+                    d.and_then(|d| d.backup.as_deref()).unwrap_or(""),
+                    r.target.as_deref().unwrap_or(""),
+                    d.and_then(|d| d.restore_seconds).unwrap_or_default()
+                )
+            }
             _ => {
                 failed += 1;
                 println!("FAILED drill {}: {}", r.id, r.reason.as_deref().unwrap_or(""));

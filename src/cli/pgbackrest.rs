@@ -112,9 +112,9 @@ pub async fn run(
 ) -> Result<ExitCode> {
     match cmd {
         PgbackrestSas::Rotate { target, freshness } => {
-            let (v, ok) = runtime::rotate_pgbackrest(settings, monitor, target.as_deref(), freshness).await?;
-            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let run = runtime::rotate_pgbackrest(settings, monitor, target.as_deref(), freshness).await?;
+            println!("{}", serde_json::to_string_pretty(&run).expect("json"));
+            Ok(if run.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         PgbackrestSas::Freshness { target } => {
             let targets = pick(settings, target.as_deref())?;
@@ -122,7 +122,7 @@ pub async fn run(
             let now = OffsetDateTime::now_utc();
             for t in &targets {
                 let v = runtime::pgbackrest_freshness(settings, t, monitor, now).await?;
-                ok &= v["ok"] == serde_json::json!(true);
+                ok &= v.ok;
                 println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -9,6 +9,8 @@ pub mod layout;
 pub mod manifest;
 pub mod pgbackrest_target;
 pub mod policy;
+pub mod records;
+pub mod restore;
 pub mod sas;
 pub mod schedule;
 pub mod secret;

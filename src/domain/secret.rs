@@ -44,6 +44,67 @@ impl<'de> serde::Deserialize<'de> for Secret {
 
 pub const REDACTED: &str = "**redacted**";
 
+/// A URL that is itself a credential: a read-only SAS URL of an exported file (its `sig=`).
+///
+/// The one rule for secrets in job records: `Debug` prints `**redacted**`; it is serialized as
+/// the plain URL, because the record is where its operator reads it (`pgvault jobs --json`);
+/// a view for anyone else first calls [`SecretUrl::withhold`] (the `jobs` function does, through
+/// `JobRecord::withhold_secrets`), which puts a note in its place.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretUrl {
+    Url(Secret),
+    /// Withheld from this view; the note says where the operator reads it.
+    Withheld(String),
+}
+
+/// A note in place of a withheld URL starts so (how a serialized view reads back).
+const WITHHELD: &str = "withheld:";
+
+impl SecretUrl {
+    pub fn new(url: Secret) -> Self {
+        SecretUrl::Url(url)
+    }
+
+    /// The URL, for its rightful reader; `None` once withheld.
+    pub fn expose(&self) -> Option<&str> {
+        match self {
+            SecretUrl::Url(s) => Some(s.expose()),
+            SecretUrl::Withheld(_) => None,
+        }
+    }
+
+    /// Put `note` (which must say where the operator reads the URL) in the URL's place.
+    pub fn withhold(&mut self, note: &str) {
+        debug_assert!(note.starts_with(WITHHELD), "{note}");
+        *self = SecretUrl::Withheld(note.to_string());
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretUrl::Url(_) => f.write_str(REDACTED),
+            SecretUrl::Withheld(note) => write!(f, "{note:?}"),
+        }
+    }
+}
+
+impl serde::Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SecretUrl::Url(u) => s.serialize_str(u.expose()),
+            SecretUrl::Withheld(note) => s.serialize_str(note),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(if s.starts_with(WITHHELD) { SecretUrl::Withheld(s) } else { SecretUrl::Url(Secret(s)) })
+    }
+}
+
 /// Scrub text of anything shaped like a secret.
 ///
 /// Covers `sig=...` (SAS signatures, in URLs or bare query strings), `Authorization:`/`Bearer`

@@ -19,10 +19,9 @@ use crate::domain::error::{Error, Result};
 use crate::domain::layout::BackupKind;
 use crate::domain::manifest::Manifest;
 use crate::features::restore::{self, Mode, Options, RestoreTask, Target};
-use crate::monitor::records::{JobKind, JobRecord};
+use crate::monitor::records::{DrillDetail, JobKind, JobRecord};
 use crate::monitor::tracked::{Alerting, Monitor, Run, track};
 use crate::seams::alerts::AlertKind;
-use serde_json::json;
 use std::collections::BTreeMap;
 
 /// For one database's backups (oldest first): the newest, and the older ones in a random order
@@ -151,14 +150,18 @@ async fn drill_one(ctx: &Ctx, scratch: &str, server: &str, database: &str, m: &M
         let result = restore::run_task(ctx, &task).await;
         let seconds = started.elapsed().as_secs_f64();
         let dropped = drop_database(ctx, scratch, &temp).await;
-        let detail = json!({ "backup": m.id, "restore_seconds": seconds, "scratch_server": scratch });
+        let detail = DrillDetail {
+            backup: Some(m.id.clone()),
+            restore_seconds: Some(seconds),
+            scratch_server: Some(scratch.to_string()),
+            ..Default::default()
+        };
         match (result, dropped) {
             (Ok(mut report), Ok(())) => {
                 tracing::info!(backup = %m.id, seconds, "restore drill succeeded");
                 // The report's time is the restore's own (the drill measured it).
                 report.seconds = seconds;
-                let detail =
-                    json!({ "backup": m.id, "restore_seconds": seconds, "scratch_server": scratch, "report": report });
+                let detail = DrillDetail { report: Some(report), ..detail };
                 Run::ok((), detail).with_bytes(Some(m.stored_bytes))
             }
             (Ok(_), Err(e)) => {

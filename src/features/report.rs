@@ -11,7 +11,7 @@ use crate::config::settings::Settings;
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
 use crate::features::backup::{self, Outcome};
-use crate::monitor::records::{self as jobrecords, JobKind, JobRecord, Status};
+use crate::monitor::records::{self as jobrecords, BackupDetail, Detail, JobKind, JobRecord, Status};
 use crate::monitor::tracked::{Alerting, Monitor, Run, conclude, track};
 use crate::seams::alerts::{Alert, AlertKind};
 use futures::StreamExt;
@@ -50,7 +50,12 @@ pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Resul
     let (result, _) = track(Monitor::of(ctx), rec, alerting, async {
         match backup::run(ctx, job).await {
             Ok(Outcome::Created(m)) => {
-                let detail = json!({ "backup": m.id, "raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes });
+                let detail = BackupDetail {
+                    backup: Some(m.id.clone()),
+                    raw_bytes: Some(m.raw_bytes),
+                    stored_bytes: Some(m.stored_bytes),
+                    ..Default::default()
+                };
                 let bytes = Some(m.stored_bytes);
                 Run::ok(Outcome::Created(m), detail).with_bytes(bytes)
             }
@@ -59,16 +64,17 @@ pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Resul
                 // follows the published manifest, so whichever delivery writes last, the
                 // record says what was backed up.
                 let published = crate::features::catalog::manifest(store, &id).await.ok();
-                let detail = match &published {
-                    Some(m) => json!({
-                        "backup": id, "raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes, "already_done": true
-                    }),
-                    None => json!({ "backup": id, "already_done": true }),
+                let detail = BackupDetail {
+                    backup: Some(id.clone()),
+                    raw_bytes: published.as_ref().map(|m| m.raw_bytes),
+                    stored_bytes: published.as_ref().map(|m| m.stored_bytes),
+                    already_done: true,
+                    ..Default::default()
                 };
                 let bytes = published.map(|m| m.stored_bytes);
                 Run::ok(Outcome::AlreadyDone { id }, detail).with_bytes(bytes)
             }
-            Err(e) => Run::failed(e, Value::Null),
+            Err(e) => Run::failed(e, Detail::None),
         }
     })
     .await;
@@ -94,7 +100,7 @@ pub async fn record_rejected(ctx: &Ctx, job: Option<&BackupJob>, message_id: &st
         ),
     };
     let rejected = Error::permanent(format!("rejected: {why}"));
-    conclude(Monitor::of(ctx), &mut rec, Err(rejected), Value::Null, None, Alerting::once(AlertKind::JobFailed)).await;
+    conclude(Monitor::of(ctx), &mut rec, Err(rejected), Detail::None, None, Alerting::once(AlertKind::JobFailed)).await;
 }
 
 /// The filters of `pgvault jobs` and the `jobs` function.
@@ -154,7 +160,7 @@ fn record_server(r: &JobRecord) -> Option<&str> {
     if let Some(t) = &r.target {
         return t.split('/').next();
     }
-    r.detail.get("task")?.get("target")?.get("server")?.as_str()
+    r.detail.restore_task()?.task.as_ref()?.target.server.as_deref()
 }
 
 /// Per database: the last success and failure of its backups, the next scheduled run, and the
@@ -200,15 +206,15 @@ pub fn summary(settings: &Settings, records: &[JobRecord], now: OffsetDateTime) 
         match (r.kind, r.status) {
             (JobKind::Backup, Status::Succeeded) if s.last_success.is_none_or(|t| at >= t) => {
                 s.last_success = Some(at);
-                s.last_success_backup = r.detail.get("backup").and_then(Value::as_str).map(str::to_string);
+                s.last_success_backup = r.detail.backup().and_then(|d| d.backup.clone());
             }
             (JobKind::Backup, Status::Failed) if s.last_failure.is_none_or(|t| at >= t) => {
                 s.last_failure = Some(at);
                 s.last_failure_reason = r.reason.clone();
             }
             (JobKind::Drill, Status::Succeeded) => {
-                s.proven_backup = r.detail.get("backup").and_then(Value::as_str).map(str::to_string);
-                s.proven_rto_seconds = r.detail.get("restore_seconds").and_then(Value::as_f64);
+                s.proven_backup = r.detail.drill().and_then(|d| d.backup.clone());
+                s.proven_rto_seconds = r.detail.drill().and_then(|d| d.restore_seconds);
             }
             (JobKind::Drill, Status::Failed) => s.last_drill_failure = Some(at),
             _ => {}
@@ -380,17 +386,37 @@ pub async fn prune_records(
     Ok(n)
 }
 
-/// The answer of `pgvault jobs --json` and the `jobs` function (which then withholds the
-/// exported files' URLs: [`withhold_file_urls`]). A kind given reads only that kind's records
-/// (and, for the summary, the backup and drill records).
-pub async fn query(ctx: &Ctx, filter: &Filter, with_summary: bool, now: OffsetDateTime) -> Result<Value> {
+/// Who reads an answer of [`query`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// The operator (`pgvault jobs`, which reads the store itself): every detail, secret URLs
+    /// included.
+    Operator,
+    /// Anyone with the `jobs` function's key (and whatever logs HTTP bodies): secrets are
+    /// withheld ([`JobRecord::withhold_secrets`]); the operator reads them with
+    /// `pgvault jobs --json --id <id>`.
+    Others,
+}
+
+/// The answer of `pgvault jobs --json` and the `jobs` function. A kind given reads only that
+/// kind's records (and, for the summary, the backup and drill records).
+pub async fn query(
+    ctx: &Ctx,
+    filter: &Filter,
+    with_summary: bool,
+    now: OffsetDateTime,
+    reader: Reader,
+) -> Result<Value> {
     let store = ctx.store.as_ref();
     let records = match filter.kind {
         Some(k) if with_summary => jobrecords::list_kinds(store, &[k, JobKind::Backup, JobKind::Drill]).await?,
         Some(k) => jobrecords::list_kinds(store, &[k]).await?,
         None => jobrecords::list(store, None).await?,
     };
-    let jobs: Vec<&JobRecord> = records.iter().filter(|r| filter.matches(r)).collect();
+    let mut jobs: Vec<JobRecord> = records.iter().filter(|r| filter.matches(r)).cloned().collect();
+    if reader == Reader::Others {
+        jobs.iter_mut().for_each(JobRecord::withhold_secrets);
+    }
     let mut v = json!({ "jobs": jobs });
     if with_summary {
         let mut s = summary(&ctx.settings, &records, now);
@@ -400,24 +426,6 @@ pub async fn query(ctx: &Ctx, filter: &Filter, with_summary: bool, now: OffsetDa
         v["summary"] = serde_json::to_value(s).expect("serializes");
     }
     Ok(v)
-}
-
-/// Remove the read-only SAS URLs of exported files (`detail.report.files[*].url` of as-files
-/// restore tasks) from an answer of [`query`], leaving a note in their place. They are bearer
-/// credentials valid for up to 7 days: the `jobs` function's reply must not carry them (anyone
-/// with its function key, and whatever logs HTTP bodies, would get them). The operator reads
-/// them with `pgvault jobs --json --id <task id>`, which reads the records directly.
-pub fn withhold_file_urls(answer: &mut Value) {
-    let Some(jobs) = answer.get_mut("jobs").and_then(Value::as_array_mut) else { return };
-    for job in jobs {
-        let id = job.get("id").and_then(Value::as_str).unwrap_or("<task id>").to_string();
-        let Some(files) = job.pointer_mut("/detail/report/files").and_then(Value::as_array_mut) else { continue };
-        for f in files.iter_mut().filter_map(Value::as_object_mut) {
-            if f.contains_key("url") {
-                f.insert("url".into(), json!(format!("withheld: see `pgvault jobs --json --id {id}`")));
-            }
-        }
-    }
 }
 
 /// A new record for a run of retention, verify or a drill (kinds without a queue message of
@@ -569,10 +577,18 @@ mod tests {
         let t = datetime!(2026-11-21 02:00 UTC);
         let url = "https://acct.blob.core.windows.net/exports/incident-42/app.dump?sv=2025&se=x&sp=r&sig=SECRETSIG%3D";
         let mut task = JobRecord::new(JobKind::RestoreTask, "req-1-1", "export prod/app as files", t);
-        task.status = Status::Succeeded;
-        task.detail = json!({"task": {"task_id": "req-1-1"}, "report": {"mode": "as-files",
-            "files": [{"container": "exports", "blob": "incident-42/app.dump", "bytes": 3, "sha256": "ab",
-                "url": url, "expires_at": "2026-11-21T03:00:00Z"}]}});
+        let file = crate::domain::restore::ExportedFile {
+            container: "exports".into(),
+            blob: "incident-42/app.dump".into(),
+            bytes: 3,
+            sha256: "ab".into(),
+            url: crate::domain::secret::SecretUrl::new(crate::domain::secret::Secret::new(url)),
+            expires_at: t + time::Duration::hours(1),
+        };
+        let report =
+            crate::domain::restore::TaskReport { mode: "as-files".into(), files: vec![file], ..Default::default() };
+        let detail = crate::domain::records::TaskDetail { report: Some(report), ..Default::default() };
+        task.succeed(t, detail, Some(3));
         let backup = backup_record(
             &BackupJob::new(
                 crate::domain::layout::BackupKind::Database,
@@ -583,21 +599,18 @@ mod tests {
             ),
             t,
         );
-        let mut answer = json!({ "jobs": [&backup, &task] });
-        withhold_file_urls(&mut answer);
+        let mut shown = vec![backup.clone(), task.clone()];
+        shown.iter_mut().for_each(JobRecord::withhold_secrets);
+        let answer = json!({ "jobs": shown });
         let body = answer.to_string();
         assert!(!body.contains("sig="), "{body}");
         assert!(!body.contains("SECRETSIG"), "{body}");
         let f = &answer["jobs"][1]["detail"]["report"]["files"][0];
         assert_eq!(f["url"], "withheld: see `pgvault jobs --json --id req-1-1`");
         assert_eq!(f["blob"], "incident-42/app.dump", "the rest of the report stays");
-        assert_eq!(answer["jobs"][0], serde_json::to_value(&backup).unwrap());
+        assert_eq!(answer["jobs"][0], serde_json::to_value(&backup).unwrap(), "a record without secrets is unchanged");
         // The record itself (what the CLI prints) still has the URL.
         assert!(String::from_utf8(task.to_json()).unwrap().contains("sig=SECRETSIG"));
-        // Answers without jobs or files are left alone.
-        let mut other = json!({"summary": []});
-        withhold_file_urls(&mut other);
-        assert_eq!(other, json!({"summary": []}));
     }
 
     /// A local store that records what is listed and read, and refuses deletes of names
@@ -711,7 +724,7 @@ mod tests {
         let mut ok = backup_record(&job("app"), t);
         ok.status = Status::Succeeded;
         ok.finished_at = Some(t + time::Duration::minutes(5));
-        ok.detail = json!({"backup": "prod/app/x"});
+        ok.detail = BackupDetail { backup: Some("prod/app/x".into()), ..Default::default() }.into();
         let mut bad = backup_record(&job("app"), t + time::Duration::hours(1));
         bad.status = Status::Failed;
         bad.reason = Some("boom".into());
@@ -719,7 +732,12 @@ mod tests {
         let mut drill = JobRecord::new(JobKind::Drill, "d1", "drill", t);
         drill.target = Some("prod/app".into());
         drill.status = Status::Succeeded;
-        drill.detail = json!({"backup": "prod/app/x", "restore_seconds": 12.5});
+        drill.detail = crate::domain::records::DrillDetail {
+            backup: Some("prod/app/x".into()),
+            restore_seconds: Some(12.5),
+            ..Default::default()
+        }
+        .into();
         let records = vec![ok.clone(), bad.clone(), drill];
         let sum = summary(&s, &records, datetime!(2026-11-21 10:00 UTC));
         assert_eq!(sum.len(), 1);

@@ -6,6 +6,7 @@ use crate::domain::error::{Error, Result};
 use crate::domain::inventory::policy_for;
 use crate::domain::layout::BackupKind;
 use crate::domain::policy::*;
+use crate::domain::records::RetentionDetail;
 use crate::monitor::tracked::{Alerting, Monitor, Run, track};
 use crate::seams::alerts::AlertKind;
 use crate::seams::store::BlobStore;
@@ -59,21 +60,19 @@ pub async fn plan_store(
     Ok(out)
 }
 
-/// What [`execute`] did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Executed {
-    pub removed: Vec<String>,
-    /// Backups whose removal storage refused by policy (WORM): kept, with the reason.
-    pub refused: Vec<(String, String)>,
-    pub kept: usize,
-    /// Data blobs moved to a colder tier.
-    pub tiered: Vec<String>,
-    /// Tier moves not made, with the reason (a store without tiers, a blob already there or
-    /// colder, a tier changed recently, a refusal): logged, never a failure of the run.
-    pub tier_skipped: Vec<(String, String)>,
-    /// Backups the plan removes but that got a hold (`pgvault keep`) while retention ran: kept,
-    /// not counted in `kept` (which counts the plan's keeps).
-    pub held_meanwhile: Vec<String>,
+/// What [`execute`] did (the retention record's detail holds it).
+pub use crate::domain::records::Executed;
+
+/// What [`run`] did: the plans, and unless a dry run, what was executed and the run's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionRun {
+    pub dry_run: bool,
+    pub plans: Vec<TargetPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executed: Option<Executed>,
+    /// The id of the run's job record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// Whether a store error is a delete refused by an immutability policy or legal hold: the
@@ -200,11 +199,11 @@ async fn tier_moves(store: &dyn BlobStore, moves: &[TierMove], done: &mut Execut
 
 /// One run of retention (the `retention` timer does the same, then checks RPO): plan, print,
 /// and unless `dry_run` execute, with a job record of kind `retention`.
-pub async fn run(ctx: &Ctx, dry_run: bool, server: Option<&str>, trigger: &str) -> Result<serde_json::Value> {
+pub async fn run(ctx: &Ctx, dry_run: bool, server: Option<&str>, trigger: &str) -> Result<RetentionRun> {
     let now = OffsetDateTime::now_utc();
     let plans = plan_store(&ctx.settings, ctx.store.as_ref(), server, now).await?;
     if dry_run {
-        return Ok(serde_json::json!({ "dry_run": true, "plans": plans }));
+        return Ok(RetentionRun { dry_run: true, plans, executed: None, job: None });
     }
     let rec = crate::features::report::start_record(
         crate::monitor::records::JobKind::Retention,
@@ -218,7 +217,12 @@ pub async fn run(ctx: &Ctx, dry_run: bool, server: Option<&str>, trigger: &str) 
         let executed = execute_into(ctx.store.as_ref(), &plans, &mut done).await;
         let pruned =
             crate::features::report::prune_records(ctx.store.as_ref(), ctx.settings.job_record_days, now).await;
-        let detail = serde_json::json!({ "executed": done, "job_records_pruned": pruned.as_ref().ok() });
+        // Also on a failure: what was removed before it stays in the record.
+        let detail = RetentionDetail {
+            executed: done.clone(),
+            job_records_pruned: pruned.as_ref().ok().copied(),
+            ..Default::default()
+        };
         match (executed, pruned) {
             (Ok(()), Ok(_)) => Run::ok(done, detail),
             (Err(e), _) | (_, Err(e)) => Run::failed(e, detail),
@@ -226,7 +230,7 @@ pub async fn run(ctx: &Ctx, dry_run: bool, server: Option<&str>, trigger: &str) 
     })
     .await;
     let done = result?;
-    Ok(serde_json::json!({ "dry_run": false, "plans": plans, "executed": done, "job": rec.id }))
+    Ok(RetentionRun { dry_run: false, plans, executed: Some(done), job: Some(rec.id) })
 }
 
 #[cfg(test)]

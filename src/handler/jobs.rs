@@ -3,8 +3,9 @@
 //! `server`, `id`, `summary`.
 //!
 //! Unlike the CLI, the reply never carries the read-only SAS URLs of files exported by as-files
-//! restore tasks (bearer credentials valid up to 7 days): each `url` is replaced by a note
-//! pointing to `pgvault jobs --json --id <task id>` (see [`crate::features::report::withhold_file_urls`]).
+//! restore tasks (bearer credentials valid up to 7 days): it is read as
+//! [`crate::features::report::Reader::Others`], so each `url` is replaced by a note pointing to
+//! `pgvault jobs --json --id <task id>` (see `JobRecord::withhold_secrets`).
 //!
 //! HTTP triggers reach a custom handler (without request forwarding) as an invocation whose
 //! `Data.req` is `{Url, Method, Query, Headers, Params, Body}`; the answer is the `res` output
@@ -84,11 +85,10 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
         Err(e) => return http_reply(400, &json!({ "error": e.to_string() }), vec![e.to_string()]),
     };
     let summary = req.query.get("summary").is_some_and(|v| matches!(v.as_str(), "" | "1" | "true" | "yes"));
-    match crate::features::report::query(&state.ctx, &filter, summary, now).await {
-        Ok(mut v) => {
-            crate::features::report::withhold_file_urls(&mut v);
-            http_reply(200, &v, vec![])
-        }
+    match crate::features::report::query(&state.ctx, &filter, summary, now, crate::features::report::Reader::Others)
+        .await
+    {
+        Ok(v) => http_reply(200, &v, vec![]),
         Err(e) => {
             tracing::error!(error = %e, "jobs query failed");
             http_reply(503, &json!({ "error": e.to_string() }), vec![e.to_string()])

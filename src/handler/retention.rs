@@ -17,7 +17,7 @@ pub async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> R
     let rpo = crate::features::report::check_rpo(ctx, time::OffsetDateTime::now_utc()).await;
     let mut logs = Vec::new();
     let removed = match &retention {
-        Ok(v) => v["executed"]["removed"].clone(),
+        Ok(run) => json!(run.executed.as_ref().map(|e| &e.removed)),
         Err(e) => {
             logs.push(format!("retention failed: {e}"));
             json!(null)

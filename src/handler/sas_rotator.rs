@@ -20,13 +20,13 @@ pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
     {
         // A failed target is reported, recorded and alarmed; failing the invocation would only
         // make the host log it twice (a timer is not retried), so the reply is 200 either way.
-        Ok((value, ok)) => {
-            let line = if ok {
+        Ok(run) => {
+            let line = if run.ok() {
                 "pgBackRest SAS rotation done".to_string()
             } else {
                 "pgBackRest SAS rotation: some targets failed or alarm".to_string()
             };
-            Reply::ok(vec![line], value)
+            Reply::ok(vec![line], json!(run))
         }
         Err(e) => {
             tracing::error!(error = %e, "sas rotator failed");

@@ -1,10 +1,9 @@
-//! Job records: one small JSON document per restore request and per restore task, kept in the
-//! backup store under [`PREFIX`], so `pgvault jobs` (and, later, the monitoring API and alerts)
-//! can say what was asked, what ran, and how it ended.
+//! Job records in the store: one small JSON document per job (its type, detail and transitions
+//! are [`crate::domain::records`]), kept in the backup store under [`PREFIX`], so `pgvault jobs`,
+//! the `jobs` function and alerts can say what was asked, what ran, and how it ended.
 //!
 //! ```text
-//! @jobs/restore-request/<request id>.json
-//! @jobs/restore-task/<task id>.json
+//! @jobs/<kind>/<id>.json
 //! ```
 //!
 //! The prefix starts with `@`, which [`crate::domain::layout::encode_segment`] never produces, so no
@@ -16,235 +15,16 @@
 //! are written by one job at a time; two writers of the same record (a redelivered message racing
 //! its first delivery) leave the last one's document.
 
-use crate::domain::error::{Error, Result};
+pub use crate::domain::records::*;
+
+use crate::domain::error::Result;
 use crate::domain::layout::encode_segment;
 use crate::seams::store::{BlobStore, CreateOutcome, Tags};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use time::OffsetDateTime;
 
 /// Where job records live in the backup store. Not a possible server segment (see module docs).
 pub const PREFIX: &str = "@jobs/";
-pub const FORMAT_NAME: &str = "pgvault-job-record";
-pub const FORMAT_VERSION: u32 = 1;
-
-/// What a record describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum JobKind {
-    /// A restore request as posted (and its plan).
-    RestoreRequest,
-    /// One restore task: one database restored, or one backup exported as files.
-    RestoreTask,
-    /// One SAS rotation (and delivery) of a pgBackRest target.
-    PgbackrestSas,
-    /// One freshness check of a pgBackRest target's stanzas.
-    PgbackrestFreshness,
-    /// One backup job: a database or a server's globals (record id: the job id).
-    Backup,
-    /// One run of retention over the store.
-    Retention,
-    /// One run of `pgvault verify`.
-    Verify,
-    /// One restore drill of one backup into the scratch server.
-    Drill,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::RestoreRequest => "restore-request",
-            JobKind::RestoreTask => "restore-task",
-            JobKind::PgbackrestSas => "pgbackrest-sas",
-            JobKind::PgbackrestFreshness => "pgbackrest-freshness",
-            JobKind::Backup => "backup",
-            JobKind::Retention => "retention",
-            JobKind::Verify => "verify",
-            JobKind::Drill => "drill",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "restore-request" => Ok(JobKind::RestoreRequest),
-            "restore-task" => Ok(JobKind::RestoreTask),
-            "pgbackrest-sas" => Ok(JobKind::PgbackrestSas),
-            "pgbackrest-freshness" => Ok(JobKind::PgbackrestFreshness),
-            "backup" => Ok(JobKind::Backup),
-            "retention" => Ok(JobKind::Retention),
-            "verify" => Ok(JobKind::Verify),
-            "drill" => Ok(JobKind::Drill),
-            other => Err(Error::permanent(format!("unknown job kind {other:?}"))
-                .with_hint("use backup, restore-request, restore-task, retention, verify, drill, pgbackrest-sas or pgbackrest-freshness")),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    /// A restore task waiting for its archived backup to be rehydrated; re-enqueued with a delay.
-    #[serde(rename = "rehydration-pending")]
-    RehydrationPending,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::RehydrationPending => "rehydration-pending",
-        }
-    }
-}
-
-/// One job's status document. Its `Debug` withholds the read-only SAS URLs of exported files
-/// (`detail.report.files[*].url`), which are secrets.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub format: String,
-    pub format_version: u32,
-    pub kind: JobKind,
-    pub id: String,
-    /// For a task: the request it belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
-    pub status: Status,
-    /// Why it failed (or, for a duplicate or skipped job, why nothing ran).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Free text from the request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requested_by: Option<String>,
-    /// One line: what the job does.
-    pub summary: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<OffsetDateTime>,
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<OffsetDateTime>,
-    /// Deliveries that ran this job so far.
-    #[serde(default)]
-    pub attempts: u32,
-    /// Backup bytes read (as stored), when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<u64>,
-    /// What the job works on: `server/database`, `server/@globals`, a server, or `*`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// What started it: `timer`, `queue`, `http` or `cli`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trigger: Option<String>,
-    /// Kind-specific detail: the plan of a request, the report of a task.
-    #[serde(default)]
-    pub detail: Value,
-}
-
-impl std::fmt::Debug for JobRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut detail = self.detail.clone();
-        if let Some(files) = detail.pointer_mut("/report/files").and_then(Value::as_array_mut) {
-            for file in files.iter_mut().filter_map(Value::as_object_mut) {
-                if file.contains_key("url") {
-                    file.insert("url".into(), Value::from(crate::domain::secret::REDACTED));
-                }
-            }
-        }
-        f.debug_struct("JobRecord")
-            .field("kind", &self.kind)
-            .field("id", &self.id)
-            .field("parent", &self.parent)
-            .field("status", &self.status)
-            .field("reason", &self.reason)
-            .field("requested_by", &self.requested_by)
-            .field("summary", &self.summary)
-            .field("created_at", &self.created_at)
-            .field("updated_at", &self.updated_at)
-            .field("started_at", &self.started_at)
-            .field("finished_at", &self.finished_at)
-            .field("attempts", &self.attempts)
-            .field("bytes", &self.bytes)
-            .field("target", &self.target)
-            .field("trigger", &self.trigger)
-            .field("detail", &detail)
-            .finish_non_exhaustive()
-    }
-}
-
-impl JobRecord {
-    /// A new attempt of the job starts now: running, no reason, no end yet, one more attempt.
-    pub fn start_attempt(&mut self, now: OffsetDateTime) {
-        self.status = Status::Running;
-        self.reason = None;
-        self.started_at = Some(now);
-        self.finished_at = None;
-        self.updated_at = now;
-        self.attempts += 1;
-    }
-
-    pub fn new(kind: JobKind, id: &str, summary: impl Into<String>, now: OffsetDateTime) -> Self {
-        JobRecord {
-            format: FORMAT_NAME.into(),
-            format_version: FORMAT_VERSION,
-            kind,
-            id: id.to_string(),
-            parent: None,
-            status: Status::Queued,
-            reason: None,
-            requested_by: None,
-            summary: summary.into(),
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-            attempts: 0,
-            bytes: None,
-            target: None,
-            trigger: None,
-            detail: Value::Null,
-        }
-    }
-
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).expect("record serializes");
-        v.push(b'\n');
-        v
-    }
-
-    pub fn from_json(name: &str, bytes: &[u8]) -> Result<Self> {
-        let rec: JobRecord = serde_json::from_slice(bytes)
-            .map_err(|e| Error::permanent(format!("job record {name:?} is not readable: {e}")))?;
-        if rec.format != FORMAT_NAME || rec.format_version > FORMAT_VERSION {
-            return Err(Error::permanent(format!(
-                "job record {name:?} has format {:?} version {}, this pgvault reads {FORMAT_NAME:?} up to {FORMAT_VERSION}",
-                rec.format, rec.format_version
-            )));
-        }
-        Ok(rec)
-    }
-
-    /// Bytes per second over the run, when bytes and both times are known.
-    pub fn rate(&self) -> Option<f64> {
-        let secs = (self.finished_at? - self.started_at?).as_seconds_f64();
-        let bytes = self.bytes?;
-        (secs > 0.0).then(|| bytes as f64 / secs)
-    }
-
-    /// Whether the job ended (nothing more will happen to it unless it is posted again).
-    pub fn is_finished(&self) -> bool {
-        matches!(self.status, Status::Succeeded | Status::Failed)
-    }
-}
 
 /// The blob name of a record.
 pub fn name(kind: JobKind, id: &str) -> String {
@@ -354,16 +134,6 @@ mod tests {
     use super::*;
     use crate::seams::store::local::LocalStore;
     use time::macros::datetime;
-
-    #[test]
-    fn debug_withholds_exported_file_urls() {
-        let mut rec = JobRecord::new(JobKind::RestoreTask, "t-1", "as files", datetime!(2026-11-21 02:00:00 UTC));
-        rec.detail = serde_json::json!({"report": {"files": [
-            {"blob": "out/x.dump.zst", "url": "https://a.blob.core.windows.net/out/x?sv=1&sig=SECRETSIG"}]}});
-        let debug = format!("{rec:?}");
-        assert!(!debug.contains("SECRETSIG") && debug.contains("out/x.dump.zst"), "{debug}");
-        assert!(serde_json::to_string(&rec).unwrap().contains("sig=SECRETSIG"), "the record itself keeps it");
-    }
 
     #[tokio::test]
     async fn create_claims_once_put_replaces_and_list_reads_back() {

@@ -14,28 +14,27 @@
 
 use crate::config::context::Ctx;
 use crate::domain::error::{Error, Result};
-use crate::monitor::records::{self, JobKind, JobRecord, Status};
+use crate::monitor::records::{self, Detail, JobKind, JobRecord};
 use crate::seams::alerts::{Alert, AlertKind, Alerter};
 use crate::seams::store::BlobStore;
-use serde_json::{Value, json};
 use std::future::Future;
 use time::OffsetDateTime;
 
 /// What a run did: its result, and the record's detail (what it did, even on failure).
 pub struct Run<T> {
     pub result: Result<T>,
-    pub detail: Value,
+    pub detail: Detail,
     /// Bytes the run moved (a backup's stored bytes), for the record.
     pub bytes: Option<u64>,
 }
 
 impl<T> Run<T> {
-    pub fn ok(value: T, detail: Value) -> Self {
-        Run { result: Ok(value), detail, bytes: None }
+    pub fn ok(value: T, detail: impl Into<Detail>) -> Self {
+        Run { result: Ok(value), detail: detail.into(), bytes: None }
     }
 
-    pub fn failed(error: Error, detail: Value) -> Self {
-        Run { result: Err(error), detail, bytes: None }
+    pub fn failed(error: Error, detail: impl Into<Detail>) -> Self {
+        Run { result: Err(error), detail: detail.into(), bytes: None }
     }
 
     pub fn with_bytes(mut self, bytes: Option<u64>) -> Self {
@@ -104,32 +103,19 @@ pub async fn conclude(
     monitor: Monitor<'_>,
     rec: &mut JobRecord,
     outcome: std::result::Result<(), Error>,
-    detail: Value,
+    detail: impl Into<Detail>,
     bytes: Option<u64>,
     alerting: Alerting,
 ) {
     let now = OffsetDateTime::now_utc();
-    rec.updated_at = now;
-    rec.finished_at = Some(now);
-    rec.bytes = bytes.or(rec.bytes);
-    rec.detail = detail;
     let alert = match &outcome {
         Ok(()) => {
-            rec.status = Status::Succeeded;
-            rec.reason = None;
+            rec.succeed(now, detail, bytes);
             false
         }
         Err(e) => {
             let will_retry = !e.is_permanent() && !alerting.last_attempt;
-            rec.status = Status::Failed;
-            rec.reason = Some(e.to_string());
-            match &mut rec.detail {
-                Value::Object(map) => {
-                    map.insert("will_retry".into(), json!(will_retry));
-                }
-                Value::Null => rec.detail = json!({ "will_retry": will_retry }),
-                other => *other = json!({ "will_retry": will_retry, "detail": other.clone() }),
-            }
+            rec.fail(now, e.to_string(), will_retry, detail, bytes);
             !will_retry && !alerting.interactive
         }
     };
@@ -153,7 +139,7 @@ pub async fn reject(monitor: Monitor<'_>, kind: JobKind, message_id: &str, summa
     };
     let mut rec = JobRecord::new(kind, &id, summary, now);
     let outcome = Err(Error::permanent(format!("rejected: {why}")));
-    conclude(monitor, &mut rec, outcome, Value::Null, None, Alerting::once(AlertKind::JobFailed)).await;
+    conclude(monitor, &mut rec, outcome, Detail::None, None, Alerting::once(AlertKind::JobFailed)).await;
 }
 
 /// The alert for a failed job record.

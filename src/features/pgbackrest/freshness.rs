@@ -9,25 +9,15 @@
 use super::plan::rfc3339;
 use super::target::Target;
 use crate::domain::error::{Error, Result};
-use crate::monitor::records::{JobKind, JobRecord};
+use crate::monitor::records::{FreshnessDetail, JobKind, JobRecord, StanzaFreshness};
 use crate::monitor::tracked::{Alerting, Monitor, conclude};
 use crate::seams::alerts::AlertKind;
 use crate::seams::store::BlobStore;
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use time::OffsetDateTime;
 
-/// One backup in `[backup:current]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BackupEntry {
-    pub label: String,
-    /// `full`, `diff` or `incr`.
-    pub kind: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub started: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub stopped: OffsetDateTime,
-}
+/// One backup in `[backup:current]` (a type of the record's detail).
+pub use crate::domain::records::BackupEntry;
 
 /// Parse a `backup.info` (pgBackRest's INI with JSON values).
 pub fn parse_backup_info(text: &str) -> Result<Vec<BackupEntry>> {
@@ -72,17 +62,9 @@ pub fn info_blob(repo_path: &str, stanza: &str) -> String {
 }
 
 /// Newest of each type, and whether the newest of all is fresh enough.
-pub fn summarize(stanza: &str, backups: &[BackupEntry], t: &Target, now: OffsetDateTime) -> Value {
+pub fn summarize(stanza: &str, backups: &[BackupEntry], t: &Target, now: OffsetDateTime) -> StanzaFreshness {
     let newest = |k: &str| backups.iter().filter(|b| b.kind == k).max_by_key(|b| b.stopped).cloned();
     let latest = backups.iter().max_by_key(|b| b.stopped);
-    let mut v = json!({
-        "stanza": stanza,
-        "full": newest("full"),
-        "diff": newest("diff"),
-        "incr": newest("incr"),
-        "newest_label": latest.map(|b| b.label.clone()),
-        "newest_time": latest.map(|b| rfc3339(b.stopped)),
-    });
     let stale = match latest {
         None => Some("the stanza has no backup".to_string()),
         Some(b) if now - b.stopped > t.max_backup_age => Some(format!(
@@ -93,16 +75,26 @@ pub fn summarize(stanza: &str, backups: &[BackupEntry], t: &Target, now: OffsetD
         )),
         Some(_) => None,
     };
-    v["fresh"] = json!(stale.is_none());
-    if let Some(why) = stale {
-        v["error"] = json!(why);
+    StanzaFreshness {
+        stanza: stanza.to_string(),
+        full: newest("full"),
+        diff: newest("diff"),
+        incr: newest("incr"),
+        newest_label: latest.map(|b| b.label.clone()),
+        newest_time: latest.map(|b| b.stopped),
+        fresh: stale.is_none(),
+        error: stale,
     }
-    v
+}
+
+/// A stanza whose `backup.info` could not be read.
+fn unreadable(stanza: &str, error: String) -> StanzaFreshness {
+    StanzaFreshness { stanza: stanza.to_string(), fresh: false, error: Some(error), ..Default::default() }
 }
 
 /// Check every stanza of a target, reading from `store` (the target's container). Logs and
-/// records; returns the per-stanza summaries.
-pub async fn check(store: &dyn BlobStore, t: &Target, monitor: Monitor<'_>, now: OffsetDateTime) -> Value {
+/// records; returns the per-stanza summaries (the record's detail).
+pub async fn check(store: &dyn BlobStore, t: &Target, monitor: Monitor<'_>, now: OffsetDateTime) -> FreshnessDetail {
     let mut stanzas = Vec::new();
     let mut ok = true;
     for s in &t.stanzas {
@@ -110,19 +102,20 @@ pub async fn check(store: &dyn BlobStore, t: &Target, monitor: Monitor<'_>, now:
         let summary = match store.get(&name).await {
             Ok(bytes) => match parse_backup_info(&String::from_utf8_lossy(&bytes)) {
                 Ok(b) => summarize(s, &b, t, now),
-                Err(e) => json!({"stanza": s, "fresh": false, "error": e.to_string()}),
+                Err(e) => unreadable(s, e.to_string()),
             },
-            Err(e) => json!({"stanza": s, "fresh": false, "error": format!("read {name}: {e}")}),
+            Err(e) => unreadable(s, format!("read {name}: {e}")),
         };
-        if summary["fresh"] == json!(true) {
-            tracing::info!(target_name = %t.name, stanza = %s, newest = %summary["newest_label"], newest_time = %summary["newest_time"], "pgbackrest stanza is fresh");
+        let newest_time = summary.newest_time.map(rfc3339);
+        if summary.fresh {
+            tracing::info!(target_name = %t.name, stanza = %s, newest = summary.newest_label.as_deref().unwrap_or(""), newest_time = newest_time.as_deref().unwrap_or(""), "pgbackrest stanza is fresh");
         } else {
             ok = false;
-            tracing::error!(target_name = %t.name, stanza = %s, error = %summary["error"], newest = %summary["newest_label"], newest_time = %summary["newest_time"], "pgbackrest stanza is not fresh");
+            tracing::error!(target_name = %t.name, stanza = %s, error = summary.error.as_deref().unwrap_or(""), newest = summary.newest_label.as_deref().unwrap_or(""), newest_time = newest_time.as_deref().unwrap_or(""), "pgbackrest stanza is not fresh");
         }
         stanzas.push(summary);
     }
-    let v = json!({"target": t.name, "ok": ok, "stanzas": stanzas});
+    let v = FreshnessDetail { target: t.name.clone(), ok, stanzas, ..Default::default() };
     let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut job =
         JobRecord::new(JobKind::PgbackrestFreshness, &id, format!("freshness of pgBackRest target {}", t.name), now);

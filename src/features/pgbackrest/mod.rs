@@ -25,13 +25,12 @@ pub mod vm;
 use crate::domain::error::Result;
 use crate::domain::sas::DelegationKey;
 use crate::domain::secret::Secret;
-use crate::monitor::records::{JobKind, JobRecord};
+use crate::monitor::records::{DeliveryResult, JobKind, JobRecord, RotationAction, RotationDetail};
 use crate::monitor::tracked::{Alerting, Monitor, conclude};
 use crate::seams::alerts::AlertKind;
 use async_trait::async_trait;
 use plan::{Action, TokenState, rfc3339};
 use run_command::{RunCommandRequest, RunCommands};
-use serde_json::{Value, json};
 use std::collections::HashMap;
 use target::{Delivery, Target};
 use time::OffsetDateTime;
@@ -106,9 +105,26 @@ sync "$d"
 echo "pgvault: include file written"
 "#;
 
+/// What a run of the rotator did: each target's rotation, and (when asked) each target's
+/// freshness check.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RotatorRun {
+    pub rotation: Vec<RotationDetail>,
+    pub freshness: Vec<crate::monitor::records::FreshnessDetail>,
+}
+
+impl RotatorRun {
+    /// Every target rotated (or kept, or skipped) and delivered without an alarm, and every
+    /// checked repository fresh.
+    pub fn ok(&self) -> bool {
+        self.rotation.iter().all(|r| r.ok == Some(true) || r.action == Some(RotationAction::Skip))
+            && self.freshness.iter().all(|f| f.ok)
+    }
+}
+
 /// Rotate (and push) every target; one outcome per target. Never fails as a whole: each
 /// target's error is in its outcome.
-pub async fn rotate_all(r: &Rotator<'_>, targets: &[Target], now: OffsetDateTime) -> Vec<Value> {
+pub async fn rotate_all(r: &Rotator<'_>, targets: &[Target], now: OffsetDateTime) -> Vec<RotationDetail> {
     let mut out = Vec::new();
     for t in targets {
         out.push(rotate_one(r, t, now).await);
@@ -116,17 +132,19 @@ pub async fn rotate_all(r: &Rotator<'_>, targets: &[Target], now: OffsetDateTime
     out
 }
 
-/// Rotate one target if its plan says so, deliver by push, check the alarm, record.
-pub async fn rotate_one(r: &Rotator<'_>, t: &Target, now: OffsetDateTime) -> Value {
-    let mut rec = json!({
-        "target": t.name,
-        "delivery": t.delivery.as_str(),
-        "vault": t.vault,
-        "secret": t.secret,
-    });
+/// Rotate one target if its plan says so, deliver by push, check the alarm, record. The outcome
+/// is also the job record's detail.
+pub async fn rotate_one(r: &Rotator<'_>, t: &Target, now: OffsetDateTime) -> RotationDetail {
+    let mut rec = RotationDetail {
+        target: t.name.clone(),
+        delivery: t.delivery.as_str().to_string(),
+        vault: t.vault.clone(),
+        secret: t.secret.clone(),
+        ..Default::default()
+    };
     if t.delivery == Delivery::Auto {
-        rec["action"] = json!("skip");
-        rec["reason"] = json!("delivery auto: pgBackRest 2.58+ uses the VM's managed identity");
+        rec.action = Some(RotationAction::Skip);
+        rec.reason = Some("delivery auto: pgBackRest 2.58+ uses the VM's managed identity".into());
         tracing::info!(target_name = %t.name, "pgbackrest target uses auto key type; skipped");
         return rec;
     }
@@ -135,29 +153,27 @@ pub async fn rotate_one(r: &Rotator<'_>, t: &Target, now: OffsetDateTime) -> Val
         Ok(c) => c,
         Err(e) => {
             tracing::error!(target_name = %t.name, error = %e, "cannot read the current token");
-            rec["error"] = json!(e.to_string());
+            rec.error = Some(e.to_string());
             finish(r, t, &mut rec, None, now, false).await;
             return rec;
         }
     };
     let old_expiry = current.as_ref().and_then(|c| c.state.expires);
-    rec["old_expiry"] = json!(old_expiry.map(rfc3339));
+    rec.old_expiry = old_expiry;
     let p = plan::plan(current.as_ref().map(|c| &c.state), &t.policy, now);
-    rec["reason"] = json!(p.reason);
+    rec.reason = Some(p.reason.clone());
     let mut newest = current.as_ref().map(|c| c.state);
     let mut newest_value = current.as_ref().and_then(|c| c.value.clone());
     match p.action {
         Action::Keep { renew_at } => {
-            rec["action"] = json!("keep");
-            rec["renew_at"] = json!(rfc3339(renew_at));
+            rec.action = Some(RotationAction::Keep);
+            rec.renew_at = Some(renew_at);
         }
         Action::Rotate { start, expiry } => {
-            rec["action"] = json!("rotate");
+            rec.action = Some(RotationAction::Rotate);
             match mint(r, t, start, expiry).await {
                 Ok((value, version, key_version)) => {
-                    rec["new_expiry"] = json!(rfc3339(expiry));
-                    rec["secret_version"] = json!(version);
-                    rec["key_version"] = json!(key_version);
+                    rec.new_expiry = Some(expiry);
                     tracing::info!(
                         target_name = %t.name,
                         old_expiry = old_expiry.map(rfc3339),
@@ -165,13 +181,15 @@ pub async fn rotate_one(r: &Rotator<'_>, t: &Target, now: OffsetDateTime) -> Val
                         secret_version = %version,
                         "pgbackrest sas rotated"
                     );
+                    rec.secret_version = Some(version);
+                    rec.key_version = Some(key_version);
                     newest = Some(TokenState { enabled: true, not_before: Some(start), expires: Some(expiry) });
                     newest_value = Some(value);
                 }
                 Err(e) => {
                     ok = false;
                     tracing::error!(target_name = %t.name, error = %e, "pgbackrest sas rotation failed");
-                    rec["error"] = json!(e.to_string());
+                    rec.error = Some(e.to_string());
                 }
             }
         }
@@ -185,16 +203,17 @@ pub async fn rotate_one(r: &Rotator<'_>, t: &Target, now: OffsetDateTime) -> Val
         match result {
             Ok(out) => {
                 tracing::info!(target_name = %t.name, "pgbackrest sas pushed to the VM");
-                rec["delivery_result"] = json!({"ok": true, "output": out});
+                rec.delivery_result = Some(DeliveryResult { ok: true, output: Some(out), ..Default::default() });
             }
             Err(e) => {
                 ok = false;
                 tracing::error!(target_name = %t.name, error = %e, "pgbackrest sas push failed");
-                rec["delivery_result"] = json!({"ok": false, "error": e});
+                rec.delivery_result = Some(DeliveryResult { ok: false, error: Some(e), ..Default::default() });
             }
         }
     } else {
-        rec["delivery_result"] = json!({"ok": true, "note": "pull: the VM's sync timer reads the secret"});
+        let note = "pull: the VM's sync timer reads the secret".to_string();
+        rec.delivery_result = Some(DeliveryResult { ok: true, note: Some(note), ..Default::default() });
     }
     finish(r, t, &mut rec, newest, now, ok).await;
     rec
@@ -244,14 +263,14 @@ pub async fn push(rc: &dyn RunCommands, t: &Target, sas: &Secret) -> Result<Stri
 async fn finish(
     r: &Rotator<'_>,
     t: &Target,
-    rec: &mut Value,
+    rec: &mut RotationDetail,
     newest: Option<TokenState>,
     now: OffsetDateTime,
     ok: bool,
 ) {
     let alarm = plan::alarm(newest.as_ref(), &t.policy, now);
     if let Some(why) = &alarm {
-        rec["alarm"] = json!(why);
+        rec.alarm = Some(why.clone());
         tracing::warn!(
             target_name = %t.name,
             alarm = %why,
@@ -260,7 +279,7 @@ async fn finish(
             "pgbackrest sas alarm: no token with margin for this target"
         );
     }
-    rec["ok"] = json!(ok && alarm.is_none());
+    rec.ok = Some(ok && alarm.is_none());
     let id = format!("{}-{}-{}", t.name, now.unix_timestamp(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut job =
         JobRecord::new(JobKind::PgbackrestSas, &id, format!("sas rotation for pgBackRest target {}", t.name), now);
@@ -269,7 +288,7 @@ async fn finish(
     job.attempts = 1;
     // Outside the alarm window a failed rotation is retried by the next timer run while the
     // current token stays valid; inside it, the VM is about to lose its token: alert.
-    let outcome = match (&alarm, rec.get("error").and_then(|v| v.as_str())) {
+    let outcome = match (&alarm, rec.error.as_deref()) {
         (Some(why), _) => Err(crate::domain::error::Error::permanent(format!("pgbackrest sas alarm: {why}"))),
         (None, Some(e)) if !ok => Err(crate::domain::error::Error::transient(e.to_string())),
         (None, _) if !ok => Err(crate::domain::error::Error::transient("pgbackrest sas rotation failed")),

@@ -61,6 +61,7 @@ pub(super) async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Resul
         ),
     ] {
         let url = exporter.read_only_url(container, &blob, expires_at).await?;
+        let url = crate::domain::secret::SecretUrl::new(url);
         files.push(ExportedFile { container: container.into(), blob, bytes, sha256: sha, url, expires_at });
     }
     tracing::info!(

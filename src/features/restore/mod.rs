@@ -30,7 +30,6 @@ use crate::seams::pg::{self, ConnSpec, quote_ident};
 use crate::seams::queue::JobQueue;
 use crate::seams::store::{CreateOutcome, Tags};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -39,19 +38,8 @@ use tokio::sync::mpsc;
 
 pub const RESTORE_REQUESTS_QUEUE: &str = "restore-requests";
 pub const RESTORE_TASKS_QUEUE: &str = "restore-tasks";
-/// The message version of requests and tasks.
-pub const MESSAGE_VERSION: u32 = 1;
-/// Temporary databases are `pgvault_restore_<8 hex>`; nothing else may be named like that.
-pub const TEMP_DB_PREFIX: &str = "pgvault_restore_";
 /// `replace` keeps the old database as `<name>_pre_restore_<YYYYMMDD_HHMMSS>` (UTC).
 pub const PRE_RESTORE_INFIX: &str = "_pre_restore_";
-/// Read-only URLs of `as-files` live this long unless the request says otherwise.
-pub const DEFAULT_EXPIRY_SECS: u64 = 3600;
-pub(super) const MIN_EXPIRY_SECS: u64 = 10;
-pub(super) const MAX_EXPIRY_SECS: u64 = 7 * 24 * 3600;
-pub(super) const MAX_JOBS: u32 = 32;
-/// PostgreSQL's identifier limit (NAMEDATALEN - 1), in bytes.
-pub(super) const MAX_IDENT_BYTES: usize = 63;
 /// A globals script larger than this is not a pg_dumpall --globals-only script.
 pub(super) const MAX_GLOBALS_BYTES: usize = 64 << 20;
 
@@ -61,20 +49,18 @@ mod globals;
 mod pg_restore;
 mod plan;
 mod rehydrate;
-mod report;
-mod request;
 mod submit;
 mod task;
 #[cfg(test)]
 mod tests;
 
+/// The messages, the plan and the report: pure types, in the domain (job records hold them).
+pub use crate::domain::restore::*;
 pub use database::*;
 use export::*;
 pub use globals::*;
 use pg_restore::*;
 pub use plan::*;
 pub use rehydrate::*;
-pub use report::*;
-pub use request::*;
 pub use submit::*;
 pub use task::*;

@@ -2,33 +2,7 @@
 
 use super::*;
 
-/// The detail of a restore request's job record, typed: what idempotency is decided on.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RequestDetail {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<RestoreRequest>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<Plan>,
-    /// Every task of the plan was sent (or, for the CLI, recorded).
-    #[serde(default)]
-    pub enqueued: bool,
-    /// The request was refused (invalid or impossible): its id may be posted again.
-    #[serde(default)]
-    pub rejected: bool,
-}
-
-impl RequestDetail {
-    /// The detail of a request record; a record without one (or an unreadable one) reads as
-    /// empty: not rejected, nothing planned.
-    pub fn of(rec: &JobRecord) -> RequestDetail {
-        serde_json::from_value(rec.detail.clone()).unwrap_or_default()
-    }
-
-    /// Whether the recorded request is `req` (see [`RestoreRequest::same_as`]).
-    pub fn is_request(&self, req: &RestoreRequest) -> bool {
-        self.request.as_ref().is_some_and(|r| r.same_as(req))
-    }
-}
+pub use crate::domain::records::RequestDetail;
 
 /// What [`submit`] did.
 #[derive(Debug)]
@@ -77,7 +51,7 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
     let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
     rec.requested_by = req.requested_by.clone();
     let mut detail = RequestDetail { request: Some(req.clone()), plan: Some(plan.clone()), ..Default::default() };
-    rec.detail = serde_json::to_value(&detail).expect("request detail serializes");
+    rec.detail = detail.clone().into();
     if resume.is_none() {
         let claimed = if rejected_before {
             jobrecords::put(store, &rec).await.map(|()| CreateOutcome::Created)?
@@ -98,7 +72,7 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
             let mut t = JobRecord::new(JobKind::RestoreTask, &task.task_id, task.describe(), now);
             t.parent = Some(req.request_id.clone());
             t.requested_by = req.requested_by.clone();
-            t.detail = serde_json::json!({ "task": task });
+            t.detail = TaskDetail::of_task(task).into();
             jobrecords::put(store, &t).await?;
         }
         if let Some(q) = queue {
@@ -112,7 +86,7 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
         rec.created_at = r.created_at;
     }
     detail.enqueued = true;
-    rec.detail = serde_json::to_value(&detail).expect("request detail serializes");
+    rec.detail = detail.into();
     jobrecords::put(store, &rec).await?;
     // A fast worker may have recorded progress before the put above overwrote it.
     update_request(ctx, &req.request_id).await;
@@ -126,7 +100,6 @@ pub(super) async fn record_rejection(ctx: &Ctx, req: &RestoreRequest, why: &Erro
     let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
     rec.requested_by = req.requested_by.clone();
     let detail = RequestDetail { request: Some(req.clone()), rejected: true, ..Default::default() };
-    let detail = serde_json::to_value(&detail).expect("request detail serializes");
     let alerting = Alerting { interactive, ..Alerting::once(crate::seams::alerts::AlertKind::JobFailed) };
     conclude(Monitor::of(ctx), &mut rec, Err(Error::permanent(why.to_string())), detail, None, alerting).await;
 }

@@ -97,23 +97,20 @@ pub(super) async fn execute_claimed(
         }
         let blobs: Vec<&str> = offline.iter().map(|(b, _)| b.as_str()).collect();
         let started = rehydration_started.unwrap_or(now);
-        rec.status = Status::RehydrationPending;
-        rec.reason = Some(format!("rehydration pending: backup data {blobs:?} in the archive tier"));
-        rec.updated_at = now;
+        let reason = format!("rehydration pending: backup data {blobs:?} in the archive tier");
         let detail = TaskDetail {
-            task: Some(task.clone()),
             rehydration_started_at: Some(started),
             blobs: blobs.iter().map(|b| b.to_string()).collect(),
             recheck_secs: Some(REHYDRATION_RECHECK_SECS),
-            ..Default::default()
+            ..TaskDetail::of_task(task)
         };
-        rec.detail = serde_json::to_value(&detail).expect("task detail serializes");
+        rec.wait_for_rehydration(now, reason, detail);
         jobrecords::put_logged(store, &rec).await;
         update_request(ctx, &task.request_id).await;
         tracing::info!(task = %task.task_id, blobs = ?blobs, recheck_secs = REHYDRATION_RECHECK_SECS, "restore task waits for rehydration");
         return Ok(TaskOutcome::RehydrationPending { blob: blobs.join(", "), recheck_secs: REHYDRATION_RECHECK_SECS });
     }
-    rec.detail = serde_json::json!({ "task": task });
+    rec.detail = TaskDetail::of_task(task).into();
     let alerting = Alerting { kind: AlertKind::JobFailed, last_attempt, interactive };
     let (outcome, _) = track(Monitor::of(ctx), rec, alerting, async {
         update_request(ctx, &task.request_id).await;
@@ -130,7 +127,7 @@ pub(super) async fn execute_claimed(
                     task = %task.task_id, what = %task.describe(), stored_bytes = report.stored_bytes,
                     raw_bytes = report.raw_bytes, seconds = report.seconds, "restore task succeeded"
                 );
-                let detail = serde_json::json!({ "task": task, "report": report });
+                let detail = TaskDetail { report: Some(report.clone()), ..TaskDetail::of_task(task) };
                 let bytes = Some(report.stored_bytes);
                 Run::ok(TaskOutcome::Done(Box::new(report)), detail).with_bytes(bytes)
             }
@@ -141,7 +138,7 @@ pub(super) async fn execute_claimed(
                 } else {
                     tracing::error!(task = %task.task_id, what = %task.describe(), will_retry, error = %e, "restore task failed");
                 }
-                Run::failed(e, serde_json::json!({ "task": task }))
+                Run::failed(e, TaskDetail::of_task(task))
             }
         }
     })
@@ -150,32 +147,7 @@ pub(super) async fn execute_claimed(
     outcome
 }
 
-/// The detail of a restore task's job record, typed: what the worker decides on when the task
-/// comes again (the start of a rehydration wait, whether the host retries a failure).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TaskDetail {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<RestoreTask>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<TaskReport>,
-    /// When the wait for rehydration began: it bounds the total wait across deliveries.
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
-    pub rehydration_started_at: Option<OffsetDateTime>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub blobs: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recheck_secs: Option<u32>,
-    /// A failure the host retries (set by the tracked-run wrapper).
-    #[serde(default)]
-    pub will_retry: bool,
-}
-
-impl TaskDetail {
-    /// A record's detail; one without (or unreadable) reads as empty.
-    pub fn of(rec: &JobRecord) -> TaskDetail {
-        serde_json::from_value(rec.detail.clone()).unwrap_or_default()
-    }
-}
+pub use crate::domain::records::TaskDetail;
 
 /// Bring a request's record in line with its tasks: running while any runs, succeeded when all
 /// succeeded, failed when all ended and one failed. Best effort (it is bookkeeping).
@@ -189,13 +161,12 @@ pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
         match jobrecords::get(store, JobKind::RestoreTask, &t.task_id).await {
             Ok(Some(r)) => {
                 bytes += r.bytes.unwrap_or(0);
-                states.push((r.status, TaskDetail::of(&r).will_retry, r.reason));
+                states.push((r.status, r.detail.will_retry().unwrap_or(false), r.reason));
             }
             _ => states.push((Status::Queued, false, None)),
         }
     }
     let finished = |s: &(Status, bool, Option<String>)| s.0 == Status::Succeeded || (s.0 == Status::Failed && !s.1);
-    let now = OffsetDateTime::now_utc();
     let status = if states.iter().all(|s| s.0 == Status::Succeeded) {
         Status::Succeeded
     } else if states.iter().all(finished) {
@@ -205,16 +176,7 @@ pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
     } else {
         Status::Queued
     };
-    if req.status == Status::Queued && status != Status::Queued {
-        req.started_at = Some(now);
-    }
-    req.status = status;
-    req.bytes = Some(bytes);
-    req.updated_at = now;
-    if matches!(status, Status::Succeeded | Status::Failed) {
-        req.finished_at = Some(now);
-    }
-    req.reason = (status == Status::Failed).then(|| {
+    let reason = (status == Status::Failed).then(|| {
         let failed: Vec<String> = plan
             .tasks
             .iter()
@@ -224,6 +186,7 @@ pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
             .collect();
         failed.join("; ")
     });
+    req.follow(OffsetDateTime::now_utc(), status, bytes, reason);
     jobrecords::put_logged(store, &req).await;
 }
 
@@ -258,4 +221,21 @@ pub async fn run_task(ctx: &Ctx, task: &RestoreTask) -> Result<TaskReport> {
         }
     }
     Ok(report)
+}
+
+/// What [`execute_task`] did.
+#[derive(Debug)]
+pub enum TaskOutcome {
+    Done(Box<TaskReport>),
+    /// The task's record says it succeeded before (a redelivered message); nothing was done.
+    AlreadyDone(Box<JobRecord>),
+    /// Another delivery of the task (a duplicate message) is running it now; nothing was done.
+    RunningElsewhere(crate::features::claim::Holder),
+    /// The backup is in the Archive tier: rehydration was started (or is under way) and the task
+    /// is recorded as `rehydration-pending`. The caller re-enqueues it to run after `recheck_secs`.
+    RehydrationPending {
+        /// The archived data blobs (the backup's, and the globals' when asked), comma-separated.
+        blob: String,
+        recheck_secs: u32,
+    },
 }

@@ -1,6 +1,7 @@
-//! What a task did: the reports in its job record and the CLI's output.
+//! What a task did: the report in its job record and the CLI's output.
 
 use super::*;
+use crate::domain::secret::SecretUrl;
 
 /// What one task did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -19,6 +20,15 @@ pub struct TaskReport {
     /// signature): they go to the job record and the CLI's output, never to a log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ExportedFile>,
+}
+
+impl TaskReport {
+    /// Put `note` in place of every secret URL (a view for readers other than the operator).
+    pub fn withhold_secrets(&mut self, note: &str) {
+        for f in &mut self.files {
+            f.url.withhold(note);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -61,37 +71,8 @@ pub struct ExportedFile {
     pub blob: String,
     pub bytes: u64,
     pub sha256: String,
-    /// The read-only user-delegation SAS URL: a bearer credential (its `sig=`). `Debug` shows
-    /// `**redacted**`; it is serialized as the plain URL, because the job record is where the
-    /// operator gets it.
-    #[serde(serialize_with = "serialize_exposed")]
-    pub url: crate::domain::secret::Secret,
+    /// The read-only user-delegation SAS URL: a bearer credential (see [`SecretUrl`]).
+    pub url: SecretUrl,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
-}
-
-/// Serialize a secret as its plain value. Only for fields whose serialized form goes to the
-/// secret's rightful reader (here: the job record and the CLI's output), never to a log.
-pub(super) fn serialize_exposed<S: serde::Serializer>(
-    secret: &crate::domain::secret::Secret,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(secret.expose())
-}
-
-/// What [`execute_task`] did.
-#[derive(Debug)]
-pub enum TaskOutcome {
-    Done(Box<TaskReport>),
-    /// The task's record says it succeeded before (a redelivered message); nothing was done.
-    AlreadyDone(Box<JobRecord>),
-    /// Another delivery of the task (a duplicate message) is running it now; nothing was done.
-    RunningElsewhere(crate::features::claim::Holder),
-    /// The backup is in the Archive tier: rehydration was started (or is under way) and the task
-    /// is recorded as `rehydration-pending`. The caller re-enqueues it to run after `recheck_secs`.
-    RehydrationPending {
-        /// The archived data blobs (the backup's, and the globals' when asked), comma-separated.
-        blob: String,
-        recheck_secs: u32,
-    },
 }

@@ -117,7 +117,7 @@ pub struct Options {
     pub default_locale: bool,
 }
 
-pub(super) fn check_id(what: &str, id: &str, max: usize) -> Result<()> {
+pub fn check_id(what: &str, id: &str, max: usize) -> Result<()> {
     let ok = (1..=max).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())
@@ -126,7 +126,7 @@ pub(super) fn check_id(what: &str, id: &str, max: usize) -> Result<()> {
     }
 }
 
-pub(super) fn check_db_name(what: &str, name: &str) -> Result<()> {
+pub fn check_db_name(what: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_IDENT_BYTES || name.contains('\0') {
         return Err(Error::permanent(format!("{what} {name:?} is not a valid database name (1-63 bytes)")));
     }
@@ -138,7 +138,7 @@ pub(super) fn check_db_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn check_container(name: &str) -> Result<()> {
+pub fn check_container(name: &str) -> Result<()> {
     let ok = (3..=63).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
@@ -152,7 +152,7 @@ pub(super) fn check_container(name: &str) -> Result<()> {
 }
 
 /// `incident-42` -> `incident-42/`; empty stays empty. No empty, `.` or `..` segment.
-pub(super) fn normalize_prefix(prefix: &str) -> Result<String> {
+pub fn normalize_prefix(prefix: &str) -> Result<String> {
     let trimmed = prefix.trim_end_matches('/');
     if trimmed.is_empty() {
         return Ok(String::new());
