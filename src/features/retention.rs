@@ -415,6 +415,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_run_records_what_it_removed_before_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = std::sync::Arc::new(settings(dir.path()));
+        let ctx = Ctx {
+            secrets: std::sync::Arc::new(crate::config::secrets::SettingsSecrets::new(settings.clone())),
+            store: std::sync::Arc::new(LocalStore::new(dir.path())),
+            settings,
+            progress: crate::seams::progress::Mode::Off,
+            cancel: Default::default(),
+            alerter: std::sync::Arc::new(crate::seams::alerts::Alerter::new(None)),
+        };
+        let store = ctx.store.as_ref();
+        let now = OffsetDateTime::now_utc();
+        let mut ids = Vec::new();
+        for d in 0..7 {
+            ids.push(put_backup(store, "prod", "app", now - time::Duration::days(d), d as usize).await);
+        }
+        // The third removal (in the plan's order) finds a directory in place of its data, which
+        // the store cannot delete: the run fails after two whole removals.
+        let plans = plan_store(&ctx.settings, store, None, now).await.unwrap();
+        let removing: Vec<String> =
+            plans[0].backups.iter().filter(|p| !p.decision.is_keep()).map(|p| p.id.clone()).collect();
+        assert_eq!(removing.len(), 4, "{removing:?}");
+        let stuck = crate::features::catalog::manifest(store, &removing[2]).await.unwrap().data_blob;
+        let path = dir.path().join(&stuck);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir_all(path.join("x")).unwrap();
+
+        let err = run(&ctx, false, None, "timer").await.unwrap_err();
+        assert!(err.to_string().contains(&stuck), "{err}");
+        let records =
+            crate::monitor::records::list(store, Some(crate::monitor::records::JobKind::Retention)).await.unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        let rec = &records[0];
+        assert_eq!(rec.status, crate::monitor::records::Status::Failed);
+        assert!(rec.reason.as_deref().is_some_and(|r| r.contains(&stuck)), "{rec:?}");
+        let detail = rec.detail.retention().expect("a typed retention detail");
+        // Two whole removals, and the third whose manifest went before its data could not.
+        assert_eq!(detail.executed.removed, removing[..3], "{detail:?}");
+        assert_eq!(detail.executed.kept, 3);
+        assert_eq!(detail.will_retry, Some(false));
+        // As stored (and printed by `pgvault jobs --json`).
+        let stored: serde_json::Value =
+            serde_json::from_slice(&store.get(&crate::monitor::records::name(rec.kind, &rec.id)).await.unwrap())
+                .unwrap();
+        assert_eq!(stored["detail"]["executed"]["removed"], serde_json::json!(removing[..3]));
+    }
+
+    #[tokio::test]
     async fn tiering_is_planned_with_reasons_and_skipped_with_a_reason_by_the_local_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());

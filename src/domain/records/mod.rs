@@ -292,3 +292,165 @@ impl JobRecord {
         self.status.is_finished()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::restore::{ExportedFile, TaskReport};
+    use crate::domain::secret::{Secret, SecretUrl};
+    use serde_json::json;
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2026-11-21 02:00:00 UTC);
+    const T1: OffsetDateTime = datetime!(2026-11-21 02:05:00 UTC);
+
+    fn as_files(id: &str) -> JobRecord {
+        let url = "https://a.blob.core.windows.net/out/x?sv=1&sig=SECRETSIG";
+        let file = ExportedFile {
+            container: "out".into(),
+            blob: "out/x.dump.zst".into(),
+            bytes: 1,
+            sha256: "ab".into(),
+            url: SecretUrl::new(Secret::new(url)),
+            expires_at: T1,
+        };
+        let mut rec = JobRecord::new(JobKind::RestoreTask, id, "as files", T0);
+        let report = TaskReport { files: vec![file], ..Default::default() };
+        rec.succeed(T1, TaskDetail { report: Some(report), ..Default::default() }, Some(1));
+        rec
+    }
+
+    #[test]
+    fn an_attempt_starts_running_and_counts() {
+        let mut rec = JobRecord::new(JobKind::Backup, "b1", "back up", T0);
+        assert_eq!((rec.status, rec.attempts, rec.detail.clone()), (Status::Queued, 0, Detail::None));
+        rec.fail(T0, "connection refused", true, Detail::None, None);
+        rec.start_attempt(T1);
+        assert_eq!((rec.status, rec.attempts, rec.reason.as_deref()), (Status::Running, 1, None));
+        assert_eq!((rec.started_at, rec.finished_at, rec.updated_at), (Some(T1), None, T1));
+        rec.start_attempt(T1);
+        assert_eq!(rec.attempts, 2);
+    }
+
+    #[test]
+    fn success_keeps_the_detail_and_the_bytes() {
+        let mut rec = JobRecord::new(JobKind::Backup, "b1", "back up", T0);
+        rec.start_attempt(T0);
+        rec.bytes = Some(7);
+        let detail = BackupDetail { backup: Some("prod/app/x".into()), stored_bytes: Some(9), ..Default::default() };
+        rec.succeed(T1, detail.clone(), None);
+        assert_eq!((rec.status, rec.finished_at, rec.reason.clone()), (Status::Succeeded, Some(T1), None));
+        assert_eq!(rec.bytes, Some(7), "bytes not given keep the known ones");
+        assert_eq!(rec.detail.backup(), Some(&detail));
+        assert_eq!(rec.detail.will_retry(), None, "a success says nothing of retries");
+        rec.succeed(T1, detail, Some(9));
+        assert_eq!(rec.bytes, Some(9));
+        assert!(rec.is_finished());
+    }
+
+    #[test]
+    fn a_failure_keeps_what_was_done_and_says_whether_it_is_retried() {
+        let mut rec = JobRecord::new(JobKind::Retention, "r1", "retention", T0);
+        rec.start_attempt(T0);
+        let executed = Executed { removed: vec!["prod/app/a".into(), "prod/app/b".into()], ..Default::default() };
+        rec.fail(T1, "remove data: 503", false, RetentionDetail { executed, ..Default::default() }, None);
+        assert_eq!(
+            (rec.status, rec.reason.as_deref(), rec.finished_at),
+            (Status::Failed, Some("remove data: 503"), Some(T1))
+        );
+        let d = rec.detail.retention().unwrap();
+        assert_eq!(d.executed.removed, ["prod/app/a", "prod/app/b"], "the removals before the failure");
+        assert_eq!(d.will_retry, Some(false));
+        // No detail: the kind's empty one, so the record still says whether it is retried.
+        let mut rec = JobRecord::new(JobKind::Backup, "b1", "back up", T0);
+        rec.fail(T1, "connection refused", true, Detail::None, None);
+        assert_eq!(serde_json::to_value(&rec.detail).unwrap(), json!({"will_retry": true}));
+        assert!(rec.detail.backup().is_some());
+        // A detail this pgvault cannot read keeps what it holds.
+        let mut rec = JobRecord::new(JobKind::Backup, "b2", "back up", T0);
+        rec.fail(T1, "x", false, Detail::Other(json!([1, 2])), None);
+        assert_eq!(serde_json::to_value(&rec.detail).unwrap(), json!({"will_retry": false, "detail": [1, 2]}));
+    }
+
+    #[test]
+    fn a_rehydration_wait_is_not_an_end() {
+        let mut rec = JobRecord::new(JobKind::RestoreTask, "t1", "restore", T0);
+        rec.start_attempt(T0);
+        let detail = TaskDetail { rehydration_started_at: Some(T0), blobs: vec!["x".into()], ..Default::default() };
+        rec.wait_for_rehydration(T1, "rehydration pending", detail);
+        assert_eq!((rec.status, rec.reason.as_deref()), (Status::RehydrationPending, Some("rehydration pending")));
+        assert!(!rec.is_finished() && rec.finished_at.is_none());
+        assert_eq!(TaskDetail::of(&rec).rehydration_started_at, Some(T0));
+        assert_eq!(rec.updated_at, T1);
+    }
+
+    #[test]
+    fn a_request_follows_its_tasks() {
+        let mut rec = JobRecord::new(JobKind::RestoreRequest, "req-1", "restore", T0);
+        rec.follow(T0, Status::Queued, 0, None);
+        assert_eq!((rec.status, rec.started_at), (Status::Queued, None));
+        rec.follow(T0, Status::Running, 5, None);
+        assert_eq!(
+            (rec.status, rec.started_at, rec.finished_at, rec.bytes),
+            (Status::Running, Some(T0), None, Some(5))
+        );
+        rec.follow(T1, Status::Failed, 9, Some("task req-1-1: boom".into()));
+        assert_eq!((rec.started_at, rec.finished_at), (Some(T0), Some(T1)), "started once, ended now");
+        assert_eq!(rec.reason.as_deref(), Some("task req-1-1: boom"));
+    }
+
+    #[test]
+    fn secret_urls_never_in_debug_kept_in_the_record_withheld_for_others() {
+        let rec = as_files("t-1");
+        let debug = format!("{rec:?}");
+        assert!(!debug.contains("SECRETSIG") && !debug.contains("sig=") && debug.contains("out/x.dump.zst"), "{debug}");
+        let json = String::from_utf8(rec.to_json()).unwrap();
+        assert!(json.contains("sig=SECRETSIG"), "the record itself keeps it");
+        let back = JobRecord::from_json("t", json.as_bytes()).unwrap();
+        assert_eq!(back, rec);
+        let mut shown = rec.clone();
+        shown.withhold_secrets();
+        let json = serde_json::to_value(&shown).unwrap();
+        assert!(!json.to_string().contains("SECRETSIG"), "{json}");
+        assert_eq!(json["detail"]["report"]["files"][0]["url"], "withheld: see `pgvault jobs --json --id t-1`");
+        assert_eq!(json["detail"]["report"]["files"][0]["blob"], "out/x.dump.zst");
+        assert_eq!(shown.detail.restore_task().unwrap().report.as_ref().unwrap().files[0].url.expose(), None);
+        // A withheld view reads back as withheld, never as a URL.
+        let again: JobRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(again, shown);
+        // A detail this pgvault cannot read is withheld whole (it might hold a secret).
+        let mut odd = JobRecord::new(JobKind::RestoreTask, "t-2", "?", T0);
+        odd.detail = Detail::Other(json!({"report": {"files": "https://x/?sig=OTHERSIG"}}));
+        odd.withhold_secrets();
+        assert!(!serde_json::to_string(&odd).unwrap().contains("OTHERSIG"));
+    }
+
+    #[test]
+    fn details_that_do_not_fit_are_kept_and_unknown_fields_survive() {
+        let text = |detail: serde_json::Value| {
+            json!({"format": FORMAT_NAME, "format_version": 1, "kind": "backup", "id": "b1", "status": "succeeded",
+                "summary": "s", "created_at": "2026-11-21T02:00:00Z", "updated_at": "2026-11-21T02:00:00Z",
+                "detail": detail})
+            .to_string()
+        };
+        // A newer pgvault's field: read, and written back.
+        let rec =
+            JobRecord::from_json("b", text(json!({"backup": "prod/app/x", "checksum_ok": true})).as_bytes()).unwrap();
+        assert_eq!(rec.detail.backup().unwrap().backup.as_deref(), Some("prod/app/x"));
+        let out: serde_json::Value = serde_json::from_slice(&rec.to_json()).unwrap();
+        assert_eq!(out["detail"], json!({"backup": "prod/app/x", "checksum_ok": true}));
+        // A field of another type: the record still reads, its detail kept whole.
+        let odd = json!({"backup": 42});
+        let rec = JobRecord::from_json("b", text(odd.clone()).as_bytes()).unwrap();
+        assert_eq!(rec.detail, Detail::Other(odd.clone()));
+        let out: serde_json::Value = serde_json::from_slice(&rec.to_json()).unwrap();
+        assert_eq!(out["detail"], odd);
+        // Nothing yet.
+        let rec = JobRecord::from_json("b", text(serde_json::Value::Null).as_bytes()).unwrap();
+        assert_eq!(rec.detail, Detail::None);
+        // A detail is read as its record's kind, not guessed from its fields.
+        assert!(Detail::read(JobKind::Verify, json!({"backup": "x"})).verify().is_some());
+        assert!(Detail::read(JobKind::Verify, json!({"backup": "x"})).backup().is_none());
+        assert!(!Detail::from(VerifyDetail::default()).fits(JobKind::Backup));
+    }
+}
