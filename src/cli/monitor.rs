@@ -47,7 +47,7 @@ pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result
             match (dry_run, why_of(&executed.tier_skipped, id)) {
                 (true, _) => println!("  {:<7} {id}  {reason}", "tier"),
                 (false, Some(skip)) => println!("  {:<7} {id}  {reason}; not moved: {skip}", "untiered"),
-                (false, None) if executed.tiered.iter().any(|b| *b == t.data_blob) => {
+                (false, None) if executed.tiered.contains(&t.data_blob) => {
                     println!("  {:<7} {id}  {reason}", "tiered")
                 }
                 (false, None) => println!("  {:<7} {id}  {reason}; not moved", "untiered"),

@@ -18,6 +18,9 @@ use time::OffsetDateTime;
 
 /// What a job did, by kind. Serialized as the kind's object alone (the record's `kind` says
 /// which); read through [`Detail::read`].
+// A record holds one detail and is read or written a few times per job: the size of the
+// largest variant (a task with its report) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Detail {
     /// Nothing recorded yet (`null`).
