@@ -178,7 +178,8 @@ async fn a_corrupt_block_fails_the_restore_before_pg_restore_and_changes_nothing
     let mut stack = Stack::start().await;
     stack.set("PGVAULT_COMPRESSION", "none");
     blocking(|| make_db(&stack.pg, "app", 60_000));
-    cli_ok(&stack, &["backup", "--server", "main", "--database", "app"]);
+    // Every database and the globals: the restore below restores the roles first.
+    cli_ok(&stack, &["backup", "--server", "main"]);
     let store = stack.store().await;
     let m = manifests(&store, "main/app/").await.remove(0);
     assert!(m.blocks.len() >= 5, "1 MiB blocks: {}", m.blocks.len());
@@ -218,7 +219,7 @@ async fn a_corrupt_block_fails_the_restore_before_pg_restore_and_changes_nothing
         "corrupt-1",
         json!({ "server": "main", "database": "app" }),
         json!({ "mode": "replace", "server": "main" }),
-        json!({}),
+        json!({ "globals": true }),
     );
     stack.queue().send(RESTORE_REQUESTS_QUEUE, &text, false).await.unwrap();
     assert_eq!(stack.drain(&served, RESTORE_REQUESTS_QUEUE).await.succeeded, 1);
@@ -247,6 +248,12 @@ async fn a_corrupt_block_fails_the_restore_before_pg_restore_and_changes_nothing
     let task = record(&records, JobKind::RestoreTask, "corrupt-1-1");
     assert_eq!(task.status, Status::Failed);
     assert!(task.reason.as_deref().unwrap().contains(&want), "{task:?}");
+    // The record keeps what the task did before it failed: the globals' step (here every role
+    // existed already, so it created none and changed nothing).
+    let done = task.detail.restore_task().and_then(|d| d.report.as_ref()).expect("the steps done before the failure");
+    let globals = done.globals.as_ref().expect("the globals were restored first");
+    assert!(globals.created.is_empty() && !globals.skipped.is_empty(), "{globals:?}");
+    assert!(done.database.is_none(), "the database step did not finish: {done:?}");
     assert_eq!(record(&records, JobKind::RestoreRequest, "corrupt-1").status, Status::Failed);
 }
 

@@ -23,6 +23,11 @@ pub struct TaskReport {
 }
 
 impl TaskReport {
+    /// Whether the task changed anything (what a failed task's record must still say).
+    pub fn has_effects(&self) -> bool {
+        self.globals.is_some() || self.database.is_some() || !self.files.is_empty()
+    }
+
     /// Put `note` in place of every secret URL (a view for readers other than the operator).
     pub fn withhold_secrets(&mut self, note: &str) {
         for f in &mut self.files {

@@ -229,10 +229,13 @@ pub(super) fn quoted_list(items: &[String]) -> String {
     items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Restore `m` as `task` says. The globals' report is also put in `applied` as soon as they are
+/// restored: roles created stay created whatever happens next, and a failed task's record says so.
 pub(super) async fn restore_database(
     ctx: &Ctx,
     task: &RestoreTask,
     m: &Manifest,
+    applied: &mut Option<GlobalsReport>,
 ) -> Result<(Option<GlobalsReport>, DatabaseReport)> {
     let settings = &ctx.settings;
     let server_name = task.target.server.as_deref().expect("validated");
@@ -380,6 +383,7 @@ pub(super) async fn restore_database(
             Some(g) => Some(restore_globals(ctx, server_name, g).await?),
             None => None,
         };
+        applied.clone_from(&globals);
         let owner = match owner {
             Some(o) => o,
             // The globals may have created the owner: check now.

@@ -116,9 +116,10 @@ pub(super) async fn execute_claimed(
         update_request(ctx, &task.request_id).await;
         tracing::info!(task = %task.task_id, what = %task.describe(), "restore task started");
         let started = std::time::Instant::now();
+        let mut done = TaskReport::default();
         let result = match gave_up {
             Some(e) => Err(e),
-            None => run_task(ctx, task).await,
+            None => run_task_into(ctx, task, &mut done).await.map(|()| done.clone()),
         };
         match result {
             Ok(mut report) => {
@@ -138,7 +139,9 @@ pub(super) async fn execute_claimed(
                 } else {
                     tracing::error!(task = %task.task_id, what = %task.describe(), will_retry, error = %e, "restore task failed");
                 }
-                Run::failed(e, TaskDetail::of_task(task))
+                // What the task did before it failed (roles the globals created) stays on record.
+                let report = done.has_effects().then_some(done);
+                Run::failed(e, TaskDetail { report, ..TaskDetail::of_task(task) })
             }
         }
     })
@@ -192,9 +195,16 @@ pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
 
 /// Run one task: export it, or restore (globals first when asked, then the database).
 pub async fn run_task(ctx: &Ctx, task: &RestoreTask) -> Result<TaskReport> {
+    let mut report = TaskReport::default();
+    run_task_into(ctx, task, &mut report).await.map(|()| report)
+}
+
+/// [`run_task`], keeping in `report` what was done before a failure stopped it (the roles the
+/// globals created): the task's record lists it too.
+pub async fn run_task_into(ctx: &Ctx, task: &RestoreTask, report: &mut TaskReport) -> Result<()> {
     task.validate()?;
     let m = catalog::manifest(ctx.store.as_ref(), &task.backup).await?;
-    let mut report = TaskReport {
+    *report = TaskReport {
         task_id: task.task_id.clone(),
         backup: m.id.clone(),
         mode: task.target.mode.as_str().into(),
@@ -215,12 +225,12 @@ pub async fn run_task(ctx: &Ctx, task: &RestoreTask) -> Result<TaskReport> {
             }
             // The globals are restored inside, once the temporary database exists: a target that
             // cannot create it (a missing locale) fails before any role is created.
-            let (globals, database) = restore_database(ctx, task, &m).await?;
+            let (globals, database) = restore_database(ctx, task, &m, &mut report.globals).await?;
             report.globals = globals;
             report.database = Some(database);
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// What [`execute_task`] did.
