@@ -3,12 +3,11 @@
 
 use super::{AppState, Reply, parse_invocation};
 use crate::domain::jobs::{BACKUP_JOBS_QUEUE, Trigger};
-use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
 use time::OffsetDateTime;
 
-pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
+pub async fn handle(State(state): State<AppState>, super::HostBody(body): super::HostBody) -> Reply {
     let inv = match parse_invocation(&body) {
         Ok(inv) => inv,
         Err(reply) => return reply,
