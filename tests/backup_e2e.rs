@@ -261,6 +261,58 @@ async fn unprocessable_messages_are_kept_with_their_reason() {
     assert!(blobs.iter().all(|b| b.name.starts_with("@jobs/")), "{blobs:?}");
 }
 
+/// Replies stay in the host's shape whatever arrives, and a rejected message too large for its
+/// record on `-rejected` (48 KiB of `"`: JSON and XML escaping make the record several times
+/// that) is still kept with its reason: its text as a blob the record names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_host_replies_and_large_rejected_messages_are_kept() {
+    let stack = Stack::start().await;
+    let served = stack.serve();
+    let http = reqwest::Client::new();
+    let host_shaped = |v: &Value| v.get("Outputs").is_some() && v["Logs"].is_array() && v.get("ReturnValue").is_some();
+
+    // 10 MB: no Functions host payload is that large (a queue message holds 64 KiB).
+    let big = vec![b'x'; 10 << 20];
+    let r = http.post(format!("{}/backup-worker", served.url)).body(big.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let reply: Value = r.json().await.expect("a JSON reply, not plain text");
+    assert!(host_shaped(&reply), "{reply}");
+    assert!(reply["ReturnValue"]["error"].as_str().unwrap().contains("larger than 1048576 bytes"), "{reply}");
+    // An HTTP function answers the caller through its res binding, in a 200 to the host.
+    let r = http.post(format!("{}/backup-now", served.url)).body(big).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let reply: Value = r.json().await.unwrap();
+    assert_eq!(reply["Outputs"]["res"]["statusCode"], 413, "{reply}");
+    // Unknown functions and wrong methods too.
+    let r = http.post(format!("{}/no-such-function", served.url)).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(host_shaped(&r.json().await.unwrap()));
+    let r = http.get(format!("{}/backup-worker", served.url)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(host_shaped(&r.json().await.unwrap()));
+
+    let text = "\"".repeat(48 * 1024);
+    let payload = hostsim::queue_payload("backup-worker", "job", &text, "big-1", "pr", 1, Form::Host);
+    let (status, reply) = served.invoke("backup-worker", &payload).await;
+    assert_eq!(status, 200, "kept, not retried into the poison queue: {reply}");
+    assert_eq!(reply["ReturnValue"]["status"], "rejected", "{reply}");
+    let blob = reply["ReturnValue"]["message_blob"].as_str().expect("the text is kept as a blob").to_string();
+    assert!(blob.starts_with("@rejected/backup-jobs/"), "{blob}");
+    let kept = stack.queue().peek(&format!("{BACKUP_JOBS_QUEUE}-rejected"), 32).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let record: Value = serde_json::from_str(&kept[0]).unwrap();
+    assert_eq!(record["message_blob"], blob.as_str());
+    assert_eq!(record["message_id"], "big-1");
+    assert_eq!(record["message_bytes"], text.len());
+    assert!(record.get("message").is_none(), "{record}");
+    assert!(record["reason"].as_str().unwrap().contains("backup job message is not valid"), "{record}");
+    let stored = stack.store().await.get(&blob).await.unwrap();
+    assert_eq!(stored, text.as_bytes(), "the original text, byte for byte");
+    // Kept blobs are not backups.
+    let out = blocking(|| stack.cli(&["verify", "--all"]));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("@rejected"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_a_flipped_byte_and_names_the_block() {
     let mut stack = Stack::start().await;
@@ -362,4 +414,42 @@ async fn two_deliveries_at_once_publish_one_backup_and_the_record_keeps_its_outc
     assert_eq!(rec["status"], "succeeded", "{record}");
     assert_eq!(rec["detail"]["backup"], published[0].id, "{record}");
     assert_eq!(rec["bytes"], published[0].stored_bytes, "the record keeps the winner's outcome: {record}");
+}
+
+/// A role subject to row-level security: the job is rejected on its first delivery with the
+/// cause and a HINT (BYPASSRLS), never retried into the poison queue, and never a backup
+/// missing rows. With exact row counts the count (row security off, as pg_dump) names the
+/// table; without them pg_dump's own refusal does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_is_a_rejection_with_a_hint_not_a_retry() {
+    let mut stack = Stack::start().await;
+    psql_blocking(&stack.pg, "postgres", "CREATE DATABASE app; CREATE ROLE rls LOGIN");
+    psql_blocking(
+        &stack.pg,
+        "app",
+        "CREATE TABLE accounts AS SELECT i, 'u' || i AS owner FROM generate_series(1, 10) i; \
+         ALTER TABLE accounts ENABLE ROW LEVEL SECURITY; \
+         CREATE POLICY mine ON accounts FOR SELECT USING (owner = current_user); \
+         GRANT SELECT ON accounts TO rls",
+    );
+    let mut servers: Vec<Value> = serde_json::from_str(&stack.inventory(&["postgres"])).unwrap();
+    let mut rls = Stack::server_entry("rls", &stack.pg);
+    rls["user"] = json!("rls");
+    servers.push(rls);
+    stack.set("PGVAULT_INVENTORY", &Value::Array(servers).to_string());
+    for row_counts in ["exact", "off"] {
+        stack.set("PGVAULT_ROW_COUNTS", row_counts);
+        let served = stack.serve();
+        let job =
+            BackupJob::new(BackupKind::Database, "rls", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+        let payload = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m1", "pop", 1, Form::Host);
+        let (status, reply) = served.invoke("backup-worker", &payload).await;
+        assert_eq!(status, 200, "{row_counts}: {reply}");
+        assert_eq!(reply["ReturnValue"]["status"], "rejected", "{row_counts}: {reply}");
+        let reason = reply["ReturnValue"]["reason"].as_str().unwrap();
+        assert!(reason.contains("row-level security policy for table \"accounts\""), "{row_counts}: {reason}");
+        assert!(reason.contains("HINT:") && reason.contains("BYPASSRLS"), "{row_counts}: {reason}");
+        drop(served);
+    }
+    assert!(manifests(&stack.store().await, "rls/").await.is_empty(), "nothing published");
 }

@@ -12,7 +12,7 @@
 //! loopback address (`127.0.0.1`, `::1`, `localhost`), which can only be a local test server
 //! and can never match a public Key Vault domain.
 
-use super::{for_each_cause, is_certificate_error};
+use super::for_each_cause;
 use crate::domain::error::{Error, Result};
 use crate::domain::secret::{Secret, redact};
 use crate::seams::credentials::{CloudSecrets, VaultSecret};
@@ -103,6 +103,14 @@ impl CloudSecrets for AzureCloudSecrets {
 
 /// Turn a Key Vault SDK error into ours: what went wrong in words, with the service's own code.
 pub(crate) fn vault_error(what: &str, e: azure_core::Error) -> Error {
+    // Before the kind: the transport marks a refused certificate Other (so the SDK does not
+    // retry it), and a token fetch wraps it as Credential.
+    if let Some(problem) = super::certificate_problem(&e) {
+        return Error::permanent(format!("{what}: TLS certificate rejected: {}", redact(&problem))).with_hint(
+            "the vault's TLS certificate is not trusted: check the vault URL, or add the CA that signed it \
+             with PGVAULT_CA_FILE",
+        );
+    }
     match e.kind() {
         ErrorKind::HttpResponse { status, error_code, raw_response } => {
             let code = u16::from(*status);
@@ -132,12 +140,6 @@ pub(crate) fn vault_error(what: &str, e: azure_core::Error) -> Error {
         ErrorKind::Credential => {
             Error::transient(format!("{what}: no token for Key Vault: {}", redact(&super::describe(&e))))
                 .with_hint("check the managed identity (and its client id), or the az login session")
-        }
-        ErrorKind::Connection | ErrorKind::Io if is_certificate_error(&e) => {
-            Error::permanent(format!("{what}: {}", redact(&super::describe(&e)))).with_hint(
-                "the vault's TLS certificate is not trusted: check the vault URL, or add the CA that \
-                 signed it with PGVAULT_CA_FILE",
-            )
         }
         ErrorKind::Connection | ErrorKind::Io => Error::transient(format!("{what}: {}", redact(&super::describe(&e)))),
         _ => {

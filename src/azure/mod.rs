@@ -41,6 +41,19 @@ pub(crate) enum Service {
 ///
 /// The message is `"{what}: {detail}"`; the detail is the SDK's text through [`redact`].
 pub(crate) fn sdk_error(service: Service, what: impl fmt::Display, e: azure_core::Error) -> Error {
+    // Whatever the kind (the transport marks it Other so the SDK does not retry it; the identity
+    // credential wraps it as Credential), the certificate problem is the cause: say it first.
+    if let Some(problem) = certificate_problem(&e) {
+        return Error::permanent(format!(
+            "{what}: TLS certificate rejected: {} ({})",
+            redact(&problem),
+            redact(&describe(&e))
+        ))
+        .with_hint(
+            "the endpoint's TLS certificate is not trusted: check the endpoint address, or add the CA \
+             that signed it with PGVAULT_CA_FILE",
+        );
+    }
     let detail = redact(&describe(&e));
     let message = format!("{what}: {detail}");
     match e.kind() {
@@ -77,16 +90,7 @@ pub(crate) fn sdk_error(service: Service, what: impl fmt::Display, e: azure_core
                 _ => err,
             }
         }
-        ErrorKind::Connection | ErrorKind::Io => {
-            if is_certificate_error(&e) {
-                Error::permanent(message).with_hint(
-                    "the storage endpoint's TLS certificate is not trusted: check the endpoint \
-                     address, or add the CA that signed it with the extra CA file setting",
-                )
-            } else {
-                Error::transient(message)
-            }
-        }
+        ErrorKind::Connection | ErrorKind::Io => Error::transient(message),
         ErrorKind::Credential => Error::transient(message).with_hint(
             "no token for Azure Storage: check the managed identity (and its client id) or the \
              az login session",
@@ -167,16 +171,23 @@ fn for_each_cause(e: &azure_core::Error, f: &mut dyn FnMut(&(dyn std::error::Err
 
 /// Whether a transport error is a certificate the client refused (or none was presented).
 fn is_certificate_error(e: &azure_core::Error) -> bool {
-    let mut found = false;
+    certificate_problem(e).is_some()
+}
+
+/// The refused certificate's problem as rustls words it (`invalid peer certificate:
+/// UnknownIssuer`), if a certificate was refused anywhere in the cause chain.
+fn certificate_problem(e: &azure_core::Error) -> Option<String> {
+    let mut found = None;
     for_each_cause(e, &mut |err| {
-        found |= matches!(
-            err.downcast_ref::<rustls::Error>(),
-            Some(
-                rustls::Error::InvalidCertificate(_)
-                    | rustls::Error::NoCertificatesPresented
-                    | rustls::Error::UnsupportedNameType
-            )
-        );
+        if found.is_none()
+            && let Some(
+                tls @ (rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::UnsupportedNameType),
+            ) = err.downcast_ref::<rustls::Error>()
+        {
+            found = Some(tls.to_string());
+        }
     });
     found
 }

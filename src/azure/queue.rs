@@ -208,6 +208,17 @@ impl JobQueue for AzureQueue {
         Ok(messages.items.unwrap_or_default().into_iter().map(|m| m.message_text.unwrap_or_default()).collect())
     }
 
+    async fn oldest_waiting(&self, queue: &str) -> Result<Option<OffsetDateTime>> {
+        let options = QueueClientPeekMessagesOptions { number_of_messages: Some(1), ..Default::default() };
+        let messages = self
+            .queue(queue)?
+            .peek_messages(Some(options))
+            .await
+            .and_then(|r| r.into_model())
+            .map_err(|e| sdk_error(Service::Queue, format!("peek at the oldest message of queue {queue:?}"), e))?;
+        Ok(messages.items.unwrap_or_default().into_iter().next().and_then(|m| m.insertion_time))
+    }
+
     async fn delete(&self, queue: &str, id: &str, pop_receipt: &str) -> Result<()> {
         let what = || format!("delete message {id:?} from queue {queue:?}");
         check_message_id(id).map_err(|e| e.context(what()))?;

@@ -84,7 +84,13 @@ pub fn parse(text: &str) -> Result<ConnString, String> {
     if let Some(rest) = text.strip_prefix("postgresql://").or_else(|| text.strip_prefix("postgres://")) {
         return parse_uri(rest);
     }
-    if text.contains("://") {
+    // Another scheme (`mysql://`): a URI from its first character. A `://` further in may be
+    // part of a password in the other forms.
+    let scheme = text.find("://").map(|i| &text[..i]);
+    if scheme.is_some_and(|s| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'))
+    }) {
         return Err("the secret is a URI, but not a postgresql:// or postgres:// one".into());
     }
     // `host=h;user=u;password=p` is a valid libpq string (one host value holding the rest), so
@@ -254,8 +260,8 @@ fn parse_keyword_value(text: &str) -> Result<Vec<(String, String)>, String> {
 
 /// The `Key=Value;Key=Value;` form of Azure Backup and the .NET drivers (Npgsql), e.g.
 /// `Server=db.example;Database=app;Port=5432;User Id=u;Password=p;Ssl Mode=Require;`.
-/// Keywords are case-insensitive and spaces in them do not matter; a value holding `;` or `=`
-/// must be double-quoted (`Password="a;b"`, `""` for a quote). Returns the pairs under libpq's
+/// Keywords are case-insensitive and spaces in them do not matter; a value holding `;` (or `=`,
+/// except a password) must be double-quoted (`Password="a;b"`, `""` for a quote). Returns the pairs under libpq's
 /// keyword names, or `None` if the text is not of this form.
 fn parse_semicolon_form(text: &str) -> Option<Vec<(String, String)>> {
     if !text.contains(';') && !text.contains('=') {
@@ -296,7 +302,9 @@ fn parse_semicolon_form(text: &str) -> Option<Vec<(String, String)>> {
         } else {
             let end = rest.find(';').unwrap_or(rest.len());
             let value = rest[..end].trim_end().to_string();
-            if value.contains('=') {
+            // Generated passwords often hold `=`, and .NET reads `Password=a=b` as `a=b`; any
+            // other value with `=` means this is not this form (`host=a port=5` is libpq's).
+            if value.contains('=') && !matches!(key.as_str(), "password" | "pwd" | "psw") {
                 return None;
             }
             rest = &rest[end..];
@@ -425,6 +433,20 @@ mod tests {
         assert_eq!(pw(&c), "a;b=c");
         let c = parse("host=h;user=u;password=p").unwrap();
         assert_eq!((c.host.as_deref(), c.user.as_deref(), pw(&c)), (Some("h"), Some("u"), "p"));
+    }
+
+    /// Found by `tests/hostile_input.rs` (connection_strings_agree_across_forms): a password
+    /// holding `://` made a libpq string read as "a URI of another scheme", and one holding `=`
+    /// made the `Key=Value;` form refuse the whole secret.
+    #[test]
+    fn passwords_holding_uri_or_equals_signs() {
+        let c = parse("host=a port=1 user='_' password='://0aAA ' dbname=0 sslmode=disable").unwrap();
+        assert_eq!(pw(&c), "://0aAA ");
+        let c = parse("Host=h;Port=1;Username=_;Password=000AA= #;Database=A;SSL Mode=disable").unwrap();
+        assert_eq!(pw(&c), "000AA= #");
+        assert_eq!(c.tls, Some(TlsMode::Disable));
+        assert!(parse("mysql://u:p@h/db").unwrap_err().contains("not a postgresql://"));
+        assert!(parse("host=a port=5 foo=b").is_err(), "an unknown libpq keyword is still refused");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! <server>/<database>/<stamp>-<job id>.<attempt>.dump[.zst]   the pg_dump archive
 //! <server>/@globals/<stamp>-<job id>.manifest.json            pg_dumpall --globals-only
 //! <server>/@globals/<stamp>-<job id>.<attempt>.sql[.zst]
+//! @rejected/<queue>/<stamp>-<unique>.txt                     a rejected message too large to keep
+//!                                                             on its -rejected queue
 //! ```
 //!
 //! `<stamp>` is the job's `requested_at` in UTC (`20261121T073500Z`), so names sort by time and a
@@ -134,6 +136,17 @@ pub fn prefix(server: Option<&str>, database: Option<&str>) -> String {
         (Some(s), Some(d)) => format!("{}/{}/", encode_segment(s), encode_segment(d)),
     }
 }
+
+/// Where the text of a rejected message too large for its record on `<queue>-rejected` is kept:
+/// `@rejected/<queue>/<stamp>-<unique>.txt`. The `@` prefix keeps it out of every backup
+/// listing, like `@jobs/`; nothing removes it (like the rejected record, it waits for an
+/// operator).
+pub fn rejected_message(queue: &str, at: OffsetDateTime, unique: &str) -> String {
+    format!("{REJECTED_PREFIX}{}/{}-{}.txt", encode_segment(queue), stamp(at), encode_segment(unique))
+}
+
+/// The prefix of kept rejected message texts.
+pub const REJECTED_PREFIX: &str = "@rejected/";
 
 /// Accept a backup id, or a manifest name, and return the manifest name.
 pub fn manifest_for_id(id: &str) -> String {

@@ -284,10 +284,12 @@ fn check_run(
     let uploaded = uploaded.map_err(|e| e.context(&what))?;
     let produced = produced.map_err(|e| e.context(&what))?;
     let exit = exit.map_err(|e| e.context(&what))?;
-    // The runner's verdict decides whether the dump failed; every failure is retried, unlike a
+    // The runner's verdict decides whether the dump failed; a failure is retried, unlike a
     // restore's: a dump changes nothing, and what makes one fail often passes (concurrent DDL,
     // a recovery conflict on a replica, a restart). One that persists ends on the poison queue.
-    exit.verdict().map_err(|f| Error::transient(format!("{what}: {f}")))?;
+    // What cannot pass (an untrusted certificate, row-level security, a missing privilege) is
+    // permanent at once, with its remedy (`Failure::into_dump_error`).
+    exit.verdict().map_err(|f| f.into_dump_error().context(&what))?;
     if produced.raw_bytes == 0 {
         return Err(Error::transient(format!("{what}: {} wrote nothing", exit.tool)));
     }
@@ -506,6 +508,12 @@ impl Write for BlockSink {
 }
 
 async fn exact_counts(client: &tokio_postgres::Client) -> Result<RowCounts> {
+    // As pg_dump does: with row security on, a policy would silently count fewer rows than the
+    // dump holds; off, a table with a policy the role is subject to fails here, naming it.
+    client
+        .batch_execute("SET LOCAL row_security = off")
+        .await
+        .map_err(|e| pg::query_error("turn row security off for counting", e))?;
     let tables = client.query(pg::USER_TABLES_SQL, &[]).await.map_err(|e| pg::query_error("list tables", e))?;
     let mut out = Vec::with_capacity(tables.len());
     for t in tables {

@@ -321,6 +321,37 @@ pub fn breaches(settings: &Settings, newest: &Newest, now: OffsetDateTime) -> Ve
     out
 }
 
+/// Whether `queue` is being drained: a message that has waited at the head of the queue for at
+/// least the RPO margin means no worker takes jobs (the function is stopped, its trigger
+/// disabled, or its identity cannot read the queue), so every backup it holds is that late;
+/// raise a missed-schedule alert (subject: the queue) and return since when it waits. The RPO
+/// check alone would miss a database that never had a backup: it has no newest backup to age.
+pub async fn check_draining(
+    ctx: &Ctx,
+    queues: &dyn crate::seams::queue::JobQueue,
+    queue: &str,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>> {
+    let Some(since) = queues.oldest_waiting(queue).await? else { return Ok(None) };
+    if now - since < ctx.settings.rpo_margin {
+        return Ok(None);
+    }
+    let alert = Alert {
+        kind: AlertKind::MissedSchedule,
+        subject: queue.to_string(),
+        summary: format!(
+            "missed schedule: the oldest message on {queue} has waited since {} ({} minutes, the RPO margin is {}): \
+             nothing is taking jobs from it (is the worker function running and allowed to read the queue?)",
+            rfc(since),
+            (now - since).whole_minutes(),
+            ctx.settings.rpo_margin.whole_minutes()
+        ),
+        job_id: None,
+    };
+    ctx.alerter.raise(&alert).await;
+    Ok(Some(since))
+}
+
 /// Check every backed-up database of the inventory against its schedule and raise a
 /// missed-schedule alert for each breach.
 pub async fn check_rpo(ctx: &Ctx, now: OffsetDateTime) -> Result<Vec<Breach>> {

@@ -15,6 +15,9 @@ pub struct ServerPlan {
     pub jobs: Result<Vec<BackupJob>>,
     /// Databases named in `include` that the server does not have.
     pub missing: Vec<String>,
+    /// The server's connectable, non-template databases, as listed (empty when it could not be
+    /// listed).
+    pub listed: Vec<String>,
 }
 
 /// Which servers a run covers: all, or the named one (unknown names are an error).
@@ -39,11 +42,11 @@ pub async fn plan(
     let mut plans = Vec::new();
     for server in servers(ctx, only_server)? {
         let planned = plan_server(ctx, server, only_databases, trigger, now).await;
-        let (jobs, missing) = match planned {
-            Ok((jobs, missing)) => (Ok(jobs), missing),
-            Err(e) => (Err(e), Vec::new()),
+        let (jobs, missing, listed) = match planned {
+            Ok((jobs, missing, listed)) => (Ok(jobs), missing, listed),
+            Err(e) => (Err(e), Vec::new(), Vec::new()),
         };
-        plans.push(ServerPlan { server: server.name.clone(), jobs, missing });
+        plans.push(ServerPlan { server: server.name.clone(), jobs, missing, listed });
     }
     Ok(plans)
 }
@@ -54,7 +57,7 @@ async fn plan_server(
     only_databases: &[String],
     trigger: Trigger,
     now: OffsetDateTime,
-) -> Result<(Vec<BackupJob>, Vec<String>)> {
+) -> Result<(Vec<BackupJob>, Vec<String>, Vec<String>)> {
     let spec = ctx.conn_spec(&server.name, &server.maintenance_db).await?;
     let client = pg::connect(&spec).await?;
     let existing = pg::list_databases(&client).await?;
@@ -75,7 +78,8 @@ async fn plan_server(
                 })
                 .collect(),
             missing,
+            existing,
         ));
     }
-    Ok((jobs::plan_backups(server, &chosen, now, trigger), missing))
+    Ok((jobs::plan_backups(server, &chosen, now, trigger), missing, existing))
 }

@@ -7,7 +7,6 @@ use super::AppState;
 use super::jobs::{http_reply, http_request};
 use crate::domain::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
 use crate::domain::layout::BackupKind;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
@@ -21,7 +20,7 @@ struct Body {
     database: Option<String>,
 }
 
-pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn handle(State(state): State<AppState>, super::HostBody(body): super::HostBody) -> Response {
     let req = match http_request(&body) {
         Ok(r) => r,
         Err(resp) => return *resp,

@@ -1,14 +1,16 @@
 //! `backup-scheduler` (timer trigger): enqueue one backup job per eligible database, plus one
-//! globals job per server, on `backup-jobs`.
+//! globals job per server, on `backup-jobs`. A server whose databases could not be listed, or
+//! that has databases (besides its maintenance database) of which none was enqueued, raises a
+//! `missed-schedule` alert: a timer is not retried, so that run's backups would be missed in
+//! silence.
 
 use super::{AppState, Reply, parse_invocation};
 use crate::domain::jobs::{BACKUP_JOBS_QUEUE, Trigger};
-use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
 use time::OffsetDateTime;
 
-pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
+pub async fn handle(State(state): State<AppState>, super::HostBody(body): super::HostBody) -> Reply {
     let inv = match parse_invocation(&body) {
         Ok(inv) => inv,
         Err(reply) => return reply,
@@ -43,7 +45,9 @@ pub async fn run(state: &AppState, trigger: Trigger, past_due: bool) -> (Vec<Str
     };
     let mut enqueued = Vec::new();
     let mut failed = Vec::new();
+    let mut silent = Vec::new();
     for plan in plans {
+        let before = enqueued.len();
         for m in &plan.missing {
             let line = format!("server {:?}: included database {m:?} does not exist", plan.server);
             tracing::warn!(server = %plan.server, database = %m, "included database does not exist");
@@ -55,6 +59,7 @@ pub async fn run(state: &AppState, trigger: Trigger, past_due: bool) -> (Vec<Str
                 tracing::error!(server = %plan.server, error = %e, "cannot plan backups for server");
                 logs.push(format!("server {:?}: {e}", plan.server));
                 failed.push(json!({ "server": plan.server, "error": e.to_string() }));
+                silent.push((plan.server.clone(), format!("its databases could not be listed: {e}")));
                 continue;
             }
         };
@@ -71,6 +76,33 @@ pub async fn run(state: &AppState, trigger: Trigger, past_due: bool) -> (Vec<Str
                 }
             }
         }
+        // The databases that hold data: all but the maintenance database (a server with nothing
+        // else is empty, not missed).
+        let maintenance = state.ctx.settings.server(&plan.server).map(|s| s.maintenance_db.clone()).unwrap_or_default();
+        let holding: Vec<&str> = plan.listed.iter().map(String::as_str).filter(|d| *d != maintenance).collect();
+        let databases = enqueued[before..].iter().filter(|j| j["kind"] == "database").count();
+        if databases == 0 && !holding.is_empty() {
+            silent.push((
+                plan.server.clone(),
+                format!(
+                    "it has {} databases ({}), and the inventory's include/exclude or failed sends left none",
+                    holding.len(),
+                    holding.join(", ")
+                ),
+            ));
+        }
+    }
+    // A run that backs up no database of a server that has some would otherwise pass in
+    // silence (the timer is not retried, and a 200 looks fine): alert, once per server.
+    for (server, why) in &silent {
+        let alert = crate::seams::alerts::Alert {
+            kind: crate::seams::alerts::AlertKind::MissedSchedule,
+            subject: server.clone(),
+            summary: format!("backup scheduler enqueued no database backup for server {server:?}: {why}"),
+            job_id: None,
+        };
+        logs.push(alert.summary.clone());
+        state.ctx.alerter.raise(&alert).await;
     }
     logs.push(format!("enqueued {} backup jobs, {} failures", enqueued.len(), failed.len()));
     let ok = failed.is_empty();

@@ -16,7 +16,6 @@ use crate::domain::error::Error;
 use crate::domain::jobs::{BACKUP_JOBS_QUEUE, BackupJob};
 use crate::features::backup::Outcome;
 use crate::features::claim::{self, Delivery, Holder, Slot};
-use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
 
@@ -26,7 +25,7 @@ pub const BINDING: &str = "job";
 /// The claim kind of dump slots: `@claims/dump-slot/<server, encoded as in blob names>/<index>`.
 pub const DUMP_SLOT: &str = "dump-slot";
 
-pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
+pub async fn handle(State(state): State<AppState>, super::HostBody(body): super::HostBody) -> Reply {
     let msg = match super::queue_message(&body, BINDING) {
         Ok(msg) => msg,
         Err(reply) => return reply,

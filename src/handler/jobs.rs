@@ -13,7 +13,6 @@
 //! host (a non-2xx reply would fail the invocation).
 
 use super::{AppState, parse_invocation};
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -71,7 +70,7 @@ pub fn http_reply(status: u16, body: &Value, logs: Vec<String>) -> Response {
     (axum::http::StatusCode::OK, axum::Json(out)).into_response()
 }
 
-pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn handle(State(state): State<AppState>, super::HostBody(body): super::HostBody) -> Response {
     let req = match http_request(&body) {
         Ok(r) => r,
         Err(resp) => return *resp,

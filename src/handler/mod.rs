@@ -20,7 +20,9 @@ pub mod sas_rotator;
 use crate::config::context::Ctx;
 use crate::seams::queue::JobQueue;
 use axum::Router;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -50,7 +52,20 @@ pub struct AppState {
     pub max_dequeue_count: u32,
 }
 
+/// The largest invocation body the handler reads. A queue message holds at most 64 KiB, and
+/// the host's double JSON encoding at most septuples that (a control character becomes
+/// `\\u0001`), so a real queue invocation stays under half a MiB; timer payloads and the HTTP
+/// functions' requests (`jobs`, `backup-now`) are a few hundred bytes. Anything larger is not a
+/// real invocation: it gets a 413 in the host's reply shape (see [`HostBody`]).
+pub const MAX_INVOCATION_BYTES: usize = 1 << 20;
+
+/// The functions with an HTTP trigger: their replies carry the `res` output binding.
+const HTTP_FUNCTIONS: &[&str] = &["jobs", "backup-now"];
+
 /// The router. `GET /` answers at once: the host polls it to learn that the handler is up.
+/// Every other answer, refusals included, is in the host's reply shape
+/// (`{"Outputs","Logs","ReturnValue"}`): an unknown function is a 404, a wrong method a 405,
+/// an oversized body a 413.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(|| async { "pgvault" }))
@@ -63,7 +78,62 @@ pub fn app(state: AppState) -> Router {
         .route("/restore-drill", post(restore_drill::handle))
         .route("/jobs", post(jobs::handle))
         .route("/backup-now", post(backup_now::handle))
+        .fallback(|uri: Uri| async move {
+            refusal(StatusCode::NOT_FOUND, format!("no function is served at {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|uri: Uri| async move {
+            refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} answers POST only (the host's invocations)", uri.path()),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_INVOCATION_BYTES))
         .with_state(state)
+}
+
+/// A refusal in the host's reply shape, logged.
+fn refusal(status: StatusCode, msg: String) -> Reply {
+    tracing::error!(status = status.as_u16(), "{msg}");
+    Reply { status, logs: vec![msg.clone()], return_value: json!({ "error": msg }) }
+}
+
+/// An invocation's body, read whole up to [`MAX_INVOCATION_BYTES`]. A larger body is refused
+/// with 413 in the host's shape, never axum's plain text: for a queue or timer function a failed
+/// invocation (`{"Outputs":{},"Logs":[reason],"ReturnValue":{"error"}}`; a queue message cannot
+/// be that large, so no real message is affected), for an HTTP function a 200 whose `res` output
+/// is the 413 the caller sees.
+pub struct HostBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for HostBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let function = req.uri().path().trim_start_matches('/').to_string();
+        match Bytes::from_request(req, state).await {
+            Ok(body) => Ok(HostBody(body)),
+            Err(rejection) => {
+                let too_large = rejection.status() == StatusCode::PAYLOAD_TOO_LARGE;
+                let (status, msg) = if too_large {
+                    let msg = format!(
+                        "invocation of {function} refused: its body is larger than {} bytes, more than any \
+                         Functions host payload (a queue message holds at most 64 KiB)",
+                        MAX_INVOCATION_BYTES
+                    );
+                    (StatusCode::PAYLOAD_TOO_LARGE, msg)
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("invocation of {function}: cannot read its body: {}", rejection.body_text()),
+                    )
+                };
+                if HTTP_FUNCTIONS.contains(&function.as_str()) {
+                    tracing::error!(function, status = status.as_u16(), "{msg}");
+                    return Err(jobs::http_reply(status.as_u16(), &json!({ "error": msg }), vec![msg.clone()]));
+                }
+                Err(refusal(status, msg).into_response())
+            }
+        }
+    }
 }
 
 /// The body the host POSTs for a non-HTTP trigger.
@@ -196,9 +266,36 @@ pub fn queue_message(body: &[u8], binding: &str) -> Result<QueueMessage, Reply> 
     })
 }
 
+/// The largest rejected record sent to `<queue>-rejected` as it is, counted as the service
+/// counts it: the record's text XML-escaped (see [`queue_size`]) within the 64 KiB a queue
+/// message may hold.
+pub const MAX_QUEUE_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The size of `text` in a queue message: the Queue REST API carries it inside XML, so each
+/// `&` `<` `>` `"` `'` may grow to an entity (at most 6 bytes). An upper bound.
+pub fn queue_size(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\'' => 6,
+            b'&' => 5,
+            b'<' | b'>' => 4,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// The longest reason kept in a rejected record; a longer one is cut (the logs hold it whole).
+const MAX_REASON_CHARS: usize = 8 * 1024;
+
 /// Keep a message that can never succeed, with its reason, on `<queue>-rejected` (time-to-live:
 /// never expires), and reply 200 so the host does not retry it. If even keeping it fails, reply
 /// 500 so the host keeps the message: nothing is lost.
+///
+/// The record is `{queue, message_id, dequeue_count, rejected_at, reason, message}`. A message
+/// too large for that record to fit a queue message (its JSON escaping and XML escaping can
+/// more than triple it) is kept whole as a blob, `@rejected/<queue>/<stamp>-<uuid>.txt`
+/// ([`crate::domain::layout::rejected_message`]), and the record names it in `message_blob`
+/// (with `message_bytes` and `message_sha256`) instead of carrying `message`.
 pub async fn reject_and_keep(
     state: &AppState,
     queue: &str,
@@ -206,22 +303,55 @@ pub async fn reject_and_keep(
     why: &crate::domain::error::Error,
 ) -> Reply {
     let kept_on = crate::domain::jobs::rejected_queue(queue);
-    let record = json!({
+    let now = time::OffsetDateTime::now_utc();
+    let mut reason = why.to_string();
+    if reason.chars().count() > MAX_REASON_CHARS {
+        reason = reason.chars().take(MAX_REASON_CHARS).collect::<String>() + " … (cut; the log has it whole)";
+    }
+    let mut record = json!({
         "queue": queue,
         "message_id": msg.id,
         "dequeue_count": msg.dequeue_count,
-        "rejected_at": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "reason": why.to_string(),
+        "rejected_at": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "reason": reason,
         "message": msg.text,
     });
     let message_id = if msg.id.is_empty() { "(without an id)" } else { msg.id.as_str() };
+    let mut blob = None;
+    if queue_size(&record.to_string()) > MAX_QUEUE_MESSAGE_BYTES {
+        let name = crate::domain::layout::rejected_message(queue, now, &uuid::Uuid::new_v4().simple().to_string());
+        let mut tags = crate::domain::layout::Tags::new();
+        tags.insert("pgvault".into(), "rejected".into());
+        let data = Bytes::from(msg.text.clone().into_bytes());
+        if let Err(e) = state.ctx.store.put(&name, data, &tags).await {
+            tracing::error!(message_id, reason = %why, error = %e, "cannot keep a large rejected message; leaving it to the host");
+            return Reply::retry(
+                vec![format!(
+                    "message {message_id} cannot succeed ({why}), and keeping its text as blob {name} failed: {e}"
+                )],
+                json!({ "status": "failed", "error": e.to_string() }),
+            );
+        }
+        let obj = record.as_object_mut().expect("an object");
+        obj.remove("message");
+        obj.insert("message_blob".into(), json!(name));
+        obj.insert("message_bytes".into(), json!(msg.text.len()));
+        obj.insert(
+            "message_sha256".into(),
+            json!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(msg.text.as_bytes()))),
+        );
+        blob = Some(name);
+    }
     match state.queue.send(&kept_on, &record.to_string(), true).await {
         Ok(()) => {
-            tracing::error!(message_id, queue = %kept_on, reason = %why, "message rejected and kept");
-            Reply::ok(
-                vec![format!("message {message_id} rejected and kept on {kept_on}: {why}")],
-                json!({ "status": "rejected", "reason": why.to_string(), "kept_on": kept_on }),
-            )
+            tracing::error!(message_id, queue = %kept_on, message_blob = blob.as_deref().unwrap_or(""), reason = %why, "message rejected and kept");
+            let mut logs = vec![format!("message {message_id} rejected and kept on {kept_on}: {why}")];
+            let mut value = json!({ "status": "rejected", "reason": why.to_string(), "kept_on": kept_on });
+            if let Some(name) = &blob {
+                logs.push(format!("its text ({} bytes) is kept as blob {name}", msg.text.len()));
+                value["message_blob"] = json!(name);
+            }
+            Reply::ok(logs, value)
         }
         Err(e) => {
             tracing::error!(message_id, reason = %why, error = %e, "cannot keep rejected message; leaving it to the host");

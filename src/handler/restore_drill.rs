@@ -8,7 +8,7 @@ use crate::monitor::records::Status;
 use axum::extract::State;
 use serde_json::json;
 
-pub async fn handle(State(state): State<AppState>, body: axum::body::Bytes) -> Reply {
+pub async fn handle(State(state): State<AppState>, super::HostBody(body): super::HostBody) -> Reply {
     if let Err(reply) = super::parse_invocation(&body) {
         return reply;
     }

@@ -10,14 +10,13 @@
 
 use super::{AppState, Reply};
 use crate::features::restore::{self, RESTORE_REQUESTS_QUEUE, RestoreRequest, Submitted};
-use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
 
 /// The queue binding's name in `functions/restore-requests/function.json`.
 pub const BINDING: &str = "request";
 
-pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
+pub async fn handle(State(state): State<AppState>, super::HostBody(body): super::HostBody) -> Reply {
     let msg = match super::queue_message(&body, BINDING) {
         Ok(msg) => msg,
         Err(reply) => return reply,

@@ -9,14 +9,13 @@
 
 use super::{AppState, Reply};
 use crate::features::restore::{self, RESTORE_TASKS_QUEUE, RestoreTask, TaskOutcome};
-use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
 
 /// The queue binding's name in `functions/restore-worker/function.json`.
 pub const BINDING: &str = "task";
 
-pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
+pub async fn handle(State(state): State<AppState>, super::HostBody(body): super::HostBody) -> Reply {
     let msg = match super::queue_message(&body, BINDING) {
         Ok(msg) => msg,
         Err(reply) => return reply,

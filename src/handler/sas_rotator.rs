@@ -3,11 +3,10 @@
 //! repository freshness (`backup.info`). See [`crate::features::pgbackrest`].
 
 use super::{AppState, Reply, parse_invocation};
-use axum::body::Bytes;
 use axum::extract::State;
 use serde_json::json;
 
-pub async fn handle(State(state): State<AppState>, body: Bytes) -> Reply {
+pub async fn handle(State(state): State<AppState>, super::HostBody(body): super::HostBody) -> Reply {
     if let Err(reply) = parse_invocation(&body) {
         return reply;
     }

@@ -38,8 +38,10 @@ impl ConnSpec {
         format!("server {:?} ({}:{}, database {:?})", self.server, self.host, self.port, self.dbname)
     }
 
-    /// Environment for libpq-based tools. Carries the password; never log it.
-    pub fn tool_env(&self) -> Vec<(String, String)> {
+    /// Environment for libpq-based tools. Carries the password; never log it. With
+    /// `verify-ca`/`verify-full` the tools trust exactly what pgvault's own connection trusts
+    /// ([`tool_ca_bundle`]); writing that bundle is the only way this fails.
+    pub fn tool_env(&self) -> Result<Vec<(String, String)>> {
         let mut env = vec![
             ("PGHOST".to_string(), self.host.clone()),
             ("PGPORT".to_string(), self.port.to_string()),
@@ -51,26 +53,59 @@ impl ConnSpec {
         if !self.is_socket() {
             env.push(("PGSSLMODE".to_string(), self.tls.as_libpq().to_string()));
             if matches!(self.tls, TlsMode::VerifyCa | TlsMode::VerifyFull) {
-                let root = self.ca_file.clone().or_else(system_ca_bundle);
-                if let Some(root) = root {
-                    env.push(("PGSSLROOTCERT".to_string(), root.display().to_string()));
-                }
+                let bundle = tool_ca_bundle(self.ca_file.as_deref())?;
+                env.push(("PGSSLROOTCERT".to_string(), bundle.display().to_string()));
             }
         }
         if let Some(pw) = &self.password {
             env.push(("PGPASSWORD".to_string(), pw.expose().to_string()));
         }
-        env
+        Ok(env)
     }
 }
 
-/// The system CA bundle, handed to libpq as `PGSSLROOTCERT` when no CA file is configured
-/// (libpq before 16 has no `sslrootcert=system`).
-fn system_ca_bundle() -> Option<PathBuf> {
-    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+/// The CA bundle handed to libpq (`PGSSLROOTCERT`): the very roots of pgvault's own
+/// connections ([`root_store`]: the system's as `rustls-native-certs` finds them, which honours
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR`, plus `PGVAULT_CA_FILE`), as PEM. Written once per process
+/// and CA file, to a file of its own (0600) in a new private directory (0700), so no other
+/// local user can swap a CA in. Not libpq 16+'s `sslrootcert=system`: that reads OpenSSL's
+/// default locations (the tools run with a cleared environment, so not even `SSL_CERT_FILE`),
+/// cannot add the CA file, and would leave pg_dump trusting less than pgvault checked.
+pub fn tool_ca_bundle(ca_file: Option<&Path>) -> Result<PathBuf> {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::sync::Mutex;
+    static WRITTEN: Mutex<BTreeMap<Option<PathBuf>, PathBuf>> = Mutex::new(BTreeMap::new());
+    let key = ca_file.map(Path::to_path_buf);
+    let mut written = WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = written.get(&key).filter(|p| p.is_file()) {
+        return Ok(path.clone());
+    }
+    let (roots, _) = native_and_extra_roots(ca_file)?;
+    let mut pem = String::new();
+    for der in &roots {
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_ref());
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    let fail = |e: std::io::Error| {
+        Error::permanent(format!(
+            "write the CA bundle for PostgreSQL's tools under {}: {e}",
+            std::env::temp_dir().display()
+        ))
+    };
+    let dir = std::env::temp_dir().join(format!("pgvault-ca-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(fail)?;
+    let path = dir.join("roots.pem");
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(fail)?;
+    f.write_all(pem.as_bytes()).and_then(|()| f.sync_all()).map_err(fail)?;
+    written.insert(key, path.clone());
+    Ok(path)
 }
 
 /// Open a connection; the connection task runs in the background until the client drops.
@@ -155,6 +190,13 @@ pub fn query_error(what: &str, e: tokio_postgres::Error) -> Error {
     let text = redact(&error_text(&e));
     if e.is_closed() || e.as_db_error().is_none() {
         Error::transient(format!("{what}: {text}"))
+    } else if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        && text.contains("row-level security")
+    {
+        Error::permanent(format!("{what}: {text}")).with_hint(
+            "the backup role is subject to a row-level security policy, so a dump would miss rows: give it \
+             BYPASSRLS (`ALTER ROLE <role> BYPASSRLS`), or exclude the table's database",
+        )
     } else {
         Error::permanent(format!("{what}: {text}"))
     }
@@ -183,22 +225,38 @@ fn tls_config(mode: TlsMode, ca_file: Option<&Path>) -> Result<rustls::ClientCon
 /// System roots plus an optional CA file.
 pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| Error::permanent(format!("read CA file {}: {e}", path.display())))?;
-        let mut n = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| Error::permanent(format!("CA file {}: {e}", path.display())))?;
-            roots.add(cert).map_err(|e| Error::permanent(format!("CA file {}: {e}", path.display())))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(Error::permanent(format!("CA file {} holds no PEM certificate", path.display())));
+    let (certs, native) = native_and_extra_roots(ca_file)?;
+    for (i, cert) in certs.into_iter().enumerate() {
+        match roots.add(cert) {
+            // A malformed system certificate is skipped, as every TLS client does.
+            Err(_) if i < native => {}
+            Err(e) => {
+                let path = ca_file.map(|p| p.display().to_string()).unwrap_or_default();
+                return Err(Error::permanent(format!("CA file {path}: {e}")));
+            }
+            Ok(()) => {}
         }
     }
     Ok(roots)
+}
+
+/// The system's root certificates, then those of the CA file (which must hold at least one),
+/// and how many of them are the system's.
+type Roots = (Vec<rustls::pki_types::CertificateDer<'static>>, usize);
+fn native_and_extra_roots(ca_file: Option<&Path>) -> Result<Roots> {
+    let mut certs = rustls_native_certs::load_native_certs().certs;
+    let native = certs.len();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| Error::permanent(format!("read CA file {}: {e}", path.display())))?;
+        let before = certs.len();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            certs.push(cert.map_err(|e| Error::permanent(format!("CA file {}: {e}", path.display())))?);
+        }
+        if certs.len() == before {
+            return Err(Error::permanent(format!("CA file {} holds no PEM certificate", path.display())));
+        }
+    }
+    Ok((certs, native))
 }
 
 /// Verifiers for libpq's weaker modes, chosen explicitly in the inventory (and logged as a
@@ -514,7 +572,11 @@ mod tests {
     }
 
     #[test]
-    fn tool_env_carries_password_only_in_pgpassword() {
+    fn tool_env_carries_password_only_in_pgpassword_and_trusts_what_pgvault_trusts() {
+        use std::os::unix::fs::PermissionsExt;
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example".into()]).unwrap().cert.pem();
+        let ca_file = std::env::temp_dir().join(format!("pgvault-test-ca-{}.pem", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&ca_file, &ca).unwrap();
         let spec = ConnSpec {
             server: "s".into(),
             host: "db.example".into(),
@@ -523,14 +585,27 @@ mod tests {
             dbname: "d".into(),
             tls: TlsMode::VerifyFull,
             password: Some(Secret::new("pw-123")),
-            ca_file: Some("/ca.pem".into()),
+            ca_file: Some(ca_file.clone()),
         };
-        let env = spec.tool_env();
+        let env = spec.tool_env().unwrap();
         let with_pw: Vec<_> = env.iter().filter(|(_, v)| v.contains("pw-123")).map(|(k, _)| k.as_str()).collect();
         assert_eq!(with_pw, ["PGPASSWORD"]);
         assert!(env.contains(&("PGSSLMODE".into(), "verify-full".into())));
-        assert!(env.contains(&("PGSSLROOTCERT".into(), "/ca.pem".into())));
         assert!(!format!("{spec:?}").contains("pw-123"));
+        // The tools get a bundle: the system's roots and the CA file, in a private file.
+        let bundle = PathBuf::from(&env.iter().find(|(k, _)| k == "PGSSLROOTCERT").unwrap().1);
+        assert_ne!(bundle, ca_file);
+        let text = std::fs::read_to_string(&bundle).unwrap();
+        assert!(text.contains(ca.trim()), "the CA file's certificate is in the bundle");
+        let native = rustls_native_certs::load_native_certs().certs.len();
+        assert_eq!(text.matches("-----BEGIN CERTIFICATE-----").count(), native + 1);
+        assert_eq!(std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(bundle.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        // Written once per process and CA file.
+        assert_eq!(tool_ca_bundle(Some(&ca_file)).unwrap(), bundle);
+        // pgvault's own root store holds the same certificates.
+        assert_eq!(root_store(Some(&ca_file)).unwrap().len(), native + 1);
+        let _ = std::fs::remove_file(&ca_file);
     }
 
     #[tokio::test]

@@ -116,7 +116,7 @@ impl<'a> ToolRun<'a> {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(spec) = self.conn {
-            cmd.envs(spec.tool_env());
+            cmd.envs(spec.tool_env()?);
         }
         let mut child =
             cmd.spawn().map_err(|e| Error::permanent(format!("start {}: {e}", self.tool.path.display())))?;
@@ -271,6 +271,40 @@ impl Failure {
         match hint {
             Some(hint) => e.with_hint(hint),
             None => e,
+        }
+    }
+
+    /// The error of a failed dump (pg_dump, pg_dumpall). A dump changes nothing, and most of
+    /// its failures pass (concurrent DDL, a recovery conflict on a replica, a restart), so they
+    /// are transient, even a lost connection. These never pass by trying again, so they are
+    /// permanent at once, with the remedy: a server certificate the tool does not trust (libpq's
+    /// `certificate verify failed`, reported as a failed connection), a table whose row-level
+    /// security policy would hide rows, a privilege the role lacks, a server newer than the tool.
+    pub fn into_dump_error(self) -> Error {
+        let lower = self.detail.to_ascii_lowercase();
+        let hint = if self.signal().is_some() {
+            None
+        } else if lower.contains("certificate verify failed") || lower.contains("certificate has expired") {
+            Some(
+                "the server's TLS certificate is not trusted by the tool: pgvault gives it the system's \
+                 roots and PGVAULT_CA_FILE; add the CA that signed it there, or check the host name in the \
+                 inventory",
+            )
+        } else if lower.contains("row-level security") {
+            Some(
+                "the backup role is subject to a row-level security policy, so a dump would miss rows: give \
+                 it BYPASSRLS (`ALTER ROLE <role> BYPASSRLS`), or exclude the table's database",
+            )
+        } else if lower.contains("permission denied for") {
+            Some("grant the backup role read access (`pgvault grant-sql --role <role>` prints the statements)")
+        } else if lower.contains("server version mismatch") {
+            Some("install a pg_dump at least as new as the server and list its directory in PGVAULT_PG_BIN_DIRS")
+        } else {
+            None
+        };
+        match hint {
+            Some(hint) => Error::permanent(self.to_string()).with_hint(hint),
+            None => Error::transient(self.to_string()),
         }
     }
 
@@ -441,6 +475,40 @@ mod tests {
         assert!(!e.contains("HINT"), "{e}");
     }
 
+    #[test]
+    fn a_dump_fails_for_good_only_where_retrying_cannot_help() {
+        let dump = |line: &str| verdict("pg_dump", exited(1), line).unwrap_err().into_dump_error();
+        for (line, hint) in [
+            (
+                "pg_dump: error: connection to server at \"db\" (10.0.0.1), port 5432 failed: SSL error: \
+                 certificate verify failed",
+                "not trusted by the tool",
+            ),
+            (
+                "pg_dump: error: query failed: ERROR:  query would be affected by row-level security policy for \
+                 table \"accounts\"",
+                "BYPASSRLS",
+            ),
+            ("pg_dump: error: query failed: ERROR:  permission denied for table secret_t", "grant-sql"),
+            ("pg_dump: error: aborting because of server version mismatch", "at least as new as the server"),
+        ] {
+            let e = dump(line);
+            assert!(e.is_permanent(), "{line}");
+            let text = e.to_string();
+            assert!(text.starts_with("pg_dump failed (exit status: 1): pg_dump: error:"), "the cause first: {text}");
+            assert!(text.contains(hint), "{text}");
+        }
+        for line in [
+            "pg_dump: error: connection to server at \"db\" (10.0.0.1), port 5432 failed: Connection refused",
+            "pg_dump: error: Dumping the contents of table \"t\" failed: FATAL:  terminating connection",
+            "pg_dump: error: query failed: ERROR:  could not obtain lock on relation \"t\"",
+        ] {
+            assert!(!dump(line).is_permanent(), "{line}");
+        }
+        let killed = verdict("pg_dump", killed(9), "pg_dump: error: permission denied for table t").unwrap_err();
+        assert!(!killed.into_dump_error().is_permanent());
+    }
+
     /// A program on PATH, run through the runner as if it were a PostgreSQL tool.
     fn program(name: &str) -> ToolBinary {
         let path = std::env::var_os("PATH")
@@ -514,7 +582,7 @@ mod tests {
         for k in &parent {
             assert!(!names.contains(&k.as_str()), "the parent's {k} reached the child");
         }
-        let mut expected: Vec<String> = spec.tool_env().into_iter().map(|(k, _)| k).collect();
+        let mut expected: Vec<String> = spec.tool_env().unwrap().into_iter().map(|(k, _)| k).collect();
         expected.extend(["PATH".to_string(), "LANG".to_string()]);
         let mut got: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         expected.sort();

@@ -24,7 +24,7 @@ pub fn parse_backup_info(text: &str) -> Result<Vec<BackupEntry>> {
     let mut section = "";
     let mut out = Vec::new();
     let mut saw_backrest = false;
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = s;
@@ -34,7 +34,17 @@ pub fn parse_backup_info(text: &str) -> Result<Vec<BackupEntry>> {
         if section != "backup:current" || line.is_empty() {
             continue;
         }
-        let Some((label, value)) = line.split_once('=') else { continue };
+        // A damaged line is an error, never skipped: a backup left out in silence could be the
+        // newest one (found by tests/hostile_input.rs: a line cut in two, an empty label).
+        let (label, value) = match line.split_once('=') {
+            Some((label, value)) if !label.trim().is_empty() => (label.trim(), value),
+            _ => {
+                return Err(Error::permanent(format!(
+                    "backup.info: line {} of [backup:current] is not `<backup label>={{...}}`",
+                    n + 1
+                )));
+            }
+        };
         let v: Value = serde_json::from_str(value)
             .map_err(|e| Error::permanent(format!("backup.info: backup {label:?} is not readable: {e}")))?;
         let ts = |k: &str| {
@@ -151,6 +161,11 @@ db-id=1
         assert_eq!(b[1].kind, "incr");
         assert_eq!(b[0].stopped.unix_timestamp(), 1795222860);
         assert!(parse_backup_info("x=1").is_err());
+        // Found by tests/hostile_input.rs: a backup line cut in two was skipped and the rest of
+        // it read with an empty label. Both are errors naming the line.
+        let cut = text.replace("020000I={", "020000I\n={");
+        let e = parse_backup_info(&cut).unwrap_err().to_string();
+        assert!(e.contains("line 8 of [backup:current]"), "{e}");
         assert_eq!(info_blob("/", "main"), "backup/main/backup.info");
         assert_eq!(info_blob("/repo", "main"), "repo/backup/main/backup.info");
     }

@@ -75,8 +75,9 @@ pub(super) fn classify(stmt: &str) -> GlobalStmt {
 }
 
 /// Split a psql script into statements: `;` at the end of a line outside quotes ends one;
-/// comment lines and psql meta-commands (`\restrict`) are dropped.
-pub(super) fn split_statements(script: &str) -> Vec<String> {
+/// comment lines and psql meta-commands (`\restrict`) are dropped. Public for the property tests
+/// of `tests/hostile_input.rs`.
+pub fn split_statements(script: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let (mut in_single, mut in_double) = (false, false);

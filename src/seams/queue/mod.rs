@@ -38,6 +38,13 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Look at up to `max` messages without taking them.
     async fn peek(&self, queue: &str, max: u8) -> Result<Vec<String>>;
 
+    /// When the message at the head of the queue (the oldest visible one: none is being
+    /// processed or delayed) was inserted, or `None` for an empty queue. A read. A queue that
+    /// cannot tell answers `None`.
+    async fn oldest_waiting(&self, _queue: &str) -> Result<Option<time::OffsetDateTime>> {
+        Ok(None)
+    }
+
     /// Remove a received message. Idempotent on an already removed message.
     async fn delete(&self, queue: &str, id: &str, pop_receipt: &str) -> Result<()>;
 
