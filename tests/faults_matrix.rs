@@ -14,7 +14,7 @@
 mod app;
 mod support;
 
-use app::{CONTAINER, Stack};
+use app::Stack;
 use pgvault::azure::{AzureBlobStore, AzureQueue, RetrySettings, client_options};
 use pgvault::cli::hostsim::{self, Form};
 use pgvault::domain::jobs::{BACKUP_JOBS_QUEUE, BackupJob, Trigger};
@@ -114,14 +114,23 @@ impl Tally {
 
     /// Print the table (for docs/reliability.md) and fail if any check did.
     fn finish(self) {
-        let mut table = format!("\n### {}\n\n| fault | runs | outcome | invariant checked |\n|---|---|---|---|\n", self.area);
-        for r in &self.rows {
+        finish_all(vec![self]);
+    }
+}
+
+/// Print every table (for docs/reliability.md), then fail naming every check that failed.
+fn finish_all(tallies: Vec<Tally>) {
+    let mut failures = Vec::new();
+    for t in tallies {
+        let mut table = format!("\n### {}\n\n| fault | runs | outcome | invariant checked |\n|---|---|---|---|\n", t.area);
+        for r in &t.rows {
             table.push_str(&format!("| {} | {} | {} | {} |\n", r.cell, r.runs, r.outcome, r.invariant));
         }
-        table.push_str(&format!("\n{} cells, {} failed checks\n", self.rows.len(), self.failures.len()));
+        table.push_str(&format!("\n{} cells, {} failed checks\n", t.rows.len(), t.failures.len()));
         eprintln!("{table}");
-        assert!(self.failures.is_empty(), "{} failed checks:\n{}", self.failures.len(), self.failures.join("\n"));
+        failures.extend(t.failures);
     }
+    assert!(failures.is_empty(), "{} failed checks:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// Add `rules` to `front` (after clearing it) and return their signals.
@@ -460,6 +469,639 @@ async fn backup_under_storage_faults() {
         tally.check(cell, leftover.is_empty(), || format!("committed data without a manifest: {leftover:?}"));
         tally.row(cell, 1, outcome, if expect == Expect::Success { IDENTICAL } else { NO_PARTIAL });
     }
-    tally.finish();
+
+    // Job records: the record of every delivery survives storage faults.
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        ("Put Blob of the job record: 503 twice", vec![Rule::new(Op::PutBlob, busy()).on("@jobs/").calls(Calls::First(2))], Expect::Success),
+        (
+            "Put Blob of the job record: reset before the response",
+            vec![Rule::new(Op::PutBlob, Fault::ResetBeforeResponse).on("@jobs/").calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Put Blob of the job record: 503 on every call",
+            vec![Rule::new(Op::PutBlob, busy()).on("@jobs/")],
+            Expect::Failure("job record"),
+        ),
+    ];
+    let mut records = Tally::new("job records (backup worker)");
+    for (i, (cell, rules, expect)) in cells.into_iter().enumerate() {
+        let job = BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+        let payload = |n: u32| hostsim::queue_payload("backup-worker", "job", &job.to_json(), &format!("j{i}"), "p", n, Form::Host);
+        let signals = arm(&front, &rules);
+        let (status, reply) = served.invoke("backup-worker", &payload(1)).await;
+        front.clear();
+        records.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        let get = || pgvault::monitor::records::get(&store, pgvault::monitor::records::JobKind::Backup, &job.job_id);
+        let outcome = match expect {
+            Expect::Success => {
+                let record = get().await.unwrap();
+                records.check(cell, status == 200, || format!("{status} {reply}"));
+                records.check(cell, record.as_ref().is_some_and(|r| r.status.as_str() == "succeeded"), || format!("{record:?}"));
+                "succeeded; the record says so".to_string()
+            }
+            Expect::Failure(words) => {
+                // The record could not be written: the delivery must not end as if all were
+                // well (the host would delete the message, and the record would be lost).
+                let error = reply["ReturnValue"]["error"].as_str().unwrap_or("").to_string();
+                records.check(cell, status == 500 && error.contains(words), || format!("{status} {reply}"));
+                let (status, reply) = served.invoke("backup-worker", &payload(2)).await;
+                let record = get().await.unwrap();
+                let published: Vec<Manifest> =
+                    manifests(&store, "main/app/").await.into_iter().filter(|m| m.job_id == job.job_id).collect();
+                records.check(cell, status == 200 && published.len() == 1, || format!("redelivery {status} {reply}"));
+                records.check(
+                    cell,
+                    record.as_ref().is_some_and(|r| {
+                        r.status.as_str() == "succeeded" && published.first().is_some_and(|m| r.detail["backup"] == m.id)
+                    }),
+                    || format!("{record:?}"),
+                );
+                format!("500 naming `{words}`; the redelivery writes the record of the published backup")
+            }
+        };
+        records.row(cell, 1, outcome, "no lost job record: after the deliveries the host makes, the record exists and says what was published");
+    }
+
+    // Queue messages pgvault writes itself: rejected messages, and the scheduler's jobs.
+    let queue = stack.queue();
+    let drain_all = |name: &'static str| {
+        let queue = &queue;
+        async move {
+            let mut texts = Vec::new();
+            loop {
+                let got = queue.receive(name, 32, 60).await.unwrap();
+                if got.is_empty() {
+                    break texts;
+                }
+                for m in got {
+                    queue.delete(name, &m.id, &m.pop_receipt).await.unwrap();
+                    texts.push(m.text);
+                }
+            }
+        }
+    };
+    drain_all(BACKUP_JOBS_QUEUE).await;
+    drain_all("backup-jobs-rejected").await;
+    let mut queued = Tally::new("queue messages (`pgvault serve`)");
+    let bad = BackupJob::new(BackupKind::Database, "nowhere", Some("x"), time::OffsetDateTime::now_utc(), Trigger::Queue).to_json();
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        ("Put Message of a rejected job: 503 once", vec![Rule::new(Op::PutMessage, busy()).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Put Message of a rejected job: reset before the response (stored, reply lost)",
+            vec![Rule::new(Op::PutMessage, Fault::ResetBeforeResponse).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Put Message of a rejected job: 503 on every call",
+            vec![Rule::new(Op::PutMessage, busy())],
+            Expect::Failure("ServerBusy"),
+        ),
+    ];
+    for (i, (cell, rules, expect)) in cells.into_iter().enumerate() {
+        let signals = arm(&front, &rules);
+        let payload = hostsim::queue_payload("backup-worker", "job", &bad, &format!("q{i}"), "p", 1, Form::Host);
+        let (status, reply) = served.invoke("backup-worker", &payload).await;
+        front.clear();
+        queued.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        let kept = drain_all("backup-jobs-rejected").await;
+        let outcome = match expect {
+            Expect::Success => {
+                queued.check(cell, status == 200 && reply["ReturnValue"]["status"] == "rejected", || format!("{status} {reply}"));
+                queued.check(cell, !kept.is_empty() && kept.iter().all(|k| k.contains("unknown server")), || format!("{kept:?}"));
+                format!("200 rejected; kept {} time(s) with its reason", kept.len())
+            }
+            Expect::Failure(_) => {
+                queued.check(cell, status == 500, || format!("not left to the host: {status} {reply}"));
+                queued.check(cell, kept.is_empty(), || format!("{kept:?}"));
+                "500: the host keeps the message and retries".to_string()
+            }
+        };
+        queued.row(cell, 1, outcome, "no lost queue message: kept with its reason, or left on its queue for the host");
+    }
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        ("Put Message of the scheduler: 503 once", vec![Rule::new(Op::PutMessage, busy()).calls(Calls::Nth(1))], Expect::Success),
+        ("Put Message of the scheduler: 503 on every call", vec![Rule::new(Op::PutMessage, busy())], Expect::Failure("ServerBusy")),
+    ];
+    for (cell, rules, expect) in cells {
+        let signals = arm(&front, &rules);
+        let (status, reply) = served.invoke("backup-scheduler", &hostsim::timer_payload("backup-scheduler", false)).await;
+        front.clear();
+        queued.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        let jobs = drain_all(BACKUP_JOBS_QUEUE).await;
+        let outcome = match expect {
+            Expect::Success => {
+                let enqueued = reply["ReturnValue"]["enqueued"].as_array().map(Vec::len);
+                queued.check(cell, status == 200 && enqueued == Some(jobs.len()) && jobs.len() == 2, || {
+                    format!("{status} {reply}; queued {jobs:?}")
+                });
+                "200; every job enqueued once (the database and the globals)".to_string()
+            }
+            Expect::Failure(words) => {
+                queued.check(cell, status == 500 && reply.to_string().contains(words), || format!("{status} {reply}"));
+                format!("500 naming `{words}`; the run fails loudly")
+            }
+        };
+        queued.row(cell, 1, outcome, "no silently missing job: every job enqueued, or a failed run");
+    }
+
+    // The identity endpoint: a fresh process fetches its tokens (`pgvault backup`).
+    let mut tokens = Tally::new("token (identity endpoint, `pgvault backup`)");
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        ("token: 500 once", vec![Rule::new(Op::Token, internal()).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "token: 429 with Retry-After 1",
+            vec![Rule::new(Op::Token, Fault::Throttled { retry_after_secs: 1 }).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "token: reset before the response",
+            vec![Rule::new(Op::Token, Fault::ResetBeforeResponse).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        ("token: truncated body once", vec![Rule::new(Op::Token, Fault::Truncate { keep: 30 }).calls(Calls::Nth(1))], Expect::Success),
+        ("token: 503 on every call", vec![Rule::new(Op::Token, busy())], Expect::Failure("token")),
+    ];
+    for (cell, rules, expect) in cells {
+        let before: BTreeSet<String> = manifests(&store, "main/app/").await.into_iter().map(|m| m.id).collect();
+        let signals = arm(&front, &rules);
+        let out = cli(&stack, &["backup", "--server", "main", "--database", "app"]);
+        front.clear();
+        let said = text(&out);
+        tokens.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        let new: Vec<Manifest> = manifests(&store, "main/app/").await.into_iter().filter(|m| !before.contains(&m.id)).collect();
+        let outcome = match expect {
+            Expect::Success => {
+                tokens.check(cell, out.status.success() && new.len() == 1, || said.clone());
+                for m in &new {
+                    let v = verifiable(&store, m).await;
+                    tokens.check(cell, v.is_ok(), || format!("{v:?}"));
+                }
+                "succeeded, identical data".to_string()
+            }
+            Expect::Failure(words) => {
+                tokens.check(cell, !out.status.success() && said.contains(words) && new.is_empty(), || said.clone());
+                format!("exit 1 naming `{words}`; nothing published")
+            }
+        };
+        tokens.row(cell, 1, outcome, if expect == Expect::Success { IDENTICAL } else { NO_PARTIAL });
+    }
+    let leftover = unpublished_data(&store, "main/app/").await;
+    tokens.check("all", leftover.is_empty(), || format!("{leftover:?}"));
+    finish_all(vec![tally, records, queued, tokens]);
     drop(served);
+}
+
+// ---- restore (stream and parallel) and as-files: `pgvault restore` ---------------------------
+
+const TARGET_UNCHANGED: &str = "no changed target database on a failed restore (`replace` of a live database: same content, no `pgvault_restore_*` left, no `_pre_restore_` copy); the task's record says failed with the reason";
+
+fn cli(stack: &Stack, args: &[&str]) -> Output {
+    blocking(|| stack.cli(args))
+}
+
+/// Restores under storage faults. Within the budget: `create` of a new database succeeds with
+/// the source's exact content, streamed and with `--jobs 2` (parallel from a scratch copy).
+/// Beyond it: `replace` of a live database fails, naming the failure, and the database is as it
+/// was. As files: a verified copy and URLs, or a failure that leaves no exported manifest
+/// without its complete data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_and_as_files_under_storage_faults() {
+    let mut stack = Stack::start().await;
+    blocking(|| make_db(&stack, "app", 60_000));
+    let out = cli(&stack, &["backup", "--server", "main", "--database", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let front = front_of(&stack);
+    through_front(&mut stack, &front);
+    // Room for a parallel restore's scratch copy whatever the disk.
+    stack.set("PGVAULT_RESTORE_SCRATCH_RESERVE_MIB", "0");
+    blocking(|| {
+        stack.pg.psql("postgres", "CREATE DATABASE keep");
+        stack.pg.psql("keep", "CREATE TABLE live AS SELECT i, 'live ' || i AS v FROM generate_series(1, 500) i");
+    });
+    let source = blocking(|| table_sums(&stack.pg, "app"));
+    let keep = blocking(|| table_sums(&stack.pg, "keep"));
+    let store = direct_store(&stack).await;
+    let data = ".dump.zst";
+    let manifest = ".manifest.json";
+    // (cell, rules, expectation, whether it runs both streamed and parallel)
+    let cells: Vec<(&str, Vec<Rule>, Expect, bool)> = vec![
+        ("Get Blob range of the data: 503 once", vec![Rule::new(Op::GetBlobRange, busy()).on(data).calls(Calls::Nth(1))], Expect::Success, true),
+        ("Get Blob range of the data: 500 once", vec![Rule::new(Op::GetBlobRange, internal()).on(data).calls(Calls::Nth(1))], Expect::Success, true),
+        (
+            "Get Blob range of the data: reset before the response",
+            vec![Rule::new(Op::GetBlobRange, Fault::ResetBeforeResponse).on(data).calls(Calls::Nth(1))],
+            Expect::Success,
+            true,
+        ),
+        (
+            "Get Blob range of the data: stall past the timeout",
+            vec![Rule::new(Op::GetBlobRange, stall()).on(data).calls(Calls::Nth(1))],
+            Expect::Success,
+            true,
+        ),
+        (
+            "Get Blob range of the data: slow trickle (64 KiB / 20 ms)",
+            vec![Rule::new(Op::GetBlobRange, Fault::Trickle { chunk: 64 << 10, every: Duration::from_millis(20) }).on(data)],
+            Expect::Success,
+            true,
+        ),
+        (
+            "Get Blob range of the data: reset mid-body once",
+            vec![Rule::new(Op::GetBlobRange, Fault::ResetMidBody { after: 300_000 }).on(data).calls(Calls::Nth(1))],
+            Expect::Success,
+            true,
+        ),
+        (
+            "Get Blob range of the data: truncated once (Content-Length matches the cut)",
+            vec![Rule::new(Op::GetBlobRange, Fault::Truncate { keep: 300_000 }).on(data).calls(Calls::Nth(1))],
+            Expect::Success,
+            true,
+        ),
+        ("Get Blob of the manifest: 503 once", vec![Rule::new(Op::GetBlobRange, busy()).on(manifest).calls(Calls::Nth(1))], Expect::Success, false),
+        (
+            "Get Blob of the manifest: truncated once",
+            vec![Rule::new(Op::GetBlobRange, Fault::Truncate { keep: 100 }).on(manifest).calls(Calls::Nth(1))],
+            Expect::Success,
+            false,
+        ),
+        ("List: 503 once", vec![Rule::new(Op::List, busy()).calls(Calls::Nth(1))], Expect::Success, false),
+        ("List: truncated once", vec![Rule::new(Op::List, Fault::Truncate { keep: 200 }).calls(Calls::Nth(1))], Expect::Success, false),
+        ("Get Blob Properties: 503 once", vec![Rule::new(Op::GetProperties, busy()).calls(Calls::Nth(1))], Expect::Success, false),
+        (
+            "Put Blob of the claim: reset before the response (created, reply lost)",
+            vec![Rule::new(Op::PutBlob, Fault::ResetBeforeResponse).on("@claims/").calls(Calls::Nth(1))],
+            Expect::Success,
+            false,
+        ),
+        (
+            "Put Blob of a job record: 503 twice",
+            vec![Rule::new(Op::PutBlob, busy()).on("@jobs/").calls(Calls::First(2))],
+            Expect::Success,
+            false,
+        ),
+        (
+            "Delete Blob of the claim: 500 once",
+            vec![Rule::new(Op::DeleteBlob, internal()).on("@claims/").calls(Calls::Nth(1))],
+            Expect::Success,
+            false,
+        ),
+        (
+            "Get Blob range of the data: 503 on every call",
+            vec![Rule::new(Op::GetBlobRange, busy()).on(data)],
+            Expect::Failure("ServerBusy"),
+            true,
+        ),
+        (
+            "Get Blob range of the data: reset mid-body on every call",
+            vec![Rule::new(Op::GetBlobRange, Fault::ResetMidBody { after: 300_000 }).on(data)],
+            Expect::Failure("read blob"),
+            true,
+        ),
+        (
+            "Get Blob range of the data: every call stalls past the timeout",
+            vec![Rule::new(Op::GetBlobRange, stall()).on(data)],
+            Expect::Failure("read blob"),
+            false,
+        ),
+        (
+            "Get Blob range of the data: truncated on every call",
+            vec![Rule::new(Op::GetBlobRange, Fault::Truncate { keep: 300_000 }).on(data)],
+            Expect::Failure("read blob"),
+            false,
+        ),
+        (
+            "Get Blob range of the data: 412 ConditionNotMet (the blob changed mid-read)",
+            vec![Rule::new(Op::GetBlobRange, Fault::Status { status: 412, code: "ConditionNotMet" }).on(data)],
+            Expect::Failure("ConditionNotMet"),
+            false,
+        ),
+        ("List: 500 on every call", vec![Rule::new(Op::List, internal())], Expect::Failure("InternalError"), false),
+    ];
+    let mut tally = Tally::new("restore (`pgvault restore`, create / replace)");
+    for (i, (cell, rules, expect, both)) in cells.into_iter().enumerate() {
+        let methods: &[Option<&str>] = if both { &[None, Some("2")] } else { &[None] };
+        for jobs in methods {
+            let name = match jobs {
+                None if both => format!("{cell} (stream)"),
+                None => cell.to_string(),
+                Some(_) => format!("{cell} (parallel, --jobs 2)"),
+            };
+            let request = format!("r{i}{}", if jobs.is_some() { "p" } else { "s" });
+            let (mode, target) = match expect {
+                Expect::Success => ("create", request.clone()),
+                Expect::Failure(_) => ("replace", "keep".to_string()),
+            };
+            let mut args = vec![
+                "restore", "--server", "main", "--database", "app", "--mode", mode, "--target-database", &target,
+                "--request-id", &request,
+            ];
+            if let Some(j) = jobs {
+                args.extend(["--jobs", j]);
+            }
+            let signals = arm(&front, &rules);
+            let out = cli(&stack, &args);
+            front.clear();
+            let said = text(&out);
+            tally.check(&name, fired(&signals) > 0, || "the fault never fired".into());
+            let method = if jobs.is_some() { ": parallel" } else { ": stream" };
+            let task = pgvault::monitor::records::get(
+                &store,
+                pgvault::monitor::records::JobKind::RestoreTask,
+                &format!("{request}-1"),
+            )
+            .await
+            .unwrap();
+            let outcome = match expect {
+                Expect::Success => {
+                    let ok = tally.check(&name, out.status.success() && said.contains("1 restored, 0 failed"), || said.clone());
+                    if ok {
+                        tally.check(&name, said.contains(method), || format!("not restored by {method}: {said}"));
+                        let got = blocking(|| table_sums(&stack.pg, &target));
+                        tally.check(&name, got == source, || format!("restored {got:?}, source {source:?}"));
+                        blocking(|| stack.pg.psql("postgres", &format!("DROP DATABASE {target}")));
+                    }
+                    tally.check(&name, task.as_ref().is_some_and(|r| r.status.as_str() == "succeeded"), || {
+                        format!("task record {task:?}")
+                    });
+                    if ok { "succeeded, identical content" } else { "FAILED" }.to_string()
+                }
+                Expect::Failure(words) => {
+                    tally.check(&name, !out.status.success() && said.contains("FAILED"), || said.clone());
+                    tally.check(&name, said.contains(words), || format!("does not name {words:?}: {said}"));
+                    let now = blocking(|| table_sums(&stack.pg, "keep"));
+                    tally.check(&name, now == keep, || format!("keep changed: {now:?}"));
+                    let left = blocking(|| databases_like(&stack.pg, "pgvault\\_restore\\_%"));
+                    tally.check(&name, left.is_empty(), || format!("left behind: {left:?}"));
+                    let copies = blocking(|| databases_like(&stack.pg, "keep%"));
+                    tally.check(&name, copies == ["keep"], || format!("{copies:?}"));
+                    tally.check(
+                        &name,
+                        task.as_ref().is_some_and(|r| r.status.as_str() == "failed" && r.reason.is_some()),
+                        || format!("task record {task:?}"),
+                    );
+                    format!("failed naming `{words}`; target unchanged")
+                }
+            };
+            let invariant = if expect == Expect::Success { IDENTICAL } else { TARGET_UNCHANGED };
+            tally.row(&name, 1, outcome, invariant);
+        }
+    }
+
+    // As files: a verified copy into another container, then its manifest, then signed URLs.
+    let exports = AzureBlobStore::new(
+        &stack.azurite.blob_endpoint,
+        "exports",
+        test_credential(),
+        client_options(Some(stack.ca.ca_pem_path()), &RetrySettings::fast()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        ("Get User Delegation Key: 503 once", vec![Rule::new(Op::UserDelegationKey, busy()).calls(Calls::Nth(1))], Expect::Success),
+        ("Put Block of the copy: 503 once", vec![Rule::new(Op::PutBlock, busy()).on("/exports/").calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Put Blob of the exported manifest: reset before the response",
+            vec![Rule::new(Op::PutBlob, Fault::ResetBeforeResponse).on("/exports/").calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Get Blob range of the source: reset mid-body once",
+            vec![Rule::new(Op::GetBlobRange, Fault::ResetMidBody { after: 300_000 }).on(data).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        ("Put Block of the copy: 503 on every call", vec![Rule::new(Op::PutBlock, busy()).on("/exports/")], Expect::Failure("ServerBusy")),
+        ("Get User Delegation Key: 500 on every call", vec![Rule::new(Op::UserDelegationKey, internal())], Expect::Failure("InternalError")),
+    ];
+    let mut files_tally = Tally::new("as-files (`pgvault restore --mode as-files`)");
+    for (i, (cell, rules, expect)) in cells.into_iter().enumerate() {
+        let prefix = format!("f{i}");
+        let signals = arm(&front, &rules);
+        let out = cli(
+            &stack,
+            &["restore", "--server", "main", "--database", "app", "--mode", "as-files", "--container", "exports", "--prefix", &prefix],
+        );
+        front.clear();
+        let said = text(&out);
+        files_tally.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        // Whatever happened: an exported manifest only next to the complete, verifiable copy.
+        let exported = manifests(&exports, &format!("{prefix}/")).await;
+        for m in &exported {
+            let copy = Manifest { data_blob: format!("{prefix}/{}", m.data_blob), ..m.clone() };
+            let v = verifiable(&exports, &copy).await;
+            files_tally.check(cell, v.is_ok(), || format!("exported manifest without its data: {v:?}"));
+        }
+        let outcome = match expect {
+            Expect::Success => {
+                files_tally.check(cell, out.status.success() && exported.len() == 1, || said.clone());
+                "succeeded, verified copy".to_string()
+            }
+            Expect::Failure(words) => {
+                files_tally.check(cell, !out.status.success() && said.contains(words), || said.clone());
+                files_tally.check(cell, exported.is_empty(), || "an exported manifest".into());
+                format!("failed naming `{words}`; no exported manifest")
+            }
+        };
+        files_tally.row(cell, 1, outcome, "an exported manifest only next to its complete copy, which hashes to it");
+    }
+    finish_all(vec![tally, files_tally]);
+}
+
+// ---- SAS rotation and the VM's sync -----------------------------------------------------------
+
+const NO_TOKEN_GAP: &str = "no token gap for a VM: the include file is whole (the old token or the new one) and the token it holds is still valid; the vault keeps a valid, enabled version";
+
+fn fake_sas(expiry: time::OffsetDateTime, tag: &str) -> String {
+    use pgvault::features::pgbackrest::token;
+    format!(
+        "sv=2025-07-05&sr=c&st=2026-01-01T00%3A00%3A00Z&se={}&sp=racwdl&spr=https&skoid=oid&sktid=tid&sig={tag}%2Bsig%3D",
+        token::sas_time(expiry).replace(':', "%3A")
+    )
+}
+
+/// The VM side (`pgvault pgbackrest-sas sync`) and the rotator (`pgvault pgbackrest-sas
+/// rotate`) under Key Vault, identity and storage faults: a token is never lost or cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sas_rotation_and_sync_under_faults() {
+    use pgvault::domain::secret::Secret;
+    use pgvault::features::pgbackrest::{TokenVault, include};
+    let ca = support::TestCa::new();
+    let azurite = support::Azurite::start(&ca).await;
+    let identity = support::IdentityServer::start().await;
+    let kv = support::KeyVault::start(&ca);
+    let front = Front::start(
+        &ca,
+        Upstreams {
+            blob: Some(azurite.blob_endpoint.clone()),
+            queue: None,
+            vault: Some(kv.url.clone()),
+            identity: Some(identity.endpoint.clone()),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgvault-sas.conf");
+    let store_dir = dir.path().join("store");
+    let base_env = |extra: &[(&str, String)]| -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("PGVAULT_CA_FILE".into(), ca.ca_pem_path().display().to_string()),
+            ("PGVAULT_LOG_FORMAT".into(), "text".into()),
+            ("PGVAULT_STORAGE".into(), "local".into()),
+            ("PGVAULT_LOCAL_DIR".into(), store_dir.display().to_string()),
+            ("PGVAULT_STORAGE_RETRIES".into(), "2".into()),
+            ("PGVAULT_HTTP_RETRIES".into(), "2".into()),
+            ("PGVAULT_HTTP_TIMEOUT_SECONDS".into(), TIMEOUT_SECS.to_string()),
+            ("IDENTITY_ENDPOINT".into(), front.identity_endpoint.clone()),
+            ("IDENTITY_HEADER".into(), identity.header.clone()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        env
+    };
+    let run = |args: &[&str], env: Vec<(String, String)>| -> Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgvault"));
+        cmd.env_clear().envs(env).args(args).stdin(std::process::Stdio::null());
+        blocking(|| cmd.output().expect("run pgvault"))
+    };
+    let file_arg = file.display().to_string();
+    let group = if support::is_root() { "postgres" } else { "0" };
+    let sync_args = [
+        "pgbackrest-sas", "sync", "--vault", &front.vault_url, "--secret", "pgbackrest-sas-vm1", "--file", &file_arg,
+        "--owner", "root", "--group", group,
+    ];
+
+    // Sync: the old token is in the file, a new one in the vault.
+    let busy_vault = || Fault::ServerBusy;
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        ("Get Secret: 503 once", vec![Rule::new(Op::GetSecret, busy_vault()).calls(Calls::Nth(1))], Expect::Success),
+        ("Get Secret: 500 once", vec![Rule::new(Op::GetSecret, internal()).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Get Secret: 429 with Retry-After 1",
+            vec![Rule::new(Op::GetSecret, Fault::Throttled { retry_after_secs: 1 }).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Get Secret: 408 RequestTimeout once",
+            vec![Rule::new(Op::GetSecret, Fault::Status { status: 408, code: "RequestTimeout" }).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Get Secret: reset before the response",
+            vec![Rule::new(Op::GetSecret, Fault::ResetBeforeResponse).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        ("Get Secret: stall past the timeout", vec![Rule::new(Op::GetSecret, stall()).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Get Secret: slow trickle",
+            vec![Rule::new(Op::GetSecret, Fault::Trickle { chunk: 64, every: Duration::from_millis(20) })],
+            Expect::Success,
+        ),
+        ("token: 500 once", vec![Rule::new(Op::Token, internal()).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "token: 429 with Retry-After 1",
+            vec![Rule::new(Op::Token, Fault::Throttled { retry_after_secs: 1 }).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        ("Get Secret: 503 on every call", vec![Rule::new(Op::GetSecret, busy_vault())], Expect::Failure("Key Vault")),
+        (
+            "Get Secret: reset mid-body on every call",
+            vec![Rule::new(Op::GetSecret, Fault::ResetMidBody { after: 40 })],
+            Expect::Failure("Key Vault"),
+        ),
+        (
+            "Get Secret: truncated on every call",
+            vec![Rule::new(Op::GetSecret, Fault::Truncate { keep: 40 })],
+            Expect::Failure("Key Vault"),
+        ),
+        ("Get Secret: every call stalls past the timeout", vec![Rule::new(Op::GetSecret, stall())], Expect::Failure("Key Vault")),
+        ("token: 503 on every call", vec![Rule::new(Op::Token, busy_vault())], Expect::Failure("Key Vault")),
+    ];
+    let future = time::OffsetDateTime::now_utc() + time::Duration::hours(6);
+    let mut tally = Tally::new("SAS sync on the VM (`pgvault pgbackrest-sas sync`)");
+    for (i, (cell, rules, expect)) in cells.into_iter().enumerate() {
+        let old = include::render(1, &Secret::new(fake_sas(future, &format!("old{i}"))));
+        std::fs::write(&file, old.expose()).unwrap();
+        let new = include::render(1, &Secret::new(fake_sas(future, &format!("new{i}"))));
+        kv.set_secret("pgbackrest-sas-vm1", &fake_sas(future, &format!("new{i}")));
+        let signals = arm(&front, &rules);
+        let out = run(&sync_args, base_env(&[]));
+        front.clear();
+        let said = text(&out);
+        tally.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        let now = std::fs::read_to_string(&file).unwrap();
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        tally.check(cell, !names.iter().any(|n| n.contains(".tmp")), || format!("a temp file is left: {names:?}"));
+        let outcome = match expect {
+            Expect::Success => {
+                tally.check(cell, out.status.success() && now == new.expose(), || said.clone());
+                "new token written".to_string()
+            }
+            Expect::Failure(words) => {
+                tally.check(cell, !out.status.success() && said.contains(words), || said.clone());
+                tally.check(cell, now == old.expose(), || "the include file changed".into());
+                format!("exit 1 naming `{words}`; the old, valid token stays")
+            }
+        };
+        tally.check(cell, !said.contains("sig=new") && !said.contains("%2Bsig"), || "a token in the output".into());
+        tally.row(cell, 1, outcome, NO_TOKEN_GAP);
+    }
+    tally.finish();
+
+    // Rotation: the current token is due for renewal (30 minutes left).
+    let vm = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/db/providers/Microsoft.Compute/virtualMachines/vm1";
+    let targets = json!([{
+        "name": "vm1", "vm_resource_id": vm, "blob_endpoint": front.blob_endpoint, "container": "pgbr",
+        "vault": front.vault_url, "include_file": file,
+    }])
+    .to_string();
+    let reader = pgvault::azure::pgbackrest::AzureTokenVault::new(
+        test_credential(),
+        client_options(Some(ca.ca_pem_path()), &RetrySettings::fast()).unwrap(),
+    );
+    let current = || async { reader.current(&kv.url, "pgbackrest-sas-vm1").await.unwrap().expect("a token") };
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        ("Get User Delegation Key: 503 once", vec![Rule::new(Op::UserDelegationKey, busy()).calls(Calls::Nth(1))], Expect::Success),
+        ("Set Secret: 503 once", vec![Rule::new(Op::SetSecret, busy()).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Set Secret: reset before the response (stored, reply lost)",
+            vec![Rule::new(Op::SetSecret, Fault::ResetBeforeResponse).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        ("Get Secret: 500 once", vec![Rule::new(Op::GetSecret, internal()).calls(Calls::Nth(1))], Expect::Success),
+        ("token: 500 once", vec![Rule::new(Op::Token, internal()).calls(Calls::Nth(1))], Expect::Success),
+        ("Set Secret: 503 on every call", vec![Rule::new(Op::SetSecret, busy())], Expect::Failure("ServerBusy")),
+        ("Get User Delegation Key: 500 on every call", vec![Rule::new(Op::UserDelegationKey, internal())], Expect::Failure("delegation key")),
+        ("Get Secret: truncated on every call", vec![Rule::new(Op::GetSecret, Fault::Truncate { keep: 40 })], Expect::Failure("")),
+    ];
+    let mut tally = Tally::new("SAS rotation (`pgvault pgbackrest-sas rotate`)");
+    for (cell, rules, expect) in cells {
+        kv.set_secret("pgbackrest-sas-vm1", &fake_sas(time::OffsetDateTime::now_utc() + time::Duration::minutes(30), "due"));
+        kv.set_expires("pgbackrest-sas-vm1", Some(time::OffsetDateTime::now_utc() + time::Duration::minutes(30)));
+        let before = current().await;
+        let signals = arm(&front, &rules);
+        let out = run(&["pgbackrest-sas", "rotate"], base_env(&[("PGVAULT_PGBACKREST_TARGETS", targets.clone())]));
+        front.clear();
+        let said = text(&out);
+        tally.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        let after = current().await;
+        let soon = time::OffsetDateTime::now_utc() + time::Duration::minutes(20);
+        tally.check(cell, after.state.enabled && after.state.expires.is_some_and(|e| e > soon), || {
+            format!("the newest token is not valid for long: {:?}", after.state)
+        });
+        let outcome = match expect {
+            Expect::Success => {
+                tally.check(cell, out.status.success() && after.version != before.version, || said.clone());
+                let long = time::OffsetDateTime::now_utc() + time::Duration::hours(11);
+                tally.check(cell, after.state.expires.is_some_and(|e| e > long), || format!("{:?}", after.state));
+                "rotated: a new 12 h token".to_string()
+            }
+            Expect::Failure(words) => {
+                tally.check(cell, !out.status.success() && said.contains(words), || said.clone());
+                tally.check(cell, after.version == before.version, || "a new version anyway".into());
+                format!("target failed (exit 1{}); the current token kept", if words.is_empty() { String::new() } else { format!(", naming `{words}`") })
+            }
+        };
+        tally.row(cell, 1, outcome, NO_TOKEN_GAP);
+    }
+    tally.finish();
 }
