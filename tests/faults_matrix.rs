@@ -898,13 +898,88 @@ async fn restore_and_as_files_under_storage_faults() {
             }
             Expect::Failure(words) => {
                 files_tally.check(cell, !out.status.success() && said.contains(words), || said.clone());
-                files_tally.check(cell, exported.is_empty(), || "an exported manifest".into());
-                format!("failed naming `{words}`; no exported manifest")
+                // Signing comes after the copy: a verified copy may be there, unsigned.
+                let copy = if exported.is_empty() { "no exported manifest" } else { "the verified copy stays, unsigned" };
+                format!("failed naming `{words}`; {copy}")
             }
         };
         files_tally.row(cell, 1, outcome, "an exported manifest only next to its complete copy, which hashes to it");
     }
-    finish_all(vec![tally, files_tally]);
+    // Retention of database `ret` (daily 1: of two backups today, the older goes): the manifest
+    // is deleted first, then the data.
+    let mut inventory: Vec<Value> = serde_json::from_str(&stack.inventory(&["postgres"])).unwrap();
+    inventory[0]["databases"] = json!({ "ret": { "retention": { "daily": 1, "min_keep": 1 } } });
+    stack.set("PGVAULT_INVENTORY", &Value::Array(inventory).to_string());
+    blocking(|| make_db(&stack, "ret", 2_000));
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        ("Delete Blob of the manifest: 503 once", vec![Rule::new(Op::DeleteBlob, busy()).on(manifest).calls(Calls::Nth(1))], Expect::Success),
+        ("Delete Blob of the data: 500 once", vec![Rule::new(Op::DeleteBlob, internal()).on(data).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Delete Blob of the data: reset before the response (deleted, reply lost)",
+            vec![Rule::new(Op::DeleteBlob, Fault::ResetBeforeResponse).on(data).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        ("List: 503 once", vec![Rule::new(Op::List, busy()).calls(Calls::Nth(1))], Expect::Success),
+        ("List: truncated once", vec![Rule::new(Op::List, Fault::Truncate { keep: 200 }).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Get Blob of a manifest: truncated once",
+            vec![Rule::new(Op::GetBlobRange, Fault::Truncate { keep: 100 }).on(manifest).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        ("Delete Blob of the manifest: 503 on every call", vec![Rule::new(Op::DeleteBlob, busy()).on(manifest)], Expect::Failure("ServerBusy")),
+        (
+            "Delete Blob of the data: 503 on every call (after its manifest)",
+            vec![Rule::new(Op::DeleteBlob, busy()).on(data)],
+            Expect::Failure("orphan"),
+        ),
+    ];
+    let mut retention = Tally::new("retention (`pgvault retention`)");
+    for (cell, rules, expect) in cells {
+        for _ in 0..2 {
+            let out = cli(&stack, &["backup", "--server", "main", "--database", "ret"]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        let mut before = manifests(&store, "main/ret/").await;
+        before.sort_by_key(|m| m.requested_at);
+        let (old, newest) = (before[before.len() - 2].clone(), before[before.len() - 1].clone());
+        let signals = arm(&front, &rules);
+        let out = cli(&stack, &["retention"]);
+        front.clear();
+        let said = text(&out);
+        retention.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        // Never a manifest naming missing data; the newest backup intact.
+        let after = manifests(&store, "main/ret/").await;
+        for m in &after {
+            let v = verifiable(&store, m).await;
+            retention.check(cell, v.is_ok(), || format!("manifest {} without its data: {v:?}", m.id));
+        }
+        retention.check(cell, after.iter().any(|m| m.id == newest.id), || "the newest backup was removed".into());
+        let outcome = match expect {
+            Expect::Success => {
+                retention.check(cell, out.status.success(), || said.clone());
+                retention.check(cell, !store.exists(&old.data_blob).await.unwrap(), || "the old data is still there".into());
+                retention.check(cell, after.len() == 1, || format!("{} backups left", after.len()));
+                "the older backup removed, manifest then data".to_string()
+            }
+            Expect::Failure(words) => {
+                retention.check(cell, !out.status.success() && said.contains(words), || said.clone());
+                let orphans = unpublished_data(&store, "main/ret/").await;
+                let cleaned = cli(&stack, &["verify", "--all", "--clean-orphans"]);
+                let left = unpublished_data(&store, "main/ret/").await;
+                retention.check(cell, cleaned.status.success() && left.is_empty(), || text(&cleaned));
+                if orphans.is_empty() {
+                    format!("exit 1 naming `{words}`; the backup kept whole")
+                } else {
+                    format!("exit 1 naming `{words}`; the data left as an orphan, which `verify --all --clean-orphans` removed")
+                }
+            }
+        };
+        // Leave only the newest for the next cell.
+        let out = cli(&stack, &["retention"]);
+        retention.check(cell, out.status.success(), || text(&out));
+        retention.row(cell, 1, outcome, "retention removes the manifest before the data: never a manifest naming missing data; the newest backup kept");
+    }
+    finish_all(vec![tally, files_tally, retention]);
 }
 
 // ---- SAS rotation and the VM's sync -----------------------------------------------------------
