@@ -36,7 +36,7 @@ impl Runtime {
         let needs_azure = matches!(settings.storage, StorageSettings::Azure { .. })
             || settings.queue_service_uri.is_some()
             || cloud_credentials;
-        let azure = if needs_azure { Some(azure_parts(&settings, &RetrySettings::default())?) } else { None };
+        let azure = if needs_azure { Some(azure_parts(&settings, &sdk_retries(&settings))?) } else { None };
         let mut azure_store = None;
         let inner: Arc<dyn BlobStore> = match &settings.storage {
             StorageSettings::Local { dir } => {
@@ -48,14 +48,15 @@ impl Runtime {
             StorageSettings::Azure { blob_endpoint, container } => {
                 let (credential, _) = azure.clone().expect("built above");
                 // RetryingStore (below) does the patient retries; the SDK only a few quick ones.
-                let options =
-                    azure::client_options(settings.ca_file.as_deref(), &RetrySettings::beneath_store_retries())?;
+                let beneath = RetrySettings::beneath_store_retries()
+                    .limited(settings.http_retries, settings.http_timeout);
+                let options = azure::client_options(settings.ca_file.as_deref(), &beneath)?;
                 let s = Arc::new(azure::AzureBlobStore::new(blob_endpoint, container, credential, options).await?);
                 azure_store = Some(s.clone());
                 s
             }
         };
-        let store = retrying(inner);
+        let store = retrying(inner, &settings);
         let queue: Option<Arc<dyn JobQueue>> = match &settings.queue_service_uri {
             Some(uri) => {
                 let (credential, options) = azure.clone().expect("built above");
@@ -103,8 +104,14 @@ impl Runtime {
 }
 
 /// Every store the features get retries transient errors, with the one policy.
-fn retrying(store: Arc<dyn BlobStore>) -> Arc<dyn BlobStore> {
-    Arc::new(RetryingStore::new(store, RetryPolicy::default()))
+fn retrying(store: Arc<dyn BlobStore>, settings: &Settings) -> Arc<dyn BlobStore> {
+    let policy = RetryPolicy { max_retries: settings.storage_retries as usize, ..RetryPolicy::default() };
+    Arc::new(RetryingStore::new(store, policy))
+}
+
+/// The SDK's retries and read timeout for the queues, Key Vault and the identity endpoint.
+fn sdk_retries(settings: &Settings) -> RetrySettings {
+    RetrySettings::default().limited(settings.http_retries, settings.http_timeout)
 }
 
 // ---- pgBackRest SAS rotation: its Azure parts, composed here like everything else ----------
@@ -130,7 +137,7 @@ pub async fn rotate_pgbackrest(
     with_freshness: bool,
 ) -> Result<crate::features::pgbackrest::RotatorRun> {
     let targets = crate::features::pgbackrest::pick(settings, target)?;
-    let (credential, options) = azure_parts(settings, &RetrySettings::default())?;
+    let (credential, options) = azure_parts(settings, &sdk_retries(settings))?;
     let keys = azure::pgbackrest::AzureDelegationKeys::new(credential.clone(), options.clone());
     let vault = azure::pgbackrest::AzureTokenVault::new(credential.clone(), options.clone());
     let arm = azure::arm::ArmRunCommands::new(&settings.arm_endpoint, credential.clone(), &options)?;
@@ -147,13 +154,14 @@ pub async fn rotate_pgbackrest(
     };
     if with_freshness {
         for t in targets.iter().filter(|t| !t.stanzas.is_empty()) {
-            run.freshness.push(freshness_one(t, credential.clone(), options.clone(), monitor, now).await);
+            run.freshness.push(freshness_one(settings, t, credential.clone(), options.clone(), monitor, now).await);
         }
     }
     Ok(run)
 }
 
 async fn freshness_one(
+    settings: &Settings,
     t: &crate::domain::pgbackrest_target::Target,
     credential: Arc<dyn TokenCredential>,
     options: ClientOptions,
@@ -162,7 +170,8 @@ async fn freshness_one(
 ) -> crate::monitor::records::FreshnessDetail {
     match azure::AzureBlobStore::new(&t.blob_endpoint, &t.container, credential, options).await {
         Ok(store) => {
-            crate::features::pgbackrest::freshness::check(retrying(Arc::new(store)).as_ref(), t, monitor, now).await
+            let store = retrying(Arc::new(store), settings);
+            crate::features::pgbackrest::freshness::check(store.as_ref(), t, monitor, now).await
         }
         Err(e) => {
             tracing::error!(target_name = %t.name, error = %e, "cannot open the pgBackRest container");
@@ -184,8 +193,8 @@ pub async fn pgbackrest_freshness(
     monitor: crate::monitor::tracked::Monitor<'_>,
     now: time::OffsetDateTime,
 ) -> Result<crate::monitor::records::FreshnessDetail> {
-    let (credential, options) = azure_parts(settings, &RetrySettings::default())?;
-    Ok(freshness_one(t, credential, options, monitor, now).await)
+    let (credential, options) = azure_parts(settings, &sdk_retries(settings))?;
+    Ok(freshness_one(settings, t, credential, options, monitor, now).await)
 }
 
 /// The VM side's Key Vault reader (`pgvault pgbackrest-sas sync`): a few quick retries, since the
@@ -195,7 +204,9 @@ pub fn vm_cloud_secrets(settings: &Settings) -> Result<Arc<dyn crate::seams::cre
         max_retries: 2,
         initial_delay: std::time::Duration::from_millis(500),
         max_delay: std::time::Duration::from_secs(2),
-    };
+        ..RetrySettings::default()
+    }
+    .limited(settings.http_retries, settings.http_timeout);
     let (credential, options) = azure_parts(settings, &retry)?;
     Ok(Arc::new(azure::AzureCloudSecrets::new(credential, options)))
 }

@@ -1,6 +1,6 @@
 //! Archived backups and WORM refusals on the local stack. Azurite accepts the archive tier
 //! without taking the blob offline and has no immutability policies, so the storage here is
-//! Azurite behind [`BlobFront`], which adds what the Blob service documents for both: Get Blob
+//! Azurite behind [`Front`], which adds what the Blob service documents for both: Get Blob
 //! of an archived blob is 409 `BlobArchived`, Set Blob Tier to hot is 202 and a rehydration
 //! that the test completes, a delete under a retention policy is 409 `BlobImmutableDueToPolicy`.
 //! pgvault talks to it with the production SDK clients, as it would to Azure.
@@ -17,7 +17,7 @@ use pgvault::seams::queue::JobQueue;
 use pgvault::seams::store::{BlobStore, Tier};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use support::blobfront::BlobFront;
+use support::front::Front;
 use support::data::{blocking, manifests};
 use support::test_credential;
 
@@ -35,7 +35,7 @@ fn jobs(stack: &Stack, args: &[&str]) -> Vec<Value> {
     v["jobs"].as_array().unwrap().clone()
 }
 
-async fn front_store(stack: &Stack, front: &BlobFront) -> AzureBlobStore {
+async fn front_store(stack: &Stack, front: &Front) -> AzureBlobStore {
     let options = client_options(Some(stack.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
     AzureBlobStore::new(&front.blob_endpoint, CONTAINER, test_credential(), options).await.unwrap()
 }
@@ -62,7 +62,7 @@ fn count(stack: &Stack, db: &str, table: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over() {
     let mut stack = Stack::start().await;
-    let front = BlobFront::start(&stack.ca, &stack.azurite.blob_endpoint);
+    let front = Front::blob(&stack.ca, &stack.azurite.blob_endpoint);
     stack.set("PGVAULT_BLOB_ENDPOINT", &front.blob_endpoint);
     stack.set("PGVAULT_DRILL_SERVER", "main");
     blocking(|| {
@@ -111,7 +111,7 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
     let drills = jobs(&stack, &["--kind", "drill"]);
     assert_eq!(drills.len(), 1, "{drills:?}");
     assert_ne!(drills[0]["detail"]["backup"], old.id.as_str(), "{drills:?}");
-    let reads = |front: &BlobFront| {
+    let reads = |front: &Front| {
         front.requests_to(CONTAINER, &old.data_blob).into_iter().filter(|r| r.method == "GET").count()
     };
     assert_eq!(reads(&front), 1, "the drill read nothing of the archived backup (the one read is this test's)");
@@ -143,7 +143,7 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
     assert!(stack.queue().receive(RESTORE_TASKS_QUEUE, 1, 1).await.unwrap().is_empty());
     assert_eq!(queued_messages(&stack, RESTORE_TASKS_QUEUE).await, 1, "the delayed look is on the queue");
     // Both archived blobs the task reads are rehydrated at once, not one after the other.
-    let tier_calls = |front: &BlobFront| -> Vec<(Option<String>, Option<String>, u16)> {
+    let tier_calls = |front: &Front| -> Vec<(Option<String>, Option<String>, u16)> {
         let mut all = front.requests_to(CONTAINER, &old.data_blob);
         all.extend(front.requests_to(CONTAINER, &globals.data_blob));
         all.into_iter()
@@ -227,7 +227,7 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_refused_by_a_worm_policy_is_kept_with_its_reason_and_is_not_a_failure() {
     let mut stack = Stack::start().await;
-    let front = BlobFront::start(&stack.ca, &stack.azurite.blob_endpoint);
+    let front = Front::blob(&stack.ca, &stack.azurite.blob_endpoint);
     stack.set("PGVAULT_BLOB_ENDPOINT", &front.blob_endpoint);
     let mut inventory: Vec<Value> = serde_json::from_str(&stack.inventory(&["postgres"])).unwrap();
     inventory[0]["retention"] = json!({ "daily": 1, "min_keep": 1 });

@@ -7,8 +7,14 @@
 //! - `put`: one Put Blob (the SDK's upload with a partition as large as the data, so it never
 //!   falls back to staged blocks), which replaces the blob and sets its tags in one request.
 //! - `create`: the same Put Blob with `If-None-Match: *`; 409/412 means someone else was first.
-//! - `read`: the SDK's partitioned download, which yields the bytes in order and pins the blob's
-//!   ETag, so a blob replaced mid-read fails instead of mixing two versions.
+//! - `read`: ranges of [`READ_PARTITION`] bytes, at most [`READ_PARALLEL`] in flight, yielded in
+//!   order; every range after the first pins the first one's ETag, so a blob replaced mid-read
+//!   fails (412) instead of mixing two versions. Each range must arrive whole: the service
+//!   says the blob's size (`Content-Range`), and a range that comes back short (a body cut off
+//!   with a Content-Length that matches the cut) or breaks off mid-body (a reset connection) is
+//!   requested again, up to [`RANGE_ATTEMPTS`] times, before a transient error ends the stream.
+//!   Without this a cut-off answer read as a short blob: a restore named a good backup corrupt
+//!   (permanent), and a reset mid-body failed the whole restore.
 
 use super::{Service, sdk_error};
 use crate::domain::error::{Error, Result};
@@ -16,7 +22,8 @@ use crate::seams::store::{BlobInfo, BlobProps, BlobStore, ByteStream, CreateOutc
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
-use azure_core::http::{ClientOptions, RequestContent, StatusCode, Url};
+use azure_core::http::headers::HeaderName;
+use azure_core::http::{ClientOptions, Etag, RequestContent, StatusCode, Url};
 use azure_storage_blob::models::{
     AccessTier, ArchiveStatus, BlobClientDeleteOptions, BlobClientDownloadOptions,
     BlobClientGetPropertiesResultHeaders, BlobClientSetTierOptions, BlobContainerClientListBlobsOptions,
@@ -34,6 +41,8 @@ use std::sync::Arc;
 /// Parallel range requests of one `read`, and their size: at most 4 × 8 MiB in flight.
 const READ_PARALLEL: NonZero<usize> = NonZero::new(4).unwrap();
 const READ_PARTITION: NonZero<usize> = NonZero::new(8 * 1024 * 1024).unwrap();
+/// How often one range of a read is requested before its failure ends the read.
+const RANGE_ATTEMPTS: usize = 3;
 /// The longest blob name Azure accepts.
 const MAX_NAME_LEN: usize = 1024;
 
@@ -161,6 +170,75 @@ fn sdk_tags(tags: &Tags) -> HashMap<String, String> {
     tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// One range of a blob, whole, with the blob's size and ETag: requested again (at most
+/// [`RANGE_ATTEMPTS`] times in all) when the answer breaks off or comes back short. A permanent
+/// error (404, 412 when the ETag no longer matches, 409 archived) ends it at once.
+async fn read_range(
+    blob: &BlobClient,
+    name: &str,
+    range: std::ops::Range<u64>,
+    etag: Option<&Etag>,
+) -> Result<(Bytes, u64, Option<Etag>)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let failed = match fetch_range(blob, name, range.clone(), etag).await {
+            Ok((bytes, total, tag)) => {
+                let expected = (range.end.min(total)).saturating_sub(range.start);
+                if bytes.len() as u64 == expected {
+                    return Ok((bytes, total, tag));
+                }
+                Error::transient(format!(
+                    "read blob {name:?}: the service sent {} of the {expected} bytes at offset {} of {total}",
+                    bytes.len(),
+                    range.start
+                ))
+            }
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => e,
+        };
+        if attempt >= RANGE_ATTEMPTS {
+            return Err(failed);
+        }
+        tracing::debug!(blob = name, offset = range.start, attempt, error = %failed, "range read incomplete; requesting it again");
+    }
+}
+
+/// One request for `range` (the SDK falls back to the whole blob for an empty one), its body
+/// collected. Returns the bytes, the blob's size (from `Content-Range`) and its ETag.
+async fn fetch_range(
+    blob: &BlobClient,
+    name: &str,
+    range: std::ops::Range<u64>,
+    etag: Option<&Etag>,
+) -> Result<(Bytes, u64, Option<Etag>)> {
+    let what = || format!("read blob {name:?}");
+    let len = NonZero::new((range.end - range.start).max(1) as usize).expect("at least 1");
+    let mut rsp = blob
+        .download(Some(BlobClientDownloadOptions {
+            range: Some(range.clone().into()),
+            parallel: Some(NonZero::new(1).expect("1")),
+            partition_size: Some(len),
+            if_match: etag.cloned(),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| sdk_error(Service::Blob, what(), e))?;
+    let total = rsp
+        .headers
+        .get_optional_str(&HeaderName::from_static("content-range"))
+        .and_then(|r| r.rsplit('/').next())
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .or(rsp.properties.content_length)
+        .unwrap_or(0);
+    let tag = rsp.properties.etag.clone();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = rsp.body.try_next().await.map_err(|e| sdk_error(Service::Blob, what(), e))? {
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((buf.freeze(), total, tag))
+}
+
 #[async_trait]
 impl BlobStore for AzureBlobStore {
     fn describe(&self) -> String {
@@ -230,17 +308,20 @@ impl BlobStore for AzureBlobStore {
     }
 
     async fn read(&self, name: &str) -> Result<ByteStream> {
-        let rsp = self
-            .blob(name)?
-            .download(Some(BlobClientDownloadOptions {
-                parallel: Some(READ_PARALLEL),
-                partition_size: Some(READ_PARTITION),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| sdk_error(Service::Blob, format!("read blob {name:?}"), e))?;
+        let blob = Arc::new(self.blob(name)?);
+        let part = READ_PARTITION.get() as u64;
+        // The first range says the blob's size and ETag; the others follow from them.
+        let (first, total, etag) = read_range(&blob, name, 0..part, None).await?;
+        let rest: Vec<std::ops::Range<u64>> =
+            (part..total).step_by(part as usize).map(|start| start..(start + part).min(total)).collect();
         let name = name.to_string();
-        Ok(rsp.body.map(move |r| r.map_err(|e| sdk_error(Service::Blob, format!("read blob {name:?}"), e))).boxed())
+        let tail = futures::stream::iter(rest)
+            .map(move |range| {
+                let (blob, name, etag) = (blob.clone(), name.clone(), etag.clone());
+                async move { read_range(&blob, &name, range, etag.as_ref()).await.map(|(bytes, _, _)| bytes) }
+            })
+            .buffered(READ_PARALLEL.get());
+        Ok(futures::stream::once(async move { Ok(first) }).chain(tail).boxed())
     }
 
     async fn tags(&self, name: &str) -> Result<Tags> {

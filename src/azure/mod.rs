@@ -33,7 +33,8 @@ pub(crate) enum Service {
 /// - Connection and I/O failures (timeouts included) are transient, except an untrusted or
 ///   invalid TLS certificate, which is permanent and says so.
 /// - A failure to get a token is transient (the identity endpoint may be briefly unavailable).
-/// - Anything else (bad URL, undecodable response) is permanent.
+/// - A response that cannot be decoded (cut off mid-document) is transient.
+/// - Anything else (bad URL, ...) is permanent.
 ///
 /// - A 409 or 403 whose error code says a WORM rule refused the change (see
 ///   [`is_immutability_code`]) is [`Error::immutable`]: permanent, and recognisable by
@@ -91,6 +92,9 @@ pub(crate) fn sdk_error(service: Service, what: impl fmt::Display, e: azure_core
             }
         }
         ErrorKind::Connection | ErrorKind::Io => Error::transient(message),
+        // The service's answer could not be read (a body cut off mid-document, say): reads
+        // and our idempotent writes may be tried again.
+        ErrorKind::DataConversion => Error::transient(message),
         ErrorKind::Credential => Error::transient(message).with_hint(
             "no token for Azure Storage: check the managed identity (and its client id) or the \
              az login session",

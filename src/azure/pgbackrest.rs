@@ -126,6 +126,15 @@ impl TokenVault for AzureTokenVault {
             }),
         };
         let body = RequestContent::try_from(params).map_err(|e| vault_error(&what, e))?;
+        // The SDK's Key Vault challenge sends a client's first request without its body and adds
+        // the body back after the 401; if that bodiless first try fails transiently (a 503), the
+        // retry goes out with the body lost and the vault answers 400. A bodiless read first
+        // (404 is fine) takes the challenge on this client, so the write carries its body.
+        match client.get_secret(name, None).await {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), azure_core::error::ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 404) => {}
+            Err(e) => return Err(vault_error(&what, e)),
+        }
         let secret = client.set_secret(name, body, None).await.and_then(|r| r.into_model()).map_err(|e| {
             let err = vault_error(&what, e);
             if err.to_string().contains("http 403") {

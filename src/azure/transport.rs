@@ -14,7 +14,8 @@ use std::time::Duration;
 
 /// How long to wait for a TCP+TLS connection. Same as the SDK's own client.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a single read may stall. Same as the SDK's own client.
+/// How long a single read may stall, unless the settings say otherwise. Same as the SDK's own
+/// client.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The SDK's retry policy for transport errors (connection, I/O) and retryable statuses
@@ -27,13 +28,20 @@ pub struct RetrySettings {
     pub initial_delay: Duration,
     /// The longest single back-off. The SDK raises anything below 1 s to 1 s.
     pub max_delay: Duration,
+    /// How long one read of an answer may stall before the request fails (and is retried).
+    pub read_timeout: Duration,
 }
 
 impl Default for RetrySettings {
     /// Production: patient enough to ride out throttling and a short outage (about 3 min in all)
     /// before the error reaches the job, which is then retried by the queue.
     fn default() -> Self {
-        Self { max_retries: 8, initial_delay: Duration::from_millis(800), max_delay: Duration::from_secs(60) }
+        Self {
+            max_retries: 8,
+            initial_delay: Duration::from_millis(800),
+            max_delay: Duration::from_secs(60),
+            read_timeout: READ_TIMEOUT,
+        }
     }
 }
 
@@ -42,18 +50,39 @@ impl RetrySettings {
     /// (production): two quick ones for a dropped connection, while the wrapper does the patient
     /// back-off, so the two never multiply into many minutes per operation.
     pub fn beneath_store_retries() -> Self {
-        Self { max_retries: 2, initial_delay: Duration::from_millis(500), max_delay: Duration::from_secs(5) }
+        Self {
+            max_retries: 2,
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(5),
+            read_timeout: READ_TIMEOUT,
+        }
+    }
+
+    /// These settings with at most `max_retries` retries and reads stalling at most
+    /// `read_timeout` (the settings `PGVAULT_HTTP_RETRIES`, `PGVAULT_HTTP_TIMEOUT_SECONDS`).
+    pub fn limited(self, max_retries: u32, read_timeout: Duration) -> Self {
+        Self { max_retries: self.max_retries.min(max_retries), read_timeout, ..self }
     }
 
     /// For tests: one quick retry, so a misconfiguration (for example an untrusted TLS
     /// certificate) fails within about a second instead of a minute.
     pub fn fast() -> Self {
-        Self { max_retries: 1, initial_delay: Duration::from_millis(10), max_delay: Duration::from_secs(1) }
+        Self {
+            max_retries: 1,
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(1),
+            read_timeout: READ_TIMEOUT,
+        }
     }
 
     /// No retries at all.
     pub fn none() -> Self {
-        Self { max_retries: 0, initial_delay: Duration::from_millis(1), max_delay: Duration::from_secs(1) }
+        Self {
+            max_retries: 0,
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_secs(1),
+            read_timeout: READ_TIMEOUT,
+        }
     }
 
     fn to_sdk(&self) -> RetryOptions {
@@ -69,7 +98,7 @@ impl RetrySettings {
                     + Duration::from_millis(256)
             })
             .sum();
-        let total = worst + CONNECT_TIMEOUT * (self.max_retries + 1);
+        let total = worst + (CONNECT_TIMEOUT + self.read_timeout) * (self.max_retries + 1);
         RetryOptions::exponential(ExponentialRetryOptions {
             initial_delay: to_time(self.initial_delay),
             max_retries: self.max_retries,
@@ -128,7 +157,7 @@ pub fn client_options(extra_ca_pem_file: Option<&Path>, retry: &RetrySettings) -
         .no_brotli()
         .no_zstd()
         .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
+        .read_timeout(retry.read_timeout)
         // Storage never redirects; a redirect would be a misconfiguration.
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -65,6 +65,12 @@ pub struct Settings {
     pub max_dumps_per_server: u32,
     /// Base delay of a backup job put back on the queue for want of a slot.
     pub dump_slot_retry_secs: u32,
+    /// Retries of a storage call that failed transiently (`RetryingStore`).
+    pub storage_retries: u32,
+    /// The Azure SDK's retries of one request (queues, Key Vault, identity).
+    pub http_retries: u32,
+    /// Longest an Azure request waits for the next byte of its answer.
+    pub http_timeout: std::time::Duration,
     pub pg_bin_dirs: Vec<PathBuf>,
     pub row_counts: RowCountMode,
     /// Where a parallel restore downloads its archive.
@@ -191,6 +197,9 @@ impl Settings {
         let blocks_in_flight = r.number("PGVAULT_BLOCKS_IN_FLIGHT")? as usize;
         let max_dumps_per_server = r.number("PGVAULT_MAX_DUMPS_PER_SERVER")? as u32;
         let dump_slot_retry_secs = r.number("PGVAULT_DUMP_SLOT_RETRY_SECONDS")? as u32;
+        let storage_retries = r.number("PGVAULT_STORAGE_RETRIES")? as u32;
+        let http_retries = r.number("PGVAULT_HTTP_RETRIES")? as u32;
+        let http_timeout = std::time::Duration::from_secs(r.number("PGVAULT_HTTP_TIMEOUT_SECONDS")?);
         let pg_bin_dirs = match r.set("PGVAULT_PG_BIN_DIRS") {
             Some(dirs) => dirs.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect(),
             None => crate::seams::pg::default_bin_dirs(),
@@ -271,6 +280,9 @@ impl Settings {
             blocks_in_flight,
             max_dumps_per_server,
             dump_slot_retry_secs,
+            storage_retries,
+            http_retries,
+            http_timeout,
             pg_bin_dirs,
             row_counts,
             restore_scratch_dir,

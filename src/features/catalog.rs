@@ -70,6 +70,16 @@ pub async fn orphans(store: &dyn BlobStore, server: Option<&str>) -> Result<Vec<
         .collect())
 }
 
+/// How [`verified_blocks`] ends its error when its consumer (pg_restore's feeder, say) went
+/// away: the consumer's own failure is then the cause.
+const CONSUMER_STOPPED: &str = ": the consumer stopped";
+
+/// Whether a [`verified_blocks`] error says only that its consumer stopped (rather than that
+/// reading the backup failed).
+pub fn consumer_stopped(e: &Error) -> bool {
+    e.message().ends_with(CONSUMER_STOPPED)
+}
+
 /// Read a backup's stored bytes block by block, sending each block on only after its SHA-256
 /// matched the manifest. Fails naming the backup, the block and its offset.
 pub async fn verified_blocks(manifest: &Manifest, mut stream: ByteStream, tx: mpsc::Sender<Bytes>) -> Result<u64> {
@@ -98,7 +108,7 @@ pub async fn verified_blocks(manifest: &Manifest, mut stream: ByteStream, tx: mp
         whole.update(&data);
         offset += block.size;
         if tx.send(data).await.is_err() {
-            return Err(Error::transient(format!("reading backup {:?}: the consumer stopped", manifest.id)));
+            return Err(Error::transient(format!("reading backup {:?}{CONSUMER_STOPPED}", manifest.id)));
         }
     }
     if !buf.is_empty() || stream.next().await.is_some() {

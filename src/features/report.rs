@@ -12,7 +12,7 @@ use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
 use crate::features::backup::{self, Outcome};
 use crate::monitor::records::{self as jobrecords, BackupDetail, Detail, JobKind, JobRecord, Status};
-use crate::monitor::tracked::{Alerting, Monitor, Run, conclude, track};
+use crate::monitor::tracked::{Alerting, Monitor, Run, conclude, track_recorded};
 use crate::seams::alerts::{Alert, AlertKind};
 use futures::StreamExt;
 use serde::Serialize;
@@ -47,7 +47,7 @@ pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Resul
         _ => backup_record(job, OffsetDateTime::now_utc()),
     };
     let alerting = Alerting::delivery(AlertKind::JobFailed, last_attempt);
-    let (result, _) = track(Monitor::of(ctx), rec, alerting, async {
+    let (result, rec, recorded) = track_recorded(Monitor::of(ctx), rec, alerting, async {
         match backup::run(ctx, job).await {
             Ok(Outcome::Created(m)) => {
                 let detail = BackupDetail {
@@ -78,7 +78,21 @@ pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Resul
         }
     })
     .await;
-    result
+    match result {
+        // Published, but the record says otherwise (or nothing): a retried delivery finds the
+        // manifest and writes the record; replying success would let the host delete the
+        // message and the record stay lost.
+        Ok(Outcome::Created(m)) if !recorded => Err(Error::transient(format!(
+            "backup {} is published, but its job record {:?} could not be written; the next delivery writes it",
+            m.id,
+            jobrecords::name(rec.kind, &rec.id)
+        ))),
+        Ok(Outcome::AlreadyDone { id }) if !recorded => Err(Error::transient(format!(
+            "backup {id} was published before, but its job record {:?} could not be written; the next delivery writes it",
+            jobrecords::name(rec.kind, &rec.id)
+        ))),
+        other => other,
+    }
 }
 
 /// Record a backup message that can never run (malformed, unknown server...) as failed, and
@@ -460,7 +474,7 @@ pub async fn query(
 }
 
 /// A new record for a run of retention, verify or a drill (kinds without a queue message of
-/// their own): [`track`] runs it.
+/// their own): [`track`](crate::monitor::tracked::track) runs it.
 pub fn start_record(kind: JobKind, target: &str, summary: &str, trigger: &str) -> JobRecord {
     let now = OffsetDateTime::now_utc();
     let id = format!("{}-{}", crate::domain::layout::stamp(now), &uuid::Uuid::new_v4().simple().to_string()[..8]);

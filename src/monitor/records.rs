@@ -58,10 +58,14 @@ pub async fn put(store: &dyn BlobStore, rec: &JobRecord) -> Result<()> {
 }
 
 /// Write a record, logging (not failing) on error: bookkeeping must not fail a restore that
-/// otherwise worked, nor hide the error of one that did not.
-pub async fn put_logged(store: &dyn BlobStore, rec: &JobRecord) {
-    if let Err(e) = put(store, rec).await {
-        tracing::warn!(kind = rec.kind.as_str(), id = %rec.id, status = rec.status.as_str(), error = %e, "cannot write job record");
+/// otherwise worked, nor hide the error of one that did not. Returns whether it was written.
+pub async fn put_logged(store: &dyn BlobStore, rec: &JobRecord) -> bool {
+    match put(store, rec).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(kind = rec.kind.as_str(), id = %rec.id, status = rec.status.as_str(), error = %e, "cannot write job record");
+            false
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //! - The record keeps the run's `detail` whatever the outcome: a failed retention run still
 //!   lists what it removed before it failed.
 //! - Writing the record is best effort (logged): bookkeeping never changes a job's outcome, and
-//!   neither does the alert.
+//!   neither does the alert. [`track_recorded`] says whether the final record was written, so a
+//!   queued job can have the host deliver it again rather than lose its record.
 
 use crate::config::context::Ctx;
 use crate::domain::error::{Error, Result};
@@ -83,22 +84,36 @@ impl<'a> Monitor<'a> {
 /// if it failed for good. Returns the run's result and the final record.
 pub async fn track<T>(
     monitor: Monitor<'_>,
-    mut rec: JobRecord,
+    rec: JobRecord,
     alerting: Alerting,
     run: impl Future<Output = Run<T>>,
 ) -> (Result<T>, JobRecord) {
+    let (result, rec, _) = track_recorded(monitor, rec, alerting, run).await;
+    (result, rec)
+}
+
+/// [`track`], also saying whether the final record was written: a queued job whose record
+/// could not be written can ask the host for another delivery, which writes it, instead of
+/// losing it when the host deletes the message.
+pub async fn track_recorded<T>(
+    monitor: Monitor<'_>,
+    mut rec: JobRecord,
+    alerting: Alerting,
+    run: impl Future<Output = Run<T>>,
+) -> (Result<T>, JobRecord, bool) {
     rec.start_attempt(OffsetDateTime::now_utc());
     if let Some(store) = monitor.store {
         records::put_logged(store, &rec).await;
     }
     let Run { result, detail, bytes } = run.await;
     let outcome = result.as_ref().map(|_| ()).map_err(clone_error);
-    conclude(monitor, &mut rec, outcome, detail, bytes, alerting).await;
-    (result, rec)
+    let recorded = conclude(monitor, &mut rec, outcome, detail, bytes, alerting).await;
+    (result, rec, recorded)
 }
 
 /// Finish `rec` from an outcome without a run of `track` around it (a rejected message, a
-/// rotation whose record is written once), with the same rules.
+/// rotation whose record is written once), with the same rules. Returns whether the record was
+/// written (true without a store).
 pub async fn conclude(
     monitor: Monitor<'_>,
     rec: &mut JobRecord,
@@ -106,7 +121,7 @@ pub async fn conclude(
     detail: impl Into<Detail>,
     bytes: Option<u64>,
     alerting: Alerting,
-) {
+) -> bool {
     let now = OffsetDateTime::now_utc();
     let alert = match &outcome {
         Ok(()) => {
@@ -119,12 +134,14 @@ pub async fn conclude(
             !will_retry && !alerting.interactive
         }
     };
-    if let Some(store) = monitor.store {
-        records::put_logged(store, rec).await;
-    }
+    let recorded = match monitor.store {
+        Some(store) => records::put_logged(store, rec).await,
+        None => true,
+    };
     if alert {
         monitor.alerter.raise(&failed_alert(rec, alerting.kind)).await;
     }
+    recorded
 }
 
 /// Record a queue message that can never be run (it does not parse as its kind of job) as a

@@ -7,7 +7,7 @@
 
 pub mod arm;
 pub mod azurite;
-pub mod blobfront;
+pub mod front;
 pub mod certs;
 pub mod data;
 pub mod identity;

@@ -1,5 +1,5 @@
 //! The scaffolding of the local Azure test servers (the identity endpoint over HTTP; Key Vault,
-//! ARM and the archive/WORM front of Azurite over HTTPS with the test CA's leaf certificate): a
+//! ARM over HTTPS with the test CA's leaf certificate): a
 //! loopback listener serving an axum router on its own thread and runtime, so it keeps answering
 //! while a test blocks its own thread on a child process. Stopped and joined on drop.
 

@@ -121,6 +121,24 @@ pub const ALL: &[Setting] = &[
     )
     .defaults_to("120")
     .whole(1, 3600),
+    Setting::new(
+        "PGVAULT_STORAGE_RETRIES",
+        "retries of a storage call that failed transiently (each block on its own), backing off from 0.5 s doubling to 30 s",
+    )
+    .defaults_to("6")
+    .whole(0, 20),
+    Setting::new(
+        "PGVAULT_HTTP_RETRIES",
+        "the Azure SDK's retries of one request (throttling, 5xx, a dropped connection) to the queues, Key Vault and the identity endpoint; storage requests take at most 2 of them, beneath `PGVAULT_STORAGE_RETRIES`",
+    )
+    .defaults_to("8")
+    .whole(0, 20),
+    Setting::new(
+        "PGVAULT_HTTP_TIMEOUT_SECONDS",
+        "seconds an Azure request waits for the next byte of its answer before it counts as failed (and is retried)",
+    )
+    .defaults_to("60")
+    .whole(1, 3600),
     Setting::new("PGVAULT_PG_BIN_DIRS", "`:`-separated PostgreSQL bin directories")
         .defaults_to_described("`/usr/lib/postgresql/*/bin`, newest first"),
     Setting::new(

@@ -58,10 +58,12 @@ pub(super) async fn feed_pg_restore(
             let consumer = tokio::task::spawn_blocking(move || catalog::feed(rx, compression, stdin, false));
             let (pumped, fed, exit) = tokio::join!(catalog::verified_blocks(m, stream, tx), consumer, run.wait());
             // Precedence: shutdown, then corruption (pg_restore saw only verified bytes and then
-            // an early end), then pg_restore's own failure, then reading errors.
+            // an early end), then a failed read of the backup (pg_restore then saw its input end
+            // early: "input file is too short" is a consequence, and would read as permanent),
+            // then pg_restore's own failure, then the reader's note that pg_restore went away.
             let exit = exit?;
             if let Err(e) = &pumped
-                && e.is_permanent()
+                && (e.is_permanent() || !catalog::consumer_stopped(e))
             {
                 return Err(pumped.expect_err("checked"));
             }
