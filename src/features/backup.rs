@@ -11,6 +11,7 @@ use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
 use crate::domain::layout::{self, BackupKind};
 use crate::domain::manifest::{self, Block, Compression, Manifest, RowCounts, TableCount, Tool};
+use crate::seams::failpoint;
 use crate::seams::pg::{self};
 use crate::seams::progress::Progress;
 use crate::seams::store::{BlobStore, CreateOutcome, MAX_BLOCK_SIZE, MAX_BLOCKS};
@@ -203,6 +204,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         .commit_blocks(&data_blob, &ids, &layout::tags(job.kind, &job.server, &database, "data"))
         .await
         .map_err(|e| e.context(format!("commit blob {data_blob:?}")))?;
+    failpoint::hit("backup.after-commit");
 
     let manifest = Manifest {
         format: manifest::FORMAT_NAME.into(),
@@ -241,6 +243,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         .await;
     match created {
         Ok(CreateOutcome::Created) => {
+            failpoint::hit("backup.after-manifest");
             tracing::info!(
                 job = %job.job_id, backup = %paths.id, raw_bytes = manifest.raw_bytes, stored_bytes = manifest.stored_bytes,
                 blocks = manifest.blocks.len(), "backup committed"
@@ -357,7 +360,9 @@ async fn stage(store: &dyn BlobStore, name: &str, index: usize, data: Bytes) -> 
     store
         .stage_block(name, &block_id(index), data)
         .await
-        .map_err(|e| e.context(format!("stage block {index} of blob {name:?}")))
+        .map_err(|e| e.context(format!("stage block {index} of blob {name:?}")))?;
+    failpoint::hit("backup.block-staged");
+    Ok(())
 }
 
 /// Bytes per zstd worker job (see [`Producer::run`]).
