@@ -17,24 +17,18 @@ use pgvault::cli::hostsim::{self, Form};
 use pgvault::domain::jobs::{BackupJob, Trigger};
 use pgvault::domain::layout::BackupKind;
 use pgvault::features::claim::{self, Claimed, Delivery, Holder};
-use pgvault::features::restore::RESTORE_TASKS_QUEUE;
 use pgvault::monitor::records::{JobKind, JobRecord, Status};
 use pgvault::seams::failpoint;
-use pgvault::seams::queue::JobQueue;
 use pgvault::seams::store::BlobStore;
 use serde_json::{Value, json};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use support::data::{blocking, databases_like, manifests, psql_blocking, table_sums};
 
 const DB: &str = "app";
 
 /// `pgvault serve` with `points` armed.
-fn serve_armed(stack: &mut Stack, points: &str) -> Served {
-    stack.set(failpoint::SETTING, points);
-    let served = stack.serve();
-    stack.env.retain(|(k, _)| k != failpoint::SETTING);
-    served
+fn serve_armed(stack: &Stack, points: &str) -> Served {
+    stack.serve_with(&[(failpoint::SETTING, points)])
 }
 
 /// Deliver `payload` to a server armed to die: the invocation gets no reply, and the process
@@ -100,7 +94,7 @@ async fn clean_and_check_catalog(stack: &Stack, what: &str) -> Vec<String> {
 }
 
 /// Backup: killed at `spec`'s point, redelivered, published once.
-async fn backup_crash(stack: &mut Stack, plain: &Served, point: &str, spec: &str, expect_orphan: bool) {
+async fn backup_crash(stack: &Stack, plain: &Served, point: &str, spec: &str, expect_orphan: bool) {
     let job = BackupJob::new(BackupKind::Database, "main", Some(DB), time::OffsetDateTime::now_utc(), Trigger::Queue);
     let msg = format!("bk-{point}");
     let first = hostsim::queue_payload("backup-worker", "job", &job.to_json(), &msg, "pop1", 1, Form::Host);
@@ -135,19 +129,10 @@ async fn backup_crash(stack: &mut Stack, plain: &Served, point: &str, spec: &str
     assert_eq!(reply["ReturnValue"]["status"], "already-done", "{point}: {reply}");
 }
 
-/// Post a restore request through the plain server and take its one task off the queue (so
-/// the test delivers it, as the host would).
-async fn restore_task(stack: &Stack, plain: &Served, id: &str, target: Value) -> String {
-    let text = json!({ "version": 1, "request_id": id, "requested_by": "crash_points",
+fn request(id: &str, target: Value) -> String {
+    json!({ "version": 1, "request_id": id, "requested_by": "crash_points",
         "source": { "server": "main", "database": DB }, "target": target, "options": {} })
-    .to_string();
-    let payload = hostsim::queue_payload("restore-requests", "request", &text, &format!("rq-{id}"), "p", 1, Form::Host);
-    let (status, reply) = plain.invoke("restore-requests", &payload).await;
-    assert_eq!((status, reply["ReturnValue"]["status"].as_str()), (200, Some("planned")), "{reply}");
-    let queue = stack.queue();
-    let msg = queue.receive(RESTORE_TASKS_QUEUE, 1, 600).await.unwrap().remove(0);
-    queue.delete(RESTORE_TASKS_QUEUE, &msg.id, &msg.pop_receipt).await.unwrap();
-    msg.text
+    .to_string()
 }
 
 fn temp_databases(stack: &Stack) -> Vec<String> {
@@ -156,7 +141,7 @@ fn temp_databases(stack: &Stack) -> Vec<String> {
 
 /// Restore: killed at the point, redelivered, restored once, nothing left behind.
 async fn restore_crash(
-    stack: &mut Stack,
+    stack: &Stack,
     plain: &Served,
     point: &str,
     spec: &str,
@@ -171,7 +156,8 @@ async fn restore_crash(
         psql_blocking(&stack.pg, &target_db, "CREATE TABLE old (v text); INSERT INTO old VALUES ('before')");
     }
     let id = format!("crash-{}", n.replace('_', "-"));
-    let task = restore_task(stack, plain, &id, json!({ "mode": mode, "server": "main", "database": target_db })).await;
+    let target = json!({ "mode": mode, "server": "main", "database": target_db });
+    let task = stack.take_restore_task(plain, &id, &request(&id, target)).await;
     let msg = format!("t-{id}");
     let first = hostsim::queue_payload("restore-worker", "task", &task, &msg, "p1", 1, Form::Host);
     let armed = serve_armed(stack, &format!("{point}={spec}"));
@@ -211,16 +197,6 @@ async fn restore_crash(
     assert_eq!(reply["ReturnValue"]["status"], "already-done", "{point}: {reply}");
 }
 
-/// Wait for a held fail point's `<go>.reached` file.
-fn wait_reached(go: &Path, served: &Served) {
-    let reached = go.with_extension("reached");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !reached.exists() {
-        assert!(std::time::Instant::now() < deadline, "the fail point was never reached:\n{}", served.output());
-        std::thread::yield_now();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_crash_point_is_recovered_by_a_redelivery() {
     let mut stack = Stack::start().await;
@@ -236,9 +212,9 @@ async fn every_crash_point_is_recovered_by_a_redelivery() {
     let plain = stack.serve();
 
     // Backup.
-    backup_crash(&mut stack, &plain, "backup.block-staged", "2*off->return(kill)", false).await;
-    backup_crash(&mut stack, &plain, "backup.after-commit", "return(kill)", true).await;
-    backup_crash(&mut stack, &plain, "backup.after-manifest", "return(kill)", false).await;
+    backup_crash(&stack, &plain, "backup.block-staged", "2*off->return(kill)", false).await;
+    backup_crash(&stack, &plain, "backup.after-commit", "return(kill)", true).await;
+    backup_crash(&stack, &plain, "backup.after-manifest", "return(kill)", false).await;
     let store = stack.store().await;
     let published = manifests(&store, &format!("main/{DB}/")).await;
     assert_eq!(published.len(), 3, "one backup per job");
@@ -246,11 +222,11 @@ async fn every_crash_point_is_recovered_by_a_redelivery() {
     let backed_up = blocking(|| table_sums(&stack.pg, DB));
 
     // Restore.
-    restore_crash(&mut stack, &plain, "restore.mid-stream", "2*off->return(kill)", false, &backed_up).await;
-    restore_crash(&mut stack, &plain, "restore.after-pg-restore", "return(kill)", false, &backed_up).await;
-    restore_crash(&mut stack, &plain, "restore.between-renames", "return(kill)", true, &backed_up).await;
-    restore_crash(&mut stack, &plain, "restore.after-swap", "return(kill)", true, &backed_up).await;
-    restore_crash(&mut stack, &plain, "restore.after-swap", "return(kill)", false, &backed_up).await;
+    restore_crash(&stack, &plain, "restore.mid-stream", "2*off->return(kill)", false, &backed_up).await;
+    restore_crash(&stack, &plain, "restore.after-pg-restore", "return(kill)", false, &backed_up).await;
+    restore_crash(&stack, &plain, "restore.between-renames", "return(kill)", true, &backed_up).await;
+    restore_crash(&stack, &plain, "restore.after-swap", "return(kill)", true, &backed_up).await;
+    restore_crash(&stack, &plain, "restore.after-swap", "return(kill)", false, &backed_up).await;
 
     // A claim whose holder died is taken by another message once the lease is over (time
     // controlled: the claim's own `since` plus the lease).
@@ -297,7 +273,7 @@ async fn every_crash_point_is_recovered_by_a_redelivery() {
 /// the message): held at a fail point, the first attempt goes on only after the redelivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivery_while_the_first_attempt_runs() {
-    let mut stack = Stack::start().await;
+    let stack = Stack::start().await;
     blocking(|| {
         stack.pg.psql("postgres", &format!("CREATE DATABASE {DB}"));
         stack.pg.psql(DB, "CREATE TABLE t AS SELECT i, md5(i::text) AS v FROM generate_series(1, 20000) i");
@@ -307,12 +283,12 @@ async fn a_redelivery_while_the_first_attempt_runs() {
     // Backup: the first attempt committed its data and waits; the redelivery publishes; the
     // first then finds the manifest, removes its own data and answers already-done.
     let go = dir.path().join("backup-go");
-    let held = serve_armed(&mut stack, &format!("backup.after-commit=1*return(hold:{})", go.display()));
+    let held = serve_armed(&stack, &format!("backup.after-commit=1*return(hold:{})", go.display()));
     let job = BackupJob::new(BackupKind::Database, "main", Some(DB), time::OffsetDateTime::now_utc(), Trigger::Queue);
     let first = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m1", "pop1", 1, Form::Host);
     let url = held.url.clone();
     let running = tokio::spawn(async move { hostsim::invoke(&url, "backup-worker", &first).await });
-    blocking(|| wait_reached(&go, &held));
+    blocking(|| app::wait_held(&go, &held));
     let again = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m1", "pop2", 2, Form::Host);
     let (status, reply) = held.invoke("backup-worker", &again).await;
     assert_eq!((status, reply["ReturnValue"]["status"].as_str()), (200, Some("succeeded")), "{reply}");
@@ -335,15 +311,14 @@ async fn a_redelivery_while_the_first_attempt_runs() {
     let plain = stack.serve();
     psql_blocking(&stack.pg, "postgres", "CREATE DATABASE target");
     psql_blocking(&stack.pg, "target", "CREATE TABLE old (v text); INSERT INTO old VALUES ('before')");
-    let task =
-        restore_task(&stack, &plain, "twice", json!({ "mode": "replace", "server": "main", "database": "target" }))
-            .await;
+    let target = json!({ "mode": "replace", "server": "main", "database": "target" });
+    let task = stack.take_restore_task(&plain, "twice", &request("twice", target)).await;
     let go = dir.path().join("restore-go");
-    let held = serve_armed(&mut stack, &format!("restore.after-pg-restore=1*return(hold:{})", go.display()));
+    let held = serve_armed(&stack, &format!("restore.after-pg-restore=1*return(hold:{})", go.display()));
     let first = hostsim::queue_payload("restore-worker", "task", &task, "t1", "p1", 1, Form::Host);
     let url = held.url.clone();
     let running = tokio::spawn(async move { hostsim::invoke(&url, "restore-worker", &first).await });
-    blocking(|| wait_reached(&go, &held));
+    blocking(|| app::wait_held(&go, &held));
     let again = hostsim::queue_payload("restore-worker", "task", &task, "t1", "p2", 2, Form::Host);
     let (status, reply) = plain.invoke("restore-worker", &again).await;
     assert_eq!(status, 500, "the redelivery must not restore a second time; the host retries it: {reply}");

@@ -106,6 +106,17 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         args.push("--compress=0".into());
     }
     args.push("--no-password".into());
+    // pg_dump sets lock_timeout = 0 for its session, so a lock held by another session would
+    // stall it for as long as that session holds it, whatever lock_timeout the server or role
+    // set. With one in force, pg_dump gives up after as long, with a named failure, as pgvault's
+    // own queries do.
+    if job.kind == BackupKind::Database
+        && let Ok(row) = client.query_one("SELECT current_setting('lock_timeout')", &[]).await
+        && let Ok(timeout) = row.try_get::<_, String>(0)
+        && timeout != "0"
+    {
+        args.push(format!("--lock-wait-timeout={timeout}"));
+    }
 
     // A database is dumped in a snapshot exported by this connection's transaction, which stays
     // open while the dump runs: the database's own properties are read in it (pg_restore without

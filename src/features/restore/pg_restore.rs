@@ -49,9 +49,6 @@ pub(super) async fn feed_pg_restore(
     method: Method,
 ) -> Result<()> {
     let stream = read_with_progress(ctx, m, "restore").await?;
-    let stream = futures::StreamExt::boxed(futures::StreamExt::inspect(stream, |_| {
-        crate::seams::failpoint::hit("restore.mid-stream")
-    }));
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let compression = m.compression;
     let raw = match method {
