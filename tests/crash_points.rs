@@ -140,14 +140,7 @@ fn temp_databases(stack: &Stack) -> Vec<String> {
 }
 
 /// Restore: killed at the point, redelivered, restored once, nothing left behind.
-async fn restore_crash(
-    stack: &Stack,
-    plain: &Served,
-    point: &str,
-    spec: &str,
-    replace: bool,
-    backed_up: &[String],
-) {
+async fn restore_crash(stack: &Stack, plain: &Served, point: &str, spec: &str, replace: bool, backed_up: &[String]) {
     let mode = if replace { "replace" } else { "create" };
     let n = format!("{}_{mode}", point.replace(['.', '-'], "_"));
     let target_db = format!("r_{n}");

@@ -23,7 +23,10 @@ pub const POINTS: &[(&str, &str)] = &[
     ("backup.block-staged", "after each block staged (count hits for \"after N blocks\")"),
     ("backup.after-commit", "the data blob committed, its manifest not yet created"),
     ("backup.after-manifest", "the manifest created, the reply not yet sent"),
-    ("restore.mid-stream", "after each verified block handed on to pg_restore (verify and as-files read through the same reader)"),
+    (
+        "restore.mid-stream",
+        "after each verified block handed on to pg_restore (verify and as-files read through the same reader)",
+    ),
     ("restore.after-pg-restore", "pg_restore exited 0, the row counts not yet checked"),
     ("restore.between-renames", "the swap transaction open, the old database renamed, the copy not yet"),
     ("restore.after-swap", "the swap committed, the task's record not yet written"),

@@ -41,7 +41,8 @@ pub const RESTORE_REQUESTS_QUEUE: &str = "restore-requests";
 pub const RESTORE_TASKS_QUEUE: &str = "restore-tasks";
 /// The message version of requests and tasks.
 pub const MESSAGE_VERSION: u32 = 1;
-/// Temporary databases are `pgvault_restore_<8 hex>`; nothing else may be named like that.
+/// Temporary databases are `pgvault_restore_<8 hex>` ([`temp_name`]: one per task); nothing else
+/// may be named like that.
 pub const TEMP_DB_PREFIX: &str = "pgvault_restore_";
 /// `replace` keeps the old database as `<name>_pre_restore_<YYYYMMDD_HHMMSS>` (UTC).
 pub const PRE_RESTORE_INFIX: &str = "_pre_restore_";
