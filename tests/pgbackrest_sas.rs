@@ -531,9 +531,11 @@ async fn sync_is_atomic_and_fails_safe() {
         let new_sas = fake_sas(future, &format!("new{i}"));
         let new = include::render(1, &Secret::new(new_sas.clone()));
         kv.set_secret("pgbackrest-sas-vm1", &new_sas);
-        let out = run(&[(include::ABORT_HOOK, step)]);
+        let points = format!("sas-sync.{step}=return(kill)");
+        let out = run(&[(pgvault::seams::failpoint::SETTING, &points)]);
         all_output.push_str(&text(&out));
-        assert!(!out.status.success() && out.status.code().is_none(), "{step}: killed, {}", text(&out));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "{step}: SIGKILLed at the fail point, {}", text(&out));
         let now = std::fs::read_to_string(&file).unwrap();
         let expected = if *step == "renamed" { &new } else { &old };
         assert_eq!(&now, expected.expose(), "after a kill at {step:?} the file is whole");

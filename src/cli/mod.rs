@@ -183,6 +183,11 @@ pub fn init_logging(settings: Option<&Settings>, serving: bool) {
 
 pub async fn run(cli: Cli) -> ExitCode {
     let serving = matches!(cli.command, Command::Serve);
+    if let Err(e) = crate::seams::failpoint::setup() {
+        init_logging(None, serving);
+        eprintln!("pgvault: {e}");
+        return ExitCode::from(2);
+    }
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {

@@ -11,6 +11,7 @@ use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
 use crate::domain::layout::{self, BackupKind};
 use crate::domain::manifest::{self, Block, Compression, Manifest, RowCounts, TableCount, Tool};
+use crate::seams::failpoint;
 use crate::seams::pg::{self};
 use crate::seams::progress::Progress;
 use crate::seams::store::{BlobStore, CreateOutcome, MAX_BLOCK_SIZE, MAX_BLOCKS};
@@ -105,6 +106,17 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         args.push("--compress=0".into());
     }
     args.push("--no-password".into());
+    // pg_dump sets lock_timeout = 0 for its session, so a lock held by another session would
+    // stall it for as long as that session holds it, whatever lock_timeout the server or role
+    // set. With one in force, pg_dump gives up after as long, with a named failure, as pgvault's
+    // own queries do.
+    if job.kind == BackupKind::Database
+        && let Ok(row) = client.query_one("SELECT current_setting('lock_timeout')", &[]).await
+        && let Ok(timeout) = row.try_get::<_, String>(0)
+        && timeout != "0"
+    {
+        args.push(format!("--lock-wait-timeout={timeout}"));
+    }
 
     // A database is dumped in a snapshot exported by this connection's transaction, which stays
     // open while the dump runs: the database's own properties are read in it (pg_restore without
@@ -203,6 +215,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         .commit_blocks(&data_blob, &ids, &layout::tags(job.kind, &job.server, &database, "data"))
         .await
         .map_err(|e| e.context(format!("commit blob {data_blob:?}")))?;
+    failpoint::hit("backup.after-commit");
 
     let manifest = Manifest {
         format: manifest::FORMAT_NAME.into(),
@@ -241,6 +254,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         .await;
     match created {
         Ok(CreateOutcome::Created) => {
+            failpoint::hit("backup.after-manifest");
             tracing::info!(
                 job = %job.job_id, backup = %paths.id, raw_bytes = manifest.raw_bytes, stored_bytes = manifest.stored_bytes,
                 blocks = manifest.blocks.len(), "backup committed"
@@ -359,7 +373,9 @@ async fn stage(store: &dyn BlobStore, name: &str, index: usize, data: Bytes) -> 
     store
         .stage_block(name, &block_id(index), data)
         .await
-        .map_err(|e| e.context(format!("stage block {index} of blob {name:?}")))
+        .map_err(|e| e.context(format!("stage block {index} of blob {name:?}")))?;
+    failpoint::hit("backup.block-staged");
+    Ok(())
 }
 
 /// Bytes per zstd worker job (see [`Producer::run`]).

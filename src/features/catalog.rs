@@ -110,6 +110,7 @@ pub async fn verified_blocks(manifest: &Manifest, mut stream: ByteStream, tx: mp
         if tx.send(data).await.is_err() {
             return Err(Error::transient(format!("reading backup {:?}{CONSUMER_STOPPED}", manifest.id)));
         }
+        crate::seams::failpoint::hit("restore.mid-stream");
     }
     if !buf.is_empty() || stream.next().await.is_some() {
         return Err(corrupt(

@@ -127,6 +127,7 @@ pub async fn execute_into(store: &dyn BlobStore, plans: &[TargetPlan], done: &mu
                 tracing::info!(backup = %p.id, reason = %reason, "retention: removed backup");
             }
             done.removed.push(p.id.clone());
+            crate::seams::failpoint::hit("retention.between-deletes");
             match store.delete(&m.data_blob).await {
                 Ok(()) => {}
                 Err(e) if is_immutability_refusal(&e) => {

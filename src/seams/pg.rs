@@ -188,7 +188,8 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
 /// A database query failed; name what was being done.
 pub fn query_error(what: &str, e: tokio_postgres::Error) -> Error {
     let text = redact(&error_text(&e));
-    if e.is_closed() || e.as_db_error().is_none() {
+    let passes = e.as_db_error().is_some_and(|d| passes_by_itself(d.code().code()));
+    if e.is_closed() || e.as_db_error().is_none() || passes {
         Error::transient(format!("{what}: {text}"))
     } else if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
         && text.contains("row-level security")
@@ -200,6 +201,16 @@ pub fn query_error(what: &str, e: tokio_postgres::Error) -> Error {
     } else {
         Error::permanent(format!("{what}: {text}"))
     }
+}
+
+/// Whether a server error (by SQLSTATE) may pass when the same work is tried again: a lost or
+/// refused connection (class 08), a serialization failure or deadlock (40), a lack of resources
+/// (53: disk full, out of memory, too many connections), a lock not available within
+/// `lock_timeout` (55P03), an operator's intervention (57: a cancelled statement, a terminated
+/// backend, a server shutting down or starting) and an I/O error (58). Anything else (a missing
+/// object, a permission, bad data) stays as it is until someone changes something.
+pub fn passes_by_itself(sqlstate: &str) -> bool {
+    ["08", "40", "53", "57", "58"].iter().any(|class| sqlstate.starts_with(class)) || sqlstate == "55P03"
 }
 
 fn tls_config(mode: TlsMode, ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {

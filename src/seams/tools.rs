@@ -228,6 +228,13 @@ pub fn is_error_line(line: &str) -> bool {
     l.contains("error:") || l.contains("fatal:")
 }
 
+/// The server's own words under an error (`pg_dump: detail: Error message from server: server
+/// closed the connection unexpectedly`): the cause of a failed COPY, which the error line above
+/// it (`PQgetCopyData() failed.`) does not say.
+fn is_server_detail(line: &str) -> bool {
+    line.to_ascii_lowercase().contains("detail: error message from server")
+}
+
 /// The one verdict rule of a finished tool: ok when it exited 0 and no stderr line is an error
 /// line; else a [`Failure`] holding the (redacted) error lines, or the whole stderr when none.
 pub fn verdict(tool: &str, status: ExitStatus, stderr: &str) -> std::result::Result<(), Failure> {
@@ -235,6 +242,7 @@ pub fn verdict(tool: &str, status: ExitStatus, stderr: &str) -> std::result::Res
     if status.success() && errors.is_empty() {
         return Ok(());
     }
+    let errors: Vec<&str> = stderr.lines().filter(|l| is_error_line(l) || is_server_detail(l)).collect();
     let detail = if errors.is_empty() { stderr.trim().to_string() } else { errors.join("\n") };
     Err(Failure { tool: tool.to_string(), status, detail: redact(detail.trim()) })
 }
@@ -418,6 +426,13 @@ mod tests {
         assert!(!text.contains("processing item") && !text.contains("warning"), "{text}");
         assert!(!text.contains("SECRETSIG"), "{text}");
         assert!(text.contains("could not execute query"), "{text}");
+        // The server's words under a failed COPY are kept: they say why.
+        let stderr = "pg_dump: error: Dumping the contents of table \"t\" failed: PQgetCopyData() failed.\n\
+                      pg_dump: detail: Error message from server: server closed the connection unexpectedly\n\
+                      pg_dump: detail: Command was: COPY public.t (i, v) TO stdout;\n";
+        let text = verdict("pg_dump", exited(1), stderr).unwrap_err().to_string();
+        assert!(text.contains("server closed the connection unexpectedly"), "{text}");
+        assert!(!text.contains("Command was"), "{text}");
     }
 
     #[test]

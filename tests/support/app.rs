@@ -122,6 +122,28 @@ impl Stack {
         Served::start(cmd)
     }
 
+    /// Start `pgvault serve` with extra settings for this process only (fail points, say).
+    pub fn serve_with(&self, extra: &[(&str, &str)]) -> Served {
+        let mut cmd = self.command(&["serve"]);
+        cmd.env("FUNCTIONS_CUSTOMHANDLER_PORT", "0").envs(extra.iter().copied());
+        Served::start(cmd)
+    }
+
+    /// Post a restore request to `served` (it must be planned) and take its first task off
+    /// `restore-tasks`, so the test delivers it as the host would. Returns the task's text.
+    pub async fn take_restore_task(&self, served: &Served, id: &str, request: &str) -> String {
+        use pgvault::cli::hostsim::{Form, queue_payload};
+        use pgvault::seams::queue::JobQueue;
+        let payload = queue_payload("restore-requests", "request", request, &format!("rq-{id}"), "p", 1, Form::Host);
+        let (status, reply) = served.invoke("restore-requests", &payload).await;
+        assert_eq!((status, reply["ReturnValue"]["status"].as_str()), (200, Some("planned")), "{reply}");
+        let queue = self.queue();
+        let tasks = pgvault::features::restore::RESTORE_TASKS_QUEUE;
+        let msg = queue.receive(tasks, 1, 600).await.unwrap().remove(0);
+        queue.delete(tasks, &msg.id, &msg.pop_receipt).await.unwrap();
+        msg.text
+    }
+
     pub async fn store(&self) -> AzureBlobStore {
         let options = client_options(Some(self.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
         AzureBlobStore::new(&self.azurite.blob_endpoint, CONTAINER, test_credential(), options).await.unwrap()
@@ -175,6 +197,17 @@ impl Stack {
     pub fn queue(&self) -> AzureQueue {
         let options = client_options(Some(self.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
         AzureQueue::new(&self.azurite.queue_endpoint, test_credential(), options).unwrap()
+    }
+}
+
+/// Wait until a fail point armed with `return(hold:<go>)` was reached (its `<go>.reached` file
+/// exists); `served` is the held process, whose output a timeout shows.
+pub fn wait_held(go: &std::path::Path, served: &Served) {
+    let reached = go.with_extension("reached");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !reached.exists() {
+        assert!(std::time::Instant::now() < deadline, "fail point never reached:\n{}", served.output());
+        std::thread::yield_now();
     }
 }
 

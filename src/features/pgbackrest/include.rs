@@ -11,17 +11,15 @@
 //!
 //! A file whose content is already the new content is left alone (no write at all).
 //!
-//! `PGVAULT_TEST_SYNC_ABORT_AT=<step>` aborts the process at a step (a hidden fault-injection
-//! hook for the tests: abort is as abrupt as SIGKILL).
+//! Each step is a fail point (`sas-sync.<step>`, [`crate::seams::failpoint`]): the tests kill
+//! the process there with SIGKILL.
 
 use crate::domain::error::{Error, Result};
 use crate::domain::secret::Secret;
+use crate::seams::failpoint;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-/// The fault-injection hook (see the module docs).
-pub const ABORT_HOOK: &str = "PGVAULT_TEST_SYNC_ABORT_AT";
 
 /// The include file's text for repository `repo`.
 pub fn render(repo: u8, sas: &Secret) -> Secret {
@@ -89,13 +87,6 @@ pub enum WriteOutcome {
     Written,
 }
 
-fn hook(step: &str) {
-    if std::env::var(ABORT_HOOK).is_ok_and(|v| v == step) {
-        eprintln!("pgvault: {ABORT_HOOK}={step}: aborting");
-        std::process::abort();
-    }
-}
-
 fn temp_prefix(path: &Path) -> String {
     format!(".{}.tmp-", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
 }
@@ -128,21 +119,21 @@ pub fn write_atomic(path: &Path, content: &Secret, own: &FileOwnership) -> Resul
         .open(&tmp)
         .map_err(|e| what(e, "create a temp file"))?;
     let result = (|| {
-        hook("created");
+        failpoint::hit("sas-sync.created");
         let bytes = content.expose().as_bytes();
         let half = bytes.len() / 2;
         f.write_all(&bytes[..half]).map_err(|e| what(e, "write"))?;
-        hook("half-written");
+        failpoint::hit("sas-sync.half-written");
         f.write_all(&bytes[half..]).map_err(|e| what(e, "write"))?;
-        hook("written");
+        failpoint::hit("sas-sync.written");
         f.sync_all().map_err(|e| what(e, "fsync"))?;
-        hook("synced");
+        failpoint::hit("sas-sync.synced");
         std::os::unix::fs::fchown(&f, Some(own.uid), Some(own.gid)).map_err(|e| what(e, "chown"))?;
         f.set_permissions(std::fs::Permissions::from_mode(own.mode)).map_err(|e| what(e, "chmod"))?;
-        hook("owned");
+        failpoint::hit("sas-sync.owned");
         drop(f);
         std::fs::rename(&tmp, path).map_err(|e| what(e, "rename"))?;
-        hook("renamed");
+        failpoint::hit("sas-sync.renamed");
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| what(e, "fsync the directory"))?;
         Ok(WriteOutcome::Written)
     })();

@@ -56,6 +56,109 @@ pub fn pre_restore_name(name: &str, at: OffsetDateTime) -> String {
     format!("{}{suffix}", &name[..cut.min(name.len())])
 }
 
+/// The temporary database of a task: `pgvault_restore_<8 hex of the task id's SHA-256>`. One name
+/// per task, so a delivery finds (and drops) what an earlier, killed delivery of the task left.
+pub fn temp_name(task_id: &str) -> String {
+    use sha2::Digest;
+    format!("{TEMP_DB_PREFIX}{}", &hex::encode(sha2::Sha256::digest(task_id.as_bytes()))[..8])
+}
+
+/// The advisory lock namespace of restore targets (`pgvr`).
+const TARGET_LOCK_NAMESPACE: i32 = 0x7067_7672;
+
+/// Hold the restore lock of the task's target database for as long as the returned connection
+/// lives: a session-level advisory lock on the target server, so it ends with the process that
+/// holds it (a killed worker's connections close, and the server lets go of the lock). A
+/// delivery whose earlier delivery of the same message still runs (the host lost track of it,
+/// and the claim was taken over as if it had died), or another task restoring into the same
+/// database, finds it held: a transient error, so the host retries the message later and finds
+/// the run's outcome then. `None` when the server cannot be reached now: the run itself then
+/// fails on that and records why.
+pub(super) async fn lock_target(ctx: &Ctx, task: &RestoreTask) -> Result<Option<tokio_postgres::Client>> {
+    let (Some(server_name), Some(target)) = (task.target.server.as_deref(), task.target.database.as_deref()) else {
+        return Ok(None);
+    };
+    let Some(server) = ctx.settings.server(server_name) else { return Ok(None) };
+    let locked = async {
+        let spec = ctx.conn_spec(server_name, &server.maintenance_db).await?;
+        let client = pg::connect(&spec).await?;
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&TARGET_LOCK_NAMESPACE, &target])
+            .await
+            .map_err(|e| pg::query_error("take the restore target's lock", e))?
+            .get(0);
+        Ok::<_, Error>((client, got))
+    }
+    .await;
+    match locked {
+        Ok((client, true)) => Ok(Some(client)),
+        Ok((_, false)) => Err(Error::transient(format!(
+            "task {}: database {target:?} on server {server_name:?} is being restored by a run that is still \
+             running (an earlier delivery of this task, or another task into the same database); nothing was done",
+            task.task_id
+        ))
+        .with_hint("the host retries this message later; by then the running restore has recorded its outcome")),
+        Err(e) => {
+            tracing::warn!(task = %task.task_id, error = %e, "cannot take the restore target's lock; the run reports the cause");
+            Ok(None)
+        }
+    }
+}
+
+/// Where a run notes, just before its swap transaction, which database (by OID, which a rename
+/// keeps) it is about to put in place: a delivery after a kill between the swap's commit and the
+/// task's record finds the swap done instead of restoring again. Removed when the run ends.
+pub fn swap_marker(task_id: &str) -> String {
+    format!("{}restore-swap/{task_id}", crate::features::claim::PREFIX)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SwapMarker {
+    temp: String,
+    oid: u32,
+    target: String,
+    previous: Option<String>,
+}
+
+/// The swap of an earlier delivery of this task committed (the database its marker names is in
+/// place under the target's name), but that delivery was killed before it recorded so.
+async fn swapped_earlier(
+    ctx: &Ctx,
+    admin: &tokio_postgres::Client,
+    task: &RestoreTask,
+    server_name: &str,
+    target: &str,
+) -> Result<Option<DatabaseReport>> {
+    let name = swap_marker(&task.task_id);
+    if !ctx.store.exists(&name).await? {
+        return Ok(None);
+    }
+    let Ok(marker) = serde_json::from_slice::<SwapMarker>(&ctx.store.get(&name).await?) else { return Ok(None) };
+    let now_named: Option<String> = admin
+        .query_opt("SELECT datname::text FROM pg_database WHERE oid = $1", &[&marker.oid])
+        .await
+        .map_err(|e| pg::query_error("look up the database an earlier delivery put in place", e))?
+        .map(|r| r.get(0));
+    if now_named.as_deref() != Some(target) || marker.target != target {
+        return Ok(None);
+    }
+    tracing::warn!(task = %task.task_id, target = %target, "an earlier delivery of this task put the restored database in place and was stopped before recording it");
+    Ok(Some(DatabaseReport {
+        server: server_name.into(),
+        database: target.into(),
+        temp_database: marker.temp,
+        method: "earlier delivery".into(),
+        method_reason: "restored by an earlier delivery of this task".into(),
+        previous_kept_as: marker.previous,
+        notes: vec![
+            "an earlier delivery of this task restored and verified the database and put it in place, then was \
+             stopped (killed) before it recorded that: nothing was restored again"
+                .into(),
+        ],
+        ..Default::default()
+    }))
+}
+
 pub(super) async fn db_exists(client: &tokio_postgres::Client, name: &str) -> Result<bool> {
     let n: i64 = client
         .query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name])
@@ -246,6 +349,9 @@ pub(super) async fn restore_database(
     let (version, version_num) = pg::server_version(&admin).await?;
     let target_major = pg::major_of(version_num);
     let where_ = format!("database {target:?} on server {server_name:?}");
+    if let Some(done) = swapped_earlier(ctx, &admin, task, server_name, target).await? {
+        return Ok((None, done));
+    }
     if m.tool.major > target_major {
         return Err(Error::permanent(format!(
             "backup {:?} was made by pg_dump {}; server {server_name:?} runs PostgreSQL {target_major}: a logical \
@@ -334,7 +440,16 @@ pub(super) async fn restore_database(
     let jobs = task.options.jobs.unwrap_or(1);
     let (method, method_reason) =
         choose_method(jobs, m.raw_bytes, free_space(&settings.restore_scratch_dir), settings.restore_scratch_reserve);
-    let temp = format!("{TEMP_DB_PREFIX}{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let temp = temp_name(&task.task_id);
+    // A delivery of this task that was killed left it (no run of the task is alive: the caller
+    // holds the target's lock). Its content is not trusted: restored again from the start.
+    let leftover = db_exists(&admin, &temp).await?;
+    if leftover {
+        tracing::warn!(task = %task.task_id, temp = %temp, "dropping the temporary database an earlier, killed delivery of this task left");
+        drop_temp(&admin, &temp).await.map_err(|d| {
+            Error::transient(format!("drop temporary database {temp:?}, left by an earlier delivery of this task: {d}"))
+        })?;
+    }
     let create = format!(
         "CREATE DATABASE {} TEMPLATE template0{}",
         quote_ident(&temp),
@@ -366,6 +481,11 @@ pub(super) async fn restore_database(
         target_version: version,
         ..Default::default()
     };
+    if leftover {
+        report
+            .notes
+            .push(format!("temporary database {temp:?}, left by an earlier delivery that was stopped, was dropped"));
+    }
     let temp_spec = admin_spec.with_db(&temp);
     let restored = async {
         // Closed while it is restored, and if it is kept after a failed swap: the privileges the
@@ -400,6 +520,7 @@ pub(super) async fn restore_database(
             args.push("--no-privileges".into());
         }
         feed_pg_restore(ctx, m, &tool, &temp_spec, args, method).await?;
+        crate::seams::failpoint::hit("restore.after-pg-restore");
         let checked = check_row_counts(&temp_spec, m).await?;
         wait_until_unused(&admin, &temp).await?;
         Ok::<_, Error>((globals, owner, checked, stored))
@@ -494,6 +615,20 @@ pub(super) async fn restore_database(
     }
     renames.push(format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&temp), quote_ident(target)));
     let finish = plan.sql(&renames);
+    let oid: u32 = admin
+        .query_one("SELECT oid FROM pg_database WHERE datname = $1", &[&temp])
+        .await
+        .map_err(|e| pg::query_error(&format!("look up temporary database {temp:?}"), e))?
+        .get(0);
+    let marker = SwapMarker { temp: temp.clone(), oid, target: target.into(), previous: previous.clone() };
+    ctx.store
+        .put(
+            &swap_marker(&task.task_id),
+            Bytes::from(serde_json::to_vec(&marker).expect("serializes")),
+            &Tags::default(),
+        )
+        .await
+        .map_err(|e| e.context(format!("note the swap of task {}", task.task_id)))?;
     let tx = admin.transaction().await.map_err(|e| pg::query_error("begin the swap transaction", e))?;
     let swapped = async {
         let mut tx = tx;
@@ -525,6 +660,7 @@ pub(super) async fn restore_database(
         }
         for sql in &renames {
             tx.batch_execute(sql).await.map_err(|e| (rename_error(&e), Some(e)))?;
+            crate::seams::failpoint::hit("restore.between-renames");
         }
         if let Some(step) = &plan.owner {
             tx.batch_execute(&step.sql).await.map_err(|e| (step_error(&step.what, &e), Some(e)))?;
@@ -564,6 +700,7 @@ pub(super) async fn restore_database(
         // Dropping the transaction rolled it back; nothing was renamed.
         return Err(swap_failed(&where_, &temp, &why, e.as_ref(), &finish));
     }
+    crate::seams::failpoint::hit("restore.after-swap");
     report.previous_kept_as = previous.clone();
     if mode == Mode::Replace && !exists {
         report.notes.push(format!("{where_} did not exist: nothing was replaced"));

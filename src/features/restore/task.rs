@@ -67,6 +67,11 @@ pub(super) async fn execute_claimed(
     now: OffsetDateTime,
 ) -> Result<TaskOutcome> {
     let store = ctx.store.as_ref();
+    // Taken before the record is read, held until the outcome is recorded (below).
+    let target_lock = match task.target.mode {
+        Mode::Create | Mode::Replace => lock_target(ctx, task).await?,
+        Mode::AsFiles => None,
+    };
     let mut rec = match jobrecords::get(store, JobKind::RestoreTask, &task.task_id).await {
         Ok(Some(r)) if r.status == Status::Succeeded => return Ok(TaskOutcome::AlreadyDone(Box::new(r))),
         Ok(Some(r)) => r,
@@ -146,6 +151,11 @@ pub(super) async fn execute_claimed(
         }
     })
     .await;
+    // Recorded: the swap's note has served (a failed removal leaves a note a later run ignores).
+    if !matches!(task.target.mode, Mode::AsFiles) {
+        let _ = store.delete(&swap_marker(&task.task_id)).await;
+    }
+    drop(target_lock);
     update_request(ctx, &task.request_id).await;
     outcome
 }
