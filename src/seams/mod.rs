@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod bundle;
 pub mod credentials;
+pub mod keys;
 pub mod pg;
 pub mod progress;
 pub mod queue;

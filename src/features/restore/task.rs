@@ -242,6 +242,9 @@ pub async fn run_task(ctx: &Ctx, task: &RestoreTask) -> Result<TaskReport> {
     match task.target.mode {
         Mode::AsFiles => {
             report.files = export(ctx, task, &m).await?;
+            if task.options.keep_encrypted {
+                report.decrypt_hint = decrypt_hint(&m);
+            }
         }
         Mode::Create | Mode::Replace => {
             if m.kind != BackupKind::Database {
