@@ -341,3 +341,58 @@ async fn rotated_and_disabled_key_versions() {
     assert!(!out.status.success() && text(&out).contains("could never be read"), "{}", text(&out));
     assert_eq!(manifests(&store, "main/appdb/").await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_vault_keys_through_the_adapter() {
+    use pgvault::domain::envelope::DataKey;
+    use pgvault::seams::keys::{KeyStatus, KeyWrapper};
+    let ca = support::TestCa::new();
+    let kv = KeyVault::start(&ca);
+    let v1 = kv.create_key(KEY);
+    let options =
+        pgvault::azure::client_options(Some(ca.ca_pem_path()), &pgvault::azure::RetrySettings::none()).unwrap();
+    let keys = pgvault::azure::AzureKeyWrapper::new(support::test_credential(), options);
+    let data = DataKey::generate().unwrap();
+    // Without a version, the current one wraps and is named.
+    let w1 = keys.wrap(&kv.key_id(KEY), &data).await.unwrap();
+    assert_eq!(w1.key_id, format!("{}/{v1}", kv.key_id(KEY)));
+    assert_eq!((w1.algorithm.as_str(), w1.wrapped.len()), ("RSA-OAEP-256", 256));
+    assert!(!w1.wrapped.windows(32).any(|w| w == data.expose()));
+    assert_eq!(kv.wrapped_plain_values(), [data.expose().to_vec()], "the vault saw the plain key, once");
+    // The challenge came first; the rest carried a token.
+    let log = kv.requests();
+    assert_eq!((log[0].status, log[0].authorized), (401, false), "{log:?}");
+    assert!(log[1..].iter().all(|r| r.authorized), "{log:?}");
+    let v2 = kv.rotate_key(KEY);
+    let w2 = keys.wrap(&kv.key_id(KEY), &data).await.unwrap();
+    assert!(w2.key_id.ends_with(&v2));
+    // Each unwraps with its own version, after the rotation too.
+    for w in [&w1, &w2] {
+        assert_eq!(keys.unwrap(w).await.unwrap().expose(), data.expose());
+    }
+    assert_eq!(keys.status(&w1.key_id).await.unwrap(), KeyStatus::Available);
+    // A version pinned in the setting wraps with that version.
+    let pinned = keys.wrap(&w1.key_id, &data).await.unwrap();
+    assert_eq!(pinned.key_id, w1.key_id);
+    // Disabled: no unwrap, and the status says so.
+    kv.set_key_enabled(KEY, &v1, false);
+    let e = keys.unwrap(&w1).await.unwrap_err();
+    assert!(e.is_permanent() && e.to_string().contains(&format!("key version {} not available: disabled", w1.key_id)), "{e}");
+    assert_eq!(keys.status(&w1.key_id).await.unwrap(), KeyStatus::Unavailable("disabled".into()));
+    assert_eq!(keys.unwrap(&w2).await.unwrap().expose(), data.expose(), "the other version is unaffected");
+    // A wrapped key that is not this key's: refused by the vault, permanent.
+    let mut bad = w2.clone();
+    bad.wrapped[10] ^= 1;
+    assert!(keys.unwrap(&bad).await.unwrap_err().is_permanent());
+    // Forbidden: access denied names the role, and the state is unknown rather than unavailable.
+    kv.set_forbidden(true);
+    let e = keys.unwrap(&w2).await.unwrap_err();
+    assert!(e.to_string().contains("access denied") && e.to_string().contains("Key Vault Crypto User"), "{e}");
+    assert!(keys.status(&w2.key_id).await.is_err());
+    kv.set_forbidden(false);
+    // Deleted: every version is gone.
+    kv.delete_key(KEY);
+    let e = keys.unwrap(&w2).await.unwrap_err();
+    assert!(e.to_string().contains("not available: deleted"), "{e}");
+    assert_eq!(keys.status(&w2.key_id).await.unwrap(), KeyStatus::Unavailable("deleted".into()));
+}

@@ -14,7 +14,7 @@
 //!   `POST /keys/{name}/rotate` add a version; `GET /keys/{name}/` (latest) and
 //!   `GET /keys/{name}/{version}` return the key bundle (a disabled version too, with
 //!   `enabled: false`, as the real service does); `PATCH /keys/{name}/{version}` sets
-//!   `attributes.enabled`; `DELETE /keys/{name}` deletes every version;
+//!   `attributes.enabled`;
 //!   `POST /keys/{name}/{version}/wrapkey` and `.../unwrapkey` take `{"alg","value"}` (base64url)
 //!   and answer `{"kid","value"}`. A disabled version still wraps but refuses to unwrap: 403
 //!   `Forbidden` with inner code `KeyDisabled`. A missing key or version: 404 `KeyNotFound`.
@@ -157,6 +157,11 @@ impl KeyVault {
             .unwrap_or_else(|| panic!("test key vault has no key {name:?} version {version:?}"));
         v.enabled = enabled;
         v.updated = OffsetDateTime::now_utc().unix_timestamp();
+    }
+
+    /// Delete key `name`, every version (as `DELETE /keys/<name>` does).
+    pub fn delete_key(&self, name: &str) {
+        assert!(self.inner.keys.lock().unwrap().remove(name).is_some(), "test key vault has no key {name:?}");
     }
 
     /// The key identifier `https://127.0.0.1:<port>/keys/<name>` (no version).
@@ -479,10 +484,6 @@ fn route_keys(inner: &Inner, method: &Method, segments: &[&str], body: &[u8]) ->
             let v = find(None).expect("just added");
             (StatusCode::OK, axum::Json(inner.key_bundle(name, &v))).into_response()
         }
-        ("DELETE", []) | ("DELETE", [""]) => match inner.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(name) {
-            Some(_) => (StatusCode::OK, axum::Json(json!({"recoveryId": name}))).into_response(),
-            None => key_not_found(name, None),
-        },
         ("GET", []) | ("GET", [""]) | ("GET", [_]) => {
             let version = segments.get(1).copied();
             match find(version) {
