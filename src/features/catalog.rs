@@ -52,6 +52,12 @@ pub async fn manifest(store: &dyn BlobStore, id: &str) -> Result<Manifest> {
     })?;
     let m = Manifest::from_json(&name, &bytes)?;
     m.check_consistent()?;
+    // An encrypted backup's chunks are bound to the manifest's id: a manifest copied over
+    // another backup's name must not pass for it.
+    if m.id != id {
+        return Err(Error::permanent(format!("manifest {name:?} describes backup {:?}, not {id:?}", m.id))
+            .with_hint("the container was altered; restore from another backup"));
+    }
     Ok(m)
 }
 
