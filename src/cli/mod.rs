@@ -903,6 +903,9 @@ fn print_task_report(
             f.url.expose()
         );
     }
+    if let Some(hint) = &r.decrypt_hint {
+        println!("   encrypted: {hint}");
+    }
 }
 
 async fn list_jobs(
