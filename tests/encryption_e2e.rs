@@ -88,10 +88,8 @@ async fn read_all(store: &dyn BlobStore, name: &str) -> Vec<u8> {
 /// Replace a backup's data with `data` and make its manifest match it (block list, sizes and
 /// hashes), as an attacker with write access to the container can.
 async fn rewrite(store: &dyn BlobStore, m: &Manifest, data: &[u8]) {
-    let blocks: Vec<Block> = data
-        .chunks(1 << 20)
-        .map(|b| Block { size: b.len() as u64, sha256: hex::encode(Sha256::digest(b)) })
-        .collect();
+    let blocks: Vec<Block> =
+        data.chunks(1 << 20).map(|b| Block { size: b.len() as u64, sha256: hex::encode(Sha256::digest(b)) }).collect();
     let mut edited = m.clone();
     edited.blocks = blocks;
     edited.stored_bytes = data.len() as u64;
@@ -194,8 +192,8 @@ async fn encrypted_round_trip_through_the_handler() {
     assert_eq!(data["sha256"], hex::encode(Sha256::digest(&plain)));
     assert_eq!(data["bytes"], plain.len() as u64);
     assert_eq!(&plain[..5], b"PGDMP", "the plain archive (compression none)");
-    let copy: Manifest = Manifest::from_json("copy", &exports.get(&format!("x/{}.manifest.json", m.id)).await.unwrap())
-        .unwrap();
+    let copy: Manifest =
+        Manifest::from_json("copy", &exports.get(&format!("x/{}.manifest.json", m.id)).await.unwrap()).unwrap();
     assert!(copy.encryption.is_none() && copy.sha256 == data["sha256"], "the copied manifest describes the file");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &plain).unwrap();
@@ -221,8 +219,12 @@ async fn encrypted_round_trip_through_the_handler() {
 /// `pg_restore --no-owner -d db` from a file or from stdin.
 fn pg_restore(stack: &Stack, db: &str, file: Option<&std::path::Path>, stdin: Option<Stdio>) -> Output {
     let mut cmd = std::process::Command::new(stack.pg.bin_dir.join("pg_restore"));
-    cmd.args(["--no-owner", "--exit-on-error", "-h", &stack.pg.host, "-p", &stack.pg.port.to_string()])
-        .args(["-U", &stack.pg.superuser, "-d", db]);
+    cmd.args(["--no-owner", "--exit-on-error", "-h", &stack.pg.host, "-p", &stack.pg.port.to_string()]).args([
+        "-U",
+        &stack.pg.superuser,
+        "-d",
+        db,
+    ]);
     if let Some(f) = file {
         cmd.arg(f);
     }
@@ -264,7 +266,19 @@ async fn tampered_chunks_are_refused_naming_the_chunk_and_the_target_is_untouche
         assert!(out.status.success(), "{what}: keyless verify checks the blocks only: {}", text(&out));
         let out = cli(
             &stack,
-            &["restore", "--server", "main", "--database", "appdb", "--backup", &m.id, "--mode", "replace", "--target-database", "victim"],
+            &[
+                "restore",
+                "--server",
+                "main",
+                "--database",
+                "appdb",
+                "--backup",
+                &m.id,
+                "--mode",
+                "replace",
+                "--target-database",
+                "victim",
+            ],
         );
         let said = text(&out);
         assert!(!out.status.success(), "{what}: {said}");
@@ -279,7 +293,10 @@ async fn tampered_chunks_are_refused_naming_the_chunk_and_the_target_is_untouche
     }
     // Put back, it restores.
     rewrite(&store, m, &original).await;
-    let out = cli(&stack, &["restore", "--server", "main", "--database", "appdb", "--backup", &m.id, "--target-database", "fine"]);
+    let out = cli(
+        &stack,
+        &["restore", "--server", "main", "--database", "appdb", "--backup", &m.id, "--target-database", "fine"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(fingerprint(&stack, "fine"), fingerprint(&stack, "appdb"));
 }
@@ -302,7 +319,10 @@ async fn rotated_and_disabled_key_versions() {
     assert_eq!(versions, [format!("{}/{v1}", kv.key_id(KEY)), format!("{}/{v2}", kv.key_id(KEY))]);
     for (i, m) in list.iter().enumerate() {
         let target = format!("rot{i}");
-        let out = cli(&stack, &["restore", "--server", "main", "--database", "appdb", "--backup", &m.id, "--target-database", &target]);
+        let out = cli(
+            &stack,
+            &["restore", "--server", "main", "--database", "appdb", "--backup", &m.id, "--target-database", &target],
+        );
         assert!(out.status.success(), "{}", text(&out));
         assert_eq!(fingerprint(&stack, &target), source);
     }
@@ -325,13 +345,23 @@ async fn rotated_and_disabled_key_versions() {
     assert!(said.contains(&format!("ok {}", list[1].id)), "{said}");
     // The restore refuses before touching anything: no database, no temporary one.
     let before = kv.requests().len();
-    let out = cli(&stack, &["restore", "--server", "main", "--database", "appdb", "--backup", &list[0].id, "--target-database", "never"]);
+    let out = cli(
+        &stack,
+        &["restore", "--server", "main", "--database", "appdb", "--backup", &list[0].id, "--target-database", "never"],
+    );
     let said = text(&out);
     assert!(!out.status.success() && said.contains(&shredded), "{said}");
     assert_eq!(psql(&stack, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'never'"), "0");
     assert_eq!(temp_databases(&stack), "");
-    assert!(kv.requests()[before..].iter().any(|r| r.path.contains(&format!("/keys/{KEY}/{v1}/unwrapkey")) && r.status == 403));
-    let out = cli(&stack, &["restore", "--server", "main", "--database", "appdb", "--backup", &list[1].id, "--target-database", "still"]);
+    assert!(
+        kv.requests()[before..]
+            .iter()
+            .any(|r| r.path.contains(&format!("/keys/{KEY}/{v1}/unwrapkey")) && r.status == 403)
+    );
+    let out = cli(
+        &stack,
+        &["restore", "--server", "main", "--database", "appdb", "--backup", &list[1].id, "--target-database", "still"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(fingerprint(&stack, "still"), source);
 
@@ -377,7 +407,10 @@ async fn key_vault_keys_through_the_adapter() {
     // Disabled: no unwrap, and the status says so.
     kv.set_key_enabled(KEY, &v1, false);
     let e = keys.unwrap(&w1).await.unwrap_err();
-    assert!(e.is_permanent() && e.to_string().contains(&format!("key version {} not available: disabled", w1.key_id)), "{e}");
+    assert!(
+        e.is_permanent() && e.to_string().contains(&format!("key version {} not available: disabled", w1.key_id)),
+        "{e}"
+    );
     assert_eq!(keys.status(&w1.key_id).await.unwrap(), KeyStatus::Unavailable("disabled".into()));
     assert_eq!(keys.unwrap(&w2).await.unwrap().expose(), data.expose(), "the other version is unaffected");
     // A wrapped key that is not this key's: refused by the vault, permanent.

@@ -130,8 +130,7 @@ impl KeyWrapper for AzureKeyWrapper {
             .map_err(|e| unwrap_error(&id, &what, e))?
             .into_model()
             .map_err(|e| key_error(&what, e))?;
-        let mut plain =
-            result.result.ok_or_else(|| Error::permanent(format!("{what}: the vault returned no key")))?;
+        let mut plain = result.result.ok_or_else(|| Error::permanent(format!("{what}: the vault returned no key")))?;
         let key = DataKey::from_bytes(&plain);
         plain.zeroize();
         key
@@ -160,17 +159,20 @@ fn key_error(what: &str, e: azure_core::Error) -> Error {
         match code {
             404 => {
                 return Error::permanent(format!("{what}: the key does not exist: deleted (http 404 {service_code})"))
-                    .with_hint("check PGVAULT_ENCRYPTION_KEY; a deleted key can be recovered while the vault keeps it");
+                    .with_hint(
+                        "check PGVAULT_ENCRYPTION_KEY; a deleted key can be recovered while the vault keeps it",
+                    );
             }
             403 if service_code.eq_ignore_ascii_case("KeyDisabled") => {
                 return Error::permanent(format!("{what}: the key is disabled (http 403 KeyDisabled)"));
             }
             403 => {
                 let message = body.message.as_deref().map(|m| format!(" ({})", redact(m))).unwrap_or_default();
-                return Error::permanent(format!("{what}: access denied (http 403 {service_code}){message}")).with_hint(
-                    "grant the function's identity the Key Vault Crypto User role on the key; a new role \
+                return Error::permanent(format!("{what}: access denied (http 403 {service_code}){message}"))
+                    .with_hint(
+                        "grant the function's identity the Key Vault Crypto User role on the key; a new role \
                      assignment can take a few minutes to apply",
-                );
+                    );
             }
             _ => {}
         }

@@ -344,11 +344,8 @@ impl Opener {
         let try_open = |buf: &[u8], last: bool| -> Option<Vec<u8>> {
             let mut b = buf.to_vec();
             let aad = aad(&header, &self.backup_id, index, last);
-            let n = self
-                .key
-                .open_in_place(Nonce::assume_unique_for_key(nonce(index)), Aad::from(aad), &mut b)
-                .ok()?
-                .len();
+            let n =
+                self.key.open_in_place(Nonce::assume_unique_for_key(nonce(index)), Aad::from(aad), &mut b).ok()?.len();
             b.truncate(n);
             Some(b)
         };
@@ -528,12 +525,22 @@ mod tests {
     #[test]
     fn key_ids_parse() {
         let k = KeyId::parse("https://v.vault.azure.net/keys/backup-key").unwrap();
-        assert_eq!((k.vault_url.as_str(), k.name.as_str(), k.version.as_deref()), ("https://v.vault.azure.net", "backup-key", None));
+        assert_eq!(
+            (k.vault_url.as_str(), k.name.as_str(), k.version.as_deref()),
+            ("https://v.vault.azure.net", "backup-key", None)
+        );
         let k = KeyId::parse("https://127.0.0.1:8443/keys/k/0123abcd").unwrap();
         assert_eq!(k.version.as_deref(), Some("0123abcd"));
         assert_eq!(k.to_string(), "https://127.0.0.1:8443/keys/k/0123abcd");
         assert_eq!(k.with_version("ff").to_string(), "https://127.0.0.1:8443/keys/k/ff");
-        for bad in ["http://v/keys/k", "https://v/secrets/k", "https://v/keys/", "https://v/keys/a/b/c", "k", "https://v/keys/k?x=1"] {
+        for bad in [
+            "http://v/keys/k",
+            "https://v/secrets/k",
+            "https://v/keys/",
+            "https://v/keys/a/b/c",
+            "k",
+            "https://v/keys/k?x=1",
+        ] {
             assert!(KeyId::parse(bad).unwrap_err().to_string().contains("bad Key Vault key identifier"), "{bad}");
         }
     }

@@ -186,7 +186,12 @@ pub async fn key_problems(ctx: &Ctx, list: &[Manifest]) -> Vec<Option<String>> {
 /// that authenticated reach `tx` (the chunks' boundaries are independent of the blocks'; at most
 /// one chunk is held). The last chunk goes on only after every block and the whole-file hash
 /// matched. Without `key`, the stored bytes go on as they are. Returns the stored bytes read.
-pub async fn plain_blocks(m: &Manifest, key: Option<&DataKey>, stream: ByteStream, tx: mpsc::Sender<Bytes>) -> Result<u64> {
+pub async fn plain_blocks(
+    m: &Manifest,
+    key: Option<&DataKey>,
+    stream: ByteStream,
+    tx: mpsc::Sender<Bytes>,
+) -> Result<u64> {
     let (Some(key), Some(enc)) = (key, &m.encryption) else { return verified_blocks(m, stream, tx).await };
     let stopped = || Error::transient(format!("reading backup {:?}: the consumer stopped", m.id));
     let (vtx, mut vrx) = mpsc::channel::<Bytes>(1);

@@ -508,7 +508,12 @@ fn route_keys(inner: &Inner, method: &Method, segments: &[&str], body: &[u8]) ->
             let Some(v) = find(Some(version)) else { return key_not_found(name, Some(version)) };
             let req = json_body().unwrap_or_default();
             if req["alg"] != "RSA-OAEP-256" {
-                return error(StatusCode::BAD_REQUEST, "BadParameter", "The test key vault knows RSA-OAEP-256 only.", None);
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadParameter",
+                    "The test key vault knows RSA-OAEP-256 only.",
+                    None,
+                );
             }
             let Some(value) = req["value"].as_str().and_then(|s| b64.decode(s.trim_end_matches('=')).ok()) else {
                 return error(StatusCode::BAD_REQUEST, "BadParameter", "Property value is required (base64url).", None);

@@ -174,8 +174,7 @@ async fn export_decrypted(
         ctx.settings.blocks_in_flight,
         ctx.cancel.clone(),
     );
-    let (pumped, shipped, uploaded) =
-        tokio::join!(catalog::plain_blocks(m, Some(key), stream, tx), reblock, upload);
+    let (pumped, shipped, uploaded) = tokio::join!(catalog::plain_blocks(m, Some(key), stream, tx), reblock, upload);
     pumped?;
     let staged = uploaded?;
     let Some((bytes, sha, blocks)) = shipped.filter(|(_, _, b)| b.len() == staged) else {
