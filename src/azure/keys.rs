@@ -86,9 +86,7 @@ impl KeyWrapper for AzureKeyWrapper {
         }
         let what = format!("wrap the data key with Key Vault key {id}");
         let client = self.client(&id.vault_url)?;
-        let mut params = KeyOperationParameters::default();
-        params.algorithm = Some(EncryptionAlgorithm::RsaOaep256);
-        params.value = Some(key.expose().to_vec());
+        let params = operation(EncryptionAlgorithm::RsaOaep256, key.expose().to_vec());
         let body: RequestContent<KeyOperationParameters> =
             params.try_into().map_err(|e: azure_core::Error| key_error(&what, e))?;
         let options = azure_security_keyvault_keys::models::KeyClientWrapKeyOptions {
@@ -119,9 +117,7 @@ impl KeyWrapper for AzureKeyWrapper {
             other => return Err(Error::permanent(format!("{what}: unknown wrap algorithm {other:?}"))),
         };
         let client = self.client(&id.vault_url)?;
-        let mut params = KeyOperationParameters::default();
-        params.algorithm = Some(algorithm);
-        params.value = Some(wrapped.wrapped.clone());
+        let params = operation(algorithm, wrapped.wrapped.clone());
         let body: RequestContent<KeyOperationParameters> =
             params.try_into().map_err(|e: azure_core::Error| key_error(&what, e))?;
         let result = client
@@ -147,6 +143,15 @@ impl KeyWrapper for AzureKeyWrapper {
             },
         }
     }
+}
+
+/// The body of a wrap or unwrap. The model is `#[non_exhaustive]`: no struct literal.
+#[allow(clippy::field_reassign_with_default)]
+fn operation(algorithm: EncryptionAlgorithm, value: Vec<u8>) -> KeyOperationParameters {
+    let mut params = KeyOperationParameters::default();
+    params.algorithm = Some(algorithm);
+    params.value = Some(value);
+    params
 }
 
 /// Key-specific HTTP refusals first (a disabled or missing key), then everything Key Vault

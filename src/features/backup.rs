@@ -658,6 +658,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn producer_encrypts_after_compressing_and_the_blocks_describe_the_stored_bytes() {
+        use crate::domain::envelope::{DataKey, Opener};
+        let input: Vec<u8> = b"PGDMP".iter().copied().chain((0..800_000u32).flat_map(|i| i.to_le_bytes())).collect();
+        let key = DataKey::generate().unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let collect = tokio::spawn(async move {
+            let mut all = Vec::new();
+            while let Some((_, b)) = rx.recv().await {
+                all.push(b);
+            }
+            all
+        });
+        let p = Producer {
+            seal: Some((DataKey::from_bytes(key.expose()).unwrap(), "s/d/x".into())),
+            compression: Compression::Zstd { level: 3 },
+            zstd_threads: 0,
+            sizer: BlockSizer { base: 256 * 1024 },
+            expect_magic: Some(b"PGDMP"),
+            progress: Progress::start(progress::Mode::Off, "t", None),
+        };
+        let data = input.clone();
+        let produced =
+            tokio::task::spawn_blocking(move || p.run(std::io::Cursor::new(data), tx)).await.unwrap().unwrap();
+        let blocks = collect.await.unwrap();
+        let stored: Vec<u8> = blocks.iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(stored.len() as u64, produced.stored_bytes);
+        assert_eq!(hex::encode(Sha256::digest(&stored)), produced.sha256, "hashes of the stored (sealed) bytes");
+        for (b, meta) in blocks.iter().zip(&produced.blocks) {
+            assert_eq!(hex::encode(Sha256::digest(b)), meta.sha256);
+        }
+        assert_eq!(&stored[..6], b"PGVENC");
+        let mut opener = Opener::new(&key, "s/d/x", envelope::DEFAULT_CHUNK_SIZE);
+        let mut zst = Vec::new();
+        let mut out = |b: Vec<u8>| {
+            zst.extend_from_slice(&b);
+            Ok(())
+        };
+        for b in &blocks {
+            opener.push(b, &mut out).unwrap();
+        }
+        opener.finish(&mut out).unwrap();
+        assert_eq!(zstd::decode_all(zst.as_slice()).unwrap(), input);
+    }
+
+    #[tokio::test]
     async fn producer_rejects_non_archive() {
         let (tx, _rx) = mpsc::channel(4);
         let p = Producer {
