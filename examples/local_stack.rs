@@ -3,6 +3,9 @@
 //! - a throwaway certificate authority (and a leaf for 127.0.0.1 / localhost),
 //! - Azurite (Blob + Queue) over HTTPS with `--oauth basic`,
 //! - the App Service managed-identity endpoint (`IDENTITY_ENDPOINT` / `IDENTITY_HEADER`),
+//! - the Key Vault test server with an RSA key `pgvault-backup`, named in
+//!   `PGVAULT_ENCRYPTION_KEY`, so backups are encrypted as in production (unset it for plain
+//!   backups; `DEMO_ENCRYPTION_KEY` keeps the value),
 //! - a PostgreSQL 15 cluster (run as OS user `postgres` when started as root).
 //!
 //! It writes an env file of `export K='V'` lines with every setting `pgvault` needs to use that
@@ -24,13 +27,15 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use support::{Azurite, Cluster, IdentityServer, TestCa};
+use support::{Azurite, Cluster, IdentityServer, KeyVault, TestCa};
 use tokio::signal::unix::{SignalKind, signal};
 
 const USAGE: &str = "usage: local_stack --env-file PATH [--sample-databases N] [--ignore-stdin]";
 
 /// Blob container the local stack's pgvault writes to.
 const CONTAINER: &str = "pgvault-backups";
+/// The Key Vault key that wraps the local stack's data keys.
+const ENCRYPTION_KEY_NAME: &str = "pgvault-backup";
 /// Server name in the inventory.
 const SERVER: &str = "local";
 
@@ -178,10 +183,18 @@ async fn run(args: Args) -> Result<(), String> {
     let ca = TestCa::new();
     let azurite = Azurite::start(&ca).await;
     let identity = IdentityServer::start().await;
+    let vault = KeyVault::start(&ca);
+    vault.create_key(ENCRYPTION_KEY_NAME);
     let cluster = tokio::task::spawn_blocking(Cluster::start).await.map_err(|e| format!("start PostgreSQL: {e}"))?;
     eprintln!(
-        "local_stack: Azurite blob {} queue {}; identity {}; PostgreSQL {} on {}:{}",
-        azurite.blob_endpoint, azurite.queue_endpoint, identity.endpoint, cluster.version, cluster.host, cluster.port
+        "local_stack: Azurite blob {} queue {}; identity {}; Key Vault {}; PostgreSQL {} on {}:{}",
+        azurite.blob_endpoint,
+        azurite.queue_endpoint,
+        identity.endpoint,
+        vault.url,
+        cluster.version,
+        cluster.host,
+        cluster.port
     );
 
     for n in 1..=args.sample_databases {
@@ -228,6 +241,8 @@ async fn run(args: Args) -> Result<(), String> {
         ("PGVAULT_INVENTORY".into(), inventory.to_string()),
         ("PGVAULT_PG_BIN_DIRS".into(), cluster.bin_dir.display().to_string()),
         ("PGVAULT_BACKUP_SCHEDULE".into(), "0 0 2 * * *".into()),
+        ("PGVAULT_ENCRYPTION_KEY".into(), vault.key_id(ENCRYPTION_KEY_NAME)),
+        ("DEMO_ENCRYPTION_KEY".into(), vault.key_id(ENCRYPTION_KEY_NAME)),
         // For scripts (psql, pg_dump) and the benchmark; pgvault itself does not read these.
         ("DEMO_PGHOST".into(), cluster.host.clone()),
         ("DEMO_PGPORT".into(), cluster.port.to_string()),
@@ -281,6 +296,7 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = std::fs::remove_file(&args.env_file);
     tokio::task::spawn_blocking(move || drop(cluster)).await.map_err(|e| format!("stop PostgreSQL: {e}"))?;
     drop(azurite);
+    drop(vault);
     drop(identity);
     drop(ca);
     eprintln!("local_stack: stopped, files removed");

@@ -71,6 +71,10 @@ param rpoMarginMinutes int = 60
 param drillSchedule string = '0 0 5 * * 0'
 @description('Inventory server restore drills restore into (a scratch server); empty: no drills.')
 param drillServer string = ''
+@description('Encrypt every backup with a data key wrapped by a Key Vault key (modules/backup-key.bicep), created in the database-secrets vault; false: backups are stored unencrypted.')
+param encryptBackups bool = true
+@description('Rotation of that key: a new version this long after each one was created (ISO 8601 duration).')
+param backupKeyRotateAfter string = 'P1Y'
 @description('Days finished job records are kept.')
 param jobRecordDays int = 400
 @description('Name of a secret in the database-secrets vault holding the alert webhook URL (Teams/Slack); empty: alerts only in the log. Read through a Key Vault reference, never stored in the app settings.')
@@ -248,6 +252,20 @@ module dbVault 'modules/keyvault.bicep' = {
   }
 }
 
+// The backup encryption key, in the database-secrets vault: the app may use this key only (Key
+// Vault Crypto User on the key; see the module for why that role and scope).
+module backupKey 'modules/backup-key.bicep' = if (encryptBackups) {
+  name: 'backup-key'
+  params: {
+    vaultName: dbVaultName
+    principalId: identity.properties.principalId
+    rotateAfter: backupKeyRotateAfter
+  }
+  dependsOn: [
+    dbVault
+  ]
+}
+
 // pgBackRest SAS tokens: the app writes (Key Vault Secrets Officer), only here.
 module sasVault 'modules/keyvault.bicep' = if (!empty(pgbackrestTargets)) {
   name: 'sas-vault'
@@ -362,6 +380,7 @@ var pgvaultSettings = {
   PGVAULT_IDENTITY_CLIENT_ID: identity.properties.clientId
   PGVAULT_BACKUP_SCHEDULE: backupSchedule
   PGVAULT_COMPRESSION: compression
+  PGVAULT_ENCRYPTION_KEY: encryptBackups ? backupKey.outputs.keyUri : ''
   PGVAULT_ZSTD_THREADS: string(zstdThreads)
   PGVAULT_BLOCK_SIZE_MIB: string(blockSizeMiB)
   PGVAULT_BLOCKS_IN_FLIGHT: string(blocksInFlight)

@@ -35,7 +35,8 @@ impl Runtime {
         let cloud_credentials = settings.inventory.iter().any(|s| s.credentials.needs_azure());
         let needs_azure = matches!(settings.storage, StorageSettings::Azure { .. })
             || settings.queue_service_uri.is_some()
-            || cloud_credentials;
+            || cloud_credentials
+            || settings.encrypts();
         let azure = if needs_azure { Some(azure_parts(&settings, &sdk_retries(&settings))?) } else { None };
         let mut azure_store = None;
         let inner: Arc<dyn BlobStore> = match &settings.storage {
@@ -72,7 +73,11 @@ impl Runtime {
         let alerter = Arc::new(crate::seams::alerts::Alerter::new(
             settings.alert_webhook.as_ref().and_then(|s| url::Url::parse(s.expose()).ok()),
         ));
-        let ctx = Ctx { secrets: Arc::new(secrets), settings, store, progress, cancel, alerter };
+        // Data keys are wrapped and unwrapped in Key Vault with the same identity.
+        let keys = azure.clone().map(|(credential, options)| {
+            Arc::new(azure::AzureKeyWrapper::new(credential, options)) as Arc<dyn crate::seams::keys::KeyWrapper>
+        });
+        let ctx = Ctx { secrets: Arc::new(secrets), settings, store, progress, cancel, alerter, keys };
         Ok(Runtime { ctx, queue, azure_store })
     }
 

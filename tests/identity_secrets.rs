@@ -574,6 +574,11 @@ async fn no_secret_appears_in_any_output_at_debug_level() {
         ),
     );
     psql(&stack, "appdb", "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 2000) i");
+    // Encrypted backups: neither a data key nor a plaintext row may appear anywhere.
+    let marker = "Plaintext-Row_Marker-93f1c";
+    psql(&stack, "appdb", &format!("CREATE TABLE marker AS SELECT '{marker}'::text AS m"));
+    kv.create_key("backup-key");
+    stack.set("PGVAULT_ENCRYPTION_KEY", &kv.key_id("backup-key"));
     // A table under row-level security the readers do not bypass: pg_dump fails, and its
     // stderr reaches the replies and the poison queue.
     psql(&stack, "denied", "CREATE TABLE guarded AS SELECT 1 AS i; ALTER TABLE guarded ENABLE ROW LEVEL SECURITY");
@@ -666,6 +671,33 @@ async fn no_secret_appears_in_any_output_at_debug_level() {
         std::thread::yield_now();
     }
     outputs.push(("serve log".into(), served.output()));
+    // The manifests and the job records hold no data key and no plaintext (the records' SAS
+    // URLs are their channel, so these two are checked for keys and data only).
+    let store = stack.store().await;
+    let mut kept: Vec<(String, String)> = vec![("job records".into(), serde_json::to_string(&records).unwrap())];
+    for b in store.list("").await.unwrap() {
+        if b.name.ends_with(".manifest.json") {
+            let m = store.get(&b.name).await.unwrap();
+            assert!(Manifest::from_json(&b.name, &m).unwrap().encryption.is_some(), "{} is encrypted", b.name);
+            kept.push((b.name.clone(), String::from_utf8_lossy(&m).into_owned()));
+        }
+    }
+    let data_keys = kv.wrapped_plain_values();
+    assert!(data_keys.len() >= 4, "every backup wrapped a fresh key: {}", data_keys.len());
+    assert_eq!(data_keys.iter().collect::<std::collections::HashSet<_>>().len(), data_keys.len(), "never the same key");
+    for key in &data_keys {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let forms = [hex::encode(key), hex::encode_upper(key), b64.encode(key), b64url.encode(key), format!("{key:?}")];
+        for (what, t) in outputs.iter().chain(&kept) {
+            for form in &forms {
+                assert!(!t.contains(form.as_str()), "a data key appears in {what}");
+            }
+        }
+    }
+    for (what, t) in outputs.iter().chain(&kept) {
+        assert!(!t.contains(marker), "plaintext appears in {what}");
+    }
 
     let all: String = outputs.iter().map(|(what, t)| format!("==== {what}\n{t}\n")).collect();
     assert!(all.contains("password authentication failed for user \"kv_reader\""), "the failure was reported: {all}");

@@ -343,6 +343,7 @@ const BLOB_DELEGATOR: &str = "db58b8e5-c6ad-4a2a-8342-4190687cbf4a";
 const QUEUE_CONTRIBUTOR: &str = "974c5e8b-45b9-4653-ba55-5f855dd0fb88";
 const KV_SECRETS_USER: &str = "4633458b-17de-408a-b874-0445c86b69e6";
 const KV_SECRETS_OFFICER: &str = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7";
+const KV_CRYPTO_USER: &str = "12338af0-0e69-4776-bea7-57ae8d297424";
 const METRICS_PUBLISHER: &str = "3913510d-42f4-4e42-8a64-420c390055eb";
 const VM_CONTRIBUTOR: &str = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c";
 const CONTAINERS: &str = "Microsoft.Storage/storageAccounts/blobServices/containers";
@@ -419,6 +420,14 @@ const NEEDS: &[Need] = &[
         file: "modules/keyvault.bicep",
         scope: "vault",
         scope_type: "Microsoft.KeyVault/vaults",
+    },
+    Need {
+        operation: "encrypted backups: wrap data keys (backup) and unwrap them (restore, drill, cat)",
+        role: "Key Vault Crypto User",
+        guid: KV_CRYPTO_USER,
+        file: "modules/backup-key.bicep",
+        scope: "key",
+        scope_type: "Microsoft.KeyVault/vaults/keys",
     },
     Need {
         operation: "pull delivery: the VM reads its own SAS secret",
@@ -822,6 +831,37 @@ fn run_command_roles_are_unique_and_assignable_where_they_are_assigned() {
             }
         }
     }
+}
+
+#[test]
+fn the_backup_key_wraps_rotates_and_is_the_encryption_setting() {
+    let b = Bicep::load("modules/backup-key.bicep");
+    let key = &b.resources()["key"].1;
+    assert_eq!(property(key, "parent"), Some("vault"));
+    assert_eq!(property(key, "kty"), Some("'RSA'"), "RSA-OAEP-256 needs an RSA key");
+    let ops: Vec<&str> = key.lines().map(str::trim).filter(|l| l.starts_with('\'')).collect();
+    assert_eq!(ops, ["'wrapKey'", "'unwrapKey'"], "the key does nothing but wrap and unwrap");
+    assert!(key.contains("rotationPolicy: {") && key.contains("type: 'rotate'"), "a rotation policy: {key}");
+    assert!(key.contains("timeAfterCreate: rotateAfter"), "{key}");
+    // Old versions must keep unwrapping: no expiry is set on the versions.
+    assert!(!key.contains("expiryTime") && !key.contains("exp:"), "{key}");
+    // The app's role is scoped to the key, never the vault.
+    let assignment = &b.resources()["appUsesKey"].1;
+    assert!(assignment.contains("scope: key\n"), "{assignment}");
+    assert_eq!(b.resources().values().filter(|(t, _)| t == "Microsoft.Authorization/roleAssignments").count(), 1);
+    assert!(b.text(b.var("appKeyRole")).contains("roleKeyVaultCryptoUser"), "Crypto User by default");
+    // main: the key lives in the database-secrets vault, and the setting names it (no version:
+    // the current one is resolved per backup).
+    let main = Bicep::load("main.bicep");
+    let module = main.module("backupKey");
+    assert!(module.contains("vaultName: dbVaultName") && module.contains("if (encryptBackups)"), "{module}");
+    let (settings, _) = main_settings();
+    assert_eq!(
+        settings.get("PGVAULT_ENCRYPTION_KEY").map(String::as_str),
+        Some("encryptBackups ? backupKey.outputs.keyUri : ''")
+    );
+    let (_, decl) = main.param("encryptBackups");
+    assert!(decl.ends_with("= true"), "encrypted by default: {decl}");
 }
 
 #[test]

@@ -159,14 +159,14 @@ pub(crate) fn vault_error(what: &str, e: azure_core::Error) -> Error {
 
 /// A Key Vault error body: `{"error":{"code","message","innererror":{"code"}}}`.
 #[derive(Debug, Default)]
-struct ErrorDetail {
-    code: Option<String>,
-    message: Option<String>,
-    inner_code: Option<String>,
+pub(crate) struct ErrorDetail {
+    pub(crate) code: Option<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) inner_code: Option<String>,
 }
 
 impl ErrorDetail {
-    fn from_json(body: &[u8]) -> Self {
+    pub(crate) fn from_json(body: &[u8]) -> Self {
         let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         let e = &v["error"];
         let text = |v: &serde_json::Value| v.as_str().map(str::to_string);

@@ -3,6 +3,7 @@
 
 pub mod arm;
 pub mod blob;
+pub mod keys;
 pub mod keyvault;
 pub mod pgbackrest;
 pub mod queue;
@@ -10,6 +11,7 @@ pub mod sas;
 pub mod transport;
 
 pub use blob::AzureBlobStore;
+pub use keys::AzureKeyWrapper;
 pub use keyvault::AzureCloudSecrets;
 pub use queue::AzureQueue;
 pub use transport::{CredentialKind, RetrySettings, client_options, credential};

@@ -61,6 +61,16 @@ pub enum Command {
         /// With --all: remove the orphans (data without a manifest) it reports.
         #[arg(long, requires = "all")]
         clean_orphans: bool,
+        /// Also unwrap the data key of each encrypted backup, authenticate every chunk and read
+        /// the archive (without it, an encrypted backup's stored bytes are checked, keyless).
+        #[arg(long)]
+        decrypt: bool,
+    },
+    /// Write a backup's pg_dump archive (or globals SQL) to stdout, decrypted and decompressed,
+    /// checked as it goes: `pgvault cat ID | pg_restore -d DB`.
+    Cat {
+        /// The backup id, as `pgvault list` prints it.
+        id: String,
     },
     /// Restore now, in this process: the same request as one posted on restore-requests.
     Restore(Box<RestoreArgs>),
@@ -235,11 +245,24 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
         Command::Backup { server, databases } => backup_now(&rt, server.as_deref(), &databases).await,
         Command::List { server, database, json } => {
             let list = catalog::list(rt.ctx.store.as_ref(), server.as_deref(), database.as_deref()).await?;
+            let problems = catalog::key_problems(&rt.ctx, &list).await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).expect("serializes"));
+                // Each manifest as stored, plus `unreadable` where its key version cannot unwrap.
+                let rows: Vec<serde_json::Value> = list
+                    .iter()
+                    .zip(&problems)
+                    .map(|(m, p)| {
+                        let mut v = serde_json::to_value(m).expect("serializes");
+                        if let Some(p) = p {
+                            v["unreadable"] = serde_json::json!(p);
+                        }
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows).expect("serializes"));
             } else {
                 let second = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-                let rows: Vec<[String; 7]> = list
+                let rows: Vec<[String; 8]> = list
                     .iter()
                     .map(|m| {
                         [
@@ -249,12 +272,13 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                             m.finished_at.to_offset(time::UtcOffset::UTC).format(&second).unwrap_or_default(),
                             human_bytes(m.stored_bytes),
                             m.compression.to_string(),
+                            if m.encryption.is_some() { "aes-256-gcm".into() } else { "-".into() },
                             m.sha256.clone(),
                         ]
                     })
                     .collect();
-                let header =
-                    ["id", "server", "database", "finished (UTC)", "stored", "compr.", "sha256"].map(String::from);
+                let header = ["id", "server", "database", "finished (UTC)", "stored", "compr.", "encr.", "sha256"]
+                    .map(String::from);
                 let mut widths = header.clone().map(|h| h.len());
                 for row in &rows {
                     for (w, cell) in widths.iter_mut().zip(row) {
@@ -270,10 +294,23 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                         .collect();
                     println!("{}", cells.join("  ").trim_end());
                 }
+                for (m, p) in list.iter().zip(&problems) {
+                    if let Some(p) = p {
+                        println!("unreadable {}: {p}", m.id);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { ids, all, clean_orphans } => {
+        Command::Cat { id } => {
+            if !rt.ctx.store.exists(&crate::domain::layout::manifest_for_id(&id)).await? {
+                eprintln!("pgvault: cat: there is no backup {id:?}\nHINT: `pgvault list` prints the backup ids");
+                return Ok(ExitCode::from(2));
+            }
+            catalog::cat(&rt.ctx, &id, std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { ids, all, clean_orphans, decrypt } => {
             // A mistyped id is the caller's mistake, not a failed verification: no record, no alert.
             for id in &ids {
                 if !rt.ctx.store.exists(&crate::domain::layout::manifest_for_id(id)).await? {
@@ -299,15 +336,25 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             let (result, _) = track(Monitor::of(&rt.ctx), rec, alerting, async {
                 let mut failed = 0;
                 for id in &ids {
-                    match catalog::verify(&rt.ctx, id).await {
-                        Ok(r) => println!(
-                            "ok {}: {} blocks, {} stored, {} raw, {} archive entries",
-                            r.id,
-                            r.blocks,
-                            human_bytes(r.stored_bytes),
-                            human_bytes(r.raw_bytes),
-                            r.toc_entries
-                        ),
+                    match catalog::verify(&rt.ctx, id, decrypt).await {
+                        Ok(r) => match r.raw_bytes {
+                            Some(raw) => println!(
+                                "ok {}: {} blocks, {} stored, {} raw, {} archive entries{}",
+                                r.id,
+                                r.blocks,
+                                human_bytes(r.stored_bytes),
+                                human_bytes(raw),
+                                r.toc_entries,
+                                if r.decrypted { ", every chunk authenticated" } else { "" }
+                            ),
+                            None => println!(
+                                "ok {}: {} blocks, {} stored, encrypted (stored bytes checked; --decrypt also \
+                                 authenticates and reads it)",
+                                r.id,
+                                r.blocks,
+                                human_bytes(r.stored_bytes)
+                            ),
+                        },
                         Err(e) => {
                             failed += 1;
                             println!("FAILED {id}: {e}");
@@ -575,6 +622,9 @@ pub struct RestoreArgs {
     /// backup's (when the target lacks the backup's locale; text then sorts by the target's rules).
     #[arg(long)]
     default_locale: bool,
+    /// as-files of an encrypted backup: export it as stored (encrypted), not decrypted.
+    #[arg(long)]
+    keep_encrypted: bool,
     /// The idempotency key (default: a new one).
     #[arg(long)]
     request_id: Option<String>,
@@ -647,6 +697,7 @@ fn restore_request(a: &RestoreArgs) -> Result<crate::features::restore::RestoreR
             globals: a.globals,
             jobs: a.jobs,
             default_locale: a.default_locale,
+            keep_encrypted: a.keep_encrypted,
         },
     };
     req.validate()?;
@@ -665,6 +716,7 @@ const FLAG_FOR_FIELD: &[(&str, &str)] = &[
     ("target.server", "--target-server"),
     ("target.prefix", "--prefix"),
     ("target.mode", "--mode"),
+    ("options.keep_encrypted", "--keep-encrypted"),
     ("options.default_locale", "--default-locale"),
     ("options.no_privileges", "--no-privileges"),
     ("options.no_owner", "--no-owner"),
@@ -873,6 +925,9 @@ fn print_task_report(
             // Printed deliberately: the operator asked for these read-only URLs.
             f.url.expose().unwrap_or("(withheld)")
         );
+    }
+    if let Some(hint) = &r.decrypt_hint {
+        println!("   encrypted: {hint}");
     }
 }
 

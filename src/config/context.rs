@@ -5,6 +5,7 @@ use crate::config::settings::Settings;
 use crate::domain::error::{Error, Result};
 use crate::seams::alerts::Alerter;
 use crate::seams::credentials::SecretSource;
+use crate::seams::keys::KeyWrapper;
 use crate::seams::pg::ConnSpec;
 use crate::seams::progress;
 use crate::seams::store::BlobStore;
@@ -22,6 +23,8 @@ pub struct Ctx {
     pub cancel: CancellationToken,
     /// Where alerts go: the log, and the webhook of `PGVAULT_ALERT_WEBHOOK` (one HTTP client).
     pub alerter: Arc<Alerter>,
+    /// Wraps and unwraps data keys (Key Vault), when pgvault has an Azure identity.
+    pub keys: Option<Arc<dyn KeyWrapper>>,
 }
 
 impl Ctx {
@@ -45,6 +48,16 @@ impl Ctx {
             tls,
             password: login.password,
             ca_file: self.settings.ca_file.clone(),
+        })
+    }
+}
+
+impl Ctx {
+    /// The key wrapper, or an error saying why an encrypted backup cannot be handled here.
+    pub fn key_wrapper(&self) -> Result<&dyn KeyWrapper> {
+        self.keys.as_deref().ok_or_else(|| {
+            Error::permanent("encrypted backups need Key Vault, and pgvault has no Azure identity configured")
+                .with_hint("set PGVAULT_STORAGE=azure or PGVAULT_ENCRYPTION_KEY, with PGVAULT_IDENTITY")
         })
     }
 }

@@ -58,6 +58,9 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     pub backup_schedule: Option<String>,
     pub compression: Compression,
+    /// The Key Vault key that wraps data keys (`PGVAULT_ENCRYPTION_KEY`); a server's
+    /// `encryption_key` overrides it ([`Settings::encryption_key_for`]).
+    pub encryption_key: Option<String>,
     pub zstd_threads: u32,
     pub block_size: usize,
     pub blocks_in_flight: usize,
@@ -192,6 +195,10 @@ impl Settings {
         }
         let compression =
             Compression::parse(&r.value("PGVAULT_COMPRESSION")).map_err(|e| bad("PGVAULT_COMPRESSION", e))?;
+        let encryption_key = r.set("PGVAULT_ENCRYPTION_KEY");
+        if let Some(k) = &encryption_key {
+            crate::domain::envelope::KeyId::parse(k).map_err(|e| bad("PGVAULT_ENCRYPTION_KEY", e))?;
+        }
         let zstd_threads = r.number("PGVAULT_ZSTD_THREADS")? as u32;
         let block_size = r.number("PGVAULT_BLOCK_SIZE_MIB")? as usize * 1024 * 1024;
         let blocks_in_flight = r.number("PGVAULT_BLOCKS_IN_FLIGHT")? as usize;
@@ -275,6 +282,7 @@ impl Settings {
             ca_file,
             backup_schedule,
             compression,
+            encryption_key,
             zstd_threads,
             block_size,
             blocks_in_flight,
@@ -307,6 +315,21 @@ impl Settings {
 
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.inventory.iter().find(|s| s.name == name)
+    }
+
+    /// The key that wraps `server`'s backups: its own `encryption_key` (an empty one means
+    /// unencrypted), else `PGVAULT_ENCRYPTION_KEY`; `None`: unencrypted.
+    pub fn encryption_key_for<'a>(&'a self, server: &'a Server) -> Option<&'a str> {
+        match server.encryption_key.as_deref() {
+            Some(k) => Some(k).filter(|k| !k.trim().is_empty()),
+            None => self.encryption_key.as_deref(),
+        }
+    }
+
+    /// Whether any backup is encrypted by this configuration.
+    pub fn encrypts(&self) -> bool {
+        self.encryption_key.is_some()
+            || self.inventory.iter().any(|s| s.encryption_key.as_deref().is_some_and(|k| !k.trim().is_empty()))
     }
 
     /// An environment value named by the inventory (e.g. `password_env`).

@@ -42,6 +42,10 @@ pub struct Server {
     /// GFS retention of this server's backups (and globals); absent: nothing is pruned.
     #[serde(default)]
     pub retention: Option<crate::domain::policy::Policy>,
+    /// The Key Vault key that wraps this server's data keys, overriding `PGVAULT_ENCRYPTION_KEY`;
+    /// `""` keeps this server's backups unencrypted.
+    #[serde(default)]
+    pub encryption_key: Option<String>,
     /// Per-database overrides of `schedule` and `retention`.
     #[serde(default)]
     pub databases: std::collections::BTreeMap<String, crate::domain::policy::DatabasePolicy>,
@@ -225,6 +229,10 @@ pub fn parse_inventory(json: &str) -> Result<Vec<Server>> {
             _ => {}
         }
         check_server(s)?;
+        if let Some(k) = s.encryption_key.as_deref().filter(|k| !k.trim().is_empty()) {
+            crate::domain::envelope::KeyId::parse(k)
+                .map_err(|e| e.context(format!("inventory: server {:?} encryption_key", s.name)))?;
+        }
         if !s.include.is_empty() && !s.exclude.is_empty() {
             return Err(Error::permanent(format!("inventory: server {:?} sets both include and exclude", s.name))
                 .with_hint("list the databases to back up in include, or the ones to skip in exclude"));

@@ -10,8 +10,13 @@ use crate::domain::layout::BackupKind;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-/// Bumped when a reader of the old format would misread the new one.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped when a reader of the old format would misread the new one: version 2 added
+/// [`Encryption`]. Only encrypted manifests are written as 2 (a pgvault that predates encryption
+/// refuses them instead of reading ciphertext as zstd); unencrypted ones stay 1, readable by
+/// every pgvault.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version an unencrypted manifest is written with.
+pub const FORMAT_VERSION_PLAIN: u32 = 1;
 pub const FORMAT_NAME: &str = "pgvault-backup-manifest";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +37,10 @@ pub struct Manifest {
     /// `custom` (pg_dump archive) or `plain` (SQL text, for globals).
     pub archive_format: String,
     pub compression: Compression,
+    /// Client-side encryption of the stored stream (after compression). Absent: stored as
+    /// compressed, readable by anyone who can read the blob (every manifest before version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
     /// The blob holding the data, relative to the container.
     pub data_blob: String,
     /// Bytes pg_dump wrote.
@@ -118,6 +127,22 @@ impl std::fmt::Display for Compression {
     }
 }
 
+/// How the stored stream is encrypted (see `domain::envelope` and DESIGN.md): what a reader
+/// needs besides the vault's unwrap. Never the plain data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `aes-256-gcm-chunked-v1`.
+    pub algorithm: String,
+    /// Plain bytes per chunk (every chunk but the last).
+    pub chunk_size: u32,
+    /// The Key Vault key that wrapped the data key, **with** its version.
+    pub key_id: String,
+    /// `RSA-OAEP-256`.
+    pub wrap_algorithm: String,
+    /// The wrapped data key, base64 (standard alphabet, padded).
+    pub wrapped_key: String,
+}
+
 /// One staged block, in order. Blocks may differ in size (the block size grows for long streams).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Block {
@@ -185,6 +210,15 @@ impl Manifest {
     }
 }
 
+/// The restore line for an encrypted backup: `pgvault cat` decrypts where the identity may
+/// unwrap (DESIGN.md documents the format for a decryptor of one's own).
+pub fn restore_hint_encrypted(kind: BackupKind, id: &str) -> String {
+    match kind {
+        BackupKind::Database => format!("pgvault cat {id} | pg_restore --dbname=<target> --no-owner"),
+        BackupKind::Globals => format!("pgvault cat {id} | psql --dbname=postgres"),
+    }
+}
+
 /// The plain-tools restore line for a backup.
 pub fn restore_hint(kind: BackupKind, compression: Compression, data_blob: &str) -> String {
     let file = data_blob.rsplit('/').next().unwrap_or(data_blob);
@@ -228,6 +262,30 @@ mod tests {
         let m = Manifest::from_json("x", old).unwrap();
         assert!(m.database_properties.is_none());
         assert!(!String::from_utf8(m.to_json()).unwrap().contains("database_properties"), "not written when absent");
+    }
+
+    #[test]
+    fn an_old_manifest_reads_as_unencrypted_and_an_encrypted_one_round_trips() {
+        let old = br#"{"format":"pgvault-backup-manifest","format_version":1,"pgvault_version":"0.1.0",
+            "id":"s/d/20260101T000000Z-j","kind":"database","job_id":"j","server":"s","database":"d",
+            "server_version":"15.18","server_version_num":150018,
+            "tool":{"name":"pg_dump","version":"pg_dump (PostgreSQL) 15.18","major":15,"args":[]},
+            "archive_format":"custom","compression":{"algorithm":"zstd","level":3},
+            "data_blob":"s/d/x.dump.zst","raw_bytes":1,"stored_bytes":1,"sha256":"00","blocks":[],
+            "requested_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00Z",
+            "finished_at":"2026-01-01T00:00:00Z","row_counts":null,"restore_hint":""}"#;
+        let mut m = Manifest::from_json("x", old).unwrap();
+        assert!(m.encryption.is_none());
+        assert!(!String::from_utf8(m.to_json()).unwrap().contains("encryption"), "not written when absent");
+        m.format_version = FORMAT_VERSION;
+        m.encryption = Some(Encryption {
+            algorithm: "aes-256-gcm-chunked-v1".into(),
+            chunk_size: 1 << 20,
+            key_id: "https://v.vault.azure.net/keys/k/0123".into(),
+            wrap_algorithm: "RSA-OAEP-256".into(),
+            wrapped_key: "AAAA".into(),
+        });
+        assert_eq!(Manifest::from_json("x", &m.to_json()).unwrap(), m);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod connstr;
 pub mod dbprops;
+pub mod envelope;
 pub mod error;
 pub mod inventory;
 pub mod jobs;

@@ -7,10 +7,11 @@
 //! 8 MiB each with 2 MiB jobs), whatever the database size.
 
 use crate::config::settings::RowCountMode;
+use crate::domain::envelope::{self, DataKey, EncryptWriter};
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
 use crate::domain::layout::{self, BackupKind};
-use crate::domain::manifest::{self, Block, Compression, Manifest, RowCounts, TableCount, Tool};
+use crate::domain::manifest::{self, Block, Compression, Encryption, Manifest, RowCounts, TableCount, Tool};
 use crate::seams::failpoint;
 use crate::seams::pg::{self};
 use crate::seams::progress::Progress;
@@ -79,6 +80,20 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         return Err(Error::permanent(why));
     }
     let started_at = OffsetDateTime::now_utc();
+    // The data key is made and wrapped before anything else: Key Vault unreachable fails the job
+    // (transient, retried) before a dump starts, and the plain key lives only in this process.
+    let sealing = match settings.encryption_key_for(server) {
+        Some(key_id) => {
+            let key = DataKey::generate()?;
+            let wrapped = ctx
+                .key_wrapper()?
+                .wrap(key_id, &key)
+                .await
+                .map_err(|e| e.context(format!("back up {}", job.describe())))?;
+            Some((key, wrapped))
+        }
+        None => None,
+    };
     let connect_db = if job.kind == BackupKind::Database { database.clone() } else { server.maintenance_db.clone() };
     let spec = ctx.conn_spec(&job.server, &connect_db).await?;
     let client = pg::connect(&spec).await?;
@@ -152,7 +167,11 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     }
 
     let attempt = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let data_blob = layout::data_blob(&paths.id, &attempt, layout::extension(job.kind, compression.by_pgvault()));
+    let mut extension = layout::extension(job.kind, compression.by_pgvault()).to_string();
+    if sealing.is_some() {
+        extension.push_str(".enc");
+    }
+    let data_blob = layout::data_blob(&paths.id, &attempt, &extension);
     tracing::info!(job = %job.job_id, what = %job.describe(), blob = %data_blob, tool = %tool.path.display(), "backup started");
 
     let mut dump = ToolRun::new(&tool, &args).conn(&spec).stdout(Stdout::Pipe).spawn(&ctx.cancel)?;
@@ -161,7 +180,12 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     let progress = Progress::start(ctx.progress, format!("backup {}", job.describe()), None);
     let (tx, rx) = mpsc::channel::<(usize, Bytes)>(1);
     let sizer = BlockSizer { base: settings.block_size };
+    let (seal, wrapped) = match sealing {
+        Some((key, wrapped)) => (Some((key, paths.id.clone())), Some(wrapped)),
+        None => (None, None),
+    };
     let producer_cfg = Producer {
+        seal,
         compression,
         zstd_threads: settings.zstd_threads,
         sizer,
@@ -217,9 +241,20 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         .map_err(|e| e.context(format!("commit blob {data_blob:?}")))?;
     failpoint::hit("backup.after-commit");
 
+    let encryption = wrapped.map(|w| Encryption {
+        algorithm: envelope::ALGORITHM.into(),
+        chunk_size: envelope::DEFAULT_CHUNK_SIZE,
+        key_id: w.key_id,
+        wrap_algorithm: w.algorithm,
+        wrapped_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &w.wrapped),
+    });
+    let restore_hint = match encryption {
+        Some(_) => manifest::restore_hint_encrypted(job.kind, &paths.id),
+        None => manifest::restore_hint(job.kind, compression, &data_blob),
+    };
     let manifest = Manifest {
         format: manifest::FORMAT_NAME.into(),
-        format_version: manifest::FORMAT_VERSION,
+        format_version: if encryption.is_some() { manifest::FORMAT_VERSION } else { manifest::FORMAT_VERSION_PLAIN },
         pgvault_version: env!("CARGO_PKG_VERSION").into(),
         id: paths.id.clone(),
         kind: job.kind,
@@ -231,6 +266,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         tool: Tool { name: tool_name.into(), version: tool.version.clone(), major: tool.major, args: args.clone() },
         archive_format: if job.kind == BackupKind::Database { "custom".into() } else { "plain".into() },
         compression,
+        encryption,
         data_blob: data_blob.clone(),
         raw_bytes: produced.raw_bytes,
         stored_bytes: produced.stored_bytes,
@@ -242,7 +278,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         row_counts,
         databases,
         database_properties,
-        restore_hint: manifest::restore_hint(job.kind, compression, &data_blob),
+        restore_hint,
     };
     let created = ctx
         .store
@@ -384,6 +420,8 @@ const ZSTD_JOB_SIZE: u32 = 2 << 20;
 /// The blocking half of the pipeline: read pg_dump's stdout, count, compress, cut into blocks,
 /// hash, and hand blocks to the uploader.
 struct Producer {
+    /// Encrypt the (compressed) stream with this data key, for this backup id.
+    seal: Option<(DataKey, String)>,
     compression: Compression,
     zstd_threads: u32,
     sizer: BlockSizer,
@@ -401,7 +439,11 @@ pub struct Produced {
 
 impl Producer {
     fn run(self, mut input: impl Read, tx: mpsc::Sender<(usize, Bytes)>) -> Result<Produced> {
-        let sink = BlockSink::new(self.sizer, tx);
+        let blocks = BlockSink::new(self.sizer, tx);
+        let sink = match &self.seal {
+            Some((key, id)) => Sink::Sealed(EncryptWriter::new(blocks, key, id, envelope::DEFAULT_CHUNK_SIZE)),
+            None => Sink::Plain(blocks),
+        };
         let mut buf = vec![0u8; 1 << 20];
         let mut raw_bytes = 0u64;
         let mut head = Vec::new();
@@ -445,9 +487,38 @@ impl Producer {
                 sink
             }
         };
-        let mut produced = sink.finish()?;
+        let mut produced = sink.into_blocks().map_err(io_err)?.finish()?;
         produced.raw_bytes = raw_bytes;
         Ok(produced)
+    }
+}
+
+/// Where the (compressed) stream goes: straight into blocks, or through the encryption.
+enum Sink {
+    Plain(BlockSink),
+    Sealed(EncryptWriter<BlockSink>),
+}
+
+impl Sink {
+    /// Seal the last chunk, if encrypting, and hand back the block sink.
+    fn into_blocks(self) -> std::io::Result<BlockSink> {
+        match self {
+            Sink::Plain(b) => Ok(b),
+            Sink::Sealed(w) => w.finish(),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(b) => b.write(data),
+            Sink::Sealed(w) => w.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -588,6 +659,7 @@ mod tests {
             all
         });
         let p = Producer {
+            seal: None,
             compression: Compression::Zstd { level: 3 },
             zstd_threads: 2,
             sizer: BlockSizer { base: 64 * 1024 },
@@ -610,9 +682,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn producer_encrypts_after_compressing_and_the_blocks_describe_the_stored_bytes() {
+        use crate::domain::envelope::{DataKey, Opener};
+        let input: Vec<u8> = b"PGDMP".iter().copied().chain((0..800_000u32).flat_map(|i| i.to_le_bytes())).collect();
+        let key = DataKey::generate().unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let collect = tokio::spawn(async move {
+            let mut all = Vec::new();
+            while let Some((_, b)) = rx.recv().await {
+                all.push(b);
+            }
+            all
+        });
+        let p = Producer {
+            seal: Some((DataKey::from_bytes(key.expose()).unwrap(), "s/d/x".into())),
+            compression: Compression::Zstd { level: 3 },
+            zstd_threads: 0,
+            sizer: BlockSizer { base: 256 * 1024 },
+            expect_magic: Some(b"PGDMP"),
+            progress: Progress::start(progress::Mode::Off, "t", None),
+        };
+        let data = input.clone();
+        let produced =
+            tokio::task::spawn_blocking(move || p.run(std::io::Cursor::new(data), tx)).await.unwrap().unwrap();
+        let blocks = collect.await.unwrap();
+        let stored: Vec<u8> = blocks.iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(stored.len() as u64, produced.stored_bytes);
+        assert_eq!(hex::encode(Sha256::digest(&stored)), produced.sha256, "hashes of the stored (sealed) bytes");
+        for (b, meta) in blocks.iter().zip(&produced.blocks) {
+            assert_eq!(hex::encode(Sha256::digest(b)), meta.sha256);
+        }
+        assert_eq!(&stored[..6], b"PGVENC");
+        let mut opener = Opener::new(&key, "s/d/x", envelope::DEFAULT_CHUNK_SIZE);
+        let mut zst = Vec::new();
+        let mut out = |b: Vec<u8>| {
+            zst.extend_from_slice(&b);
+            Ok(())
+        };
+        for b in &blocks {
+            opener.push(b, &mut out).unwrap();
+        }
+        opener.finish(&mut out).unwrap();
+        assert_eq!(zstd::decode_all(zst.as_slice()).unwrap(), input);
+    }
+
+    #[tokio::test]
     async fn producer_rejects_non_archive() {
         let (tx, _rx) = mpsc::channel(4);
         let p = Producer {
+            seal: None,
             compression: Compression::None,
             zstd_threads: 0,
             sizer: BlockSizer { base: 1024 },

@@ -5,9 +5,11 @@
 //! pg_restore, and checks the whole-file SHA-256 at the end.
 
 use crate::config::context::Ctx;
+use crate::domain::envelope::{self, DataKey, Opener};
 use crate::domain::error::{Error, Result};
 use crate::domain::layout::{self, BackupKind, MANIFEST_SUFFIX};
 use crate::domain::manifest::{Compression, Manifest};
+use crate::seams::keys::{KeyStatus, WrappedKey};
 use crate::seams::pg;
 use crate::seams::store::{BlobStore, ByteStream};
 use crate::seams::tools::{Stdin, Stdout, ToolRun};
@@ -50,6 +52,12 @@ pub async fn manifest(store: &dyn BlobStore, id: &str) -> Result<Manifest> {
     })?;
     let m = Manifest::from_json(&name, &bytes)?;
     m.check_consistent()?;
+    // An encrypted backup's chunks are bound to the manifest's id: a manifest copied over
+    // another backup's name must not pass for it.
+    if m.id != id {
+        return Err(Error::permanent(format!("manifest {name:?} describes backup {:?}, not {id:?}", m.id))
+            .with_hint("the container was altered; restore from another backup"));
+    }
     Ok(m)
 }
 
@@ -127,6 +135,114 @@ pub async fn verified_blocks(manifest: &Manifest, mut stream: ByteStream, tx: mp
         )));
     }
     Ok(offset)
+}
+
+/// A backup's data key, unwrapped in Key Vault with exactly the key version its manifest
+/// records; `None` for an unencrypted backup. Call it before touching anything: a key version
+/// that is disabled or deleted refuses here, with that reason.
+pub async fn data_key(ctx: &Ctx, m: &Manifest) -> Result<Option<DataKey>> {
+    let Some(enc) = &m.encryption else { return Ok(None) };
+    if enc.algorithm != envelope::ALGORITHM {
+        return Err(Error::permanent(format!(
+            "backup {:?} is encrypted with {:?}, which this pgvault does not know (it knows {:?})",
+            m.id,
+            enc.algorithm,
+            envelope::ALGORITHM
+        ))
+        .with_hint("upgrade pgvault"));
+    }
+    let wrapped = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &enc.wrapped_key)
+        .map_err(|e| Error::permanent(format!("backup {:?}: the manifest's wrapped key is not base64: {e}", m.id)))?;
+    let wrapped = WrappedKey { key_id: enc.key_id.clone(), algorithm: enc.wrap_algorithm.clone(), wrapped };
+    let key = ctx.key_wrapper()?.unwrap(&wrapped).await.map_err(|e| e.context(format!("backup {:?}", m.id)))?;
+    Ok(Some(key))
+}
+
+/// For each encrypted backup, whether its key version can unwrap now (asked once per key
+/// version): `None` when it can or the backup is not encrypted, else why not, in the words
+/// `list`, `verify` and restore share ("key version … not available: disabled"). A vault that
+/// cannot say (unreachable, or reading the key is not allowed) is logged, not reported as
+/// unavailable: checking the stored bytes needs no access to the key.
+pub async fn key_problems(ctx: &Ctx, list: &[Manifest]) -> Vec<Option<String>> {
+    let mut seen: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(list.len());
+    for m in list {
+        let Some(enc) = &m.encryption else {
+            out.push(None);
+            continue;
+        };
+        if !seen.contains_key(&enc.key_id) {
+            let problem = match ctx.key_wrapper() {
+                Err(e) => {
+                    tracing::warn!(key = %enc.key_id, error = %e, "the key version's state cannot be checked here");
+                    None
+                }
+                Ok(keys) => match keys.status(&enc.key_id).await {
+                    Ok(KeyStatus::Available) => None,
+                    Ok(KeyStatus::Unavailable(why)) => Some(crate::seams::keys::not_available(&enc.key_id, &why)),
+                    Err(e) => {
+                        tracing::warn!(key = %enc.key_id, error = %e, "the key version's state could not be checked");
+                        None
+                    }
+                },
+            };
+            seen.insert(enc.key_id.clone(), problem);
+        }
+        out.push(seen[&enc.key_id].clone());
+    }
+    out
+}
+
+/// [`verified_blocks`], then, for an encrypted backup, its chunks: only plain bytes of a chunk
+/// that authenticated reach `tx` (the chunks' boundaries are independent of the blocks'; at most
+/// one chunk is held). The last chunk goes on only after every block and the whole-file hash
+/// matched. Without `key`, the stored bytes go on as they are. Returns the stored bytes read.
+pub async fn plain_blocks(
+    m: &Manifest,
+    key: Option<&DataKey>,
+    stream: ByteStream,
+    tx: mpsc::Sender<Bytes>,
+) -> Result<u64> {
+    let (Some(key), Some(enc)) = (key, &m.encryption) else { return verified_blocks(m, stream, tx).await };
+    let stopped = || Error::transient(format!("reading backup {:?}: the consumer stopped", m.id));
+    let (vtx, mut vrx) = mpsc::channel::<Bytes>(1);
+    let mut opener = Opener::new(key, &m.id, enc.chunk_size);
+    let piece = enc.chunk_size as usize + envelope::TAG_LEN;
+    let tx_open = tx.clone();
+    let open = async move {
+        while let Some(block) = vrx.recv().await {
+            // Piece by piece, so that at most one chunk's plain bytes wait here at a time.
+            for part in block.chunks(piece) {
+                let mut ready = None;
+                opener.push(part, &mut |plain| {
+                    ready = Some(plain);
+                    Ok(())
+                })?;
+                if let Some(plain) = ready {
+                    tx_open.send(Bytes::from(plain)).await.map_err(|_| stopped())?;
+                }
+            }
+        }
+        Ok::<Opener, Error>(opener)
+    };
+    let (verified, opened) = tokio::join!(verified_blocks(m, stream, vtx), open);
+    // A chunk that failed stops the reader (whose own error then only says so): it comes first,
+    // unless the blocks themselves were found corrupt.
+    let (stored, opener) = match (verified, opened) {
+        (Err(e), _) if e.is_permanent() => return Err(e),
+        (_, Err(e)) => return Err(e),
+        (Err(e), _) => return Err(e),
+        (Ok(stored), Ok(opener)) => (stored, opener),
+    };
+    let mut last = None;
+    opener.finish(&mut |plain| {
+        last = Some(plain);
+        Ok(())
+    })?;
+    if let Some(plain) = last {
+        tx.send(Bytes::from(plain)).await.map_err(|_| stopped())?;
+    }
+    Ok(stored)
 }
 
 /// The blocking consumer: decompress (if pgvault compressed) and write into `out`.
@@ -213,18 +329,54 @@ pub struct VerifyReport {
     pub id: String,
     pub blocks: usize,
     pub stored_bytes: u64,
-    pub raw_bytes: u64,
-    /// Entries in the archive's table of contents (`pg_restore --list`); 0 for globals.
+    /// Bytes pg_dump wrote, as read back; `None` when an encrypted backup was checked without
+    /// its key (only the stored bytes were).
+    pub raw_bytes: Option<u64>,
+    /// Entries in the archive's table of contents (`pg_restore --list`); 0 for globals and for
+    /// an encrypted backup checked without its key.
     pub toc_entries: usize,
+    pub encrypted: bool,
+    /// Every chunk authenticated (`verify --decrypt` of an encrypted backup).
+    pub decrypted: bool,
 }
 
 /// Download a backup, check every block and the whole-file hash, and prove the archive reads:
 /// `pg_restore --list` on the stream for a database, the SQL header for globals.
-pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
+///
+/// An encrypted backup is checked without its key unless `decrypt`: the block hashes describe
+/// the stored (encrypted) bytes, so integrity needs no key; and its key version is asked
+/// whether it can still unwrap (a disabled or deleted one fails the check, naming it). With
+/// `decrypt`, the data key is unwrapped, every chunk authenticated, and the archive read.
+pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> {
     let m = manifest(ctx.store.as_ref(), id).await?;
+    let encrypted = m.encryption.is_some();
+    if encrypted && !decrypt {
+        let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(2);
+        let drain = async move { while rx.recv().await.is_some() {} };
+        let (pumped, ()) = tokio::join!(until_cancelled(ctx, id, verified_blocks(&m, stream, tx)), drain);
+        pumped?;
+        if let Some(problem) = key_problems(ctx, std::slice::from_ref(&m)).await.remove(0) {
+            return Err(Error::permanent(format!("backup {id:?} is intact but cannot be read: {problem}")).with_hint(
+                "a disabled or deleted key version makes its backups unreadable (crypto-shredding); enable it \
+                 again if that was not intended",
+            ));
+        }
+        return Ok(VerifyReport {
+            id: m.id.clone(),
+            blocks: m.blocks.len(),
+            stored_bytes: m.stored_bytes,
+            raw_bytes: None,
+            toc_entries: 0,
+            encrypted,
+            decrypted: false,
+        });
+    }
+    let key = data_key(ctx, &m).await?;
     let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let compression = m.compression;
+    let read = plain_blocks(&m, key.as_ref(), stream, tx);
     let (raw, toc_entries) = match m.kind {
         BackupKind::Database => {
             let tool =
@@ -233,8 +385,7 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
             let mut run = ToolRun::new(&tool, &args).stdin(Stdin::Pipe).stdout(Stdout::Capture).spawn(&ctx.cancel)?;
             let stdin = run.take_stdin().expect("stdin is piped");
             let consumer = tokio::task::spawn_blocking(move || feed(rx, compression, stdin, true));
-            let (pumped, fed, exit) =
-                tokio::join!(until_cancelled(ctx, id, verified_blocks(&m, stream, tx)), consumer, run.wait());
+            let (pumped, fed, exit) = tokio::join!(until_cancelled(ctx, id, read), consumer, run.wait());
             pumped?;
             let out = exit?;
             let raw = fed.map_err(|e| Error::transient(e.to_string()))?;
@@ -259,7 +410,7 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
                 let raw = feed(rx, compression, HeadWriter { head: &mut head, keep: 4096 }, false)?;
                 Ok::<_, std::io::Error>((raw, head))
             });
-            let (pumped, fed) = tokio::join!(until_cancelled(ctx, id, verified_blocks(&m, stream, tx)), consumer);
+            let (pumped, fed) = tokio::join!(until_cancelled(ctx, id, read), consumer);
             pumped?;
             let (raw, head) = fed
                 .map_err(|e| Error::transient(e.to_string()))?
@@ -275,9 +426,42 @@ pub async fn verify(ctx: &Ctx, id: &str) -> Result<VerifyReport> {
         id: m.id.clone(),
         blocks: m.blocks.len(),
         stored_bytes: m.stored_bytes,
-        raw_bytes: raw,
+        raw_bytes: Some(raw),
         toc_entries,
+        encrypted,
+        decrypted: encrypted,
     })
+}
+
+/// `pgvault cat`: write a backup's plain data (the pg_dump archive, or the globals SQL) into
+/// `out`, decrypted and decompressed, every block and chunk checked before its bytes go out.
+/// Returns the bytes written. A failure part-way leaves what was written so far (all of it
+/// authenticated), so a consumer must treat a non-zero exit as "incomplete".
+pub async fn cat(ctx: &Ctx, id: &str, out: impl Write + Send + 'static) -> Result<u64> {
+    let m = manifest(ctx.store.as_ref(), id).await?;
+    let key = data_key(ctx, &m).await?;
+    let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(2);
+    let compression = m.compression;
+    let consumer = tokio::task::spawn_blocking(move || {
+        let mut out = out;
+        let n = feed(rx, compression, &mut out, false)?;
+        out.flush()?;
+        Ok::<_, std::io::Error>(n)
+    });
+    let (pumped, fed) = tokio::join!(until_cancelled(ctx, id, plain_blocks(&m, key.as_ref(), stream, tx)), consumer);
+    let fed = fed.map_err(|e| Error::transient(format!("cat backup {id:?}: {e}")))?;
+    let raw = match (pumped, fed) {
+        (Err(e), _) if e.is_permanent() => return Err(e),
+        (_, Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            return Err(Error::permanent(format!("cat backup {id:?}: the reader of stdout stopped")));
+        }
+        (_, Err(e)) => return Err(Error::permanent(format!("backup {id:?}: decompress: {e}"))),
+        (Err(e), _) => return Err(e),
+        (Ok(_), Ok(raw)) => raw,
+    };
+    check_raw(&m, raw)?;
+    Ok(raw)
 }
 
 /// Read until done or until shutdown; dropping the reader ends the stream for its consumer.

@@ -542,6 +542,7 @@ mod tests {
             },
             archive_format: "custom".into(),
             compression: crate::domain::manifest::Compression::None,
+            encryption: None,
             data_blob: "x".into(),
             raw_bytes: 0,
             stored_bytes: 0,

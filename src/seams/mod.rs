@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod bundle;
 pub mod credentials;
 pub mod failpoint;
+pub mod keys;
 pub mod pg;
 pub mod progress;
 pub mod queue;

@@ -1,4 +1,4 @@
-//! A local Key Vault (secrets only) over HTTPS with the test CA's leaf certificate, following
+//! A local Key Vault (secrets and RSA keys) over HTTPS with the test CA's leaf certificate, following
 //! the REST contract the official `SecretClient` speaks (api-version 2025-07-01):
 //!
 //! - Every request without a valid bearer token gets 401 with the challenge
@@ -10,6 +10,14 @@
 //! - A missing secret or version: 404 `SecretNotFound`. A disabled one: 403 `Forbidden` with
 //!   inner code `SecretDisabled`. Expired and not-yet-valid secrets are returned, with their
 //!   `exp`/`nbf`, as the real service does: the client decides.
+//! - Keys (RSA 2048, real RSA-OAEP-256 by aws-lc-rs): `POST /keys/{name}/create` and
+//!   `POST /keys/{name}/rotate` add a version; `GET /keys/{name}/` (latest) and
+//!   `GET /keys/{name}/{version}` return the key bundle (a disabled version too, with
+//!   `enabled: false`, as the real service does); `PATCH /keys/{name}/{version}` sets
+//!   `attributes.enabled`;
+//!   `POST /keys/{name}/{version}/wrapkey` and `.../unwrapkey` take `{"alg","value"}` (base64url)
+//!   and answer `{"kid","value"}`. A disabled version still wraps but refuses to unwrap: 403
+//!   `Forbidden` with inner code `KeyDisabled`. A missing key or version: 404 `KeyNotFound`.
 //! - [`KeyVault::set_forbidden`] makes every authorized request a 403 `ForbiddenByRbac`, as when
 //!   the identity lacks the Key Vault Secrets User role.
 //!
@@ -58,10 +66,22 @@ pub struct Logged {
     pub authorized: bool,
 }
 
+#[derive(Clone)]
+struct KeyVersion {
+    id: String,
+    private: aws_lc_rs::rsa::PrivateDecryptingKey,
+    enabled: bool,
+    created: i64,
+    updated: i64,
+}
+
 #[derive(Default)]
 struct Inner {
     base_url: String,
     secrets: Mutex<HashMap<String, Vec<Version>>>,
+    keys: Mutex<HashMap<String, Vec<KeyVersion>>>,
+    /// Every plain value a wrapKey was given (the data keys), for leak tests.
+    wrapped_plain: Mutex<Vec<Vec<u8>>>,
     forbidden: AtomicBool,
     log: Mutex<Vec<Logged>>,
     tokens: Mutex<Vec<String>>,
@@ -117,6 +137,43 @@ impl KeyVault {
         self.inner.update_latest(name, |v| v.nbf = nbf.map(|t| t.unix_timestamp()));
     }
 
+    /// Create RSA key `name` (its first version) and return the version id.
+    pub fn create_key(&self, name: &str) -> String {
+        self.inner.add_key_version(name)
+    }
+
+    /// Rotate key `name`: a new current version. Returns its id.
+    pub fn rotate_key(&self, name: &str) -> String {
+        assert!(self.inner.keys.lock().unwrap().contains_key(name), "test key vault has no key {name:?}");
+        self.inner.add_key_version(name)
+    }
+
+    /// Enable or disable one version of key `name`.
+    pub fn set_key_enabled(&self, name: &str, version: &str, enabled: bool) {
+        let mut keys = self.inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let v = keys
+            .get_mut(name)
+            .and_then(|vs| vs.iter_mut().find(|v| v.id == version))
+            .unwrap_or_else(|| panic!("test key vault has no key {name:?} version {version:?}"));
+        v.enabled = enabled;
+        v.updated = OffsetDateTime::now_utc().unix_timestamp();
+    }
+
+    /// Delete key `name`, every version (as `DELETE /keys/<name>` does).
+    pub fn delete_key(&self, name: &str) {
+        assert!(self.inner.keys.lock().unwrap().remove(name).is_some(), "test key vault has no key {name:?}");
+    }
+
+    /// The key identifier `https://127.0.0.1:<port>/keys/<name>` (no version).
+    pub fn key_id(&self, name: &str) -> String {
+        format!("{}/keys/{name}", self.url)
+    }
+
+    /// Every plain value wrapKey was given so far (data keys): no output may contain them.
+    pub fn wrapped_plain_values(&self) -> Vec<Vec<u8>> {
+        self.inner.wrapped_plain.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// While true, every authorized request gets 403 ForbiddenByRbac.
     pub fn set_forbidden(&self, forbidden: bool) {
         self.inner.forbidden.store(forbidden, Ordering::SeqCst);
@@ -147,6 +204,30 @@ impl KeyVault {
 }
 
 impl Inner {
+    fn add_key_version(&self, name: &str) -> String {
+        let private = aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .expect("generate an RSA key");
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let v = KeyVersion { id: id.clone(), private, enabled: true, created: now, updated: now };
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default().push(v);
+        id
+    }
+
+    fn key_bundle(&self, name: &str, v: &KeyVersion) -> Value {
+        json!({
+            "key": {
+                "kid": format!("{}/keys/{name}/{}", self.base_url, v.id),
+                "kty": "RSA",
+                "key_ops": ["wrapKey", "unwrapKey"],
+            },
+            "attributes": {
+                "enabled": v.enabled, "created": v.created, "updated": v.updated,
+                "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90,
+            },
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn put(
         &self,
@@ -285,6 +366,9 @@ fn route(inner: &Inner, method: &Method, uri: &Uri, body: &[u8]) -> Response {
         return error(StatusCode::FORBIDDEN, "Forbidden", &message, Some("ForbiddenByRbac"));
     }
     let segments: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    if segments.first() == Some(&"keys") {
+        return route_keys(inner, method, &segments[1..], body);
+    }
     let (name, version) = match segments.as_slice() {
         ["secrets", name] | ["secrets", name, ""] => (*name, None),
         ["secrets", name, version] => (*name, Some(*version)),
@@ -349,6 +433,116 @@ fn route(inner: &Inner, method: &Method, uri: &Uri, body: &[u8]) -> Response {
                 );
             }
             (StatusCode::OK, axum::Json(inner.bundle(name, v))).into_response()
+        }
+        _ => error(StatusCode::METHOD_NOT_ALLOWED, "BadParameter", "method not supported by the test key vault", None),
+    }
+}
+
+fn key_not_found(name: &str, version: Option<&str>) -> Response {
+    let id = match version {
+        Some(v) => format!("{name}/{v}"),
+        None => name.to_string(),
+    };
+    error(
+        StatusCode::NOT_FOUND,
+        "KeyNotFound",
+        &format!("A key with (name/id) {id} was not found in this key vault."),
+        None,
+    )
+}
+
+fn route_keys(inner: &Inner, method: &Method, segments: &[&str], body: &[u8]) -> Response {
+    use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let name = segments.first().copied().unwrap_or_default();
+    if name.is_empty() || name.len() > 127 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return error(StatusCode::BAD_REQUEST, "BadParameter", "The key name is invalid.", None);
+    }
+    let find = |version: Option<&str>| -> Option<KeyVersion> {
+        let keys = inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let versions = keys.get(name)?;
+        match version.filter(|v| !v.is_empty()) {
+            None => versions.last().cloned(),
+            Some(v) => versions.iter().find(|x| x.id == v).cloned(),
+        }
+    };
+    let json_body = || serde_json::from_slice::<Value>(body).ok();
+    match (method.as_str(), &segments[1..]) {
+        ("POST", ["create"]) => {
+            if json_body().is_none_or(|b| b["kty"] != "RSA") {
+                return error(StatusCode::BAD_REQUEST, "BadParameter", "The test key vault makes RSA keys only.", None);
+            }
+            inner.add_key_version(name);
+            let v = find(None).expect("just added");
+            (StatusCode::OK, axum::Json(inner.key_bundle(name, &v))).into_response()
+        }
+        ("POST", ["rotate"]) => {
+            if find(None).is_none() {
+                return key_not_found(name, None);
+            }
+            inner.add_key_version(name);
+            let v = find(None).expect("just added");
+            (StatusCode::OK, axum::Json(inner.key_bundle(name, &v))).into_response()
+        }
+        ("GET", []) | ("GET", [""]) | ("GET", [_]) => {
+            let version = segments.get(1).copied();
+            match find(version) {
+                Some(v) => (StatusCode::OK, axum::Json(inner.key_bundle(name, &v))).into_response(),
+                None => key_not_found(name, version),
+            }
+        }
+        ("PATCH", [version]) => {
+            let Some(enabled) = json_body().and_then(|b| b["attributes"]["enabled"].as_bool()) else {
+                return error(StatusCode::BAD_REQUEST, "BadParameter", "attributes.enabled is required.", None);
+            };
+            let mut keys = inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(v) = keys.get_mut(name).and_then(|vs| vs.iter_mut().find(|v| v.id == *version)) else {
+                return key_not_found(name, Some(version));
+            };
+            v.enabled = enabled;
+            let v = v.clone();
+            drop(keys);
+            (StatusCode::OK, axum::Json(inner.key_bundle(name, &v))).into_response()
+        }
+        ("POST", [version, op @ ("wrapkey" | "unwrapkey")]) => {
+            let Some(v) = find(Some(version)) else { return key_not_found(name, Some(version)) };
+            let req = json_body().unwrap_or_default();
+            if req["alg"] != "RSA-OAEP-256" {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadParameter",
+                    "The test key vault knows RSA-OAEP-256 only.",
+                    None,
+                );
+            }
+            let Some(value) = req["value"].as_str().and_then(|s| b64.decode(s.trim_end_matches('=')).ok()) else {
+                return error(StatusCode::BAD_REQUEST, "BadParameter", "Property value is required (base64url).", None);
+            };
+            let out = if *op == "wrapkey" {
+                inner.wrapped_plain.lock().unwrap_or_else(|e| e.into_inner()).push(value.clone());
+                let public = OaepPublicEncryptingKey::new(v.private.public_key()).expect("oaep key");
+                let mut ct = vec![0u8; public.ciphertext_size()];
+                public.encrypt(&OAEP_SHA256_MGF1SHA256, &value, &mut ct, None).expect("encrypt").to_vec()
+            } else {
+                if !v.enabled {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden",
+                        "Operation unwrapKey is not allowed on a disabled key.",
+                        Some("KeyDisabled"),
+                    );
+                }
+                let private = OaepPrivateDecryptingKey::new(v.private.clone()).expect("oaep key");
+                let mut pt = vec![0u8; private.min_output_size()];
+                match private.decrypt(&OAEP_SHA256_MGF1SHA256, &value, &mut pt, None) {
+                    Ok(p) => p.to_vec(),
+                    Err(_) => {
+                        return error(StatusCode::BAD_REQUEST, "BadParameter", "Error unwrapping the key.", None);
+                    }
+                }
+            };
+            let kid = format!("{}/keys/{name}/{}", inner.base_url, v.id);
+            (StatusCode::OK, axum::Json(json!({"kid": kid, "value": b64.encode(out)}))).into_response()
         }
         _ => error(StatusCode::METHOD_NOT_ALLOWED, "BadParameter", "method not supported by the test key vault", None),
     }

@@ -99,6 +99,11 @@ pub const ALL: &[Setting] = &[
     Setting::new("PGVAULT_CA_FILE", "extra CA certificates (PEM) trusted for Azure endpoints and PostgreSQL"),
     Setting::new("PGVAULT_BACKUP_SCHEDULE", "NCRONTAB schedule (UTC) of `backup-scheduler`, e.g. `0 0 2 * * *`"),
     Setting::new("PGVAULT_COMPRESSION", "`zstd:<1-19>`, `none`, or `pg_dump`").defaults_to("zstd:3"),
+    Setting::new(
+        "PGVAULT_ENCRYPTION_KEY",
+        "Key Vault key (`https://<vault>/keys/<name>`, optionally `/<version>`) that wraps each backup's data key; backups are then encrypted (AES-256-GCM) before upload. An inventory server's `encryption_key` overrides it",
+    )
+    .defaults_to_described("unencrypted"),
     Setting::new("PGVAULT_ZSTD_THREADS", "zstd worker threads").defaults_to("2").whole(0, 64),
     Setting::new("PGVAULT_BLOCK_SIZE_MIB", "initial block size in MiB; grows for very long streams")
         .defaults_to("8")

@@ -20,6 +20,9 @@ pub struct TaskReport {
     /// signature): they go to the job record and the CLI's output, never to a log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ExportedFile>,
+    /// as-files with keep_encrypted: how to decrypt the exported data file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decrypt_hint: Option<String>,
 }
 
 impl TaskReport {

@@ -115,6 +115,10 @@ pub struct Options {
     /// rules).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub default_locale: bool,
+    /// as-files of an encrypted backup: export the files as stored (encrypted) instead of
+    /// decrypting them on the way out; the report says how to decrypt them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_encrypted: bool,
 }
 
 pub fn check_id(what: &str, id: &str, max: usize) -> Result<()> {
@@ -254,6 +258,9 @@ impl RestoreRequest {
                     ));
                 }
             }
+        }
+        if self.options.keep_encrypted && self.target.mode != Mode::AsFiles {
+            return Err(Error::permanent("options.keep_encrypted applies to mode as-files only"));
         }
         if let Some(j) = self.options.jobs
             && !(1..=MAX_JOBS).contains(&j)

@@ -344,6 +344,9 @@ pub(super) async fn restore_database(
     let server_name = task.target.server.as_deref().expect("validated");
     let target = task.target.database.as_deref().expect("validated");
     let server = settings.server(server_name).ok_or_else(|| crate::config::context::unknown_server(server_name))?;
+    // An encrypted backup's key is unwrapped before anything is touched: a key version that was
+    // disabled or deleted refuses the restore here, with that reason.
+    let key = catalog::data_key(ctx, m).await?;
     let admin_spec = ctx.conn_spec(server_name, &server.maintenance_db).await?;
     let mut admin = pg::connect(&admin_spec).await?;
     let (version, version_num) = pg::server_version(&admin).await?;
@@ -519,7 +522,7 @@ pub(super) async fn restore_database(
         if task.options.no_privileges {
             args.push("--no-privileges".into());
         }
-        feed_pg_restore(ctx, m, &tool, &temp_spec, args, method).await?;
+        feed_pg_restore(ctx, m, key.as_ref(), &tool, &temp_spec, args, method).await?;
         crate::seams::failpoint::hit("restore.after-pg-restore");
         let checked = check_row_counts(&temp_spec, m).await?;
         wait_until_unused(&admin, &temp).await?;

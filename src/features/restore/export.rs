@@ -1,4 +1,6 @@
 //! As files: a verified copy in another container, and read-only user-delegation SAS URLs.
+//! An encrypted backup is decrypted on the way out (every chunk authenticated first), unless the
+//! request keeps it encrypted.
 
 use super::*;
 
@@ -9,43 +11,28 @@ pub(super) async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Resul
         Error::permanent("mode as-files needs Azure storage: the local store cannot sign read-only URLs")
             .with_hint("set PGVAULT_STORAGE=azure")
     })?;
+    // Decrypted on the way out, the file is the plain zstd dump and loses its `.enc`. The key is
+    // unwrapped before anything is written.
+    let decrypting = m.encryption.is_some() && !task.options.keep_encrypted;
+    let key = if decrypting { catalog::data_key(ctx, m).await? } else { None };
     let container = task.target.container.as_deref().expect("validated");
     let prefix = normalize_prefix(task.target.prefix.as_deref().unwrap_or(""))?;
     let secs = task.target.expires_in_seconds.unwrap_or(DEFAULT_EXPIRY_SECS).clamp(MIN_EXPIRY_SECS, MAX_EXPIRY_SECS);
     let dest = exporter.container(container).await?;
-    let data_name = format!("{prefix}{}", m.data_blob);
+    let data_blob = match m.data_blob.strip_suffix(".enc") {
+        Some(plain) if decrypting => plain.to_string(),
+        _ => m.data_blob.clone(),
+    };
+    let data_name = format!("{prefix}{data_blob}");
     let manifest_blob = layout::manifest_for_id(&m.id);
     let manifest_name = format!("{prefix}{manifest_blob}");
 
-    // The copy keeps the block structure, so the manifest's block hashes describe it too.
-    let stream = read_with_progress(ctx, m, "export").await?;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
-    let (itx, irx) = mpsc::channel::<(usize, Bytes)>(1);
-    let forward = async move {
-        let mut i = 0;
-        while let Some(b) = rx.recv().await {
-            if itx.send((i, b)).await.is_err() {
-                break;
-            }
-            i += 1;
-        }
+    let (data_bytes, data_sha, manifest_bytes) = if let Some(key) = &key {
+        export_decrypted(ctx, m, key, &dest, &data_name, &data_blob).await?
+    } else {
+        export_as_stored(ctx, m, &dest, &data_name, &manifest_blob).await?
     };
-    let upload =
-        backup::upload_blocks(dest.clone(), data_name.clone(), irx, ctx.settings.blocks_in_flight, ctx.cancel.clone());
-    let (pumped, (), uploaded) = tokio::join!(catalog::verified_blocks(m, stream, tx), forward, upload);
-    pumped?;
-    let staged = uploaded?;
-    if staged != m.blocks.len() {
-        let _ = dest.discard_staged(&data_name).await;
-        return Err(Error::transient(format!("export {:?}: staged {staged} of {} blocks", m.id, m.blocks.len())));
-    }
-    let mut tags = Tags::new();
-    tags.insert("pgvault".into(), "export".into());
-    tags.insert("kind".into(), m.kind.as_str().into());
-    let ids: Vec<String> = (0..staged).map(crate::seams::store::block_id).collect();
-    dest.commit_blocks(&data_name, &ids, &tags).await.map_err(|e| e.context(format!("commit copy {data_name:?}")))?;
-    let manifest_bytes = ctx.store.get(&manifest_blob).await?;
-    dest.put(&manifest_name, manifest_bytes.clone(), &tags).await?;
+    dest.put(&manifest_name, manifest_bytes.clone(), &export_tags(m)).await?;
 
     // Whole seconds: the URL's `se` has no fraction, and the record must say the same time.
     let expires_at = (OffsetDateTime::now_utc() + time::Duration::seconds(secs as i64))
@@ -53,7 +40,7 @@ pub(super) async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Resul
         .expect("0 is a valid nanosecond");
     let mut files = Vec::new();
     for (blob, bytes, sha) in [
-        (data_name, m.stored_bytes, m.sha256.clone()),
+        (data_name, data_bytes, data_sha),
         (
             manifest_name,
             manifest_bytes.len() as u64,
@@ -69,4 +56,140 @@ pub(super) async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Resul
         expires_at = %ts(expires_at), "backup exported as files"
     );
     Ok(files)
+}
+
+/// What a recipient of encrypted files needs to read them.
+pub(super) fn decrypt_hint(m: &Manifest) -> Option<String> {
+    let enc = m.encryption.as_ref()?;
+    Some(format!(
+        "the data file is encrypted as stored ({}, {} byte chunks; format in pgvault's DESIGN.md, \
+         \"Encrypted backups\"); its data key is wrapped with Key Vault key {} ({}): decrypt with `pgvault cat {}` \
+         under an identity that may unwrap with that key, or export again without keep_encrypted",
+        enc.algorithm, enc.chunk_size, enc.key_id, enc.wrap_algorithm, m.id
+    ))
+}
+
+fn export_tags(m: &Manifest) -> Tags {
+    let mut tags = Tags::new();
+    tags.insert("pgvault".into(), "export".into());
+    tags.insert("kind".into(), m.kind.as_str().into());
+    tags
+}
+
+/// The copy keeps the block structure, so the manifest's block hashes describe it too.
+async fn export_as_stored(
+    ctx: &Ctx,
+    m: &Manifest,
+    dest: &std::sync::Arc<dyn crate::seams::store::BlobStore>,
+    data_name: &str,
+    manifest_blob: &str,
+) -> Result<(u64, String, Bytes)> {
+    let stream = read_with_progress(ctx, m, "export").await?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+    let (itx, irx) = mpsc::channel::<(usize, Bytes)>(1);
+    let forward = async move {
+        let mut i = 0;
+        while let Some(b) = rx.recv().await {
+            if itx.send((i, b)).await.is_err() {
+                break;
+            }
+            i += 1;
+        }
+    };
+    let upload = backup::upload_blocks(
+        dest.clone(),
+        data_name.to_string(),
+        irx,
+        ctx.settings.blocks_in_flight,
+        ctx.cancel.clone(),
+    );
+    let (pumped, (), uploaded) = tokio::join!(catalog::verified_blocks(m, stream, tx), forward, upload);
+    pumped?;
+    let staged = uploaded?;
+    if staged != m.blocks.len() {
+        let _ = dest.discard_staged(data_name).await;
+        return Err(Error::transient(format!("export {:?}: staged {staged} of {} blocks", m.id, m.blocks.len())));
+    }
+    commit(dest.as_ref(), m, data_name, staged).await?;
+    Ok((m.stored_bytes, m.sha256.clone(), ctx.store.get(manifest_blob).await?))
+}
+
+async fn commit(dest: &dyn crate::seams::store::BlobStore, m: &Manifest, data_name: &str, blocks: usize) -> Result<()> {
+    let ids: Vec<String> = (0..blocks).map(crate::seams::store::block_id).collect();
+    dest.commit_blocks(data_name, &ids, &export_tags(m))
+        .await
+        .map_err(|e| e.context(format!("commit copy {data_name:?}")))
+}
+
+/// Decrypted on the way out: the authenticated plain (zstd) bytes, cut into blocks again, and
+/// a manifest copy that describes that file (no encryption, its own size, hashes and blocks), so
+/// the recipient can check it with plain tools.
+async fn export_decrypted(
+    ctx: &Ctx,
+    m: &Manifest,
+    key: &crate::domain::envelope::DataKey,
+    dest: &std::sync::Arc<dyn crate::seams::store::BlobStore>,
+    data_name: &str,
+    data_blob: &str,
+) -> Result<(u64, String, Bytes)> {
+    use sha2::Digest;
+    let stream = read_with_progress(ctx, m, "export").await?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+    let (itx, irx) = mpsc::channel::<(usize, Bytes)>(1);
+    let sizer = backup::BlockSizer { base: ctx.settings.block_size };
+    let reblock = async move {
+        let mut whole = sha2::Sha256::new();
+        let mut blocks = Vec::new();
+        let mut current = bytes::BytesMut::new();
+        let mut total = 0u64;
+        let mut ship = |current: &mut bytes::BytesMut, blocks: &mut Vec<crate::domain::manifest::Block>| {
+            let data = current.split().freeze();
+            whole.update(&data);
+            blocks.push(crate::domain::manifest::Block {
+                size: data.len() as u64,
+                sha256: hex::encode(sha2::Sha256::digest(&data)),
+            });
+            (blocks.len() - 1, data)
+        };
+        while let Some(mut b) = rx.recv().await {
+            total += b.len() as u64;
+            while !b.is_empty() {
+                let want = sizer.size_for(blocks.len());
+                let take = (want - current.len()).min(b.len());
+                current.extend_from_slice(&b.split_to(take));
+                if current.len() == want && itx.send(ship(&mut current, &mut blocks)).await.is_err() {
+                    return None;
+                }
+            }
+        }
+        if !current.is_empty() && itx.send(ship(&mut current, &mut blocks)).await.is_err() {
+            return None;
+        }
+        drop(itx);
+        Some((total, hex::encode(whole.finalize()), blocks))
+    };
+    let upload = backup::upload_blocks(
+        dest.clone(),
+        data_name.to_string(),
+        irx,
+        ctx.settings.blocks_in_flight,
+        ctx.cancel.clone(),
+    );
+    let (pumped, shipped, uploaded) = tokio::join!(catalog::plain_blocks(m, Some(key), stream, tx), reblock, upload);
+    pumped?;
+    let staged = uploaded?;
+    let Some((bytes, sha, blocks)) = shipped.filter(|(_, _, b)| b.len() == staged) else {
+        let _ = dest.discard_staged(data_name).await;
+        return Err(Error::transient(format!("export {:?}: the decrypted copy was not staged whole", m.id)));
+    };
+    commit(dest.as_ref(), m, data_name, staged).await?;
+    let mut plain = m.clone();
+    plain.format_version = crate::domain::manifest::FORMAT_VERSION_PLAIN;
+    plain.encryption = None;
+    plain.data_blob = data_blob.to_string();
+    plain.stored_bytes = bytes;
+    plain.sha256 = sha.clone();
+    plain.blocks = blocks;
+    plain.restore_hint = crate::domain::manifest::restore_hint(m.kind, m.compression, data_blob);
+    Ok((bytes, sha, Bytes::from(plain.to_json())))
 }

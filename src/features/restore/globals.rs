@@ -114,6 +114,7 @@ pub async fn restore_globals(ctx: &Ctx, server_name: &str, id: &str) -> Result<G
         return Err(Error::permanent(format!("backup {id:?} is not a globals backup")));
     }
     let server = ctx.settings.server(server_name).ok_or_else(|| crate::config::context::unknown_server(server_name))?;
+    let key = catalog::data_key(ctx, &m).await?;
     let stream = read_with_progress(ctx, &m, "restore globals").await?;
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let compression = m.compression;
@@ -121,7 +122,7 @@ pub async fn restore_globals(ctx: &Ctx, server_name: &str, id: &str) -> Result<G
         let mut buf = Vec::new();
         catalog::feed(rx, compression, &mut buf, false).map(|_| buf)
     });
-    let (pumped, fed) = tokio::join!(catalog::verified_blocks(&m, stream, tx), consumer);
+    let (pumped, fed) = tokio::join!(catalog::plain_blocks(&m, key.as_ref(), stream, tx), consumer);
     pumped?;
     let script = fed
         .map_err(|e| Error::transient(format!("read globals task failed: {e}")))?

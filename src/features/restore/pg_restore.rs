@@ -1,4 +1,4 @@
-//! Feeding pg_restore: verified blocks, decompressed, into pg_restore's stdin (or a scratch
+//! Feeding pg_restore: verified blocks (and, when encrypted, authenticated chunks), decompressed, into pg_restore's stdin (or a scratch
 //! copy for `--jobs`), its verdict, and the row counts checked afterwards.
 
 use super::*;
@@ -43,6 +43,7 @@ pub(super) fn with_progress(
 pub(super) async fn feed_pg_restore(
     ctx: &Ctx,
     m: &Manifest,
+    key: Option<&crate::domain::envelope::DataKey>,
     tool: &ToolBinary,
     spec: &ConnSpec,
     mut args: Vec<String>,
@@ -56,7 +57,7 @@ pub(super) async fn feed_pg_restore(
             let mut run = ToolRun::new(tool, &args).conn(spec).stdin(Stdin::Pipe).spawn(&ctx.cancel)?;
             let stdin = run.take_stdin().expect("stdin is piped");
             let consumer = tokio::task::spawn_blocking(move || catalog::feed(rx, compression, stdin, false));
-            let (pumped, fed, exit) = tokio::join!(catalog::verified_blocks(m, stream, tx), consumer, run.wait());
+            let (pumped, fed, exit) = tokio::join!(catalog::plain_blocks(m, key, stream, tx), consumer, run.wait());
             // Precedence: shutdown, then corruption (pg_restore saw only verified bytes and then
             // an early end), then a failed read of the backup (pg_restore then saw its input end
             // early: "input file is too short" is a consequence, and would read as permanent),
@@ -85,7 +86,7 @@ pub(super) async fn feed_pg_restore(
                 std::io::Write::flush(&mut w)?;
                 Ok::<_, std::io::Error>(n)
             });
-            let (pumped, fed) = tokio::join!(catalog::verified_blocks(m, stream, tx), consumer);
+            let (pumped, fed) = tokio::join!(catalog::plain_blocks(m, key, stream, tx), consumer);
             let fed = fed.map_err(|e| Error::transient(format!("restore download task failed: {e}")))?;
             // Corruption first; then a failed write (which stops the reader, so its own error
             // would only say that the consumer stopped); then reading errors.

@@ -225,6 +225,9 @@ pub async fn run_task_into(ctx: &Ctx, task: &RestoreTask, report: &mut TaskRepor
     match task.target.mode {
         Mode::AsFiles => {
             report.files = export(ctx, task, &m).await?;
+            if task.options.keep_encrypted {
+                report.decrypt_hint = decrypt_hint(&m);
+            }
         }
         Mode::Create | Mode::Replace => {
             if m.kind != BackupKind::Database {

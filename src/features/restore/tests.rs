@@ -32,6 +32,7 @@ fn manifest(kind: BackupKind, server: &str, db: &str, started: OffsetDateTime, j
         tool: Tool { name: "pg_dump".into(), version: "15".into(), major: 15, args: vec![] },
         archive_format: "custom".into(),
         compression: Compression::Zstd { level: 3 },
+        encryption: None,
         data_blob: format!("{}.x.dump.zst", paths.id),
         raw_bytes: 1,
         stored_bytes: 1,
