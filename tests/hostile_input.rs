@@ -224,7 +224,11 @@ COMMENT ON ROLE app_owner IS 'owns; the app''s \"tables\"';\nGRANT app_owner TO 
 
 fn sample_record() -> String {
     let mut r = JobRecord::new(JobKind::Backup, "j1", "database \"app\" on server \"prod\"", now());
-    r.detail = json!({"backup": "prod/app/20261121T020000Z-j1", "will_retry": false});
+    r.detail = pgvault::domain::records::Detail::Backup(pgvault::domain::records::BackupDetail {
+        backup: Some("prod/app/20261121T020000Z-j1".into()),
+        will_retry: Some(false),
+        ..Default::default()
+    });
     String::from_utf8(r.to_json()).unwrap()
 }
 

@@ -426,6 +426,7 @@ mod tests {
             progress: crate::seams::progress::Mode::Off,
             cancel: Default::default(),
             alerter: std::sync::Arc::new(crate::seams::alerts::Alerter::new(None)),
+            keys: None,
         };
         let store = ctx.store.as_ref();
         let now = OffsetDateTime::now_utc();

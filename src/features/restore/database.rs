@@ -2,6 +2,7 @@
 //! pg_restore into it, then the checked swap transaction that gives it the backup's properties.
 
 use super::*;
+use serde::{Deserialize, Serialize};
 
 /// How a database is fed to pg_restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
