@@ -344,13 +344,7 @@ async fn tls_verify_full_accepts_the_trusted_ca_and_rejects_a_wrong_name_or_an_u
     let good_cert = (stack.ca.cert_path().to_path_buf(), stack.ca.key_path().to_path_buf());
     let untrusted_cert = (other_ca.cert_path().to_path_buf(), other_ca.key_path().to_path_buf());
     let clusters = tokio::task::spawn_blocking(move || {
-        [good_cert, wrong_name, untrusted_cert].map(|cert| {
-            Cluster::start_with(ClusterOptions {
-                hba: vec!["hostnossl all all 127.0.0.1/32 reject".into()],
-                ssl: Some(cert),
-                ..Default::default()
-            })
-        })
+        [good_cert, wrong_name, untrusted_cert].map(|cert| Cluster::start_with(ClusterOptions::tls_only(cert)))
     })
     .await
     .unwrap();
