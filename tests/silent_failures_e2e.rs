@@ -157,6 +157,12 @@ async fn undrained_jobs_vanished_databases_and_empty_scheduler_runs_alert() {
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["ReturnValue"]["enqueued"].as_array().unwrap().len(), 2, "alpha and the globals: {reply}");
     assert!(alerts(&hook, "missed-schedule").is_empty(), "{:?}", hook.hits());
+    // A feature that is not configured says so, and does not fail the timer on every run.
+    for _ in 0..2 {
+        let (status, reply) = served.invoke("restore-drill", &timer("restore-drill")).await;
+        assert_eq!((status, reply["ReturnValue"]["status"].as_str()), (200, Some("not-configured")), "{reply}");
+    }
+    assert_eq!(served.output().matches("restore drills are not configured").count(), 1, "said once at start-up");
 
     // Nobody drains the queue: the retention timer's look at its head alerts.
     let (status, reply) = served.invoke("retention", &timer("retention")).await;

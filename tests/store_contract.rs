@@ -352,8 +352,12 @@ async fn azure_queue_on_azurite() {
     // JSON with quotes, apostrophes, ampersands, angle brackets, unicode and an emoji goes
     // through the XML envelope unchanged.
     let json = r#"{"kind":"dump","db":"a \"quoted\" & <tagged> 'name'","note":"ünïcødé 日本 🎉","n":1}"#;
+    assert_eq!(q.oldest_waiting(queue).await.unwrap(), None, "an empty queue");
+    let before = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() - time::Duration::seconds(1);
     q.send(queue, json, false).await.unwrap();
     assert_eq!(q.peek(queue, 32).await.unwrap(), [json]);
+    let since = q.oldest_waiting(queue).await.unwrap().expect("the message waits");
+    assert!(since >= before && since <= time::OffsetDateTime::now_utc(), "{since}");
 
     let got = q.receive(queue, 1, 30).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -362,8 +366,9 @@ async fn azure_queue_on_azurite() {
     assert_eq!(m.dequeue_count, 1);
     assert!(!m.id.is_empty() && !m.pop_receipt.is_empty());
     assert!(m.inserted_at.is_some() && m.expires_at.is_some(), "{m:?}");
-    // Received messages are hidden from peek.
+    // Received messages are hidden from peek, and none waits at the head any more.
     assert!(q.peek(queue, 32).await.unwrap().is_empty());
+    assert_eq!(q.oldest_waiting(queue).await.unwrap(), None);
     q.delete(queue, &m.id, &m.pop_receipt).await.unwrap();
     q.delete(queue, &m.id, &m.pop_receipt).await.unwrap(); // idempotent
     assert!(q.receive(queue, 32, 30).await.unwrap().is_empty());

@@ -13,7 +13,8 @@ use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RequestContent, StatusCode, Url};
 use azure_storage_queue::models::{
-    QueueClientPeekMessagesOptions, QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions, QueueMessage,
+    PeekedMessage, QueueClientPeekMessagesOptions, QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions,
+    QueueMessage,
 };
 use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOptions};
 use std::fmt;
@@ -81,6 +82,23 @@ impl AzureQueue {
             )));
         }
         self.service.queue_client(queue).map_err(|e| sdk_error(Service::Queue, format!("open queue {queue:?}"), e))
+    }
+}
+
+impl AzureQueue {
+    /// Up to `max` messages from the head of the queue, without taking them.
+    async fn peeked(&self, queue: &str, max: u8) -> Result<Vec<PeekedMessage>> {
+        let options = QueueClientPeekMessagesOptions {
+            number_of_messages: Some(i32::from(max.clamp(1, MAX_BATCH))),
+            ..Default::default()
+        };
+        let messages = self
+            .queue(queue)?
+            .peek_messages(Some(options))
+            .await
+            .and_then(|r| r.into_model())
+            .map_err(|e| sdk_error(Service::Queue, format!("peek at messages of queue {queue:?}"), e))?;
+        Ok(messages.items.unwrap_or_default())
     }
 }
 
@@ -195,28 +213,11 @@ impl JobQueue for AzureQueue {
     }
 
     async fn peek(&self, queue: &str, max: u8) -> Result<Vec<String>> {
-        let options = QueueClientPeekMessagesOptions {
-            number_of_messages: Some(i32::from(max.clamp(1, MAX_BATCH))),
-            ..Default::default()
-        };
-        let messages = self
-            .queue(queue)?
-            .peek_messages(Some(options))
-            .await
-            .and_then(|r| r.into_model())
-            .map_err(|e| sdk_error(Service::Queue, format!("peek at messages of queue {queue:?}"), e))?;
-        Ok(messages.items.unwrap_or_default().into_iter().map(|m| m.message_text.unwrap_or_default()).collect())
+        Ok(self.peeked(queue, max).await?.into_iter().map(|m| m.message_text.unwrap_or_default()).collect())
     }
 
     async fn oldest_waiting(&self, queue: &str) -> Result<Option<OffsetDateTime>> {
-        let options = QueueClientPeekMessagesOptions { number_of_messages: Some(1), ..Default::default() };
-        let messages = self
-            .queue(queue)?
-            .peek_messages(Some(options))
-            .await
-            .and_then(|r| r.into_model())
-            .map_err(|e| sdk_error(Service::Queue, format!("peek at the oldest message of queue {queue:?}"), e))?;
-        Ok(messages.items.unwrap_or_default().into_iter().next().and_then(|m| m.insertion_time))
+        Ok(self.peeked(queue, 1).await?.into_iter().next().and_then(|m| m.insertion_time))
     }
 
     async fn delete(&self, queue: &str, id: &str, pop_receipt: &str) -> Result<()> {

@@ -68,6 +68,17 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// TLS with this (certificate PEM, key PEM), and plain-text TCP refused.
+    pub fn tls_only(cert: (PathBuf, PathBuf)) -> ClusterOptions {
+        ClusterOptions {
+            hba: vec!["hostnossl all all 127.0.0.1/32 reject".into()],
+            ssl: Some(cert),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Cluster {
     pub port: u16,
