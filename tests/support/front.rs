@@ -660,6 +660,14 @@ async fn handle(
         fault: fault.as_ref().map(Fault::label),
     };
 
+    // The whole request first, as the service reads it before it answers (an early answer
+    // would reach a client still sending its body as a broken pipe, not as the status).
+    let body: Bytes = match axum::body::to_bytes(Body::new(req.into_body()), usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return service_error(service, StatusCode::BAD_REQUEST, "InvalidInput", &format!("request body: {e}"));
+        }
+    };
     // An injected error: the service refused, nothing was done.
     if let Some(r) = fault.as_ref().and_then(|f| fault_response(service, f)) {
         inner.state.lock().unwrap().log.push(log(r.status().as_u16()));
@@ -674,12 +682,6 @@ async fn handle(
     }
 
     // Forward.
-    let body: Bytes = match axum::body::to_bytes(Body::new(req.into_body()), usize::MAX).await {
-        Ok(b) => b,
-        Err(e) => {
-            return service_error(service, StatusCode::BAD_REQUEST, "InvalidInput", &format!("request body: {e}"));
-        }
-    };
     let mut fwd = inner
         .client
         .request(method.clone(), format!("{upstream}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")));
