@@ -292,7 +292,8 @@ impl Front {
     pub fn start(ca: &TestCa, up: Upstreams) -> Front {
         let split = |endpoint: &str| {
             let url = url::Url::parse(endpoint).expect("upstream endpoint");
-            let origin = format!("{}://{}:{}", url.scheme(), url.host_str().unwrap(), url.port_or_known_default().unwrap());
+            let origin =
+                format!("{}://{}:{}", url.scheme(), url.host_str().unwrap(), url.port_or_known_default().unwrap());
             (origin, url.path().trim_end_matches('/').to_string(), url.scheme() == "https")
         };
         let account_path = up.blob.as_deref().map(|b| split(b).1).unwrap_or_default();
@@ -513,12 +514,9 @@ fn fault_response(service: Service, fault: &Fault) -> Option<Response<Body>> {
             r.headers_mut().insert("retry-after", HeaderValue::from_str(&retry_after_secs.to_string()).unwrap());
             r
         }
-        Fault::Status { status, code } => service_error(
-            service,
-            StatusCode::from_u16(*status).expect("status"),
-            code,
-            "Injected by the test front.",
-        ),
+        Fault::Status { status, code } => {
+            service_error(service, StatusCode::from_u16(*status).expect("status"), code, "Injected by the test front.")
+        }
         _ => return None,
     })
 }
@@ -747,8 +745,10 @@ async fn handle(
         }
         Some(Fault::Trickle { chunk, every }) => {
             let full = rsp.bytes().await.unwrap_or_default();
-            let pieces: Vec<Bytes> =
-                (0..full.len()).step_by(chunk.max(1)).map(|i| full.slice(i..(i + chunk.max(1)).min(full.len()))).collect();
+            let pieces: Vec<Bytes> = (0..full.len())
+                .step_by(chunk.max(1))
+                .map(|i| full.slice(i..(i + chunk.max(1)).min(full.len())))
+                .collect();
             let stream = futures::stream::iter(pieces).then(move |p| async move {
                 tokio::time::sleep(every).await;
                 Ok::<_, std::io::Error>(p)
