@@ -556,6 +556,55 @@ async fn backup_under_storage_faults() {
         );
     }
 
+    // Dump-slot claims (`@claims/dump-slot/`): taken before the dump, removed after it.
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        (
+            "Put Blob of the dump-slot claim: reset before the response (created, reply lost)",
+            vec![Rule::new(Op::PutBlob, Fault::ResetBeforeResponse).on("@claims/").calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Put Blob of the dump-slot claim: 503 once",
+            vec![Rule::new(Op::PutBlob, busy()).on("@claims/").calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Delete Blob of the dump-slot claim: 503 on every call (the claim stays)",
+            vec![Rule::new(Op::DeleteBlob, busy()).on("@claims/")],
+            Expect::Success,
+        ),
+    ];
+    let mut claims = Tally::new("claims (dump slots of the backup worker)");
+    for (i, (cell, rules, _)) in cells.into_iter().enumerate() {
+        let job =
+            BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+        let payload =
+            hostsim::queue_payload("backup-worker", "job", &job.to_json(), &format!("c{i}"), "p", 1, Form::Host);
+        let signals = arm(&front, &rules);
+        let (status, reply) = served.invoke("backup-worker", &payload).await;
+        front.clear();
+        claims.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        claims.check(cell, status == 200 && reply["ReturnValue"]["status"] == "succeeded", || {
+            format!("{status} {reply}")
+        });
+        // Whatever claim was left, the next job of the server still gets a slot and runs.
+        let next =
+            BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+        let payload =
+            hostsim::queue_payload("backup-worker", "job", &next.to_json(), &format!("n{i}"), "p", 1, Form::Host);
+        let (status, reply) = served.invoke("backup-worker", &payload).await;
+        claims.check(cell, status == 200 && reply["ReturnValue"]["status"] == "succeeded", || {
+            format!("next job: {status} {reply}")
+        });
+        let left = store.list("@claims/").await.unwrap().len();
+        claims.row(
+            cell,
+            1,
+            format!("succeeded; the next job ran too ({left} claim(s) left, each held until its lease or its message's redelivery)"),
+            "no claim blocks work: a claim taken twice is one claim; a claim that cannot be removed blocks only its own slot, until its lease",
+        );
+    }
+
     // Queue messages pgvault writes itself: rejected messages, and the scheduler's jobs.
     let queue = stack.queue();
     let drain_all = |name: &'static str| {
@@ -705,7 +754,7 @@ async fn backup_under_storage_faults() {
     }
     let leftover = unpublished_data(&store, "main/app/").await;
     tokens.check("all", leftover.is_empty(), || format!("{leftover:?}"));
-    finish_all(vec![tally, records, queued, tokens]);
+    finish_all(vec![tally, records, claims, queued, tokens]);
     drop(served);
 }
 
