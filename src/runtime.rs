@@ -49,8 +49,8 @@ impl Runtime {
             StorageSettings::Azure { blob_endpoint, container } => {
                 let (credential, _) = azure.clone().expect("built above");
                 // RetryingStore (below) does the patient retries; the SDK only a few quick ones.
-                let beneath = RetrySettings::beneath_store_retries()
-                    .limited(settings.http_retries, settings.http_timeout);
+                let beneath =
+                    RetrySettings::beneath_store_retries().limited(settings.http_retries, settings.http_timeout);
                 let options = azure::client_options(settings.ca_file.as_deref(), &beneath)?;
                 let s = Arc::new(azure::AzureBlobStore::new(blob_endpoint, container, credential, options).await?);
                 azure_store = Some(s.clone());

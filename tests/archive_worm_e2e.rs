@@ -17,8 +17,8 @@ use pgvault::seams::queue::JobQueue;
 use pgvault::seams::store::{BlobStore, Tier};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use support::front::Front;
 use support::data::{blocking, manifests};
+use support::front::Front;
 use support::test_credential;
 
 fn cli_ok(stack: &Stack, args: &[&str]) -> String {
@@ -111,9 +111,8 @@ async fn an_archived_backup_is_rehydrated_before_restore_and_drills_pass_it_over
     let drills = jobs(&stack, &["--kind", "drill"]);
     assert_eq!(drills.len(), 1, "{drills:?}");
     assert_ne!(drills[0]["detail"]["backup"], old.id.as_str(), "{drills:?}");
-    let reads = |front: &Front| {
-        front.requests_to(CONTAINER, &old.data_blob).into_iter().filter(|r| r.method == "GET").count()
-    };
+    let reads =
+        |front: &Front| front.requests_to(CONTAINER, &old.data_blob).into_iter().filter(|r| r.method == "GET").count();
     assert_eq!(reads(&front), 1, "the drill read nothing of the archived backup (the one read is this test's)");
 
     // A restore of the archived backup: the request is planned, the task starts rehydration

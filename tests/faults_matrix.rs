@@ -6,8 +6,8 @@
 //! ones in `docs/reliability.md`.
 //!
 //! The retry budget of every pgvault process here is cut through its settings, so a fault beyond
-//! it fails within seconds: `PGVAULT_STORAGE_RETRIES=2`, `PGVAULT_HTTP_RETRIES=2`,
-//! `PGVAULT_HTTP_TIMEOUT_SECONDS=3`. Within it means a fault on one call, or on the first few;
+//! it fails within seconds: `PGVAULT_STORAGE_RETRIES=1`, `PGVAULT_HTTP_RETRIES=2`,
+//! `PGVAULT_HTTP_TIMEOUT_SECONDS=2`. Within it means a fault on one call, or on the first few;
 //! beyond it means a fault on every call from some point on.
 
 #[path = "support/app.rs"]
@@ -31,12 +31,12 @@ use support::front::{Calls, Fault, Fired, Front, Op, Rule, Upstreams};
 use support::test_credential;
 
 /// The read timeout given to pgvault here; a stall is longer.
-const TIMEOUT_SECS: u64 = 3;
+const TIMEOUT_SECS: u64 = 2;
 /// How long a cell may wait for its fault to fire (a broken cell, not a slow one).
 const FIRE_LIMIT: Duration = Duration::from_secs(60);
 
 fn stall() -> Fault {
-    Fault::Stall(Duration::from_secs(TIMEOUT_SECS + 2))
+    Fault::Stall(Duration::from_secs(TIMEOUT_SECS + 1))
 }
 
 fn busy() -> Fault {
@@ -53,7 +53,7 @@ fn text(out: &Output) -> String {
 
 /// The short retry budget, and every Azure endpoint of `stack`'s processes through `front`.
 fn through_front(stack: &mut Stack, front: &Front) {
-    stack.set("PGVAULT_STORAGE_RETRIES", "2");
+    stack.set("PGVAULT_STORAGE_RETRIES", "1");
     stack.set("PGVAULT_HTTP_RETRIES", "2");
     stack.set("PGVAULT_HTTP_TIMEOUT_SECONDS", &TIMEOUT_SECS.to_string());
     if !front.blob_endpoint.is_empty() {
@@ -122,7 +122,8 @@ impl Tally {
 fn finish_all(tallies: Vec<Tally>) {
     let mut failures = Vec::new();
     for t in tallies {
-        let mut table = format!("\n### {}\n\n| fault | runs | outcome | invariant checked |\n|---|---|---|---|\n", t.area);
+        let mut table =
+            format!("\n### {}\n\n| fault | runs | outcome | invariant checked |\n|---|---|---|---|\n", t.area);
         for r in &t.rows {
             table.push_str(&format!("| {} | {} | {} | {} |\n", r.cell, r.runs, r.outcome, r.invariant));
         }
@@ -364,15 +365,27 @@ async fn backup_under_storage_faults() {
     let _ = t;
     let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
         ("Put Block #2: 503 ServerBusy", vec![Rule::new(Op::PutBlock, busy()).calls(Calls::Nth(2))], Expect::Success),
-        ("Put Block #2: 500 InternalError", vec![Rule::new(Op::PutBlock, internal()).calls(Calls::Nth(2))], Expect::Success),
+        (
+            "Put Block #2: 500 InternalError",
+            vec![Rule::new(Op::PutBlock, internal()).calls(Calls::Nth(2))],
+            Expect::Success,
+        ),
         (
             "Put Block #2: reset before the response (block stored, reply lost)",
             vec![Rule::new(Op::PutBlock, Fault::ResetBeforeResponse).calls(Calls::Nth(2))],
             Expect::Success,
         ),
-        ("Put Block #2: stall past the timeout", vec![Rule::new(Op::PutBlock, stall()).calls(Calls::Nth(2))], Expect::Success),
+        (
+            "Put Block #2: stall past the timeout",
+            vec![Rule::new(Op::PutBlock, stall()).calls(Calls::Nth(2))],
+            Expect::Success,
+        ),
         ("Put Block: 25% of calls 503", vec![Rule::new(Op::PutBlock, busy()).calls(Calls::Share(25))], Expect::Success),
-        ("Put Block List: 503 twice", vec![Rule::new(Op::PutBlockList, busy()).calls(Calls::First(2))], Expect::Success),
+        (
+            "Put Block List: 503 twice",
+            vec![Rule::new(Op::PutBlockList, busy()).calls(Calls::First(2))],
+            Expect::Success,
+        ),
         (
             "Put Block List: reset before the response (committed, reply lost)",
             vec![Rule::new(Op::PutBlockList, Fault::ResetBeforeResponse).calls(Calls::Nth(1))],
@@ -417,8 +430,11 @@ async fn backup_under_storage_faults() {
     ];
     let mut tally = Tally::new("backup (worker, `pgvault serve`)");
     for (i, (cell, rules, expect)) in cells.into_iter().enumerate() {
-        let job = BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
-        let payload = |n: u32| hostsim::queue_payload("backup-worker", "job", &job.to_json(), &format!("b{i}"), "p", n, Form::Host);
+        let job =
+            BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+        let payload = |n: u32| {
+            hostsim::queue_payload("backup-worker", "job", &job.to_json(), &format!("b{i}"), "p", n, Form::Host)
+        };
         let signals = arm(&front, &rules);
         let (status, reply) = served.invoke("backup-worker", &payload(1)).await;
         front.clear();
@@ -462,7 +478,9 @@ async fn backup_under_storage_faults() {
                 tally.check(cell, status == 200 && reply["ReturnValue"]["status"] == "succeeded", || {
                     format!("the redelivery: {status} {reply}")
                 });
-                tally.check(cell, published.len() == 1, || format!("{} manifests after the redelivery", published.len()));
+                tally.check(cell, published.len() == 1, || {
+                    format!("{} manifests after the redelivery", published.len())
+                });
                 format!("500 naming `{words}`, host retries; redelivery succeeded")
             }
         };
@@ -472,7 +490,11 @@ async fn backup_under_storage_faults() {
 
     // Job records: the record of every delivery survives storage faults.
     let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
-        ("Put Blob of the job record: 503 twice", vec![Rule::new(Op::PutBlob, busy()).on("@jobs/").calls(Calls::First(2))], Expect::Success),
+        (
+            "Put Blob of the job record: 503 twice",
+            vec![Rule::new(Op::PutBlob, busy()).on("@jobs/").calls(Calls::First(2))],
+            Expect::Success,
+        ),
         (
             "Put Blob of the job record: reset before the response",
             vec![Rule::new(Op::PutBlob, Fault::ResetBeforeResponse).on("@jobs/").calls(Calls::Nth(1))],
@@ -486,8 +508,11 @@ async fn backup_under_storage_faults() {
     ];
     let mut records = Tally::new("job records (backup worker)");
     for (i, (cell, rules, expect)) in cells.into_iter().enumerate() {
-        let job = BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
-        let payload = |n: u32| hostsim::queue_payload("backup-worker", "job", &job.to_json(), &format!("j{i}"), "p", n, Form::Host);
+        let job =
+            BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+        let payload = |n: u32| {
+            hostsim::queue_payload("backup-worker", "job", &job.to_json(), &format!("j{i}"), "p", n, Form::Host)
+        };
         let signals = arm(&front, &rules);
         let (status, reply) = served.invoke("backup-worker", &payload(1)).await;
         front.clear();
@@ -497,7 +522,9 @@ async fn backup_under_storage_faults() {
             Expect::Success => {
                 let record = get().await.unwrap();
                 records.check(cell, status == 200, || format!("{status} {reply}"));
-                records.check(cell, record.as_ref().is_some_and(|r| r.status.as_str() == "succeeded"), || format!("{record:?}"));
+                records.check(cell, record.as_ref().is_some_and(|r| r.status.as_str() == "succeeded"), || {
+                    format!("{record:?}")
+                });
                 "succeeded; the record says so".to_string()
             }
             Expect::Failure(words) => {
@@ -513,14 +540,69 @@ async fn backup_under_storage_faults() {
                 records.check(
                     cell,
                     record.as_ref().is_some_and(|r| {
-                        r.status.as_str() == "succeeded" && published.first().is_some_and(|m| r.detail.backup().and_then(|b| b.backup.as_deref()) == Some(m.id.as_str()))
+                        r.status.as_str() == "succeeded"
+                            && published.first().is_some_and(|m| r.detail.backup().and_then(|b| b.backup.as_deref()) == Some(m.id.as_str()))
                     }),
                     || format!("{record:?}"),
                 );
                 format!("500 naming `{words}`; the redelivery writes the record of the published backup")
             }
         };
-        records.row(cell, 1, outcome, "no lost job record: after the deliveries the host makes, the record exists and says what was published");
+        records.row(
+            cell,
+            1,
+            outcome,
+            "no lost job record: after the deliveries the host makes, the record exists and says what was published",
+        );
+    }
+
+    // Dump-slot claims (`@claims/dump-slot/`): taken before the dump, removed after it.
+    let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
+        (
+            "Put Blob of the dump-slot claim: reset before the response (created, reply lost)",
+            vec![Rule::new(Op::PutBlob, Fault::ResetBeforeResponse).on("@claims/").calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Put Blob of the dump-slot claim: 503 once",
+            vec![Rule::new(Op::PutBlob, busy()).on("@claims/").calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Delete Blob of the dump-slot claim: 503 on every call (the claim stays)",
+            vec![Rule::new(Op::DeleteBlob, busy()).on("@claims/")],
+            Expect::Success,
+        ),
+    ];
+    let mut claims = Tally::new("claims (dump slots of the backup worker)");
+    for (i, (cell, rules, _)) in cells.into_iter().enumerate() {
+        let job =
+            BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+        let payload =
+            hostsim::queue_payload("backup-worker", "job", &job.to_json(), &format!("c{i}"), "p", 1, Form::Host);
+        let signals = arm(&front, &rules);
+        let (status, reply) = served.invoke("backup-worker", &payload).await;
+        front.clear();
+        claims.check(cell, fired(&signals) > 0, || "the fault never fired".into());
+        claims.check(cell, status == 200 && reply["ReturnValue"]["status"] == "succeeded", || {
+            format!("{status} {reply}")
+        });
+        // Whatever claim was left, the next job of the server still gets a slot and runs.
+        let next =
+            BackupJob::new(BackupKind::Database, "main", Some("app"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+        let payload =
+            hostsim::queue_payload("backup-worker", "job", &next.to_json(), &format!("n{i}"), "p", 1, Form::Host);
+        let (status, reply) = served.invoke("backup-worker", &payload).await;
+        claims.check(cell, status == 200 && reply["ReturnValue"]["status"] == "succeeded", || {
+            format!("next job: {status} {reply}")
+        });
+        let left = store.list("@claims/").await.unwrap().len();
+        claims.row(
+            cell,
+            1,
+            format!("succeeded; the next job ran too ({left} claim(s) left, each held until its lease or its message's redelivery)"),
+            "no claim blocks work: a claim taken twice is one claim; a claim that cannot be removed blocks only its own slot, until its lease",
+        );
     }
 
     // Queue messages pgvault writes itself: rejected messages, and the scheduler's jobs.
@@ -544,9 +626,15 @@ async fn backup_under_storage_faults() {
     drain_all(BACKUP_JOBS_QUEUE).await;
     drain_all("backup-jobs-rejected").await;
     let mut queued = Tally::new("queue messages (`pgvault serve`)");
-    let bad = BackupJob::new(BackupKind::Database, "nowhere", Some("x"), time::OffsetDateTime::now_utc(), Trigger::Queue).to_json();
+    let bad =
+        BackupJob::new(BackupKind::Database, "nowhere", Some("x"), time::OffsetDateTime::now_utc(), Trigger::Queue)
+            .to_json();
     let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
-        ("Put Message of a rejected job: 503 once", vec![Rule::new(Op::PutMessage, busy()).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Put Message of a rejected job: 503 once",
+            vec![Rule::new(Op::PutMessage, busy()).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
         (
             "Put Message of a rejected job: reset before the response (stored, reply lost)",
             vec![Rule::new(Op::PutMessage, Fault::ResetBeforeResponse).calls(Calls::Nth(1))],
@@ -567,8 +655,12 @@ async fn backup_under_storage_faults() {
         let kept = drain_all("backup-jobs-rejected").await;
         let outcome = match expect {
             Expect::Success => {
-                queued.check(cell, status == 200 && reply["ReturnValue"]["status"] == "rejected", || format!("{status} {reply}"));
-                queued.check(cell, !kept.is_empty() && kept.iter().all(|k| k.contains("unknown server")), || format!("{kept:?}"));
+                queued.check(cell, status == 200 && reply["ReturnValue"]["status"] == "rejected", || {
+                    format!("{status} {reply}")
+                });
+                queued.check(cell, !kept.is_empty() && kept.iter().all(|k| k.contains("unknown server")), || {
+                    format!("{kept:?}")
+                });
                 format!("200 rejected; kept {} time(s) with its reason", kept.len())
             }
             Expect::Failure(_) => {
@@ -580,12 +672,21 @@ async fn backup_under_storage_faults() {
         queued.row(cell, 1, outcome, "no lost queue message: kept with its reason, or left on its queue for the host");
     }
     let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
-        ("Put Message of the scheduler: 503 once", vec![Rule::new(Op::PutMessage, busy()).calls(Calls::Nth(1))], Expect::Success),
-        ("Put Message of the scheduler: 503 on every call", vec![Rule::new(Op::PutMessage, busy())], Expect::Failure("ServerBusy")),
+        (
+            "Put Message of the scheduler: 503 once",
+            vec![Rule::new(Op::PutMessage, busy()).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Put Message of the scheduler: 503 on every call",
+            vec![Rule::new(Op::PutMessage, busy())],
+            Expect::Failure("ServerBusy"),
+        ),
     ];
     for (cell, rules, expect) in cells {
         let signals = arm(&front, &rules);
-        let (status, reply) = served.invoke("backup-scheduler", &hostsim::timer_payload("backup-scheduler", false)).await;
+        let (status, reply) =
+            served.invoke("backup-scheduler", &hostsim::timer_payload("backup-scheduler", false)).await;
         front.clear();
         queued.check(cell, fired(&signals) > 0, || "the fault never fired".into());
         let jobs = drain_all(BACKUP_JOBS_QUEUE).await;
@@ -619,7 +720,11 @@ async fn backup_under_storage_faults() {
             vec![Rule::new(Op::Token, Fault::ResetBeforeResponse).calls(Calls::Nth(1))],
             Expect::Success,
         ),
-        ("token: truncated body once", vec![Rule::new(Op::Token, Fault::Truncate { keep: 30 }).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "token: truncated body once",
+            vec![Rule::new(Op::Token, Fault::Truncate { keep: 30 }).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
         ("token: 503 on every call", vec![Rule::new(Op::Token, busy())], Expect::Failure("token")),
     ];
     for (cell, rules, expect) in cells {
@@ -629,7 +734,8 @@ async fn backup_under_storage_faults() {
         front.clear();
         let said = text(&out);
         tokens.check(cell, fired(&signals) > 0, || "the fault never fired".into());
-        let new: Vec<Manifest> = manifests(&store, "main/app/").await.into_iter().filter(|m| !before.contains(&m.id)).collect();
+        let new: Vec<Manifest> =
+            manifests(&store, "main/app/").await.into_iter().filter(|m| !before.contains(&m.id)).collect();
         let outcome = match expect {
             Expect::Success => {
                 tokens.check(cell, out.status.success() && new.len() == 1, || said.clone());
@@ -648,7 +754,7 @@ async fn backup_under_storage_faults() {
     }
     let leftover = unpublished_data(&store, "main/app/").await;
     tokens.check("all", leftover.is_empty(), || format!("{leftover:?}"));
-    finish_all(vec![tally, records, queued, tokens]);
+    finish_all(vec![tally, records, claims, queued, tokens]);
     drop(served);
 }
 
@@ -686,8 +792,18 @@ async fn restore_and_as_files_under_storage_faults() {
     let manifest = ".manifest.json";
     // (cell, rules, expectation, whether it runs both streamed and parallel)
     let cells: Vec<(&str, Vec<Rule>, Expect, bool)> = vec![
-        ("Get Blob range of the data: 503 once", vec![Rule::new(Op::GetBlobRange, busy()).on(data).calls(Calls::Nth(1))], Expect::Success, true),
-        ("Get Blob range of the data: 500 once", vec![Rule::new(Op::GetBlobRange, internal()).on(data).calls(Calls::Nth(1))], Expect::Success, true),
+        (
+            "Get Blob range of the data: 503 once",
+            vec![Rule::new(Op::GetBlobRange, busy()).on(data).calls(Calls::Nth(1))],
+            Expect::Success,
+            true,
+        ),
+        (
+            "Get Blob range of the data: 500 once",
+            vec![Rule::new(Op::GetBlobRange, internal()).on(data).calls(Calls::Nth(1))],
+            Expect::Success,
+            true,
+        ),
         (
             "Get Blob range of the data: reset before the response",
             vec![Rule::new(Op::GetBlobRange, Fault::ResetBeforeResponse).on(data).calls(Calls::Nth(1))],
@@ -702,7 +818,10 @@ async fn restore_and_as_files_under_storage_faults() {
         ),
         (
             "Get Blob range of the data: slow trickle (64 KiB / 20 ms)",
-            vec![Rule::new(Op::GetBlobRange, Fault::Trickle { chunk: 64 << 10, every: Duration::from_millis(20) }).on(data)],
+            vec![
+                Rule::new(Op::GetBlobRange, Fault::Trickle { chunk: 64 << 10, every: Duration::from_millis(20) })
+                    .on(data),
+            ],
             Expect::Success,
             true,
         ),
@@ -718,7 +837,12 @@ async fn restore_and_as_files_under_storage_faults() {
             Expect::Success,
             true,
         ),
-        ("Get Blob of the manifest: 503 once", vec![Rule::new(Op::GetBlobRange, busy()).on(manifest).calls(Calls::Nth(1))], Expect::Success, false),
+        (
+            "Get Blob of the manifest: 503 once",
+            vec![Rule::new(Op::GetBlobRange, busy()).on(manifest).calls(Calls::Nth(1))],
+            Expect::Success,
+            false,
+        ),
         (
             "Get Blob of the manifest: truncated once",
             vec![Rule::new(Op::GetBlobRange, Fault::Truncate { keep: 100 }).on(manifest).calls(Calls::Nth(1))],
@@ -726,8 +850,18 @@ async fn restore_and_as_files_under_storage_faults() {
             false,
         ),
         ("List: 503 once", vec![Rule::new(Op::List, busy()).calls(Calls::Nth(1))], Expect::Success, false),
-        ("List: truncated once", vec![Rule::new(Op::List, Fault::Truncate { keep: 200 }).calls(Calls::Nth(1))], Expect::Success, false),
-        ("Get Blob Properties: 503 once", vec![Rule::new(Op::GetProperties, busy()).calls(Calls::Nth(1))], Expect::Success, false),
+        (
+            "List: truncated once",
+            vec![Rule::new(Op::List, Fault::Truncate { keep: 200 }).calls(Calls::Nth(1))],
+            Expect::Success,
+            false,
+        ),
+        (
+            "Get Blob Properties: 503 once",
+            vec![Rule::new(Op::GetProperties, busy()).calls(Calls::Nth(1))],
+            Expect::Success,
+            false,
+        ),
         (
             "Put Blob of the claim: reset before the response (created, reply lost)",
             vec![Rule::new(Op::PutBlob, Fault::ResetBeforeResponse).on("@claims/").calls(Calls::Nth(1))],
@@ -793,8 +927,17 @@ async fn restore_and_as_files_under_storage_faults() {
                 Expect::Failure(_) => ("replace", "keep".to_string()),
             };
             let mut args = vec![
-                "restore", "--server", "main", "--database", "app", "--mode", mode, "--target-database", &target,
-                "--request-id", &request,
+                "restore",
+                "--server",
+                "main",
+                "--database",
+                "app",
+                "--mode",
+                mode,
+                "--target-database",
+                &target,
+                "--request-id",
+                &request,
             ];
             if let Some(j) = jobs {
                 args.extend(["--jobs", j]);
@@ -814,7 +957,8 @@ async fn restore_and_as_files_under_storage_faults() {
             .unwrap();
             let outcome = match expect {
                 Expect::Success => {
-                    let ok = tally.check(&name, out.status.success() && said.contains("1 restored, 0 failed"), || said.clone());
+                    let ok = tally
+                        .check(&name, out.status.success() && said.contains("1 restored, 0 failed"), || said.clone());
                     if ok {
                         tally.check(&name, said.contains(method), || format!("not restored by {method}: {said}"));
                         let got = blocking(|| table_sums(&stack.pg, &target));
@@ -827,7 +971,7 @@ async fn restore_and_as_files_under_storage_faults() {
                     if ok { "succeeded, identical content" } else { "FAILED" }.to_string()
                 }
                 Expect::Failure(words) => {
-                    tally.check(&name, !out.status.success() && said.contains("FAILED"), || said.clone());
+                    tally.check(&name, !out.status.success(), || said.clone());
                     tally.check(&name, said.contains(words), || format!("does not name {words:?}: {said}"));
                     let now = blocking(|| table_sums(&stack.pg, "keep"));
                     tally.check(&name, now == keep, || format!("keep changed: {now:?}"));
@@ -835,9 +979,11 @@ async fn restore_and_as_files_under_storage_faults() {
                     tally.check(&name, left.is_empty(), || format!("left behind: {left:?}"));
                     let copies = blocking(|| databases_like(&stack.pg, "keep%"));
                     tally.check(&name, copies == ["keep"], || format!("{copies:?}"));
+                    // A failure while planning comes before any task exists (nothing to record).
+                    let planned = said.contains(&format!("FAILED {request}-1"));
                     tally.check(
                         &name,
-                        task.as_ref().is_some_and(|r| r.status.as_str() == "failed" && r.reason.is_some()),
+                        !planned || task.as_ref().is_some_and(|r| r.status.as_str() == "failed" && r.reason.is_some()),
                         || format!("task record {task:?}"),
                     );
                     format!("failed naming `{words}`; target unchanged")
@@ -858,8 +1004,16 @@ async fn restore_and_as_files_under_storage_faults() {
     .await
     .unwrap();
     let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
-        ("Get User Delegation Key: 503 once", vec![Rule::new(Op::UserDelegationKey, busy()).calls(Calls::Nth(1))], Expect::Success),
-        ("Put Block of the copy: 503 once", vec![Rule::new(Op::PutBlock, busy()).on("/exports/").calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Get User Delegation Key: 503 once",
+            vec![Rule::new(Op::UserDelegationKey, busy()).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Put Block of the copy: 503 once",
+            vec![Rule::new(Op::PutBlock, busy()).on("/exports/").calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
         (
             "Put Blob of the exported manifest: reset before the response",
             vec![Rule::new(Op::PutBlob, Fault::ResetBeforeResponse).on("/exports/").calls(Calls::Nth(1))],
@@ -870,8 +1024,16 @@ async fn restore_and_as_files_under_storage_faults() {
             vec![Rule::new(Op::GetBlobRange, Fault::ResetMidBody { after: 300_000 }).on(data).calls(Calls::Nth(1))],
             Expect::Success,
         ),
-        ("Put Block of the copy: 503 on every call", vec![Rule::new(Op::PutBlock, busy()).on("/exports/")], Expect::Failure("ServerBusy")),
-        ("Get User Delegation Key: 500 on every call", vec![Rule::new(Op::UserDelegationKey, internal())], Expect::Failure("InternalError")),
+        (
+            "Put Block of the copy: 503 on every call",
+            vec![Rule::new(Op::PutBlock, busy()).on("/exports/")],
+            Expect::Failure("ServerBusy"),
+        ),
+        (
+            "Get User Delegation Key: 500 on every call",
+            vec![Rule::new(Op::UserDelegationKey, internal())],
+            Expect::Failure("InternalError"),
+        ),
     ];
     let mut files_tally = Tally::new("as-files (`pgvault restore --mode as-files`)");
     for (i, (cell, rules, expect)) in cells.into_iter().enumerate() {
@@ -879,7 +1041,19 @@ async fn restore_and_as_files_under_storage_faults() {
         let signals = arm(&front, &rules);
         let out = cli(
             &stack,
-            &["restore", "--server", "main", "--database", "app", "--mode", "as-files", "--container", "exports", "--prefix", &prefix],
+            &[
+                "restore",
+                "--server",
+                "main",
+                "--database",
+                "app",
+                "--mode",
+                "as-files",
+                "--container",
+                "exports",
+                "--prefix",
+                &prefix,
+            ],
         );
         front.clear();
         let said = text(&out);
@@ -899,7 +1073,8 @@ async fn restore_and_as_files_under_storage_faults() {
             Expect::Failure(words) => {
                 files_tally.check(cell, !out.status.success() && said.contains(words), || said.clone());
                 // Signing comes after the copy: a verified copy may be there, unsigned.
-                let copy = if exported.is_empty() { "no exported manifest" } else { "the verified copy stays, unsigned" };
+                let copy =
+                    if exported.is_empty() { "no exported manifest" } else { "the verified copy stays, unsigned" };
                 format!("failed naming `{words}`; {copy}")
             }
         };
@@ -912,21 +1087,37 @@ async fn restore_and_as_files_under_storage_faults() {
     stack.set("PGVAULT_INVENTORY", &Value::Array(inventory).to_string());
     blocking(|| make_db(&stack, "ret", 2_000));
     let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
-        ("Delete Blob of the manifest: 503 once", vec![Rule::new(Op::DeleteBlob, busy()).on(manifest).calls(Calls::Nth(1))], Expect::Success),
-        ("Delete Blob of the data: 500 once", vec![Rule::new(Op::DeleteBlob, internal()).on(data).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Delete Blob of the manifest: 503 once",
+            vec![Rule::new(Op::DeleteBlob, busy()).on(manifest).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
+        (
+            "Delete Blob of the data: 500 once",
+            vec![Rule::new(Op::DeleteBlob, internal()).on(data).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
         (
             "Delete Blob of the data: reset before the response (deleted, reply lost)",
             vec![Rule::new(Op::DeleteBlob, Fault::ResetBeforeResponse).on(data).calls(Calls::Nth(1))],
             Expect::Success,
         ),
         ("List: 503 once", vec![Rule::new(Op::List, busy()).calls(Calls::Nth(1))], Expect::Success),
-        ("List: truncated once", vec![Rule::new(Op::List, Fault::Truncate { keep: 200 }).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "List: truncated once",
+            vec![Rule::new(Op::List, Fault::Truncate { keep: 200 }).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
         (
             "Get Blob of a manifest: truncated once",
             vec![Rule::new(Op::GetBlobRange, Fault::Truncate { keep: 100 }).on(manifest).calls(Calls::Nth(1))],
             Expect::Success,
         ),
-        ("Delete Blob of the manifest: 503 on every call", vec![Rule::new(Op::DeleteBlob, busy()).on(manifest)], Expect::Failure("ServerBusy")),
+        (
+            "Delete Blob of the manifest: 503 on every call",
+            vec![Rule::new(Op::DeleteBlob, busy()).on(manifest)],
+            Expect::Failure("ServerBusy"),
+        ),
         (
             "Delete Blob of the data: 503 on every call (after its manifest)",
             vec![Rule::new(Op::DeleteBlob, busy()).on(data)],
@@ -957,7 +1148,8 @@ async fn restore_and_as_files_under_storage_faults() {
         let outcome = match expect {
             Expect::Success => {
                 retention.check(cell, out.status.success(), || said.clone());
-                retention.check(cell, !store.exists(&old.data_blob).await.unwrap(), || "the old data is still there".into());
+                retention
+                    .check(cell, !store.exists(&old.data_blob).await.unwrap(), || "the old data is still there".into());
                 retention.check(cell, after.len() == 1, || format!("{} backups left", after.len()));
                 "the older backup removed, manifest then data".to_string()
             }
@@ -970,7 +1162,9 @@ async fn restore_and_as_files_under_storage_faults() {
                 if orphans.is_empty() {
                     format!("exit 1 naming `{words}`; the backup kept whole")
                 } else {
-                    format!("exit 1 naming `{words}`; the data left as an orphan, which `verify --all --clean-orphans` removed")
+                    format!(
+                        "exit 1 naming `{words}`; the data left as an orphan, which `verify --all --clean-orphans` removed"
+                    )
                 }
             }
         };
@@ -1023,7 +1217,7 @@ async fn sas_rotation_and_sync_under_faults() {
             ("PGVAULT_LOG_FORMAT".into(), "text".into()),
             ("PGVAULT_STORAGE".into(), "local".into()),
             ("PGVAULT_LOCAL_DIR".into(), store_dir.display().to_string()),
-            ("PGVAULT_STORAGE_RETRIES".into(), "2".into()),
+            ("PGVAULT_STORAGE_RETRIES".into(), "1".into()),
             ("PGVAULT_HTTP_RETRIES".into(), "2".into()),
             ("PGVAULT_HTTP_TIMEOUT_SECONDS".into(), TIMEOUT_SECS.to_string()),
             ("IDENTITY_ENDPOINT".into(), front.identity_endpoint.clone()),
@@ -1040,8 +1234,18 @@ async fn sas_rotation_and_sync_under_faults() {
     let file_arg = file.display().to_string();
     let group = if support::is_root() { "postgres" } else { "0" };
     let sync_args = [
-        "pgbackrest-sas", "sync", "--vault", &front.vault_url, "--secret", "pgbackrest-sas-vm1", "--file", &file_arg,
-        "--owner", "root", "--group", group,
+        "pgbackrest-sas",
+        "sync",
+        "--vault",
+        &front.vault_url,
+        "--secret",
+        "pgbackrest-sas-vm1",
+        "--file",
+        &file_arg,
+        "--owner",
+        "root",
+        "--group",
+        group,
     ];
 
     // Sync: the old token is in the file, a new one in the vault.
@@ -1064,7 +1268,11 @@ async fn sas_rotation_and_sync_under_faults() {
             vec![Rule::new(Op::GetSecret, Fault::ResetBeforeResponse).calls(Calls::Nth(1))],
             Expect::Success,
         ),
-        ("Get Secret: stall past the timeout", vec![Rule::new(Op::GetSecret, stall()).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Get Secret: stall past the timeout",
+            vec![Rule::new(Op::GetSecret, stall()).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
         (
             "Get Secret: slow trickle",
             vec![Rule::new(Op::GetSecret, Fault::Trickle { chunk: 64, every: Duration::from_millis(20) })],
@@ -1087,7 +1295,11 @@ async fn sas_rotation_and_sync_under_faults() {
             vec![Rule::new(Op::GetSecret, Fault::Truncate { keep: 40 })],
             Expect::Failure("Key Vault"),
         ),
-        ("Get Secret: every call stalls past the timeout", vec![Rule::new(Op::GetSecret, stall())], Expect::Failure("Key Vault")),
+        (
+            "Get Secret: every call stalls past the timeout",
+            vec![Rule::new(Op::GetSecret, stall())],
+            Expect::Failure("Key Vault"),
+        ),
         ("token: 503 on every call", vec![Rule::new(Op::Token, busy_vault())], Expect::Failure("Key Vault")),
     ];
     let future = time::OffsetDateTime::now_utc() + time::Duration::hours(6);
@@ -1103,8 +1315,10 @@ async fn sas_rotation_and_sync_under_faults() {
         let said = text(&out);
         tally.check(cell, fired(&signals) > 0, || "the fault never fired".into());
         let now = std::fs::read_to_string(&file).unwrap();
-        let names: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         tally.check(cell, !names.iter().any(|n| n.contains(".tmp")), || format!("a temp file is left: {names:?}"));
         let outcome = match expect {
             Expect::Success => {
@@ -1135,7 +1349,11 @@ async fn sas_rotation_and_sync_under_faults() {
     );
     let current = || async { reader.current(&kv.url, "pgbackrest-sas-vm1").await.unwrap().expect("a token") };
     let cells: Vec<(&str, Vec<Rule>, Expect)> = vec![
-        ("Get User Delegation Key: 503 once", vec![Rule::new(Op::UserDelegationKey, busy()).calls(Calls::Nth(1))], Expect::Success),
+        (
+            "Get User Delegation Key: 503 once",
+            vec![Rule::new(Op::UserDelegationKey, busy()).calls(Calls::Nth(1))],
+            Expect::Success,
+        ),
         ("Set Secret: 503 once", vec![Rule::new(Op::SetSecret, busy()).calls(Calls::Nth(1))], Expect::Success),
         (
             "Set Secret: reset before the response (stored, reply lost)",
@@ -1145,12 +1363,23 @@ async fn sas_rotation_and_sync_under_faults() {
         ("Get Secret: 500 once", vec![Rule::new(Op::GetSecret, internal()).calls(Calls::Nth(1))], Expect::Success),
         ("token: 500 once", vec![Rule::new(Op::Token, internal()).calls(Calls::Nth(1))], Expect::Success),
         ("Set Secret: 503 on every call", vec![Rule::new(Op::SetSecret, busy())], Expect::Failure("ServerBusy")),
-        ("Get User Delegation Key: 500 on every call", vec![Rule::new(Op::UserDelegationKey, internal())], Expect::Failure("delegation key")),
-        ("Get Secret: truncated on every call", vec![Rule::new(Op::GetSecret, Fault::Truncate { keep: 40 })], Expect::Failure("")),
+        (
+            "Get User Delegation Key: 500 on every call",
+            vec![Rule::new(Op::UserDelegationKey, internal())],
+            Expect::Failure("delegation key"),
+        ),
+        (
+            "Get Secret: truncated on every call",
+            vec![Rule::new(Op::GetSecret, Fault::Truncate { keep: 40 })],
+            Expect::Failure(""),
+        ),
     ];
     let mut tally = Tally::new("SAS rotation (`pgvault pgbackrest-sas rotate`)");
     for (cell, rules, expect) in cells {
-        kv.set_secret("pgbackrest-sas-vm1", &fake_sas(time::OffsetDateTime::now_utc() + time::Duration::minutes(30), "due"));
+        kv.set_secret(
+            "pgbackrest-sas-vm1",
+            &fake_sas(time::OffsetDateTime::now_utc() + time::Duration::minutes(30), "due"),
+        );
         kv.set_expires("pgbackrest-sas-vm1", Some(time::OffsetDateTime::now_utc() + time::Duration::minutes(30)));
         let before = current().await;
         let signals = arm(&front, &rules);
@@ -1173,7 +1402,10 @@ async fn sas_rotation_and_sync_under_faults() {
             Expect::Failure(words) => {
                 tally.check(cell, !out.status.success() && said.contains(words), || said.clone());
                 tally.check(cell, after.version == before.version, || "a new version anyway".into());
-                format!("target failed (exit 1{}); the current token kept", if words.is_empty() { String::new() } else { format!(", naming `{words}`") })
+                format!(
+                    "target failed (exit 1{}); the current token kept",
+                    if words.is_empty() { String::new() } else { format!(", naming `{words}`") }
+                )
             }
         };
         tally.row(cell, 1, outcome, NO_TOKEN_GAP);

@@ -170,9 +170,9 @@ fn sdk_tags(tags: &Tags) -> HashMap<String, String> {
     tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// One range of a blob, whole, with the blob's size and ETag: requested again (at most
-/// [`RANGE_ATTEMPTS`] times in all) when the answer breaks off or comes back short. A permanent
-/// error (404, 412 when the ETag no longer matches, 409 archived) ends it at once.
+/// One range of a blob, whole, with the blob's size and ETag. A request that fails has had
+/// the SDK's retries already and ends the read; an answer whose body breaks off or comes back
+/// short is requested again, [`RANGE_ATTEMPTS`] times in all, since the SDK cannot tell.
 async fn read_range(
     blob: &BlobClient,
     name: &str,
@@ -182,8 +182,8 @@ async fn read_range(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let failed = match fetch_range(blob, name, range.clone(), etag).await {
-            Ok((bytes, total, tag)) => {
+        let failed = match fetch_range(blob, name, range.clone(), etag).await? {
+            Fetched::Whole(bytes, total, tag) => {
                 let expected = (range.end.min(total)).saturating_sub(range.start);
                 if bytes.len() as u64 == expected {
                     return Ok((bytes, total, tag));
@@ -194,8 +194,7 @@ async fn read_range(
                     range.start
                 ))
             }
-            Err(e) if e.is_permanent() => return Err(e),
-            Err(e) => e,
+            Fetched::Broken(e) => e,
         };
         if attempt >= RANGE_ATTEMPTS {
             return Err(failed);
@@ -204,14 +203,21 @@ async fn read_range(
     }
 }
 
+/// What one range request gave: the body, or how it broke off.
+enum Fetched {
+    /// The body as sent, the blob's size (from `Content-Range`) and its ETag.
+    Whole(Bytes, u64, Option<Etag>),
+    Broken(Error),
+}
+
 /// One request for `range` (the SDK falls back to the whole blob for an empty one), its body
-/// collected. Returns the bytes, the blob's size (from `Content-Range`) and its ETag.
+/// collected. An error is the request's (after the SDK's retries).
 async fn fetch_range(
     blob: &BlobClient,
     name: &str,
     range: std::ops::Range<u64>,
     etag: Option<&Etag>,
-) -> Result<(Bytes, u64, Option<Etag>)> {
+) -> Result<Fetched> {
     let what = || format!("read blob {name:?}");
     let len = NonZero::new((range.end - range.start).max(1) as usize).expect("at least 1");
     let mut rsp = blob
@@ -233,10 +239,13 @@ async fn fetch_range(
         .unwrap_or(0);
     let tag = rsp.properties.etag.clone();
     let mut buf = BytesMut::new();
-    while let Some(chunk) = rsp.body.try_next().await.map_err(|e| sdk_error(Service::Blob, what(), e))? {
-        buf.extend_from_slice(&chunk);
+    loop {
+        match rsp.body.try_next().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            Ok(None) => return Ok(Fetched::Whole(buf.freeze(), total, tag)),
+            Err(e) => return Ok(Fetched::Broken(sdk_error(Service::Blob, what(), e))),
+        }
     }
-    Ok((buf.freeze(), total, tag))
 }
 
 #[async_trait]

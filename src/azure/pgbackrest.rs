@@ -132,7 +132,8 @@ impl TokenVault for AzureTokenVault {
         // (404 is fine) takes the challenge on this client, so the write carries its body.
         match client.get_secret(name, None).await {
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), azure_core::error::ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 404) => {}
+            Err(e) if matches!(e.kind(), azure_core::error::ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 404) =>
+                {}
             Err(e) => return Err(vault_error(&what, e)),
         }
         let secret = client.set_secret(name, body, None).await.and_then(|r| r.into_model()).map_err(|e| {

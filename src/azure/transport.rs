@@ -98,7 +98,7 @@ impl RetrySettings {
                     + Duration::from_millis(256)
             })
             .sum();
-        let total = worst + (CONNECT_TIMEOUT + self.read_timeout) * (self.max_retries + 1);
+        let total = worst + CONNECT_TIMEOUT * (self.max_retries + 1);
         RetryOptions::exponential(ExponentialRetryOptions {
             initial_delay: to_time(self.initial_delay),
             max_retries: self.max_retries,
@@ -262,6 +262,16 @@ mod tests {
         let err = client_options(Some(&path), &RetrySettings::fast()).unwrap_err();
         assert!(err.to_string().contains("empty.pem"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn limited_caps_the_retries_and_sets_the_read_timeout() {
+        let r = RetrySettings::default().limited(2, Duration::from_secs(5));
+        assert_eq!((r.max_retries, r.read_timeout), (2, Duration::from_secs(5)));
+        // A cap above the settings' own count changes nothing but the timeout.
+        let r = RetrySettings::beneath_store_retries().limited(8, READ_TIMEOUT);
+        assert_eq!(r, RetrySettings::beneath_store_retries());
+        let _ = RetrySettings::default().limited(0, Duration::from_secs(1)).to_sdk();
     }
 
     #[test]

@@ -675,6 +675,25 @@ mod tests {
     }
 
     #[test]
+    fn retry_budget() {
+        let s = Settings::from_map(map(&[])).unwrap();
+        assert_eq!((s.storage_retries, s.http_retries, s.http_timeout.as_secs()), (6, 8, 60));
+        let s = Settings::from_map(map(&[
+            ("PGVAULT_STORAGE_RETRIES", "0"),
+            ("PGVAULT_HTTP_RETRIES", "2"),
+            ("PGVAULT_HTTP_TIMEOUT_SECONDS", "5"),
+        ]))
+        .unwrap();
+        assert_eq!((s.storage_retries, s.http_retries, s.http_timeout.as_secs()), (0, 2, 5));
+        for (k, v) in
+            [("PGVAULT_STORAGE_RETRIES", "21"), ("PGVAULT_HTTP_RETRIES", "many"), ("PGVAULT_HTTP_TIMEOUT_SECONDS", "0")]
+        {
+            let e = Settings::from_map(map(&[(k, v)])).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("setting {k}: ")), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
     fn inventory_rules() {
         let ok = r#"[{"name":"a","host":"h","user":"u","exclude":["x"],"credentials":{"password_env":"PW"}}]"#;
         let inv = parse_inventory(ok).unwrap();

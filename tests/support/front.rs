@@ -292,7 +292,8 @@ impl Front {
     pub fn start(ca: &TestCa, up: Upstreams) -> Front {
         let split = |endpoint: &str| {
             let url = url::Url::parse(endpoint).expect("upstream endpoint");
-            let origin = format!("{}://{}:{}", url.scheme(), url.host_str().unwrap(), url.port_or_known_default().unwrap());
+            let origin =
+                format!("{}://{}:{}", url.scheme(), url.host_str().unwrap(), url.port_or_known_default().unwrap());
             (origin, url.path().trim_end_matches('/').to_string(), url.scheme() == "https")
         };
         let account_path = up.blob.as_deref().map(|b| split(b).1).unwrap_or_default();
@@ -513,12 +514,9 @@ fn fault_response(service: Service, fault: &Fault) -> Option<Response<Body>> {
             r.headers_mut().insert("retry-after", HeaderValue::from_str(&retry_after_secs.to_string()).unwrap());
             r
         }
-        Fault::Status { status, code } => service_error(
-            service,
-            StatusCode::from_u16(*status).expect("status"),
-            code,
-            "Injected by the test front.",
-        ),
+        Fault::Status { status, code } => {
+            service_error(service, StatusCode::from_u16(*status).expect("status"), code, "Injected by the test front.")
+        }
         _ => return None,
     })
 }
@@ -660,6 +658,14 @@ async fn handle(
         fault: fault.as_ref().map(Fault::label),
     };
 
+    // The whole request first, as the service reads it before it answers (an early answer
+    // would reach a client still sending its body as a broken pipe, not as the status).
+    let body: Bytes = match axum::body::to_bytes(Body::new(req.into_body()), usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return service_error(service, StatusCode::BAD_REQUEST, "InvalidInput", &format!("request body: {e}"));
+        }
+    };
     // An injected error: the service refused, nothing was done.
     if let Some(r) = fault.as_ref().and_then(|f| fault_response(service, f)) {
         inner.state.lock().unwrap().log.push(log(r.status().as_u16()));
@@ -674,12 +680,6 @@ async fn handle(
     }
 
     // Forward.
-    let body: Bytes = match axum::body::to_bytes(Body::new(req.into_body()), usize::MAX).await {
-        Ok(b) => b,
-        Err(e) => {
-            return service_error(service, StatusCode::BAD_REQUEST, "InvalidInput", &format!("request body: {e}"));
-        }
-    };
     let mut fwd = inner
         .client
         .request(method.clone(), format!("{upstream}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")));
@@ -745,8 +745,10 @@ async fn handle(
         }
         Some(Fault::Trickle { chunk, every }) => {
             let full = rsp.bytes().await.unwrap_or_default();
-            let pieces: Vec<Bytes> =
-                (0..full.len()).step_by(chunk.max(1)).map(|i| full.slice(i..(i + chunk.max(1)).min(full.len()))).collect();
+            let pieces: Vec<Bytes> = (0..full.len())
+                .step_by(chunk.max(1))
+                .map(|i| full.slice(i..(i + chunk.max(1)).min(full.len())))
+                .collect();
             let stream = futures::stream::iter(pieces).then(move |p| async move {
                 tokio::time::sleep(every).await;
                 Ok::<_, std::io::Error>(p)

@@ -7,9 +7,9 @@
 
 pub mod arm;
 pub mod azurite;
-pub mod front;
 pub mod certs;
 pub mod data;
+pub mod front;
 pub mod identity;
 pub mod keyvault;
 pub mod pg;
