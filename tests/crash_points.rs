@@ -297,6 +297,27 @@ async fn a_redelivery_while_the_first_attempt_runs() {
     assert_eq!(rec["status"], "succeeded", "{rec}");
     assert_eq!(rec["detail"]["backup"], published[0].id, "{rec}");
     assert!(claims(&stack).await.is_empty());
+
+    // Cleaning orphans while a backup stands between its commit and its manifest: its blob
+    // looks like an orphan, but its job runs. Removing it would publish a manifest without data.
+    let go = dir.path().join("clean-go");
+    let held = serve_armed(&stack, &format!("backup.after-commit=1*return(hold:{})", go.display()));
+    let job = BackupJob::new(BackupKind::Database, "main", Some(DB), time::OffsetDateTime::now_utc(), Trigger::Queue);
+    let payload = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m2", "pop1", 1, Form::Host);
+    let url = held.url.clone();
+    let running = tokio::spawn(async move { hostsim::invoke(&url, "backup-worker", &payload).await });
+    blocking(|| app::wait_held(&go, &held));
+    let out = blocking(|| stack.cli(&["verify", "--all", "--clean-orphans"]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("kept orphan") && text.contains("may still be running"), "{text}");
+    assert!(!text.contains("removed orphan"), "{text}");
+    std::fs::write(&go, "").unwrap();
+    let (status, reply) = running.await.unwrap().unwrap();
+    assert_eq!((status, reply["ReturnValue"]["status"].as_str()), (200, Some("succeeded")), "{reply}");
+    let out = blocking(|| stack.cli(&["verify", "--all", "--clean-orphans"]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && text.contains("2 verified, 0 failed"), "{text}");
+    assert!(!text.contains("orphan"), "{text}");
     drop(held);
 
     // Restore (replace): the first attempt has restored into its temporary database and waits;
