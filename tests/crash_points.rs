@@ -38,7 +38,13 @@ async fn invoke_and_die(mut served: Served, function: &str, payload: &Value, poi
     assert!(result.is_err(), "{point}: the process must die before replying: {result:?}\n{}", served.output());
     let status = blocking(|| served.child.wait().unwrap());
     assert_eq!(status.signal(), Some(9), "{point}: killed by SIGKILL at the fail point\n{}", served.output());
-    assert!(served.output().contains(&format!("fail point {point}: SIGKILL")), "{}", served.output());
+    // Its last words say where: the reader of its output may still be on the way to them.
+    let said = format!("fail point {point}: SIGKILL");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !served.output().contains(&said) {
+        assert!(std::time::Instant::now() < deadline, "{point}: no {said:?} in\n{}", served.output());
+        std::thread::yield_now();
+    }
 }
 
 /// The server has seen the dead process's connections close (their sessions, locks and open
@@ -279,9 +285,7 @@ async fn a_redelivery_while_the_first_attempt_runs() {
     let held = serve_armed(&stack, &format!("backup.after-commit=1*return(hold:{})", go.display()));
     let job = BackupJob::new(BackupKind::Database, "main", Some(DB), time::OffsetDateTime::now_utc(), Trigger::Queue);
     let first = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m1", "pop1", 1, Form::Host);
-    let url = held.url.clone();
-    let running = tokio::spawn(async move { hostsim::invoke(&url, "backup-worker", &first).await });
-    blocking(|| app::wait_held(&go, &held));
+    let running = app::invoke_until_held(&held, "backup-worker", first, &go);
     let again = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m1", "pop2", 2, Form::Host);
     let (status, reply) = held.invoke("backup-worker", &again).await;
     assert_eq!((status, reply["ReturnValue"]["status"].as_str()), (200, Some("succeeded")), "{reply}");
@@ -297,6 +301,25 @@ async fn a_redelivery_while_the_first_attempt_runs() {
     assert_eq!(rec["status"], "succeeded", "{rec}");
     assert_eq!(rec["detail"]["backup"], published[0].id, "{rec}");
     assert!(claims(&stack).await.is_empty());
+
+    // Cleaning orphans while a backup stands between its commit and its manifest: its blob
+    // looks like an orphan, but its job runs. Removing it would publish a manifest without data.
+    let go = dir.path().join("clean-go");
+    let held = serve_armed(&stack, &format!("backup.after-commit=1*return(hold:{})", go.display()));
+    let job = BackupJob::new(BackupKind::Database, "main", Some(DB), time::OffsetDateTime::now_utc(), Trigger::Queue);
+    let payload = hostsim::queue_payload("backup-worker", "job", &job.to_json(), "m2", "pop1", 1, Form::Host);
+    let running = app::invoke_until_held(&held, "backup-worker", payload, &go);
+    let out = blocking(|| stack.cli(&["verify", "--all", "--clean-orphans"]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("kept orphan") && text.contains("may still be running"), "{text}");
+    assert!(!text.contains("removed orphan"), "{text}");
+    std::fs::write(&go, "").unwrap();
+    let (status, reply) = running.await.unwrap().unwrap();
+    assert_eq!((status, reply["ReturnValue"]["status"].as_str()), (200, Some("succeeded")), "{reply}");
+    let out = blocking(|| stack.cli(&["verify", "--all", "--clean-orphans"]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && text.contains("2 verified, 0 failed"), "{text}");
+    assert!(!text.contains("orphan"), "{text}");
     drop(held);
 
     // Restore (replace): the first attempt has restored into its temporary database and waits;
@@ -309,9 +332,7 @@ async fn a_redelivery_while_the_first_attempt_runs() {
     let go = dir.path().join("restore-go");
     let held = serve_armed(&stack, &format!("restore.after-pg-restore=1*return(hold:{})", go.display()));
     let first = hostsim::queue_payload("restore-worker", "task", &task, "t1", "p1", 1, Form::Host);
-    let url = held.url.clone();
-    let running = tokio::spawn(async move { hostsim::invoke(&url, "restore-worker", &first).await });
-    blocking(|| app::wait_held(&go, &held));
+    let running = app::invoke_until_held(&held, "restore-worker", first, &go);
     let again = hostsim::queue_payload("restore-worker", "task", &task, "t1", "p2", 2, Form::Host);
     let (status, reply) = plain.invoke("restore-worker", &again).await;
     assert_eq!(status, 500, "the redelivery must not restore a second time; the host retries it: {reply}");

@@ -83,4 +83,6 @@ async fn drills_prove_good_backups_and_fail_loudly_on_a_corrupted_one() {
         Vec::<String>::new(),
         "no drill database left"
     );
+    let left = store.list(pgvault::features::claim::PREFIX).await.unwrap();
+    assert!(left.is_empty(), "no claim or swap note left by the drills: {left:?}");
 }

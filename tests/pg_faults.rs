@@ -13,7 +13,7 @@
 mod app;
 mod support;
 
-use app::{Served, Stack, wait_held};
+use app::{Served, Stack};
 use pgvault::cli::hostsim::{self, Form};
 use pgvault::domain::jobs::{BackupJob, Trigger};
 use pgvault::domain::layout::BackupKind;
@@ -173,9 +173,7 @@ async fn postgresql_side_faults_fail_by_name_and_change_nothing() {
     let go = dir.path().join("restart");
     let worker = held(&stack, "backup.block-staged", &go);
     let (job, payload) = backup_payload("main", "restart", 1);
-    let url = worker.url.clone();
-    let running = tokio::spawn(async move { hostsim::invoke(&url, "backup-worker", &payload).await });
-    blocking(|| wait_held(&go, &worker));
+    let running = app::invoke_until_held(&worker, "backup-worker", payload, &go);
     assert_eq!(blocking(|| sessions(&stack, "datname = 'app' AND query LIKE 'COPY %'")), 1, "mid-dump");
     blocking(|| stack.pg.restart());
     std::fs::write(&go, "").unwrap();
@@ -198,9 +196,7 @@ async fn postgresql_side_faults_fail_by_name_and_change_nothing() {
     let go = dir.path().join("terminate");
     let worker = held(&stack, "restore.mid-stream", &go);
     let payload = hostsim::queue_payload("restore-worker", "task", &task, "t1", "p1", 1, Form::Host);
-    let url = worker.url.clone();
-    let running = tokio::spawn(async move { hostsim::invoke(&url, "restore-worker", &payload).await });
-    blocking(|| wait_held(&go, &worker));
+    let running = app::invoke_until_held(&worker, "restore-worker", payload, &go);
     let restore_session = "datname LIKE 'pgvault\\_restore\\_%' AND query LIKE 'COPY %'";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while blocking(|| sessions(&stack, restore_session)) != 1 {
@@ -272,9 +268,7 @@ async fn postgresql_side_faults_fail_by_name_and_change_nothing() {
         ("PGVAULT_RESTORE_SCRATCH_RESERVE_MIB", "0"),
     ]);
     let payload = hostsim::queue_payload("restore-worker", "task", &task, "t1", "p1", 1, Form::Host);
-    let url = worker.url.clone();
-    let running = tokio::spawn(async move { hostsim::invoke(&url, "restore-worker", &payload).await });
-    blocking(|| wait_held(&go, &worker));
+    let running = app::invoke_until_held(&worker, "restore-worker", payload, &go);
     fill(scratch.path());
     std::fs::write(&go, "").unwrap();
     let (status, reply) = running.await.unwrap().unwrap();

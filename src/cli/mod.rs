@@ -378,6 +378,20 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                     for orphan in &orphans {
                         println!("orphan (data without manifest, not a backup): {orphan}");
                         if clean_orphans {
+                            let now = time::OffsetDateTime::now_utc();
+                            match catalog::in_flight(rt.ctx.store.as_ref(), orphan, now, crate::features::claim::LEASE)
+                                .await
+                            {
+                                Ok(None) => {}
+                                Ok(Some(why)) => {
+                                    println!("kept orphan {orphan}: {why}");
+                                    continue;
+                                }
+                                Err(e) => {
+                                    let detail = serde_json::json!({ "orphans": orphans, "cleaned": cleaned });
+                                    return Run::failed(e.context(format!("check orphan {orphan:?}")), detail);
+                                }
+                            }
                             if let Err(e) = rt.ctx.store.delete(orphan).await {
                                 let detail = VerifyDetail {
                                     verified: Some(ids.len() - failed),

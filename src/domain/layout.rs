@@ -149,6 +149,15 @@ pub fn rejected_message(queue: &str, at: OffsetDateTime, unique: &str) -> String
 pub const REJECTED_PREFIX: &str = "@rejected/";
 
 /// Accept a backup id, or a manifest name, and return the manifest name.
+/// The backup id and the job id a data blob was written for (`<id>.<attempt>.<ext>`, the id's
+/// last segment `<stamp>-<job id>`), or `None` for a name of another shape.
+pub fn data_blob_owner(name: &str) -> Option<(&str, &str)> {
+    let seg_start = name.rfind('/').map_or(0, |i| i + 1);
+    let id_end = seg_start + name[seg_start..].find('.')?;
+    let job = name[seg_start..id_end].split_once('-')?.1;
+    (!job.is_empty()).then_some((&name[..id_end], job))
+}
+
 pub fn manifest_for_id(id: &str) -> String {
     if id.ends_with(MANIFEST_SUFFIX) { id.to_string() } else { format!("{id}{MANIFEST_SUFFIX}") }
 }
@@ -222,7 +231,17 @@ impl std::fmt::Display for Tier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use time::macros::datetime;
+
+    #[test]
+    fn a_data_blob_names_its_backup_and_job() {
+        let paths =
+            backup_paths(BackupKind::Database, "prod", "my.db", parse_stamp("20261121T020000Z").unwrap(), "j-1");
+        let blob = data_blob(&paths.id, "1a2b3c4d", "dump.zst");
+        assert_eq!(data_blob_owner(&blob), Some((paths.id.as_str(), "j-1")));
+        assert_eq!(data_blob_owner("prod/app/notes.txt"), None);
+    }
 
     #[test]
     fn segment_round_trip() {

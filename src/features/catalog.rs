@@ -88,6 +88,33 @@ pub fn consumer_stopped(e: &Error) -> bool {
     e.message().ends_with(CONSUMER_STOPPED)
 }
 
+/// Why an orphan must not be removed now, if it must not: its backup job may still be between
+/// committing the blob and creating the manifest (its record says it runs, within the lease a
+/// delivery may run: `lease`), or its manifest appeared since the listing. Removing such a blob
+/// would leave a published manifest without its data.
+pub async fn in_flight(
+    store: &dyn BlobStore,
+    orphan: &str,
+    now: time::OffsetDateTime,
+    lease: time::Duration,
+) -> Result<Option<String>> {
+    use crate::monitor::records::{self, JobKind, Status};
+    let Some((id, job)) = layout::data_blob_owner(orphan) else { return Ok(None) };
+    if let Some(r) = records::get(store, JobKind::Backup, job).await?
+        && r.status == Status::Running
+        && now - r.updated_at < lease
+    {
+        return Ok(Some(format!("its backup job {job} may still be running (its record says so)")));
+    }
+    let manifest = layout::manifest_for_id(id);
+    if store.exists(&manifest).await?
+        && Manifest::from_json(&manifest, &store.get(&manifest).await?)?.data_blob == orphan
+    {
+        return Ok(Some("its manifest was published meanwhile".into()));
+    }
+    Ok(None)
+}
+
 /// Read a backup's stored bytes block by block, sending each block on only after its SHA-256
 /// matched the manifest. Fails naming the backup, the block and its offset.
 pub async fn verified_blocks(manifest: &Manifest, mut stream: ByteStream, tx: mpsc::Sender<Bytes>) -> Result<u64> {

@@ -148,6 +148,8 @@ async fn drill_one(ctx: &Ctx, scratch: &str, server: &str, database: &str, m: &M
     let (_, rec) = track(Monitor::of(ctx), rec, Alerting::once(AlertKind::DrillFailed), async {
         let started = std::time::Instant::now();
         let result = restore::run_task(ctx, &task).await;
+        // A drill is never redelivered: its swap note has no use.
+        let _ = ctx.store.delete(&restore::swap_marker(&task.task_id)).await;
         let seconds = started.elapsed().as_secs_f64();
         let dropped = drop_database(ctx, scratch, &temp).await;
         let detail = DrillDetail {

@@ -211,6 +211,20 @@ pub fn wait_held(go: &std::path::Path, served: &Served) {
     }
 }
 
+/// Deliver `payload` to `function` of `served` in the background, and wait until the run stands
+/// at its fail point held by `go` (see [`wait_held`]). The handle gives the reply once released.
+pub fn invoke_until_held(
+    served: &Served,
+    function: &'static str,
+    payload: serde_json::Value,
+    go: &std::path::Path,
+) -> tokio::task::JoinHandle<pgvault::domain::error::Result<(u16, serde_json::Value)>> {
+    let url = served.url.clone();
+    let running = tokio::spawn(async move { pgvault::cli::hostsim::invoke(&url, function, &payload).await });
+    tokio::task::block_in_place(|| wait_held(go, served));
+    running
+}
+
 /// The function a queue triggers, and its binding name.
 fn function_of(queue: &str) -> (&'static str, &'static str) {
     match queue {
