@@ -363,17 +363,17 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                 }
                 let mut orphans = Vec::new();
                 let mut cleaned = Vec::new();
+                let detail_of = |orphans: &[String], cleaned: &[String]| VerifyDetail {
+                    verified: Some(ids.len() - failed),
+                    failed: Some(failed),
+                    orphans: orphans.to_vec(),
+                    cleaned: cleaned.to_vec(),
+                    ..Default::default()
+                };
                 if all {
                     match catalog::orphans(rt.ctx.store.as_ref(), None).await {
                         Ok(o) => orphans = o,
-                        Err(e) => {
-                            let detail = VerifyDetail {
-                                verified: Some(ids.len() - failed),
-                                failed: Some(failed),
-                                ..Default::default()
-                            };
-                            return Run::failed(e, detail);
-                        }
+                        Err(e) => return Run::failed(e, detail_of(&[], &[])),
                     }
                     for orphan in &orphans {
                         println!("orphan (data without manifest, not a backup): {orphan}");
@@ -388,18 +388,12 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                                     continue;
                                 }
                                 Err(e) => {
-                                    let detail = serde_json::json!({ "orphans": orphans, "cleaned": cleaned });
+                                    let detail = detail_of(&orphans, &cleaned);
                                     return Run::failed(e.context(format!("check orphan {orphan:?}")), detail);
                                 }
                             }
                             if let Err(e) = rt.ctx.store.delete(orphan).await {
-                                let detail = VerifyDetail {
-                                    verified: Some(ids.len() - failed),
-                                    failed: Some(failed),
-                                    orphans: orphans.clone(),
-                                    cleaned,
-                                    ..Default::default()
-                                };
+                                let detail = detail_of(&orphans, &cleaned);
                                 return Run::failed(e.context(format!("remove orphan {orphan:?}")), detail);
                             }
                             println!("removed orphan {orphan}");
@@ -408,13 +402,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                     }
                 }
                 println!("{} verified, {failed} failed", ids.len() - failed);
-                let detail = VerifyDetail {
-                    verified: Some(ids.len() - failed),
-                    failed: Some(failed),
-                    orphans,
-                    cleaned,
-                    ..Default::default()
-                };
+                let detail = detail_of(&orphans, &cleaned);
                 if failed == 0 {
                     Run::ok((), detail)
                 } else {
