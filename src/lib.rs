@@ -2,12 +2,13 @@
 //!
 //! # Layout
 //! The layers, from the bottom (DESIGN.md "Layers" is the table `tests/layering.rs` checks):
-//! - [`domain`]: pure types and plans (errors, secrets, blob names, the manifest, the database's
-//!   own properties, the inventory, retention policy, schedules, job messages, restore's
-//!   messages and report, typed job records).
+//! - [`domain`]: pure types and plans (errors, secrets, blob names, the manifest, the encrypted
+//!   chunk format, the database's own properties, the inventory, retention policy, schedules, job
+//!   messages, restore's messages and report, typed job records).
 //! - [`seams`]: the contracts the features depend on: [`seams::store::BlobStore`],
-//!   [`seams::queue::JobQueue`], [`seams::credentials::SecretSource`], PostgreSQL connections
-//!   and tools ([`seams::pg`], run by [`seams::tools`]), progress.
+//!   [`seams::queue::JobQueue`], [`seams::credentials::SecretSource`],
+//!   [`seams::keys::KeyWrapper`], PostgreSQL connections and tools ([`seams::pg`], run by
+//!   [`seams::tools`]), progress.
 //! - [`config`]: the typed settings, logins as the inventory says, the [`config::context::Ctx`].
 //! - [`monitor`]: job records in the store, the tracked-run wrapper, alerts.
 //! - [`features`]: backup, catalog and verify, restore, retention and holds, drills, pgBackRest

@@ -303,7 +303,7 @@ async fn tampered_chunks_are_refused_naming_the_chunk_and_the_target_is_untouche
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_and_disabled_key_versions() {
-    let (stack, kv, v1) = encrypted_stack("zstd:3").await;
+    let (mut stack, kv, v1) = encrypted_stack("zstd:3").await;
     let source = fingerprint(&stack, "appdb");
     let backup = || {
         let out = cli(&stack, &["backup", "--server", "main", "--database", "appdb"]);
@@ -364,6 +364,14 @@ async fn rotated_and_disabled_key_versions() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(fingerprint(&stack, "still"), source);
+
+    // Drills pass over the shredded older backup, with the reason, and drill the newest.
+    stack.set("PGVAULT_DRILL_SERVER", "main");
+    let out = cli(&stack, &["drill"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("passed over {} (main/appdb): {shredded}", list[0].id)), "{said}");
+    assert!(said.contains(&format!("ok {} (main/appdb)", list[1].id)), "{said}");
 
     // A new backup while the current version is disabled is refused, not made unreadable.
     kv.set_key_enabled(KEY, &v2, false);

@@ -307,7 +307,8 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                 eprintln!("pgvault: cat: there is no backup {id:?}\nHINT: `pgvault list` prints the backup ids");
                 return Ok(ExitCode::from(2));
             }
-            catalog::cat(&rt.ctx, &id, std::io::stdout()).await?;
+            // Logs go to stderr; stdout carries the archive only.
+            catalog::cat(&rt.ctx, &id, std::io::BufWriter::with_capacity(1 << 20, std::io::stdout())).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { ids, all, clean_orphans, decrypt } => {

@@ -234,6 +234,16 @@ pub fn restore_hint(kind: BackupKind, compression: Compression, data_blob: &str)
 mod tests {
     use super::*;
 
+    /// Written before pgvault recorded database properties or encryption.
+    const OLD_MANIFEST: &[u8] = br#"{"format":"pgvault-backup-manifest","format_version":1,"pgvault_version":"0.1.0",
+            "id":"s/d/20260101T000000Z-j","kind":"database","job_id":"j","server":"s","database":"d",
+            "server_version":"15.18","server_version_num":150018,
+            "tool":{"name":"pg_dump","version":"pg_dump (PostgreSQL) 15.18","major":15,"args":[]},
+            "archive_format":"custom","compression":{"algorithm":"zstd","level":3},
+            "data_blob":"s/d/x.dump.zst","raw_bytes":1,"stored_bytes":1,"sha256":"00","blocks":[],
+            "requested_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00Z",
+            "finished_at":"2026-01-01T00:00:00Z","row_counts":null,"restore_hint":""}"#;
+
     #[test]
     fn compression_parses() {
         assert_eq!(Compression::parse("zstd:7").unwrap(), Compression::Zstd { level: 7 });
@@ -251,14 +261,7 @@ mod tests {
     fn a_manifest_without_database_properties_still_reads() {
         // Written before pgvault recorded the database's properties: restores with a plain
         // statement of what was not given back.
-        let old = br#"{"format":"pgvault-backup-manifest","format_version":1,"pgvault_version":"0.1.0",
-            "id":"s/d/20260101T000000Z-j","kind":"database","job_id":"j","server":"s","database":"d",
-            "server_version":"15.18","server_version_num":150018,
-            "tool":{"name":"pg_dump","version":"pg_dump (PostgreSQL) 15.18","major":15,"args":[]},
-            "archive_format":"custom","compression":{"algorithm":"zstd","level":3},
-            "data_blob":"s/d/x.dump.zst","raw_bytes":1,"stored_bytes":1,"sha256":"00","blocks":[],
-            "requested_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00Z",
-            "finished_at":"2026-01-01T00:00:00Z","row_counts":null,"restore_hint":""}"#;
+        let old = OLD_MANIFEST;
         let m = Manifest::from_json("x", old).unwrap();
         assert!(m.database_properties.is_none());
         assert!(!String::from_utf8(m.to_json()).unwrap().contains("database_properties"), "not written when absent");
@@ -266,14 +269,7 @@ mod tests {
 
     #[test]
     fn an_old_manifest_reads_as_unencrypted_and_an_encrypted_one_round_trips() {
-        let old = br#"{"format":"pgvault-backup-manifest","format_version":1,"pgvault_version":"0.1.0",
-            "id":"s/d/20260101T000000Z-j","kind":"database","job_id":"j","server":"s","database":"d",
-            "server_version":"15.18","server_version_num":150018,
-            "tool":{"name":"pg_dump","version":"pg_dump (PostgreSQL) 15.18","major":15,"args":[]},
-            "archive_format":"custom","compression":{"algorithm":"zstd","level":3},
-            "data_blob":"s/d/x.dump.zst","raw_bytes":1,"stored_bytes":1,"sha256":"00","blocks":[],
-            "requested_at":"2026-01-01T00:00:00Z","started_at":"2026-01-01T00:00:00Z",
-            "finished_at":"2026-01-01T00:00:00Z","row_counts":null,"restore_hint":""}"#;
+        let old = OLD_MANIFEST;
         let mut m = Manifest::from_json("x", old).unwrap();
         assert!(m.encryption.is_none());
         assert!(!String::from_utf8(m.to_json()).unwrap().contains("encryption"), "not written when absent");

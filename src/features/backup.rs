@@ -627,6 +627,14 @@ mod tests {
     use super::*;
     use crate::seams::progress;
 
+    async fn collect_blocks(mut rx: mpsc::Receiver<(usize, Bytes)>) -> Vec<(usize, Bytes)> {
+        let mut all = Vec::new();
+        while let Some(b) = rx.recv().await {
+            all.push(b);
+        }
+        all
+    }
+
     #[test]
     fn block_ids_have_fixed_width() {
         let lens: std::collections::HashSet<usize> = [0, 1, 999, 49_999].iter().map(|&i| block_id(i).len()).collect();
@@ -650,14 +658,8 @@ mod tests {
     #[tokio::test]
     async fn producer_cuts_hashes_and_compresses() {
         let input: Vec<u8> = b"PGDMP".iter().copied().chain((0..300_000u32).flat_map(|i| i.to_le_bytes())).collect();
-        let (tx, mut rx) = mpsc::channel(1);
-        let collect = tokio::spawn(async move {
-            let mut all = Vec::new();
-            while let Some((i, b)) = rx.recv().await {
-                all.push((i, b));
-            }
-            all
-        });
+        let (tx, rx) = mpsc::channel(1);
+        let collect = tokio::spawn(collect_blocks(rx));
         let p = Producer {
             seal: None,
             compression: Compression::Zstd { level: 3 },
@@ -686,14 +688,8 @@ mod tests {
         use crate::domain::envelope::{DataKey, Opener};
         let input: Vec<u8> = b"PGDMP".iter().copied().chain((0..800_000u32).flat_map(|i| i.to_le_bytes())).collect();
         let key = DataKey::generate().unwrap();
-        let (tx, mut rx) = mpsc::channel(1);
-        let collect = tokio::spawn(async move {
-            let mut all = Vec::new();
-            while let Some((_, b)) = rx.recv().await {
-                all.push(b);
-            }
-            all
-        });
+        let (tx, rx) = mpsc::channel(1);
+        let collect = tokio::spawn(collect_blocks(rx));
         let p = Producer {
             seal: Some((DataKey::from_bytes(key.expose()).unwrap(), "s/d/x".into())),
             compression: Compression::Zstd { level: 3 },
@@ -705,7 +701,7 @@ mod tests {
         let data = input.clone();
         let produced =
             tokio::task::spawn_blocking(move || p.run(std::io::Cursor::new(data), tx)).await.unwrap().unwrap();
-        let blocks = collect.await.unwrap();
+        let blocks: Vec<Bytes> = collect.await.unwrap().into_iter().map(|(_, b)| b).collect();
         let stored: Vec<u8> = blocks.iter().flat_map(|b| b.to_vec()).collect();
         assert_eq!(stored.len() as u64, produced.stored_bytes);
         assert_eq!(hex::encode(Sha256::digest(&stored)), produced.sha256, "hashes of the stored (sealed) bytes");

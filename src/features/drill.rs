@@ -12,7 +12,8 @@
 //! it for a drill would cost hours and money on every run. The random older pick is made among
 //! the online backups (older ones are tried in a random order, archived ones passed over), and
 //! an archived newest backup is not drilled. Each backup passed over is listed in
-//! [`Drills::skipped`] with the reason, and logged.
+//! [`Drills::skipped`] with the reason, and logged. An older encrypted backup whose key version
+//! cannot unwrap (disabled or deleted: crypto-shredding) is passed over the same way.
 
 use crate::config::context::Ctx;
 use crate::domain::error::{Error, Result};
@@ -94,7 +95,11 @@ pub async fn run(ctx: &Ctx, only_server: Option<&str>, trigger: &str) -> Result<
             let mut chosen = Vec::new();
             let mut passed_over = Vec::new();
             for m in older.into_iter().take(MAX_OLDER_LOOKS) {
-                match offline(ctx, m).await {
+                // An older backup whose key version was disabled on purpose (crypto-shredding)
+                // is passed over like an archived one; a newest one that cannot be read is
+                // drilled, and fails loudly.
+                let unreadable = crate::features::catalog::key_problems(ctx, std::slice::from_ref(m)).await.remove(0);
+                match unreadable.or(offline(ctx, m).await) {
                     None => {
                         chosen.push(m);
                         break;

@@ -96,13 +96,7 @@ async fn export_as_stored(
             i += 1;
         }
     };
-    let upload = backup::upload_blocks(
-        dest.clone(),
-        data_name.to_string(),
-        irx,
-        ctx.settings.blocks_in_flight,
-        ctx.cancel.clone(),
-    );
+    let upload = stage(ctx, dest, data_name, irx);
     let (pumped, (), uploaded) = tokio::join!(catalog::verified_blocks(m, stream, tx), forward, upload);
     pumped?;
     let staged = uploaded?;
@@ -112,6 +106,16 @@ async fn export_as_stored(
     }
     commit(dest.as_ref(), m, data_name, staged).await?;
     Ok((m.stored_bytes, m.sha256.clone(), ctx.store.get(manifest_blob).await?))
+}
+
+/// Stage the copy's blocks as they come, like a backup's.
+fn stage(
+    ctx: &Ctx,
+    dest: &std::sync::Arc<dyn crate::seams::store::BlobStore>,
+    data_name: &str,
+    rx: mpsc::Receiver<(usize, Bytes)>,
+) -> impl Future<Output = Result<usize>> + use<> {
+    backup::upload_blocks(dest.clone(), data_name.to_string(), rx, ctx.settings.blocks_in_flight, ctx.cancel.clone())
 }
 
 async fn commit(dest: &dyn crate::seams::store::BlobStore, m: &Manifest, data_name: &str, blocks: usize) -> Result<()> {
@@ -168,13 +172,7 @@ async fn export_decrypted(
         drop(itx);
         Some((total, hex::encode(whole.finalize()), blocks))
     };
-    let upload = backup::upload_blocks(
-        dest.clone(),
-        data_name.to_string(),
-        irx,
-        ctx.settings.blocks_in_flight,
-        ctx.cancel.clone(),
-    );
+    let upload = stage(ctx, dest, data_name, irx);
     let (pumped, shipped, uploaded) = tokio::join!(catalog::plain_blocks(m, Some(key), stream, tx), reblock, upload);
     pumped?;
     let staged = uploaded?;
