@@ -469,7 +469,9 @@ async fn backup_under_storage_faults() {
                 tally.check(cell, published.is_empty(), || "a backup was published".into());
                 tally.check(
                     cell,
-                    record.as_ref().is_some_and(|r| r.status.as_str() == "failed" && r.detail.will_retry() == Some(true)),
+                    record
+                        .as_ref()
+                        .is_some_and(|r| r.status.as_str() == "failed" && r.detail.will_retry() == Some(true)),
                     || format!("job record {record:?}"),
                 );
                 // The host's next delivery, with the fault gone.
@@ -541,7 +543,9 @@ async fn backup_under_storage_faults() {
                     cell,
                     record.as_ref().is_some_and(|r| {
                         r.status.as_str() == "succeeded"
-                            && published.first().is_some_and(|m| r.detail.backup().and_then(|b| b.backup.as_deref()) == Some(m.id.as_str()))
+                            && published.first().is_some_and(|m| {
+                                r.detail.backup().and_then(|b| b.backup.as_deref()) == Some(m.id.as_str())
+                            })
                     }),
                     || format!("{record:?}"),
                 );
