@@ -4,7 +4,7 @@
 //! it. Clients are kept per vault, with the same challenge rule as secrets (see
 //! [`super::keyvault`]): the challenge's resource is verified for every vault but a loopback one.
 
-use super::keyvault::{ErrorDetail, is_loopback, vault_error};
+use super::keyvault::{ErrorDetail, PerVault, is_loopback, vault_error};
 use crate::domain::envelope::{DataKey, KeyId, WRAP_ALGORITHM};
 use crate::domain::error::{Error, Result};
 use crate::domain::secret::redact;
@@ -15,36 +15,29 @@ use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RequestContent};
 use azure_security_keyvault_keys::models::{EncryptionAlgorithm, KeyClientGetKeyOptions, KeyOperationParameters};
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use zeroize::Zeroize;
 
 pub struct AzureKeyWrapper {
     credential: Arc<dyn TokenCredential>,
     options: ClientOptions,
-    clients: Mutex<HashMap<String, Arc<KeyClient>>>,
+    clients: PerVault<KeyClient>,
 }
 
 impl AzureKeyWrapper {
     pub fn new(credential: Arc<dyn TokenCredential>, options: ClientOptions) -> Self {
-        Self { credential, options, clients: Mutex::new(HashMap::new()) }
+        Self { credential, options, clients: PerVault::default() }
     }
 
     fn client(&self, vault_url: &str) -> Result<Arc<KeyClient>> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(vault_url) {
-            return Ok(c.clone());
-        }
-        let options = KeyClientOptions {
-            client_options: self.options.clone(),
-            verify_challenge_resource: Some(!is_loopback(vault_url)),
-            ..Default::default()
-        };
-        let client = KeyClient::new(vault_url, self.credential.clone(), Some(options))
-            .map_err(|e| Error::permanent(format!("Key Vault {vault_url}: {}", redact(&e.to_string()))))?;
-        let client = Arc::new(client);
-        clients.insert(vault_url.to_string(), client.clone());
-        Ok(client)
+        self.clients.get(vault_url, || {
+            let options = KeyClientOptions {
+                client_options: self.options.clone(),
+                verify_challenge_resource: Some(!is_loopback(vault_url)),
+                ..Default::default()
+            };
+            KeyClient::new(vault_url, self.credential.clone(), Some(options))
+        })
     }
 
     /// The key's current version (and whether it is enabled), from `GET /keys/<name>/`.

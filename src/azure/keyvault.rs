@@ -33,27 +33,49 @@ pub const POSTGRES_ENTRA_SCOPE: &str = "https://ossrdbms-aad.database.windows.ne
 pub struct AzureCloudSecrets {
     credential: Arc<dyn TokenCredential>,
     options: ClientOptions,
-    clients: Mutex<HashMap<String, Arc<SecretClient>>>,
+    clients: PerVault<SecretClient>,
 }
 
 impl AzureCloudSecrets {
     pub fn new(credential: Arc<dyn TokenCredential>, options: ClientOptions) -> Self {
-        Self { credential, options, clients: Mutex::new(HashMap::new()) }
+        Self { credential, options, clients: PerVault::default() }
     }
 
     fn client(&self, vault_url: &str) -> Result<Arc<SecretClient>> {
+        self.clients.get(vault_url, || {
+            let options = SecretClientOptions {
+                client_options: self.options.clone(),
+                verify_challenge_resource: Some(!is_loopback(vault_url)),
+                ..Default::default()
+            };
+            SecretClient::new(vault_url, self.credential.clone(), Some(options))
+        })
+    }
+}
+
+/// One SDK client per vault URL, made on first use and shared after (a client holds no secret,
+/// only the scope it learned from the challenge). The secrets and the keys adapters both keep
+/// their clients this way.
+pub(crate) struct PerVault<C> {
+    clients: Mutex<HashMap<String, Arc<C>>>,
+}
+
+impl<C> Default for PerVault<C> {
+    fn default() -> Self {
+        PerVault { clients: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<C> PerVault<C> {
+    /// The client of `vault_url`, made by `make` if there is none yet.
+    pub(crate) fn get(&self, vault_url: &str, make: impl FnOnce() -> azure_core::Result<C>) -> Result<Arc<C>> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(vault_url) {
             return Ok(c.clone());
         }
-        let options = SecretClientOptions {
-            client_options: self.options.clone(),
-            verify_challenge_resource: Some(!is_loopback(vault_url)),
-            ..Default::default()
-        };
-        let client = SecretClient::new(vault_url, self.credential.clone(), Some(options))
-            .map_err(|e| Error::permanent(format!("Key Vault {vault_url}: {}", redact(&e.to_string()))))?;
-        let client = Arc::new(client);
+        let client = Arc::new(
+            make().map_err(|e| Error::permanent(format!("Key Vault {vault_url}: {}", redact(&e.to_string()))))?,
+        );
         clients.insert(vault_url.to_string(), client.clone());
         Ok(client)
     }
