@@ -652,7 +652,7 @@ async fn no_secret_appears_in_any_output_at_debug_level() {
     assert_eq!(psql(&stack, "appdb_copy", "SELECT count(*) FROM t"), "2000");
     // The SAS URLs are delivered in the job record (that is their channel, so it is not
     // checked); their signatures must appear nowhere else.
-    let records = cli(&stack, &["jobs", "--json"]);
+    let records = cli(&stack, &["jobs", "--json", "--show-urls"]);
     let records: Value = serde_json::from_slice(&records.stdout).unwrap();
     let mut sas_sigs = Vec::new();
     for r in records["jobs"].as_array().unwrap() {

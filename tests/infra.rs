@@ -3,7 +3,8 @@
 //! - the Bicep sets every app setting the code reads, creates every queue a function or pgvault
 //!   uses (with -poison and -rejected), assigns every role the code's operations need at the
 //!   intended scope, and keeps the identity-based connections consistent;
-//! - alert rules only name log messages that the code still writes;
+//! - alert rules only name log messages that the code still writes; the workbook and the log
+//!   alerts over the job event only read fields the code emits;
 //! - the Flex package (scripts/package) holds an executable handler, valid function.json files,
 //!   and PostgreSQL tools that run after the start-up copy, from a read-only copy of the package.
 
@@ -555,6 +556,101 @@ fn alert_rules_match_messages_the_code_writes() {
         // The names the log records carry (AlertKind::as_str in src/seams/alerts.rs).
         assert!(code.contains(&format!("=> \"{kind}\"")), "alert kind {kind} is not an AlertKind name in src/");
     }
+}
+
+// ---- the job event: workbook and log alerts -----------------------------------------------
+
+/// Every field of the parsed job event (`ev`) a KQL text reads: `ev.<name>`, `ev['<name>']`,
+/// `ev["<name>"]` (quotes as a Bicep string escapes them, too).
+fn event_fields(kql: &str) -> BTreeSet<String> {
+    let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+    let mut out = BTreeSet::new();
+    let bytes = kql.as_bytes();
+    for (i, _) in kql.match_indices("ev") {
+        // A whole word: not the end of `prev` or `level`.
+        if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') {
+            continue;
+        }
+        let rest = &kql[i + 2..];
+        if let Some(r) = rest.strip_prefix('.') {
+            out.insert(ident(r));
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let r = r.trim_start_matches(['\\', '\'', '"']);
+            out.insert(ident(r));
+        }
+    }
+    out.remove("");
+    out
+}
+
+/// The fields a KQL text reads that the job event does not have (neither an emitted field nor
+/// a key of the JSON line around it).
+fn unknown_event_fields(kql: &str) -> Vec<String> {
+    use pgvault::monitor::event::{ENVELOPE, FIELDS};
+    event_fields(kql).into_iter().filter(|f| !FIELDS.contains(&f.as_str()) && !ENVELOPE.contains(&f.as_str())).collect()
+}
+
+#[test]
+fn the_workbook_and_the_event_alerts_query_only_fields_the_code_emits() {
+    use pgvault::monitor::event::{FIELDS, MESSAGE, TARGET};
+    let m = Bicep::load("modules/monitoring.bicep");
+    let unquote = |s: &str| {
+        let inner = s.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')).expect("a quoted string");
+        inner.replace("\\'", "'")
+    };
+    // Every query over the event starts from jobEvents, which picks the event's lines by the
+    // target and message the code writes.
+    let base = unquote(m.text(first_descendant(m.var("jobEvents"), "string").unwrap()));
+    assert!(base.contains(&format!("tostring(ev.target) == '{TARGET}'")), "{base}");
+    assert!(base.contains(&format!("tostring(ev.message) == '{MESSAGE}'")), "{base}");
+    assert!(base.contains("parse_json(Message)"), "the JSON line is AppTraces.Message: {base}");
+    // The KQL: every string of the module that reads the parsed event.
+    let kql: Vec<(usize, String)> =
+        m.value_strings().into_iter().filter(|(_, s)| !event_fields(s).is_empty()).collect();
+    assert!(kql.len() >= 12, "jobEvents, dbLabel, the 8 views and the 2 rules: {kql:?}");
+    let mut used = BTreeSet::new();
+    for (line, q) in &kql {
+        let unknown = unknown_event_fields(q);
+        assert!(unknown.is_empty(), "monitoring.bicep:{line} queries {unknown:?}, which the job event lacks: {q}");
+        used.extend(event_fields(q));
+    }
+    // The views and the two rules are among them, and deployed: the workbook serializes the
+    // views; each rule runs its query.
+    let views = m.text(m.var("views")).to_string();
+    let queries: Vec<String> =
+        m.declarations("variable_declaration").keys().filter(|k| k.ends_with("Query")).cloned().collect();
+    for q in &queries {
+        let text = m.text(m.var(q));
+        assert!(!event_fields(text).is_empty() || text.contains("${dbLabel}"), "{q} reads the event");
+    }
+    for q in ["protectionQuery", "sizeQuery", "durationQuery", "drillQuery", "failureQuery", "retentionQuery"] {
+        assert!(views.contains(&format!("query: {q}")), "the workbook shows {q}");
+    }
+    let resources = m.resources();
+    let (ty, wb) = &resources["pgvaultWorkbook"];
+    assert_eq!(ty, "Microsoft.Insights/workbooks");
+    assert_eq!(property(wb, "serializedData"), Some("string(workbook)"));
+    assert_eq!(property(wb, "kind"), Some("'shared'"));
+    assert!(m.text(m.var("workbook")).contains("map(views,"), "every view is an item");
+    let (ty, rpo) = &resources["rpoMissed"];
+    assert_eq!(ty, "Microsoft.Insights/scheduledQueryRules");
+    assert_eq!(property(rpo, "query"), Some("rpoMissedQuery"));
+    assert!(property(rpo, "actionGroups").is_some_and(|g| g == "groups"), "the module's action groups");
+    assert!(m.text(m.var("rules")).contains("query: schedulerNothingQuery"), "the scheduler rule is a rule");
+    let nothing = m.text(m.var("schedulerNothingQuery"));
+    assert!(nothing.contains("toint(ev.databases) > 0") && nothing.contains("toint(ev.enqueued) == 0"), "{nothing}");
+    assert!(m.text(m.var("rpoMissedQuery")).contains("now() > due"));
+    // What the views need is emitted.
+    for f in ["status", "kind", "server", "database", "rpo_due_at", "data_transferred_mb", "duration_seconds"] {
+        assert!(used.contains(f) && FIELDS.contains(&f), "{f}");
+    }
+    for f in ["restore_seconds", "failure_code", "reason", "removed", "kept", "databases", "enqueued"] {
+        assert!(used.contains(f), "{f} is shown somewhere");
+    }
+    // The check can fail: a misspelt field and an indexer naming an unknown one are caught.
+    let bad = r#"AppTraces | extend ev = parse_json(Message) | where tostring(ev.statuz) == 'failed' | project ev['servr'], ev.kind"#;
+    assert_eq!(unknown_event_fields(bad), ["servr", "statuz"]);
+    assert!(unknown_event_fields(r"tostring(ev[\'status\']) == 'x' and level == 1 and prev.x == 2").is_empty());
 }
 
 // ---- the package ---------------------------------------------------------------------------

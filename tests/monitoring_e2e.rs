@@ -196,7 +196,7 @@ async fn backup_now_and_jobs_through_http_payloads_and_a_failed_job_alerts_the_w
         let exported = body["jobs"].as_array().unwrap().iter().find(|j| j["id"] == "req-9-1").expect("the task");
         let file = &exported["detail"]["report"]["files"][0];
         assert_eq!(file["blob"], "i-42/app.dump");
-        assert!(file["url"].as_str().unwrap().contains("pgvault jobs --json --id req-9-1"), "{file}");
+        assert!(file["url"].as_str().unwrap().contains("pgvault jobs --json --show-urls --id req-9-1"), "{file}");
     }
     let (_, r) =
         pgvault::cli::hostsim::invoke(&url, "jobs", &http("GET", json!({"kind": "restore-task"}), "")).await.unwrap();

@@ -62,8 +62,9 @@ fn cli_ok(stack: &Stack, args: &[&str]) -> String {
 }
 
 fn jobs(stack: &Stack) -> Vec<JobRecord> {
-    // `jobs --json` answers `{"jobs": [...]}` (the same shape as the `jobs` HTTP function).
-    let v: serde_json::Value = serde_json::from_str(&cli_ok(stack, &["jobs", "--json"])).unwrap();
+    // `jobs --json` answers `{"jobs": [...]}` (the same shape as the `jobs` HTTP function);
+    // `--show-urls` keeps the as-files URLs in it.
+    let v: serde_json::Value = serde_json::from_str(&cli_ok(stack, &["jobs", "--json", "--show-urls"])).unwrap();
     serde_json::from_value(v["jobs"].clone()).unwrap()
 }
 

@@ -1,7 +1,8 @@
 // Log Analytics + workspace-based Application Insights with local (key) auth disabled: the app
 // ingests with its identity (Monitoring Metrics Publisher + APPLICATIONINSIGHTS_AUTHENTICATION_STRING).
 // Alert rules match pgvault's error-level log records (JSON lines on stderr, which the Functions
-// host forwards to AppTraces) and the Logs its handlers return to the host.
+// host forwards to AppTraces) and the Logs its handlers return to the host; the workbook and two
+// more rules read the job event (below).
 
 param name string
 param location string
@@ -99,6 +100,138 @@ var failureList = join(map(failureMessages, m => '${quote}${m}${quote}'), ', ')
 var rejectionList = join(map(rejectionMessages, m => '${quote}${m}${quote}'), ', ')
 var rpoList = join(map(rpoAlertKinds, k => '${quote}${k}${quote}'), ', ')
 
+// ---- the job event: workbook and log alerts -------------------------------------------------
+// Every finished job writes one JSON line on stderr, target "pgvault::job", message "job
+// finished" (src/monitor/event.rs). The Functions host forwards the custom handler's output
+// line by line as traces of category Host.Function.Console: the whole line is AppTraces.Message
+// (traces.message in Application Insights), not customDimensions. So every query starts from
+// jobEvents, which parses the line into `ev`, and reads fields as ev.<field>; tests/infra.rs
+// checks every ev.<field> used below against event::FIELDS.
+var jobEvents = 'AppTraces | where Message contains \'"pgvault::job"\' | extend ev = parse_json(Message) | where tostring(ev.target) == \'pgvault::job\' and tostring(ev.message) == \'job finished\''
+// A database's label (globals have no database).
+var dbLabel = 'iff(isempty(tostring(ev.database)), \'@globals\', tostring(ev.database))'
+
+// The views of the status page (`status`), from the events.
+var protectionQuery = '${jobEvents} | where tostring(ev.kind) == \'backup\' and tostring(ev.status) == \'succeeded\' | extend server = tostring(ev.server), database = ${dbLabel}, due = todatetime(ev.rpo_due_at) | summarize arg_max(TimeGenerated, due) by server, database | extend age_hours = round((now() - TimeGenerated) / 1h, 1), state = case(isnull(due), \'unknown\', now() > due, \'missed\', \'ok\') | project server, database, last_success = TimeGenerated, age_hours, rpo_due_at = due, state | order by state asc, server asc, database asc'
+var sizeQuery = '${jobEvents} | where tostring(ev.kind) == \'backup\' and tostring(ev.status) == \'succeeded\' | project TimeGenerated, backup = strcat(tostring(ev.server), \'/\', ${dbLabel}), stored_mib = todouble(ev.data_transferred_mb)'
+var durationQuery = '${jobEvents} | where tostring(ev.kind) == \'backup\' and tostring(ev.status) == \'succeeded\' | project TimeGenerated, backup = strcat(tostring(ev.server), \'/\', ${dbLabel}), seconds = todouble(ev.duration_seconds)'
+var drillQuery = '${jobEvents} | where tostring(ev.kind) == \'drill\' | extend server = tostring(ev.server), database = tostring(ev.database) | summarize arg_max(TimeGenerated, ev) by server, database | project server, database, last_drill = TimeGenerated, status = tostring(ev.status), rto_seconds = todouble(ev.restore_seconds), reason = tostring(ev.reason) | order by server asc, database asc'
+var failureQuery = '${jobEvents} | where TimeGenerated > ago(7d) and tostring(ev.status) == \'failed\' | project TimeGenerated, kind = tostring(ev.kind), server = tostring(ev.server), database = tostring(ev.database), failure_code = tostring(ev.failure_code), reason = tostring(ev.reason), trigger = tostring(ev.trigger), attempts = toint(ev.attempts), job_id = tostring(ev.job_id) | order by TimeGenerated desc'
+var retentionQuery = '${jobEvents} | where tostring(ev.kind) == \'retention\' | project TimeGenerated, server = iff(isempty(tostring(ev.server)), \'(all)\', tostring(ev.server)), status = tostring(ev.status), removed = toint(ev.removed), kept = toint(ev.kept), seconds = todouble(ev.duration_seconds), reason = tostring(ev.reason) | order by TimeGenerated desc'
+var schedulerQuery = '${jobEvents} | where tostring(ev.kind) == \'scheduler\' | project TimeGenerated, server = tostring(ev.server), status = tostring(ev.status), databases = toint(ev.databases), enqueued = toint(ev.enqueued), reason = tostring(ev.reason) | order by TimeGenerated desc'
+var pgbackrestQuery = '${jobEvents} | where tostring(ev.kind) in (\'pgbackrest-sas\', \'pgbackrest-freshness\') | extend target = tostring(ev.server), kind = tostring(ev.kind) | summarize arg_max(TimeGenerated, ev) by target, kind | project target, kind, last_run = TimeGenerated, status = tostring(ev.status), reason = tostring(ev.reason)'
+
+var views = [
+  {
+    name: 'protection'
+    title: 'Protection: newest good backup per database, and its RPO deadline'
+    query: protectionQuery
+    visualization: 'table'
+  }
+  {
+    name: 'size'
+    title: 'Trend: stored size of each backup (MiB)'
+    query: sizeQuery
+    visualization: 'timechart'
+  }
+  {
+    name: 'duration'
+    title: 'Trend: backup duration (seconds)'
+    query: durationQuery
+    visualization: 'timechart'
+  }
+  {
+    name: 'drills'
+    title: 'Proof: last restore drill and its RTO'
+    query: drillQuery
+    visualization: 'table'
+  }
+  {
+    name: 'failures'
+    title: 'Trouble: failed jobs in the last 7 days, with their reasons'
+    query: failureQuery
+    visualization: 'table'
+  }
+  {
+    name: 'retention'
+    title: 'Retention runs: backups removed and kept'
+    query: retentionQuery
+    visualization: 'table'
+  }
+  {
+    name: 'scheduler'
+    title: 'Scheduler runs: databases per server and jobs enqueued'
+    query: schedulerQuery
+    visualization: 'table'
+  }
+  {
+    name: 'pgbackrest'
+    title: 'pgBackRest targets: SAS rotation and stanza freshness'
+    query: pgbackrestQuery
+    visualization: 'table'
+  }
+]
+
+// Azure Workbooks' serialized form (Notebook/1.0): a heading, then one Log Analytics query per
+// view over the last 30 days.
+var workbook = {
+  version: 'Notebook/1.0'
+  items: concat(
+    [
+      {
+        type: 1
+        name: 'heading'
+        content: {
+          json: '## pgvault\nOne row per finished job, from the `job finished` event (see docs/deploy.md, "Workbook and alerts").'
+        }
+      }
+    ],
+    map(views, v => {
+      type: 3
+      name: v.name
+      content: {
+        version: 'KqlItem/1.0'
+        title: v.title
+        query: v.query
+        size: 0
+        timeContext: {
+          durationMs: 2592000000
+        }
+        queryType: 0
+        resourceType: 'microsoft.operationalinsights/workspaces'
+        visualization: v.visualization
+      }
+    })
+  )
+  fallbackResourceIds: [
+    workspace.id
+  ]
+  '$schema': 'https://github.com/Microsoft/Application-Insights-Workbooks/blob/master/schema/workbook.json'
+}
+
+resource pgvaultWorkbook 'Microsoft.Insights/workbooks@2023-06-01' = {
+  // A workbook's name must be a GUID.
+  name: guid(resourceGroup().id, name, 'pgvault-workbook')
+  location: location
+  tags: tags
+  kind: 'shared'
+  properties: {
+    displayName: '${name}: pgvault backups'
+    category: 'workbook'
+    serializedData: string(workbook)
+    sourceId: workspace.id
+  }
+}
+
+// "No successful backup of a database within its RPO": the newest successful backup's deadline
+// (rpo_due_at: its schedule's next run plus PGVAULT_RPO_MARGIN_MINUTES) has passed. Unlike
+// pgvault's own missed-schedule alert, this one also fires when pgvault itself stopped running.
+// It looks back 2 days, the longest query range a log alert takes: a database whose newest
+// success is older than that has left its view (pgvault's own check still covers it).
+var rpoMissedQuery = '${jobEvents} | where tostring(ev.kind) == \'backup\' and tostring(ev.status) == \'succeeded\' | extend server = tostring(ev.server), database = ${dbLabel}, due = todatetime(ev.rpo_due_at) | where isnotnull(due) | summarize arg_max(TimeGenerated, due) by server, database | where now() > due | project server, database, last_success = TimeGenerated, due'
+// "A scheduler run enqueued nothing for a server that has databases".
+var schedulerNothingQuery = '${jobEvents} | where tostring(ev.kind) == \'scheduler\' and toint(ev.databases) > 0 and toint(ev.enqueued) == 0 | project TimeGenerated, server = tostring(ev.server), databases = toint(ev.databases), reason = tostring(ev.reason)'
+
 var rules = [
   {
     key: 'failures'
@@ -123,6 +256,12 @@ var rules = [
     title: 'pgvault alert records (drills, pgBackRest SAS, other)'
     severity: 2
     query: 'AppTraces | where Message has \'"alert":true\' | where not(Message has_any (${rpoList})) | project TimeGenerated, Message'
+  }
+  {
+    key: 'scheduler-nothing'
+    title: 'pgvault scheduler run enqueued nothing for a server that has databases'
+    severity: 1
+    query: schedulerNothingQuery
   }
 ]
 
@@ -169,6 +308,47 @@ resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' 
   }
 ]
 
+resource rpoMissed 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = {
+  name: '${name}-rpo-missed'
+  location: location
+  tags: tags
+  properties: {
+    displayName: 'pgvault: no successful backup of a database within its RPO'
+    description: 'pgvault: a database\'s newest successful backup is past its RPO deadline (job events). See docs/deploy.md (Workbook and alerts).'
+    severity: 1
+    enabled: true
+    scopes: [
+      workspace.id
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT1H'
+    overrideQueryTimeRange: 'P2D'
+    // See the rules above: AppTraces may not exist yet in a new workspace.
+    skipQueryValidation: true
+    criteria: {
+      allOf: [
+        {
+          query: rpoMissedQuery
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: false
+    // A missed RPO lasts until the next good backup: notify again twice a day, not every hour.
+    muteActionsDuration: 'PT12H'
+    actions: {
+      actionGroups: groups
+    }
+  }
+}
+
+output workbookId string = pgvaultWorkbook.id
 output connectionString string = insights.properties.ConnectionString
 output insightsId string = insights.id
 output workspaceId string = workspace.id

@@ -94,9 +94,13 @@ pub enum Command {
         /// Per database: last success, last failure, next scheduled run, last proven restore.
         #[arg(long)]
         summary: bool,
-        /// Print JSON (with every detail, including as-files URLs) instead of a table.
+        /// Print JSON (with every detail) instead of a table.
         #[arg(long)]
         json: bool,
+        /// With --json: include the download URLs of as-files exports (read-only SAS, valid
+        /// until they expire), which are withheld otherwise.
+        #[arg(long, requires = "json")]
+        show_urls: bool,
     },
     /// Plan retention and remove what it says (manifest first, then data); --dry-run prints it.
     Retention {
@@ -172,7 +176,7 @@ pub enum HostSim {
 /// Set up logging: JSON lines under the Functions host, text otherwise; always to stderr, so
 /// stdout carries only command output.
 pub fn init_logging(settings: Option<&Settings>, serving: bool) {
-    let filter = settings.map(|s| s.log_filter.clone()).unwrap_or_else(|| "info".into());
+    let filter = log_directives(&settings.map(|s| s.log_filter.clone()).unwrap_or_else(|| "info".into()), serving);
     let json = match settings.and_then(|s| s.log_format.clone()) {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Text) => false,
@@ -181,7 +185,9 @@ pub fn init_logging(settings: Option<&Settings>, serving: bool) {
     // Colour only for a person at a terminal: log files and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| log_directives("info", serving).into()),
+        )
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
@@ -189,6 +195,33 @@ pub fn init_logging(settings: Option<&Settings>, serving: bool) {
     } else {
         builder.init();
     }
+}
+
+/// The log filter, from `PGVAULT_LOG`, with two directives added unless it names their targets:
+/// - `azure_identity=warn` while the filter's level for everything is coarser than debug: the
+///   identity crate says at INFO which managed identity it uses, on every command; that is
+///   debugging detail, shown with `debug` (or by naming `azure_identity`);
+/// - `pgvault::job=info` when serving: the job event feeds the workbook and the log alerts, so a
+///   quieter filter (`warn`) does not silence it there.
+pub fn log_directives(filter: &str, serving: bool) -> String {
+    let parts: Vec<&str> = filter.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let names = |target: &str| parts.iter().any(|p| p.split('=').next().is_some_and(|t| t.starts_with(target)));
+    let global_debug =
+        parts.iter().any(|p| !p.contains('=') && matches!(p.to_ascii_lowercase().as_str(), "debug" | "trace"));
+    let mut out = parts.join(",");
+    let mut add = |d: &str| {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(d);
+    };
+    if !global_debug && !names("azure_identity") {
+        add("azure_identity=warn");
+    }
+    if serving && !names(crate::monitor::event::TARGET) {
+        add(&format!("{}=info", crate::monitor::event::TARGET));
+    }
+    out
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
@@ -435,7 +468,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
         Command::PgbackrestSas(c) => {
             crate::cli::pgbackrest::run(&rt.ctx.settings, crate::monitor::tracked::Monitor::of(&rt.ctx), c).await
         }
-        Command::Jobs { kind, id, failed, since, server, summary, json } => {
+        Command::Jobs { kind, id, failed, since, server, summary, json, show_urls } => {
             let now = time::OffsetDateTime::now_utc();
             let filter = crate::features::report::Filter {
                 kind: kind.as_deref().map(crate::monitor::records::JobKind::parse).transpose()?,
@@ -444,7 +477,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                 server,
                 id,
             };
-            list_jobs(&rt, &filter, summary, json).await
+            list_jobs(&rt, &filter, summary, json, show_urls).await
         }
         Command::Retention { dry_run, server } => {
             crate::cli::monitor::retention(&rt.ctx, dry_run, server.as_deref()).await
@@ -939,13 +972,15 @@ async fn list_jobs(
     filter: &crate::features::report::Filter,
     summary: bool,
     json: bool,
+    show_urls: bool,
 ) -> Result<ExitCode> {
+    use crate::features::report::Reader;
     use crate::monitor::records as jobrecords;
     let now = time::OffsetDateTime::now_utc();
     if json {
-        let v =
-            crate::features::report::query(&rt.ctx, filter, summary, now, crate::features::report::Reader::Operator)
-                .await?;
+        // What people paste into tickets: live download URLs only when asked for.
+        let reader = if show_urls { Reader::Operator } else { Reader::Others };
+        let v = crate::features::report::query(&rt.ctx, filter, summary, now, reader).await?;
         println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
         return Ok(ExitCode::SUCCESS);
     }
@@ -978,6 +1013,21 @@ async fn list_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_identity_line_is_debug_and_the_job_event_on_when_serving() {
+        assert_eq!(log_directives("info", true), "info,azure_identity=warn,pgvault::job=info");
+        assert_eq!(log_directives("warn", true), "warn,azure_identity=warn,pgvault::job=info");
+        assert_eq!(log_directives("warn", false), "warn,azure_identity=warn");
+        // At debug everything shows; a filter that names a target keeps its choice.
+        assert_eq!(log_directives("debug", false), "debug");
+        assert_eq!(log_directives("info,azure_identity=info", false), "info,azure_identity=info");
+        assert_eq!(log_directives("pgvault::job=off, info", true), "pgvault::job=off,info,azure_identity=warn");
+        assert_eq!(log_directives("", false), "azure_identity=warn");
+        for f in ["info", "debug", "warn,pgvault=debug"] {
+            assert!(tracing_subscriber::EnvFilter::try_new(log_directives(f, true)).is_ok(), "{f}");
+        }
+    }
 
     #[test]
     fn restore_messages_name_the_flags() {

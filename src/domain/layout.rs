@@ -158,6 +158,16 @@ pub fn data_blob_owner(name: &str) -> Option<(&str, &str)> {
     (!job.is_empty()).then_some((&name[..id_end], job))
 }
 
+/// The server and database (none for globals) a backup id names, decoded from its first two
+/// segments; `(None, None)` for a name of another shape.
+pub fn backup_owner(id: &str) -> (Option<String>, Option<String>) {
+    let mut segs = id.split('/');
+    let (Some(server), Some(db), Some(_)) = (segs.next(), segs.next(), segs.next()) else { return (None, None) };
+    let Ok(server) = decode_segment(server) else { return (None, None) };
+    let database = if db == GLOBALS_SEGMENT { None } else { decode_segment(db).ok() };
+    (Some(server), database)
+}
+
 pub fn manifest_for_id(id: &str) -> String {
     if id.ends_with(MANIFEST_SUFFIX) { id.to_string() } else { format!("{id}{MANIFEST_SUFFIX}") }
 }
@@ -241,6 +251,18 @@ mod tests {
         let blob = data_blob(&paths.id, "1a2b3c4d", "dump.zst");
         assert_eq!(data_blob_owner(&blob), Some((paths.id.as_str(), "j-1")));
         assert_eq!(data_blob_owner("prod/app/notes.txt"), None);
+    }
+
+    #[test]
+    fn a_backup_id_names_its_server_and_database() {
+        let at = parse_stamp("20261121T020000Z").unwrap();
+        let id = backup_paths(BackupKind::Database, "pr/od", "my db", at, "j").id;
+        assert_eq!(backup_owner(&id), (Some("pr/od".into()), Some("my db".into())));
+        let globals = backup_paths(BackupKind::Globals, "prod", "", at, "j").id;
+        assert_eq!(backup_owner(&globals), (Some("prod".into()), None));
+        let db_named_globals = backup_paths(BackupKind::Database, "prod", "@globals", at, "j").id;
+        assert_eq!(backup_owner(&db_named_globals), (Some("prod".into()), Some("@globals".into())));
+        assert_eq!(backup_owner("not-an-id"), (None, None));
     }
 
     #[test]

@@ -124,12 +124,14 @@ pub async fn run(ctx: &Ctx, only_server: Option<&str>, trigger: &str) -> Result<
 }
 
 async fn drill_one(ctx: &Ctx, scratch: &str, server: &str, database: &str, m: &Manifest, trigger: &str) -> JobRecord {
-    let rec = crate::features::report::start_record(
+    let mut rec = crate::features::report::start_record(
         JobKind::Drill,
         &format!("{server}/{database}"),
         &format!("restore drill of {} into server {scratch:?}", m.id),
         trigger,
     );
+    rec.server = Some(server.to_string());
+    rec.database = Some(database.to_string());
     let temp = format!("pgvault_drill_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let task = RestoreTask {
         version: restore::MESSAGE_VERSION,

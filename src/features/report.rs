@@ -25,7 +25,8 @@ pub fn backup_target(job: &BackupJob) -> String {
     format!("{}/{}", job.server, job.database.as_deref().unwrap_or("@globals"))
 }
 
-fn trigger_name(t: crate::domain::jobs::Trigger) -> String {
+/// A trigger's name as records and events carry it (`timer`, `queue`, `http`, `cli`).
+pub fn trigger_name(t: crate::domain::jobs::Trigger) -> String {
     serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
@@ -34,7 +35,19 @@ pub fn backup_record(job: &BackupJob, now: OffsetDateTime) -> JobRecord {
     let mut r = JobRecord::new(JobKind::Backup, &job.job_id, format!("back up {}", job.describe()), now);
     r.target = Some(backup_target(job));
     r.trigger = Some(trigger_name(job.trigger));
+    r.server = Some(job.server.clone());
+    r.database = job.database.clone();
     r
+}
+
+/// By when the next backup after `job` must have succeeded: its schedule's next run after the
+/// job was requested, plus the RPO margin (what [`breaches`] checks), when the job's server and
+/// schedule are known.
+pub fn rpo_due_at(settings: &Settings, job: &BackupJob) -> Option<OffsetDateTime> {
+    let server = settings.server(&job.server)?;
+    let schedule =
+        crate::domain::inventory::schedule_for(server, job.database.as_deref(), settings.backup_schedule.as_deref())?;
+    next_after(schedule, job.requested_at).map(|due| due + settings.rpo_margin)
 }
 
 /// Run one backup job and keep its record (`monitor::tracked`): a failure that will not be
@@ -54,6 +67,7 @@ pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Resul
                     backup: Some(m.id.clone()),
                     raw_bytes: Some(m.raw_bytes),
                     stored_bytes: Some(m.stored_bytes),
+                    rpo_due_at: rpo_due_at(&ctx.settings, job),
                     ..Default::default()
                 };
                 let bytes = Some(m.stored_bytes);
@@ -69,6 +83,7 @@ pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Resul
                     raw_bytes: published.as_ref().map(|m| m.raw_bytes),
                     stored_bytes: published.as_ref().map(|m| m.stored_bytes),
                     already_done: true,
+                    rpo_due_at: rpo_due_at(&ctx.settings, job),
                     ..Default::default()
                 };
                 let bytes = published.map(|m| m.stored_bytes);
@@ -437,9 +452,10 @@ pub enum Reader {
     /// The operator (`pgvault jobs`, which reads the store itself): every detail, secret URLs
     /// included.
     Operator,
-    /// Anyone with the `jobs` function's key (and whatever logs HTTP bodies): secrets are
+    /// Anyone with the `jobs` function's key (and whatever logs HTTP bodies), and
+    /// `pgvault jobs --json` without `--show-urls` (what gets pasted into tickets): secrets are
     /// withheld ([`JobRecord::withhold_secrets`]); the operator reads them with
-    /// `pgvault jobs --json --id <id>`.
+    /// `pgvault jobs --json --show-urls --id <id>`.
     Others,
 }
 
@@ -477,7 +493,7 @@ pub async fn query(
 /// their own): [`track`](crate::monitor::tracked::track) runs it.
 pub fn start_record(kind: JobKind, target: &str, summary: &str, trigger: &str) -> JobRecord {
     let now = OffsetDateTime::now_utc();
-    let id = format!("{}-{}", crate::domain::layout::stamp(now), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let id = crate::monitor::event::run_id(now);
     let mut r = JobRecord::new(kind, &id, summary, now);
     r.target = Some(target.to_string());
     r.trigger = Some(trigger.to_string());
@@ -652,7 +668,7 @@ mod tests {
         assert!(!body.contains("sig="), "{body}");
         assert!(!body.contains("SECRETSIG"), "{body}");
         let f = &answer["jobs"][1]["detail"]["report"]["files"][0];
-        assert_eq!(f["url"], "withheld: see `pgvault jobs --json --id req-1-1`");
+        assert_eq!(f["url"], "withheld: see `pgvault jobs --json --show-urls --id req-1-1`");
         assert_eq!(f["blob"], "incident-42/app.dump", "the rest of the report stays");
         assert_eq!(answer["jobs"][0], serde_json::to_value(&backup).unwrap(), "a record without secrets is unchanged");
         // The record itself (what the CLI prints) still has the URL.

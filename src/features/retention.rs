@@ -206,12 +206,13 @@ pub async fn run(ctx: &Ctx, dry_run: bool, server: Option<&str>, trigger: &str) 
     if dry_run {
         return Ok(RetentionRun { dry_run: true, plans, executed: None, job: None });
     }
-    let rec = crate::features::report::start_record(
+    let mut rec = crate::features::report::start_record(
         crate::monitor::records::JobKind::Retention,
         server.unwrap_or("*"),
         "retention",
         trigger,
     );
+    rec.server = server.map(str::to_string);
     let alerting = Alerting::once(AlertKind::JobFailed);
     let (result, rec) = track(Monitor::of(ctx), rec, alerting, async {
         let mut done = Executed::default();

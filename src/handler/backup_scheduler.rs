@@ -6,6 +6,7 @@
 
 use super::{AppState, Reply, parse_invocation};
 use crate::domain::jobs::{BACKUP_JOBS_QUEUE, Trigger};
+use crate::monitor::event::{self, JobEvent};
 use axum::extract::State;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -48,6 +49,17 @@ pub async fn run(state: &AppState, trigger: Trigger, past_due: bool) -> (Vec<Str
     let mut silent = Vec::new();
     for plan in plans {
         let before = enqueued.len();
+        let failed_before = failed.len();
+        let silent_before = silent.len();
+        // One job event per server: how many databases it has, how many were enqueued.
+        let mut ev = JobEvent {
+            job_id: event::run_id(now),
+            kind: event::SCHEDULER_KIND.into(),
+            server: Some(plan.server.clone()),
+            trigger: Some(crate::features::report::trigger_name(trigger)),
+            attempts: 1,
+            ..Default::default()
+        };
         for m in &plan.missing {
             let line = format!("server {:?}: included database {m:?} does not exist", plan.server);
             tracing::warn!(server = %plan.server, database = %m, "included database does not exist");
@@ -60,6 +72,10 @@ pub async fn run(state: &AppState, trigger: Trigger, past_due: bool) -> (Vec<Str
                 logs.push(format!("server {:?}: {e}", plan.server));
                 failed.push(json!({ "server": plan.server, "error": e.to_string() }));
                 silent.push((plan.server.clone(), format!("its databases could not be listed: {e}")));
+                ev.failure_code = Some(event::failure_code(&e));
+                ev.reason = Some(format!("its databases could not be listed: {e}"));
+                ev.enqueued = Some(0);
+                finish_event(ev, now);
                 continue;
             }
         };
@@ -91,6 +107,16 @@ pub async fn run(state: &AppState, trigger: Trigger, past_due: bool) -> (Vec<Str
                 ),
             ));
         }
+        ev.databases = Some(holding.len() as u64);
+        ev.enqueued = Some(databases as u64);
+        if silent.len() > silent_before {
+            ev.failure_code = Some(event::code::NOTHING_ENQUEUED);
+            ev.reason = silent.last().map(|(_, why)| why.clone());
+        } else if failed.len() > failed_before {
+            ev.failure_code = Some(event::code::ENQUEUE_FAILED);
+            ev.reason = Some(format!("{} jobs could not be enqueued", failed.len() - failed_before));
+        }
+        finish_event(ev, now);
     }
     // A run that backs up no database of a server that has some would otherwise pass in
     // silence (the timer is not retried, and a 200 looks fine): alert, once per server.
@@ -107,4 +133,11 @@ pub async fn run(state: &AppState, trigger: Trigger, past_due: bool) -> (Vec<Str
     logs.push(format!("enqueued {} backup jobs, {} failures", enqueued.len(), failed.len()));
     let ok = failed.is_empty();
     (logs, json!({ "enqueued": enqueued, "failed": failed }), ok)
+}
+
+/// Emit a server's scheduler event: failed when it carries a failure code.
+fn finish_event(mut ev: JobEvent, started: OffsetDateTime) {
+    ev.status = if ev.failure_code.is_some() { "failed" } else { "succeeded" }.into();
+    ev.duration_seconds = Some(((OffsetDateTime::now_utc() - started).as_seconds_f64() * 1000.0).round() / 1000.0);
+    ev.emit();
 }

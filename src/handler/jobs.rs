@@ -5,7 +5,7 @@
 //! Unlike the CLI, the reply never carries the read-only SAS URLs of files exported by as-files
 //! restore tasks (bearer credentials valid up to 7 days): it is read as
 //! [`crate::features::report::Reader::Others`], so each `url` is replaced by a note pointing to
-//! `pgvault jobs --json --id <task id>` (see `JobRecord::withhold_secrets`).
+//! `pgvault jobs --json --show-urls --id <task id>` (see `JobRecord::withhold_secrets`).
 //!
 //! HTTP triggers reach a custom handler (without request forwarding) as an invocation whose
 //! `Data.req` is `{Url, Method, Query, Headers, Params, Body}`; the answer is the `res` output

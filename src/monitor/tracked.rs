@@ -12,10 +12,14 @@
 //! - Writing the record is best effort (logged): bookkeeping never changes a job's outcome, and
 //!   neither does the alert. [`track_recorded`] says whether the final record was written, so a
 //!   queued job can have the host deliver it again rather than lose its record.
+//! - A job that ended (succeeded, or failed with no redelivery of the same job to come) emits its
+//!   one `job finished` event ([`crate::monitor::event`]); a delivery that only finds its job
+//!   already succeeded emits none.
 
 use crate::config::context::Ctx;
 use crate::domain::error::{Error, Result};
-use crate::monitor::records::{self, Detail, JobKind, JobRecord};
+use crate::monitor::event;
+use crate::monitor::records::{self, Detail, JobKind, JobRecord, Status};
 use crate::seams::alerts::{Alert, AlertKind, Alerter};
 use crate::seams::store::BlobStore;
 use std::future::Future;
@@ -53,17 +57,26 @@ pub struct Alerting {
     /// A person at a terminal runs it (`pgvault restore`) and reads its failure there, once:
     /// the record says failed, and nobody else needs telling.
     pub interactive: bool,
+    /// A retried failure runs again under the same job id (a queue message delivered again),
+    /// so the job has not ended; otherwise the retry is another job (the next timer run).
+    pub redelivered: bool,
 }
 
 impl Alerting {
     /// A failure alerts whatever its kind: nothing will run this job again.
     pub fn once(kind: AlertKind) -> Self {
-        Alerting { kind, last_attempt: true, interactive: false }
+        Alerting { kind, last_attempt: true, interactive: false, redelivered: false }
     }
 
     /// A queued job's delivery: a transient failure is retried unless this is the last one.
     pub fn delivery(kind: AlertKind, last_attempt: bool) -> Self {
-        Alerting { kind, last_attempt, interactive: false }
+        Alerting { kind, last_attempt, interactive: false, redelivered: true }
+    }
+
+    /// A timer's job whose transient failure the next timer run retries (as another job): it
+    /// does not alert, and its record ends all the same.
+    pub fn next_run(kind: AlertKind) -> Self {
+        Alerting { kind, last_attempt: false, interactive: false, redelivered: false }
     }
 }
 
@@ -101,13 +114,16 @@ pub async fn track_recorded<T>(
     alerting: Alerting,
     run: impl Future<Output = Run<T>>,
 ) -> (Result<T>, JobRecord, bool) {
+    // A delivery of a job that had already succeeded (the host delivered its message again)
+    // only confirms it: the job's event was emitted when it ended.
+    let succeeded_before = rec.status == Status::Succeeded;
     rec.start_attempt(OffsetDateTime::now_utc());
     if let Some(store) = monitor.store {
         records::put_logged(store, &rec).await;
     }
     let Run { result, detail, bytes } = run.await;
     let outcome = result.as_ref().map(|_| ()).map_err(clone_error);
-    let recorded = conclude(monitor, &mut rec, outcome, detail, bytes, alerting).await;
+    let recorded = finish(monitor, &mut rec, outcome, detail, bytes, alerting, succeeded_before).await;
     (result, rec, recorded)
 }
 
@@ -122,7 +138,21 @@ pub async fn conclude(
     bytes: Option<u64>,
     alerting: Alerting,
 ) -> bool {
+    finish(monitor, rec, outcome, detail, bytes, alerting, false).await
+}
+
+/// The end of every job: the record, the alert, and the job event (see [`event`]), once.
+async fn finish(
+    monitor: Monitor<'_>,
+    rec: &mut JobRecord,
+    outcome: std::result::Result<(), Error>,
+    detail: impl Into<Detail>,
+    bytes: Option<u64>,
+    alerting: Alerting,
+    succeeded_before: bool,
+) -> bool {
     let now = OffsetDateTime::now_utc();
+    let code = outcome.as_ref().err().map(event::failure_code);
     let alert = match &outcome {
         Ok(()) => {
             rec.succeed(now, detail, bytes);
@@ -140,6 +170,11 @@ pub async fn conclude(
     };
     if alert {
         monitor.alerter.raise(&failed_alert(rec, alerting.kind)).await;
+    }
+    // The job ended unless the host delivers it again; a success it had before is not news.
+    let delivered_again = alerting.redelivered && rec.detail.will_retry() == Some(true);
+    if rec.is_finished() && !delivered_again && !(succeeded_before && rec.status == Status::Succeeded) {
+        event::JobEvent::of(rec, code).emit();
     }
     recorded
 }
@@ -172,4 +207,128 @@ pub fn failed_alert(rec: &JobRecord, kind: AlertKind) -> Alert {
 /// `Error` is not `Clone` (it owns its chain of context): keep what the record needs.
 fn clone_error(e: &Error) -> Error {
     if e.is_permanent() { Error::permanent(e.to_string()) } else { Error::transient(e.to_string()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::event::{capture, code};
+
+    const KINDS: [JobKind; 8] = [
+        JobKind::Backup,
+        JobKind::RestoreRequest,
+        JobKind::RestoreTask,
+        JobKind::Drill,
+        JobKind::Retention,
+        JobKind::Verify,
+        JobKind::PgbackrestSas,
+        JobKind::PgbackrestFreshness,
+    ];
+
+    fn record(kind: JobKind, id: &str) -> JobRecord {
+        let mut rec = JobRecord::new(kind, id, "a job", OffsetDateTime::now_utc());
+        rec.server = Some("prod".into());
+        rec.database = Some("app".into());
+        rec.trigger = Some("timer".into());
+        rec
+    }
+
+    // A current-thread runtime: the capture is this thread's.
+    #[tokio::test]
+    async fn every_kind_of_job_that_ends_emits_one_event() {
+        let alerter = Alerter::new(None);
+        let monitor = Monitor { store: None, alerter: &alerter };
+        let (events, guard) = capture::start();
+        for kind in KINDS {
+            let ok = format!("{}-ok", kind.as_str());
+            let (r, _) = track(monitor, record(kind, &ok), Alerting::once(AlertKind::JobFailed), async {
+                Run::ok((), Detail::None).with_bytes(Some(2 * 1_048_576))
+            })
+            .await;
+            r.unwrap();
+            let bad = format!("{}-bad", kind.as_str());
+            let (r, _) = track(monitor, record(kind, &bad), Alerting::once(AlertKind::JobFailed), async {
+                Run::<()>::failed(Error::permanent("no such table"), Detail::None)
+            })
+            .await;
+            assert!(r.is_err());
+        }
+        drop(guard);
+        let all = events.all();
+        assert_eq!(all.len(), 2 * KINDS.len(), "{all:#?}");
+        for kind in KINDS {
+            let of_kind = events.of_kind(kind.as_str());
+            assert_eq!(of_kind.len(), 2, "{kind:?}: {of_kind:#?}");
+            let ok = of_kind.iter().find(|e| e["status"] == "succeeded").unwrap();
+            assert_eq!(
+                (ok["server"].as_str(), ok["database"].as_str(), ok["trigger"].as_str()),
+                ("prod", "app", "timer")
+            );
+            assert_eq!((ok["data_transferred_mb"].as_str(), ok["attempts"].as_str()), ("2.0", "1"));
+            assert!(ok.contains_key("duration_seconds") && !ok.contains_key("failure_code"), "{ok:?}");
+            let bad = of_kind.iter().find(|e| e["status"] == "failed").unwrap();
+            assert_eq!((bad["failure_code"].as_str(), bad["will_retry"].as_str()), (code::PERMANENT, "false"));
+            assert_eq!(bad["reason"], "no such table");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_delivered_again_ends_once() {
+        let alerter = Alerter::new(None);
+        let monitor = Monitor { store: None, alerter: &alerter };
+        let (events, guard) = capture::start();
+        // A transient failure the host delivers again: not an end, no event.
+        let (_, rec) =
+            track(monitor, record(JobKind::Backup, "b1"), Alerting::delivery(AlertKind::JobFailed, false), async {
+                Run::<()>::failed(Error::transient("connection reset"), Detail::None)
+            })
+            .await;
+        assert_eq!(events.all().len(), 0, "{:?}", events.all());
+        // The redelivery succeeds: one event, the second attempt.
+        let (_, rec) =
+            track(monitor, rec, Alerting::delivery(AlertKind::JobFailed, true), async { Run::ok((), Detail::None) })
+                .await;
+        assert_eq!(events.all().len(), 1);
+        assert_eq!(events.all()[0]["attempts"], "2");
+        // Delivered once more (the host lost track of it): already done, no second event.
+        let (r, _) =
+            track(monitor, rec, Alerting::delivery(AlertKind::JobFailed, false), async { Run::ok((), Detail::None) })
+                .await;
+        r.unwrap();
+        assert_eq!(events.all().len(), 1);
+        // The last delivery's transient failure ends the job.
+        let (r, _) =
+            track(monitor, record(JobKind::RestoreTask, "t1"), Alerting::delivery(AlertKind::JobFailed, true), async {
+                Run::<()>::failed(Error::transient("connection reset"), Detail::None)
+            })
+            .await;
+        assert!(r.is_err());
+        // A rotation the next timer run retries is another job: this one ended.
+        let mut sas = record(JobKind::PgbackrestSas, "sas-1");
+        conclude(
+            monitor,
+            &mut sas,
+            Err(Error::transient("vault 503")),
+            Detail::None,
+            None,
+            Alerting::next_run(AlertKind::Pgbackrest),
+        )
+        .await;
+        // A rejected message.
+        reject(monitor, JobKind::Backup, "m-1", "not a job", &Error::permanent("not json")).await;
+        drop(guard);
+        let all = events.all();
+        let codes: Vec<(&str, &str, &str)> = all[1..]
+            .iter()
+            .map(|e| (e["job_id"].as_str(), e["failure_code"].as_str(), e["will_retry"].as_str()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("t1", code::TRANSIENT, "false"),
+                ("sas-1", code::TRANSIENT, "true"),
+                ("rejected-m-1", code::REJECTED, "false")
+            ]
+        );
+    }
 }

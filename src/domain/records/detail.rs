@@ -187,6 +187,11 @@ pub struct BackupDetail {
     /// Another delivery of the job had published it: this one did nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub already_done: bool,
+    /// By when the next backup of the same database must have succeeded: its schedule's next
+    /// run after this job was requested, plus the RPO margin (the retention timer's RPO check,
+    /// carried by the job event to the log alert).
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub rpo_due_at: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub will_retry: Option<bool>,
     #[serde(flatten)]

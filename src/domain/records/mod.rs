@@ -4,10 +4,10 @@
 //!
 //! A record is a JSON document (see DESIGN.md, "Job records"):
 //! `{format, format_version, kind, id, parent, status, reason, requested_by, summary, created_at,
-//! updated_at, started_at, finished_at, attempts, bytes, target, trigger, detail}`. Its `detail`
-//! is read as the type of its `kind` ([`Detail::read`]); a detail that does not fit (written by a
-//! newer pgvault, or damaged) is kept as it was ([`Detail::Other`]) so that every record stays
-//! readable.
+//! updated_at, started_at, finished_at, attempts, bytes, target, trigger, server, database,
+//! detail}`. Its `detail` is read as the type of its `kind` ([`Detail::read`]); a detail that
+//! does not fit (written by a newer pgvault, or damaged) is kept as it was ([`Detail::Other`]) so
+//! that every record stays readable.
 
 mod detail;
 
@@ -146,6 +146,12 @@ pub struct JobRecord {
     /// What started it: `timer`, `queue`, `http` or `cli`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// The inventory server it works on (a pgBackRest target's name for its jobs), when one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The database it works on, when one (absent for a server's globals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// What the job did, typed by kind (see [`Detail`]).
     #[serde(default)]
     pub detail: Detail,
@@ -186,6 +192,8 @@ impl JobRecord {
             bytes: None,
             target: None,
             trigger: None,
+            server: None,
+            database: None,
             detail: Detail::None,
         }
     }
@@ -258,7 +266,7 @@ impl JobRecord {
     /// secret URL is replaced by a note saying how the operator reads it, and a detail this
     /// pgvault cannot read (it might hold one) is replaced by a note too.
     pub fn withhold_secrets(&mut self) {
-        let note = format!("withheld: see `pgvault jobs --json --id {}`", self.id);
+        let note = format!("withheld: see `pgvault jobs --json --show-urls --id {}`", self.id);
         self.detail.withhold_secrets(&note);
     }
 
@@ -412,7 +420,10 @@ mod tests {
         shown.withhold_secrets();
         let json = serde_json::to_value(&shown).unwrap();
         assert!(!json.to_string().contains("SECRETSIG"), "{json}");
-        assert_eq!(json["detail"]["report"]["files"][0]["url"], "withheld: see `pgvault jobs --json --id t-1`");
+        assert_eq!(
+            json["detail"]["report"]["files"][0]["url"],
+            "withheld: see `pgvault jobs --json --show-urls --id t-1`"
+        );
         assert_eq!(json["detail"]["report"]["files"][0]["blob"], "out/x.dump.zst");
         assert_eq!(shown.detail.restore_task().unwrap().report.as_ref().unwrap().files[0].url.expose(), None);
         // A withheld view reads back as withheld, never as a URL.

@@ -130,6 +130,7 @@ pub async fn check(store: &dyn BlobStore, t: &Target, monitor: Monitor<'_>, now:
     let mut job =
         JobRecord::new(JobKind::PgbackrestFreshness, &id, format!("freshness of pgBackRest target {}", t.name), now);
     job.target = Some(t.name.clone());
+    job.server = Some(t.name.clone());
     job.started_at = Some(now);
     job.attempts = 1;
     let outcome = if ok { Ok(()) } else { Err(crate::domain::error::Error::permanent("a stanza is not fresh")) };

@@ -284,6 +284,7 @@ async fn finish(
     let mut job =
         JobRecord::new(JobKind::PgbackrestSas, &id, format!("sas rotation for pgBackRest target {}", t.name), now);
     job.target = Some(t.name.clone());
+    job.server = Some(t.name.clone());
     job.started_at = Some(now);
     job.attempts = 1;
     // Outside the alarm window a failed rotation is retried by the next timer run while the
@@ -294,7 +295,7 @@ async fn finish(
         (None, _) if !ok => Err(crate::domain::error::Error::transient("pgbackrest sas rotation failed")),
         _ => Ok(()),
     };
-    let alerting = Alerting::delivery(AlertKind::Pgbackrest, false);
+    let alerting = Alerting::next_run(AlertKind::Pgbackrest);
     conclude(r.monitor, &mut job, outcome, rec.clone(), None, alerting).await;
 }
 

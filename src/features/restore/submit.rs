@@ -48,8 +48,8 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
     };
 
     let now = OffsetDateTime::now_utc();
-    let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
-    rec.requested_by = req.requested_by.clone();
+    let mut rec = request_record(req, now);
+    rec.trigger = Some(if queue.is_some() { "queue" } else { "cli" }.into());
     let mut detail = RequestDetail { request: Some(req.clone()), plan: Some(plan.clone()), ..Default::default() };
     rec.detail = detail.clone().into();
     if resume.is_none() {
@@ -69,9 +69,7 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
     }
     for task in &plan.tasks {
         if jobrecords::get(store, JobKind::RestoreTask, &task.task_id).await?.is_none() {
-            let mut t = JobRecord::new(JobKind::RestoreTask, &task.task_id, task.describe(), now);
-            t.parent = Some(req.request_id.clone());
-            t.requested_by = req.requested_by.clone();
+            let mut t = task_record(task, now);
             t.detail = TaskDetail::of_task(task).into();
             jobrecords::put(store, &t).await?;
         }
@@ -97,9 +95,28 @@ pub async fn submit(ctx: &Ctx, queue: Option<&dyn JobQueue>, req: &RestoreReques
 pub(super) async fn record_rejection(ctx: &Ctx, req: &RestoreRequest, why: &Error, interactive: bool) {
     use crate::monitor::tracked::{Alerting, Monitor, conclude};
     let now = OffsetDateTime::now_utc();
-    let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
-    rec.requested_by = req.requested_by.clone();
+    let mut rec = request_record(req, now);
+    rec.trigger = Some(if interactive { "cli" } else { "queue" }.into());
     let detail = RequestDetail { request: Some(req.clone()), rejected: true, ..Default::default() };
     let alerting = Alerting { interactive, ..Alerting::once(crate::seams::alerts::AlertKind::JobFailed) };
     conclude(Monitor::of(ctx), &mut rec, Err(Error::permanent(why.to_string())), detail, None, alerting).await;
+}
+
+/// A new `queued` record for a request: about its source server and database.
+fn request_record(req: &RestoreRequest, now: OffsetDateTime) -> JobRecord {
+    let mut rec = JobRecord::new(JobKind::RestoreRequest, &req.request_id, req.describe(), now);
+    rec.requested_by = req.requested_by.clone();
+    rec.server = Some(req.source.server.clone());
+    rec.database = req.source.database.clone();
+    rec
+}
+
+/// A new `queued` record for a task of a request: about the server and database of the backup
+/// it restores (or exports).
+pub(super) fn task_record(task: &RestoreTask, now: OffsetDateTime) -> JobRecord {
+    let mut t = JobRecord::new(JobKind::RestoreTask, &task.task_id, task.describe(), now);
+    t.parent = Some(task.request_id.clone());
+    t.requested_by = task.requested_by.clone();
+    (t.server, t.database) = crate::domain::layout::backup_owner(&task.backup);
+    t
 }

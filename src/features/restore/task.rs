@@ -75,17 +75,17 @@ pub(super) async fn execute_claimed(
     let mut rec = match jobrecords::get(store, JobKind::RestoreTask, &task.task_id).await {
         Ok(Some(r)) if r.status == Status::Succeeded => return Ok(TaskOutcome::AlreadyDone(Box::new(r))),
         Ok(Some(r)) => r,
-        Ok(None) => {
-            let mut r = JobRecord::new(JobKind::RestoreTask, &task.task_id, task.describe(), now);
-            r.parent = Some(task.request_id.clone());
-            r.requested_by = task.requested_by.clone();
-            r
-        }
+        Ok(None) => super::submit::task_record(task, now),
         Err(e) => {
             tracing::warn!(task = %task.task_id, error = %e, "cannot read the task's job record; running it");
-            JobRecord::new(JobKind::RestoreTask, &task.task_id, task.describe(), now)
+            super::submit::task_record(task, now)
         }
     };
+    if rec.server.is_none() {
+        // A record written before records named their server and database.
+        (rec.server, rec.database) = crate::domain::layout::backup_owner(&task.backup);
+    }
+    rec.trigger = Some(if interactive { "cli" } else { "queue" }.into());
     // An archived backup: start rehydration and come back later, within a bound.
     let rehydration_started = TaskDetail::of(&rec).rehydration_started_at;
     let waited = rehydration_started.map(|t| now - t);
@@ -116,7 +116,7 @@ pub(super) async fn execute_claimed(
         return Ok(TaskOutcome::RehydrationPending { blob: blobs.join(", "), recheck_secs: REHYDRATION_RECHECK_SECS });
     }
     rec.detail = TaskDetail::of_task(task).into();
-    let alerting = Alerting { kind: AlertKind::JobFailed, last_attempt, interactive };
+    let alerting = Alerting { interactive, ..Alerting::delivery(AlertKind::JobFailed, last_attempt) };
     let (outcome, _) = track(Monitor::of(ctx), rec, alerting, async {
         update_request(ctx, &task.request_id).await;
         tracing::info!(task = %task.task_id, what = %task.describe(), "restore task started");
@@ -167,6 +167,7 @@ pub use crate::domain::records::TaskDetail;
 pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
     let store = ctx.store.as_ref();
     let Ok(Some(mut req)) = jobrecords::get(store, JobKind::RestoreRequest, request_id).await else { return };
+    let ended_before = req.is_finished();
     let Some(plan) = RequestDetail::of(&req).plan else { return };
     let mut states = Vec::new();
     let mut bytes = 0;
@@ -201,6 +202,12 @@ pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
     });
     req.follow(OffsetDateTime::now_utc(), status, bytes, reason);
     jobrecords::put_logged(store, &req).await;
+    // The request ends with its last task: its one job event. (Two tasks ending at the same
+    // moment may both see it end; the event's job_id tells the copies apart from other jobs.)
+    if !ended_before && req.is_finished() {
+        let code = (req.status == Status::Failed).then_some(crate::monitor::event::code::TASKS_FAILED);
+        crate::monitor::event::JobEvent::of(&req, code).emit();
+    }
 }
 
 /// Run one task: export it, or restore (globals first when asked, then the database).
