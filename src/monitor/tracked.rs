@@ -122,8 +122,8 @@ pub async fn track_recorded<T>(
         records::put_logged(store, &rec).await;
     }
     let Run { result, detail, bytes } = run.await;
-    let outcome = result.as_ref().map(|_| ()).map_err(clone_error);
-    let recorded = finish(monitor, &mut rec, outcome, detail, bytes, alerting, succeeded_before).await;
+    let ended = Run { result: result.as_ref().map(|_| ()).map_err(clone_error), detail, bytes };
+    let recorded = finish(monitor, &mut rec, ended, alerting, succeeded_before).await;
     (result, rec, recorded)
 }
 
@@ -138,19 +138,19 @@ pub async fn conclude(
     bytes: Option<u64>,
     alerting: Alerting,
 ) -> bool {
-    finish(monitor, rec, outcome, detail, bytes, alerting, false).await
+    let ended = Run { result: outcome, detail: detail.into(), bytes };
+    finish(monitor, rec, ended, alerting, false).await
 }
 
 /// The end of every job: the record, the alert, and the job event (see [`event`]), once.
 async fn finish(
     monitor: Monitor<'_>,
     rec: &mut JobRecord,
-    outcome: std::result::Result<(), Error>,
-    detail: impl Into<Detail>,
-    bytes: Option<u64>,
+    ended: Run<()>,
     alerting: Alerting,
     succeeded_before: bool,
 ) -> bool {
+    let Run { result: outcome, detail, bytes } = ended;
     let now = OffsetDateTime::now_utc();
     let code = outcome.as_ref().err().map(event::failure_code);
     let alert = match &outcome {
