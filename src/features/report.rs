@@ -55,10 +55,15 @@ pub fn rpo_due_at(settings: &Settings, job: &BackupJob) -> Option<OffsetDateTime
 /// outcome.
 pub async fn run_backup(ctx: &Ctx, job: &BackupJob, last_attempt: bool) -> Result<Outcome> {
     let store = ctx.store.as_ref();
-    let rec = match jobrecords::get(store, JobKind::Backup, &job.job_id).await {
+    let mut rec = match jobrecords::get(store, JobKind::Backup, &job.job_id).await {
         Ok(Some(r)) => r,
         _ => backup_record(job, OffsetDateTime::now_utc()),
     };
+    if rec.server.is_none() {
+        // Queued by a pgvault that did not name them yet: the job event needs them.
+        rec.server = Some(job.server.clone());
+        rec.database = job.database.clone();
+    }
     let alerting = Alerting::delivery(AlertKind::JobFailed, last_attempt);
     let (result, rec, recorded) = track_recorded(Monitor::of(ctx), rec, alerting, async {
         match backup::run(ctx, job).await {
