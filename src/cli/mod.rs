@@ -201,8 +201,10 @@ pub fn init_logging(settings: Option<&Settings>, serving: bool) {
 /// - `azure_identity=warn` while the filter's level for everything is coarser than debug: the
 ///   identity crate says at INFO which managed identity it uses, on every command; that is
 ///   debugging detail, shown with `debug` (or by naming `azure_identity`);
-/// - `pgvault::job=info` when serving: the job event feeds the workbook and the log alerts, so a
-///   quieter filter (`warn`) does not silence it there.
+/// - the job event (`pgvault::job`): `info` when serving, where it feeds the workbook and the log
+///   alerts, so a quieter filter (`warn`) does not silence it; `warn` at the command line, where
+///   nothing collects it and the command prints its own outcome (shown at debug, or by naming
+///   the target).
 pub fn log_directives(filter: &str, serving: bool) -> String {
     let parts: Vec<&str> = filter.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
     let names = |target: &str| parts.iter().any(|p| p.split('=').next().is_some_and(|t| t.starts_with(target)));
@@ -218,8 +220,11 @@ pub fn log_directives(filter: &str, serving: bool) -> String {
     if !global_debug && !names("azure_identity") {
         add("azure_identity=warn");
     }
-    if serving && !names(crate::monitor::event::TARGET) {
-        add(&format!("{}=info", crate::monitor::event::TARGET));
+    let job = crate::monitor::event::TARGET;
+    if serving && !names(job) {
+        add(&format!("{job}=info"));
+    } else if !serving && !global_debug && !names(job) {
+        add(&format!("{job}=warn"));
     }
     out
 }
@@ -1015,15 +1020,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_identity_line_is_debug_and_the_job_event_on_when_serving() {
+    fn the_identity_line_and_the_cli_job_event_are_debug_and_serving_keeps_the_event() {
         assert_eq!(log_directives("info", true), "info,azure_identity=warn,pgvault::job=info");
         assert_eq!(log_directives("warn", true), "warn,azure_identity=warn,pgvault::job=info");
-        assert_eq!(log_directives("warn", false), "warn,azure_identity=warn");
+        assert_eq!(log_directives("warn", false), "warn,azure_identity=warn,pgvault::job=warn");
         // At debug everything shows; a filter that names a target keeps its choice.
         assert_eq!(log_directives("debug", false), "debug");
-        assert_eq!(log_directives("info,azure_identity=info", false), "info,azure_identity=info");
+        assert_eq!(log_directives("info,azure_identity=info", false), "info,azure_identity=info,pgvault::job=warn");
         assert_eq!(log_directives("pgvault::job=off, info", true), "pgvault::job=off,info,azure_identity=warn");
-        assert_eq!(log_directives("", false), "azure_identity=warn");
+        assert_eq!(log_directives("info,pgvault::job=info", false), "info,pgvault::job=info,azure_identity=warn");
+        assert_eq!(log_directives("", false), "azure_identity=warn,pgvault::job=warn");
         for f in ["info", "debug", "warn,pgvault=debug"] {
             assert!(tracing_subscriber::EnvFilter::try_new(log_directives(f, true)).is_ok(), "{f}");
         }
