@@ -2,7 +2,8 @@
 //! globals job per server, on `backup-jobs`. A server whose databases could not be listed, or
 //! that has databases (besides its maintenance database) of which none was enqueued, raises a
 //! `missed-schedule` alert: a timer is not retried, so that run's backups would be missed in
-//! silence.
+//! silence. Each server's part of the run is one `job finished` event (kind `scheduler`) with
+//! its databases and the database backups enqueued, which a log alert reads.
 
 use super::{AppState, Reply, parse_invocation};
 use crate::domain::jobs::{BACKUP_JOBS_QUEUE, Trigger};

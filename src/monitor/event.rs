@@ -7,9 +7,9 @@
 //! - One event per job that ended: a success, or a failure nothing will run again under the same
 //!   job id. A failed delivery the host delivers again emits nothing (its redelivery ends the
 //!   job); a delivery that finds its job already succeeded emits nothing either.
-//! - Records end in [`crate::monitor::tracked`] (and a restore request in
-//!   `features::restore::update_request`, from its tasks), which call [`JobEvent::of`] and
-//!   [`JobEvent::emit`]; the scheduler run builds its per-server events itself.
+//! - Records end in [`crate::monitor::tracked`] (`track`, `conclude`, and `follow` for a
+//!   restore request, which ends with its last task), which calls [`JobEvent::of`] and
+//!   [`JobEvent::emit`]; the scheduler run, which has no record, builds its per-server events.
 //! - [`FIELDS`] is the list of field names; the emitting code records exactly those (a test
 //!   checks it), and `tests/infra.rs` holds the workbook's and the alerts' queries to it.
 //! - No secret: the reason is the record's, which is redacted where it is made.
@@ -132,7 +132,11 @@ impl JobEvent {
             job_id: rec.id.clone(),
             kind: rec.kind.as_str().to_string(),
             status: rec.status.as_str().to_string(),
-            failure_code: (rec.status == Status::Failed).then(|| failure_code.unwrap_or(code::PERMANENT)),
+            failure_code: (rec.status == Status::Failed).then(|| match detail.restore_request() {
+                // A request its plan refused: it can never run as posted.
+                Some(r) if r.rejected => code::REJECTED,
+                _ => failure_code.unwrap_or(code::PERMANENT),
+            }),
             reason: rec.reason.as_deref().map(cut),
             duration_seconds: duration,
             data_transferred_mb: rec.bytes.map(mib),
@@ -208,6 +212,7 @@ fn cut(reason: &str) -> String {
 
 /// Test help: the `job finished` events emitted while a closure runs, each as its fields
 /// (name → value as text), captured by a tracing subscriber of this thread only.
+#[doc(hidden)]
 pub mod capture {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
@@ -348,6 +353,11 @@ mod tests {
         ret.succeed(T0, RetentionDetail { executed, ..Default::default() }, None);
         let e = JobEvent::of(&ret, None);
         assert_eq!((e.removed, e.kept), (Some(2), Some(5)));
+        // A request its plan refused is rejected, whatever the error's kind.
+        let mut req = JobRecord::new(JobKind::RestoreRequest, "q", "restore", T0);
+        let refused = crate::domain::records::RequestDetail { rejected: true, ..Default::default() };
+        req.fail(T0, "no backup before the time", false, refused, None);
+        assert_eq!(JobEvent::of(&req, Some(code::PERMANENT)).failure_code, Some(code::REJECTED));
     }
 
     #[test]

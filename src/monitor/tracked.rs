@@ -179,6 +179,19 @@ async fn finish(
     recorded
 }
 
+/// A request follows its tasks ([`JobRecord::follow`]) and its record is written (best effort);
+/// when this ends it, its one job event. (Two tasks ending at the same moment may both see it
+/// end: the event's `job_id` tells such copies apart.)
+pub async fn follow(store: &dyn BlobStore, req: &mut JobRecord, status: Status, bytes: u64, reason: Option<String>) {
+    let ended_before = req.is_finished();
+    req.follow(OffsetDateTime::now_utc(), status, bytes, reason);
+    records::put_logged(store, req).await;
+    if !ended_before && req.is_finished() {
+        let code = (req.status == Status::Failed).then_some(event::code::TASKS_FAILED);
+        event::JobEvent::of(req, code).emit();
+    }
+}
+
 /// Record a queue message that can never be run (it does not parse as its kind of job) as a
 /// failed job, and alert once. The record is named after the message (or, without an id, a
 /// fresh one, so rejected messages never overwrite each other's record).
@@ -316,18 +329,30 @@ mod tests {
         .await;
         // A rejected message.
         reject(monitor, JobKind::Backup, "m-1", "not a job", &Error::permanent("not json")).await;
+        // A request ends with its last task, once, however often it is brought up to date.
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::seams::store::local::LocalStore::new(dir.path());
+        let mut req = record(JobKind::RestoreRequest, "req-1");
+        follow(&store, &mut req, Status::Running, 0, None).await;
+        follow(&store, &mut req, Status::Failed, 5, Some("task req-1-1: boom".into())).await;
+        follow(&store, &mut req, Status::Failed, 5, Some("task req-1-1: boom".into())).await;
+        assert_eq!(
+            records::get(&store, JobKind::RestoreRequest, "req-1").await.unwrap().unwrap().status,
+            Status::Failed
+        );
         drop(guard);
         let all = events.all();
         let codes: Vec<(&str, &str, &str)> = all[1..]
             .iter()
-            .map(|e| (e["job_id"].as_str(), e["failure_code"].as_str(), e["will_retry"].as_str()))
+            .map(|e| (e["job_id"].as_str(), e["failure_code"].as_str(), e.get("will_retry").map_or("", String::as_str)))
             .collect();
         assert_eq!(
             codes,
             [
                 ("t1", code::TRANSIENT, "false"),
                 ("sas-1", code::TRANSIENT, "true"),
-                ("rejected-m-1", code::REJECTED, "false")
+                ("rejected-m-1", code::REJECTED, "false"),
+                ("req-1", code::TASKS_FAILED, "")
             ]
         );
     }

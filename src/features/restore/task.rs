@@ -167,7 +167,6 @@ pub use crate::domain::records::TaskDetail;
 pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
     let store = ctx.store.as_ref();
     let Ok(Some(mut req)) = jobrecords::get(store, JobKind::RestoreRequest, request_id).await else { return };
-    let ended_before = req.is_finished();
     let Some(plan) = RequestDetail::of(&req).plan else { return };
     let mut states = Vec::new();
     let mut bytes = 0;
@@ -200,14 +199,7 @@ pub(super) async fn update_request(ctx: &Ctx, request_id: &str) {
             .collect();
         failed.join("; ")
     });
-    req.follow(OffsetDateTime::now_utc(), status, bytes, reason);
-    jobrecords::put_logged(store, &req).await;
-    // The request ends with its last task: its one job event. (Two tasks ending at the same
-    // moment may both see it end; the event's job_id tells the copies apart from other jobs.)
-    if !ended_before && req.is_finished() {
-        let code = (req.status == Status::Failed).then_some(crate::monitor::event::code::TASKS_FAILED);
-        crate::monitor::event::JobEvent::of(&req, code).emit();
-    }
+    crate::monitor::tracked::follow(store, &mut req, status, bytes, reason).await;
 }
 
 /// Run one task: export it, or restore (globals first when asked, then the database).
