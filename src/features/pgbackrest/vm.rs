@@ -115,14 +115,29 @@ pub async fn sync(secrets: &dyn CloudSecrets, req: &SyncRequest, now: OffsetDate
         let (ok, out) = req.pgbackrest.run(&[format!("--stanza={stanza}"), "check".into()]).await?;
         if !ok {
             return Err(Error::permanent(format!(
-                "pgbackrest check of stanza {stanza:?} failed after the sync: {}",
-                out.trim().lines().last().unwrap_or("")
+                "pgbackrest check of stanza {stanza:?} failed after the sync; pgBackRest said:\n{}",
+                quote_output(&out)
             ))
-            .with_hint("the include file holds the newest token; see pgBackRest's output above"));
+            .with_hint("the include file holds the newest token: fix what pgBackRest reports above, then run sync --check again"));
         }
         lines.push(format!("check: stanza {stanza:?} ok"));
     }
     Ok(lines)
+}
+
+/// pgBackRest's own output for an error message: its last 20 non-blank lines, each indented
+/// with `  | ` (already redacted by [`PgBackRest::run`]).
+pub fn quote_output(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return "  | (no output)".into();
+    }
+    let skip = lines.len().saturating_sub(20);
+    let mut quoted: Vec<String> = lines[skip..].iter().map(|l| format!("  | {l}")).collect();
+    if skip > 0 {
+        quoted.insert(0, format!("  | ({skip} earlier lines left out)"));
+    }
+    quoted.join("\n")
 }
 
 /// `doctor`: what is in effect on this VM. Returns (report lines, healthy).
