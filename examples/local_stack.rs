@@ -5,9 +5,9 @@
 //! - the App Service managed-identity endpoint (`IDENTITY_ENDPOINT` / `IDENTITY_HEADER`),
 //! - the Key Vault test server with an RSA key `pgvault-backup`, named in
 //!   `PGVAULT_ENCRYPTION_KEY`, so backups are encrypted as in production (unset it for plain
-//!   backups; `DEMO_ENCRYPTION_KEY` keeps the value), and the secret `pg-local`: the server's
-//!   login as a connection string, which the inventory names (Key Vault credentials, as in
-//!   production),
+//!   backups; `DEMO_ENCRYPTION_KEY` keeps the value), and, with `--auth scram|password`, the
+//!   secret `pg-local`: the server's login as a connection string, which the inventory names
+//!   (Key Vault credentials, as in production),
 //! - the ARM test server (the VMs' managed Run Command), with one VM registered, so pgBackRest
 //!   SAS push delivery runs for real,
 //! - a PostgreSQL 15 cluster (run as OS user `postgres` when started as root), with trust auth
@@ -304,17 +304,20 @@ async fn run(args: Args) -> Result<(), String> {
     let cluster = tokio::task::spawn_blocking(move || Cluster::start_with(options))
         .await
         .map_err(|e| format!("start PostgreSQL: {e}"))?;
-    // The login as Azure Backup keeps it: a connection string in a Key Vault secret.
-    let login = match &cluster.password {
-        Some(pw) => format!(
-            "postgresql://{}:{pw}@{}:{}/postgres?sslmode=disable",
-            cluster.superuser, cluster.host, cluster.port
-        ),
-        None => {
-            format!("postgresql://{}@{}:{}/postgres?sslmode=disable", cluster.superuser, cluster.host, cluster.port)
+    // With a password, the login is kept as Azure Backup keeps it: a connection string in a Key
+    // Vault secret, which the inventory names. (A Key Vault login must hold a password, so
+    // trust auth keeps `credentials: none`.)
+    let credentials = match &cluster.password {
+        Some(pw) => {
+            let login = format!(
+                "postgresql://{}:{pw}@{}:{}/postgres?sslmode=disable",
+                cluster.superuser, cluster.host, cluster.port
+            );
+            vault.set_secret(LOGIN_SECRET, &login);
+            serde_json::json!({"key_vault": {"vault": vault.url, "secret": LOGIN_SECRET}})
         }
+        None => serde_json::json!("none"),
     };
-    vault.set_secret(LOGIN_SECRET, &login);
     eprintln!(
         "local_stack: Azurite blob {} queue {}; identity {}; Key Vault {}; ARM {}; PostgreSQL {} on {}:{} ({} auth)",
         azurite.blob_endpoint,
@@ -361,7 +364,7 @@ async fn run(args: Args) -> Result<(), String> {
         // The demo cluster has no TLS; production uses verify-full.
         "tls": "disable",
         "exclude": ["postgres"],
-        "credentials": {"key_vault": {"vault": vault.url, "secret": LOGIN_SECRET}},
+        "credentials": credentials,
     }]);
     let mut vars: Vec<(String, String)> = vec![
         ("PGVAULT_STORAGE".into(), "azure".into()),
