@@ -88,8 +88,9 @@ impl Runtime {
         })
     }
 
-    /// Create the backup container (Azure) and the job queues, if missing. Idempotent. In
-    /// production Bicep creates them; this serves local stacks and first runs.
+    /// Create the backup container (Azure), the job queues and each pgBackRest target's
+    /// container, if missing. Idempotent. In production Bicep creates the first two; this serves
+    /// local stacks and first runs.
     pub async fn init(&self) -> Result<Vec<String>> {
         let mut done = Vec::new();
         if let Some(store) = &self.azure_store {
@@ -102,6 +103,26 @@ impl Runtime {
                     q.ensure(&n).await?;
                     done.push(format!("queue {n}"));
                 }
+            }
+        }
+        // pgBackRest's repositories: `stanza-create` does not create the container, and a VM's
+        // SAS cannot (it is container-scoped), so the function's identity does it here.
+        let settings = &self.ctx.settings;
+        if !settings.pgbackrest_targets.is_empty() {
+            let (credential, options) = azure_parts(settings, &sdk_retries(settings))?;
+            for t in &settings.pgbackrest_targets {
+                let what = || format!("pgBackRest target {:?}", t.name);
+                let store =
+                    azure::AzureBlobStore::new(&t.blob_endpoint, &t.container, credential.clone(), options.clone())
+                        .await
+                        .map_err(|e| e.context(what()))?;
+                store.ensure_container().await.map_err(|e| {
+                    e.context(what()).with_hint(
+                        "pgvault's identity needs Storage Blob Data Contributor on that account to create the \
+                         container; or create it yourself and run init again",
+                    )
+                })?;
+                done.push(format!("pgBackRest container {}/{} (target {})", t.blob_endpoint, t.container, t.name));
             }
         }
         Ok(done)
@@ -143,11 +164,11 @@ pub async fn rotate_pgbackrest(
 ) -> Result<crate::features::pgbackrest::RotatorRun> {
     let targets = crate::features::pgbackrest::pick(settings, target)?;
     let (credential, options) = azure_parts(settings, &sdk_retries(settings))?;
-    let keys = azure::pgbackrest::AzureDelegationKeys::new(credential.clone(), options.clone());
+    let signer = azure::pgbackrest::AzureSasSigner::new(credential.clone(), options.clone());
     let vault = azure::pgbackrest::AzureTokenVault::new(credential.clone(), options.clone());
     let arm = azure::arm::ArmRunCommands::new(&settings.arm_endpoint, credential.clone(), &options)?;
     let r = crate::features::pgbackrest::Rotator {
-        keys: &keys,
+        signer: &signer,
         vault: &vault,
         run_commands: Some(&arm as &dyn crate::features::pgbackrest::run_command::RunCommands),
         monitor,

@@ -196,6 +196,7 @@ const SDK_CRATES: &[&str] = &[
     "azure_security_keyvault_secrets",
     "azure_security_keyvault_keys",
     "azure_storage_sas",
+    "azure_storage_common",
 ];
 /// Crates of the edges (HTTP server and command line): never below the handlers and the CLI.
 const EDGE_CRATES: &[&str] = &["axum", "clap"];

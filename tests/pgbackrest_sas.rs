@@ -9,13 +9,13 @@ mod support;
 
 use app::Stack;
 use pgvault::azure::arm::ArmRunCommands;
-use pgvault::azure::pgbackrest::{AzureDelegationKeys, AzureTokenVault};
+use pgvault::azure::pgbackrest::{AzureSasSigner, AzureTokenVault};
 use pgvault::azure::{RetrySettings, client_options};
 use pgvault::domain::pgbackrest_target::{Policy, parse_targets};
 use pgvault::domain::secret::Secret;
 use pgvault::features::pgbackrest::plan::{self, Action, TokenState};
 use pgvault::features::pgbackrest::run_command::RunCommands;
-use pgvault::features::pgbackrest::{DelegationKeys, TokenVault, include, token};
+use pgvault::features::pgbackrest::{SasSigner, TokenVault, include, token};
 use serde_json::{Value, json};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -203,23 +203,24 @@ async fn rotate_sync_backup_expire_and_recover() {
     let push_dir = tempfile::tempdir().unwrap();
     let push_file = push_dir.path().join("pgvault-sas.conf");
     let options = client_options(Some(stack.ca.ca_pem_path()), &RetrySettings::fast()).unwrap();
-    let repo = pgvault::azure::AzureBlobStore::new(
-        &stack.azurite.blob_endpoint,
-        CONTAINER,
-        test_credential(),
-        options.clone(),
-    )
-    .await
-    .unwrap();
-    repo.ensure_container().await.unwrap();
-    stack.set(
-        "PGVAULT_PGBACKREST_TARGETS",
-        &targets(&stack, &kv, &pgbr, &push_file, &format!("{}/devstoreaccount1", arm.url)),
-    );
+    let all_targets = targets(&stack, &kv, &pgbr, &push_file, &format!("{}/devstoreaccount1", arm.url));
+    let mut outputs = String::new();
+
+    // `pgvault init` creates a target's container (stanza-create below needs it; a
+    // container-scoped SAS could not create it); one it cannot reach fails init, named.
+    let pg1_only = json!([serde_json::from_str::<Value>(&all_targets).unwrap()[0]]).to_string();
+    stack.set("PGVAULT_PGBACKREST_TARGETS", &pg1_only);
+    let out = cli(&stack, &mut outputs, &["init"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let line = format!("pgBackRest container {}/{CONTAINER} (target pg1)", stack.azurite.blob_endpoint);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&line), "{}", text(&out));
+    stack.set("PGVAULT_PGBACKREST_TARGETS", &all_targets);
+    let out = cli(&stack, &mut outputs, &["init"]);
+    assert!(!out.status.success(), "pg3's endpoint refuses: {}", text(&out));
+    assert!(text(&out).contains("pgBackRest target \"pg3\""), "{}", text(&out));
     stack.set("PGVAULT_ARM_ENDPOINT", &arm.url);
     let hook = support::webhook::Webhook::start().await;
     stack.set("PGVAULT_ALERT_WEBHOOK", &hook.url);
-    let mut outputs = String::new();
 
     // Rotate: pg1 and pg2 get tokens; pg3 cannot (its endpoint refuses), pg4 is auto.
     let out = cli(&stack, &mut outputs, &["pgbackrest-sas", "rotate"]);
@@ -258,6 +259,8 @@ async fn rotate_sync_backup_expire_and_recover() {
     let f = token::fields(sas.expose());
     assert!(f.contains_key("skoid") && f.contains_key("sktid"), "user delegation SAS: {:?}", f.keys());
     assert_eq!((f["sr"].as_str(), f["spr"].as_str(), f["sp"].as_str()), ("c", "https", "racwdl"));
+    // Signed by the official builder (azure_storage_sas), whose only service version this is.
+    assert_eq!(f["sv"], "2026-04-06", "{:?}", f.keys());
     let exp = stored.state.expires.unwrap();
     let nbf = stored.state.not_before.unwrap();
     let now = OffsetDateTime::now_utc();
@@ -280,7 +283,9 @@ async fn rotate_sync_backup_expire_and_recover() {
     if is_root() {
         assert_eq!(meta.gid(), ids("-g", "postgres"));
     }
-    let put = arm.requests().into_iter().find(|r| r.method == "PUT").expect("a PUT");
+    // (init's attempt to create pg3's container also reached this server: not a run command.)
+    let put =
+        arm.requests().into_iter().find(|r| r.method == "PUT" && r.path.contains("/runCommands/")).expect("a PUT");
     let body: Value = serde_json::from_str(&put.body).unwrap();
     assert!(body["properties"]["protectedParameters"].to_string().contains(pg2.expose()));
     assert!(!body["properties"]["parameters"].to_string().contains("sig="));
@@ -348,19 +353,38 @@ async fn rotate_sync_backup_expire_and_recover() {
     assert!(report.contains("repository repo1: answers"), "{report}");
     assert!(report.contains("auto: not possible") || report.contains("could switch to `auto`"), "{report}");
 
-    // An expired token: pgBackRest's check fails.
-    let keys = AzureDelegationKeys::new(test_credential(), options.clone());
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
-    let (account, key) =
-        keys.key(&stack.azurite.blob_endpoint, now - Duration::minutes(10), now + Duration::hours(1)).await.unwrap();
-    let expired = token::container_sas(
-        &account,
-        CONTAINER,
-        "racwdl",
-        &key,
-        now - Duration::minutes(10),
-        now - Duration::minutes(1),
+    // sync --check with a token pgBackRest cannot use (well formed, valid for hours, but a
+    // wrong signature): the sync installs it, pgBackRest's check fails, and pgvault shows
+    // pgBackRest's own error (Azurite's 403), not just a pointer to it.
+    let sync_check: Vec<String> =
+        sync.iter().cloned().chain(["--check".into(), "--stanza".into(), STANZA.into()]).collect();
+    let sync_check: Vec<&str> = sync_check.iter().map(String::as_str).collect();
+    kv.set_secret("pgbackrest-sas-pg1", &fake_sas(OffsetDateTime::now_utc() + Duration::hours(6), "bad"));
+    let out = cli(&stack, &mut outputs, &sync_check);
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = strip_ansi(&text(&out));
+    assert!(said.contains("pgbackrest check of stanza \"main\" failed after the sync; pgBackRest said:"), "{said}");
+    assert!(
+        said.contains("  | ") && said.contains("ERROR: [") && said.contains("403"),
+        "pgBackRest's own error: {said}"
     );
+    assert!(said.contains("HINT: the include file holds the newest token"), "{said}");
+    assert!(!said.contains("bad+sig") && !said.contains("bad%2Bsig"), "no token in the error: {said}");
+
+    // An expired token: pgBackRest's check fails.
+    let signer = AzureSasSigner::new(test_credential(), options.clone());
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let expired = signer
+        .container_sas(
+            &stack.azurite.blob_endpoint,
+            CONTAINER,
+            "racwdl",
+            now - Duration::minutes(10),
+            now - Duration::minutes(1),
+        )
+        .await
+        .unwrap()
+        .token;
     kv.set_secret("pgbackrest-sas-pg1", expired.expose());
     kv.set_expires("pgbackrest-sas-pg1", Some(now - Duration::minutes(1)));
     std::fs::write(&pgbr.include_file, include::render(1, &expired).expose()).unwrap();
@@ -383,9 +407,6 @@ async fn rotate_sync_backup_expire_and_recover() {
     assert_eq!(pg1["action"], "rotate");
     assert!(pg1["reason"].as_str().unwrap().contains("expired"), "{pg1}");
     assert_eq!(pg1["old_expiry"], plan::rfc3339(now - Duration::minutes(1)));
-    let mut sync_check = sync.clone();
-    sync_check.extend(["--check".into(), "--stanza".into(), STANZA.into()]);
-    let sync_check: Vec<&str> = sync_check.iter().map(String::as_str).collect();
     let out = cli(&stack, &mut outputs, &sync_check);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("check: stanza \"main\" ok"), "{}", text(&out));
@@ -659,5 +680,5 @@ async fn push_through_run_command_and_its_failures() {
     let e = pgvault::features::pgbackrest::push(&wrong, &target("sync-vm", group), &sas).await.unwrap_err();
     assert!(e.to_string().contains("http 401"), "{e}");
     let _: &dyn RunCommands = &rc;
-    let _: Option<&dyn DelegationKeys> = None;
+    let _: Option<&dyn SasSigner> = None;
 }

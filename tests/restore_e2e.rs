@@ -613,6 +613,7 @@ async fn as_files_urls_work_with_plain_curl_and_pg_restore_until_they_expire() {
         url::Url::parse(&url).unwrap().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     assert_eq!(query.get("sp").map(String::as_str), Some("r"), "read-only: {query:?}");
     assert_eq!(query.get("spr").map(String::as_str), Some("https"));
+    assert_eq!(query.get("sv").map(String::as_str), Some("2026-04-06"), "signed by azure_storage_sas: {query:?}");
     assert!(query.contains_key("skoid") && query.contains_key("sig"), "a user-delegation SAS: {query:?}");
     let sig = query["sig"].clone();
     assert!(!served.output().contains(&sig), "the signature is never logged");

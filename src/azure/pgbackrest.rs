@@ -2,68 +2,71 @@
 //! the token secrets (Key Vault, read and write) with the function's managed identity.
 
 use super::keyvault::{is_loopback, vault_error};
-use super::{Service, sdk_error};
+use super::sas::SasKeys;
 use crate::domain::error::{Error, Result};
-use crate::domain::sas::DelegationKey;
 use crate::domain::secret::{Secret, redact};
 use crate::features::pgbackrest::plan::TokenState;
-use crate::features::pgbackrest::{DelegationKeys, NewToken, StoredToken, TokenVault};
+use crate::features::pgbackrest::{NewToken, SasSigner, SignedSas, StoredToken, TokenVault};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
-use azure_core::http::{ClientOptions, RequestContent, Url};
+use azure_core::http::{ClientOptions, RequestContent};
 use azure_security_keyvault_secrets::models::{SecretAttributes, SetSecretParameters};
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
-use azure_storage_blob::{BlobServiceClient, BlobServiceClientOptions};
+use azure_storage_sas::SasProtocol;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
-/// Get User Delegation Key with the token credential.
-pub struct AzureDelegationKeys {
+/// Signs pgBackRest's container SAS: Get User Delegation Key with the token credential, then
+/// the official `azure_storage_sas` builder.
+pub struct AzureSasSigner {
     credential: Arc<dyn TokenCredential>,
     options: ClientOptions,
 }
 
-impl AzureDelegationKeys {
+impl AzureSasSigner {
     pub fn new(credential: Arc<dyn TokenCredential>, options: ClientOptions) -> Self {
         Self { credential, options }
     }
 }
 
-/// The account of a blob endpoint: the first path segment for the emulator's path-style URLs,
-/// else the first label of the host name.
-pub fn account_name(endpoint: &Url) -> Option<String> {
-    if let Some(seg) = endpoint.path_segments().and_then(|mut s| s.next()).filter(|s| !s.is_empty()) {
-        return Some(seg.to_string());
-    }
-    match endpoint.host()? {
-        url::Host::Domain(d) => d.split('.').next().filter(|s| !s.is_empty()).map(str::to_string),
-        _ => None,
-    }
-}
-
 #[async_trait]
-impl DelegationKeys for AzureDelegationKeys {
-    async fn key(
+impl SasSigner for AzureSasSigner {
+    async fn container_sas(
         &self,
         blob_endpoint: &str,
+        container: &str,
+        permissions: &str,
         start: OffsetDateTime,
         expiry: OffsetDateTime,
-    ) -> Result<(String, DelegationKey)> {
-        let shown = redact(blob_endpoint);
-        let endpoint = Url::parse(blob_endpoint.trim_end_matches('/'))
-            .map_err(|e| Error::permanent(format!("blob endpoint {shown:?} is not a url: {e}")))?;
-        let account = account_name(&endpoint)
-            .ok_or_else(|| Error::permanent(format!("blob endpoint {shown:?} names no storage account")))?;
-        let service = BlobServiceClient::new(
-            endpoint,
-            Some(self.credential.clone()),
-            Some(BlobServiceClientOptions { client_options: self.options.clone(), ..Default::default() }),
-        )
-        .map_err(|e| sdk_error(Service::Blob, format!("open blob service {shown}"), e))?;
-        let what = format!("get a user delegation key from {shown}");
+    ) -> Result<SignedSas> {
+        let keys = SasKeys::new(blob_endpoint, self.credential.clone(), self.options.clone())?;
+        let what = format!("get a user delegation key from {}", redact(blob_endpoint));
         let hint = "the function's identity needs Storage Blob Delegator on the account (or a data role that \
                     includes it) and, for the token to work, a data role on the container";
-        Ok((account, super::sas::user_delegation_key(&service, start, expiry, &what, hint).await?))
+        let key = keys.key(start, expiry, &what, hint).await?;
+        let mut b = keys.builder(&key, expiry, &what)?.container(container);
+        for letter in permissions.chars() {
+            b = match letter {
+                'r' => b.read(),
+                'a' => b.add(),
+                'c' => b.create(),
+                'w' => b.write(),
+                'd' => b.delete(),
+                'l' => b.list(),
+                other => {
+                    return Err(Error::permanent(format!(
+                        "container SAS for {container:?}: permission {other:?} is not one of racwdl"
+                    )));
+                }
+            };
+        }
+        let token = Secret::new(b.start(start).protocol(SasProtocol::Https).build());
+        let missing = |name: &str| Error::permanent(format!("{what}: the user delegation key has no {name}"));
+        Ok(SignedSas {
+            token,
+            key_version: key.signed_version.clone().ok_or_else(|| missing("signed version"))?,
+            key_expiry: key.signed_expiry.ok_or_else(|| missing("signed expiry"))?,
+        })
     }
 }
 

@@ -12,7 +12,6 @@ pub mod pgbackrest_target;
 pub mod policy;
 pub mod records;
 pub mod restore;
-pub mod sas;
 pub mod schedule;
 pub mod secret;
 pub mod sql;

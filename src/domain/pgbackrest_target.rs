@@ -42,7 +42,8 @@ impl Delivery {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     name: String,
-    vm_resource_id: String,
+    #[serde(default)]
+    vm_resource_id: Option<String>,
     #[serde(default)]
     location: Option<String>,
     #[serde(default)]
@@ -141,8 +142,10 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Target {
     pub name: String,
-    /// `/subscriptions/<s>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachines/<vm>`.
-    pub vm_resource_id: String,
+    /// `/subscriptions/<s>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachines/<vm>`:
+    /// required for push delivery (the Run Command's parent), optional otherwise (pull and auto
+    /// VMs fetch or hold their own credentials; the id then only names the VM in reports).
+    pub vm_resource_id: Option<String>,
     /// The VM's Azure region (required for push: a run command is a tracked resource).
     pub location: Option<String>,
     pub delivery: Delivery,
@@ -237,13 +240,20 @@ pub fn parse_targets(json: &str) -> Result<Vec<Target>> {
         if !seen.insert(r.name.clone()) {
             return Err(Error::permanent(format!("pgBackRest target {:?} appears twice", r.name)));
         }
-        let vm = r.vm_resource_id.trim().trim_end_matches('/').to_string();
-        if !vm.starts_with("/subscriptions/")
-            || !vm.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/")
+        let vm = r.vm_resource_id.as_deref().map(|v| v.trim().trim_end_matches('/').to_string());
+        if let Some(vm) = &vm
+            && (!vm.starts_with("/subscriptions/")
+                || !vm.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/"))
         {
             return Err(ctx(Error::permanent(format!(
                 "vm_resource_id {vm:?} is not /subscriptions/../providers/Microsoft.Compute/virtualMachines/<vm>"
             ))));
+        }
+        if r.delivery == Delivery::Push && vm.is_none() {
+            return Err(ctx(Error::permanent(
+                "push delivery needs vm_resource_id: the VM whose Run Command writes the include file",
+            ))
+            .with_hint("pull and auto delivery do not need it; push does"));
         }
         if r.delivery == Delivery::Push && r.location.as_deref().is_none_or(str::is_empty) {
             return Err(ctx(Error::permanent("push delivery needs the VM's location (its Azure region)")));
@@ -326,6 +336,26 @@ mod tests {
         assert_eq!(t.mode, 0o640);
         assert_eq!((t.owner.as_str(), t.group.as_str()), ("root", "postgres"));
         assert_eq!(t.blob_endpoint, "https://a.blob.core.windows.net");
+        // vm_resource_id: optional for pull and auto, required (and checked) for push.
+        for (delivery, vm, ok) in [
+            ("pull", None, true),
+            ("auto", None, true),
+            ("push", None, false),
+            ("push", Some(VM), true),
+            ("pull", Some("/subscriptions/s/vm1"), false),
+        ] {
+            let vm = vm.map(|v| format!(r#""vm_resource_id":"{v}","#)).unwrap_or_default();
+            let json = format!(
+                r#"[{{"name":"pg1",{vm}"delivery":"{delivery}","location":"westeurope","blob_endpoint":"https://a.blob.core.windows.net","container":"c","vault":"my-vault"}}]"#
+            );
+            match parse_targets(&json) {
+                Ok(t) => assert!(ok, "{json}: accepted as {:?}", t[0].vm_resource_id),
+                Err(e) => {
+                    assert!(!ok, "{json}: {e}");
+                    assert!(e.to_string().contains("vm_resource_id") && e.to_string().contains("pg1"), "{e}");
+                }
+            }
+        }
         for (extra, why) in [
             (r#","lifetime":"8d""#, "outside"),
             (r#","lifetime":"2h","renew_before":"3h""#, "less than the lifetime"),

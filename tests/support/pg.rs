@@ -305,6 +305,15 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// A new directory `name` in [`Self::base_dir`], owned by the cluster's OS user (for tools
+    /// that run as that user, such as pgBackRest's lock, log and spool paths). Removed on drop.
+    pub fn owned_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        chown_to_cluster_user(&dir);
+        dir
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()

@@ -6,7 +6,7 @@
 //! - [`include`]: the include file on the VM and its atomic replacement.
 //! - [`vm`]: what runs on the VM: `sync` (pull delivery) and `doctor`.
 //! - [`freshness`]: newest full/diff/incr per stanza from `backup.info`.
-//! - this module: the rotator ([`rotate_all`]) over three seams: [`DelegationKeys`],
+//! - this module: the rotator ([`rotate_all`]) over three seams: [`SasSigner`],
 //!   [`TokenVault`] and, for push delivery, [`crate::azure::arm::RunCommands`].
 //!
 //! Data flow: function identity → user delegation key → signed SAS → Key Vault secret (one per
@@ -23,7 +23,6 @@ pub mod token;
 pub mod vm;
 
 use crate::domain::error::Result;
-use crate::domain::sas::DelegationKey;
 use crate::domain::secret::Secret;
 use crate::monitor::records::{DeliveryResult, JobKind, JobRecord, RotationAction, RotationDetail};
 use crate::monitor::tracked::{Alerting, Monitor, conclude};
@@ -38,16 +37,33 @@ use time::OffsetDateTime;
 /// The content type of a token secret.
 pub const CONTENT_TYPE: &str = "application/vnd.pgvault.pgbackrest-sas";
 
-/// User delegation keys from a storage account.
+/// A container SAS, freshly signed, and what the user delegation key that signed it says.
+#[derive(Debug, Clone)]
+pub struct SignedSas {
+    /// The query string (no leading `?`).
+    pub token: Secret,
+    /// The key's `signedVersion` (`skv`).
+    pub key_version: String,
+    /// The key's `signedExpiry` (`ske`): the token dies with it at the latest.
+    pub key_expiry: OffsetDateTime,
+}
+
+/// Signs the tokens: a user delegation key from the storage account (with the function's
+/// identity, so a token grants at most what that identity may do, and dies with the key), and
+/// the container SAS signed with it.
 #[async_trait]
-pub trait DelegationKeys: Send + Sync {
-    /// A key valid from `start` to `expiry`, and the account's name.
-    async fn key(
+pub trait SasSigner: Send + Sync {
+    /// An HTTPS-only, container-scoped (`sr=c`) user-delegation SAS for `container` of the
+    /// account behind `blob_endpoint`, with `permissions` (letters of `racwdl`, in that order),
+    /// valid from `start` to `expiry`, signed with a key valid over exactly that span.
+    async fn container_sas(
         &self,
         blob_endpoint: &str,
+        container: &str,
+        permissions: &str,
         start: OffsetDateTime,
         expiry: OffsetDateTime,
-    ) -> Result<(String, DelegationKey)>;
+    ) -> Result<SignedSas>;
 }
 
 /// The newest version of a token secret.
@@ -80,7 +96,7 @@ pub trait TokenVault: Send + Sync {
 
 /// The seams the rotator uses.
 pub struct Rotator<'a> {
-    pub keys: &'a dyn DelegationKeys,
+    pub signer: &'a dyn SasSigner,
     pub vault: &'a dyn TokenVault,
     pub run_commands: Option<&'a dyn RunCommands>,
     /// Where job records (the backup store, if any) and alerts go.
@@ -225,24 +241,30 @@ async fn mint(
     start: OffsetDateTime,
     expiry: OffsetDateTime,
 ) -> Result<(Secret, String, String)> {
-    let (account, key) = r.keys.key(&t.blob_endpoint, start, expiry).await?;
-    let sas = token::container_sas(&account, &t.container, &t.permissions, &key, start, expiry);
+    let signed = r.signer.container_sas(&t.blob_endpoint, &t.container, &t.permissions, start, expiry).await?;
+    let sas = signed.token;
     let mut tags = HashMap::new();
     tags.insert("pgvault".into(), "pgbackrest-sas".into());
     tags.insert("target".into(), t.name.clone());
     tags.insert("expiry".into(), rfc3339(expiry));
-    tags.insert("key-version".into(), key.version.clone());
-    tags.insert("key-expiry".into(), key.expiry.clone());
+    tags.insert("key-version".into(), signed.key_version.clone());
+    tags.insert("key-expiry".into(), token::sas_time(signed.key_expiry));
     tags.insert("repo".into(), t.repo.to_string());
     let new = NewToken { value: sas.clone(), start, expiry, content_type: CONTENT_TYPE.into(), tags };
     let version = r.vault.store(&t.vault, &t.secret, &new).await?;
-    Ok((sas, version, key.version))
+    Ok((sas, version, signed.key_version))
 }
 
 /// Write the include file on the VM through its managed Run Command.
 pub async fn push(rc: &dyn RunCommands, t: &Target, sas: &Secret) -> Result<String> {
+    let vm_resource_id = t.vm_resource_id.clone().ok_or_else(|| {
+        crate::domain::error::Error::permanent(format!(
+            "pgBackRest target {:?}: push delivery needs vm_resource_id",
+            t.name
+        ))
+    })?;
     let req = RunCommandRequest {
-        vm_resource_id: t.vm_resource_id.clone(),
+        vm_resource_id,
         location: t.location.clone().unwrap_or_default(),
         name: "pgvault-pgbackrest-sas".into(),
         script: PUSH_SCRIPT.into(),

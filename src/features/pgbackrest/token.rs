@@ -1,36 +1,17 @@
 //! The token pgBackRest gets: a container-scoped (`sr=c`), HTTPS-only user-delegation SAS.
 //!
-//! It is signed with a user delegation key obtained with the function's managed identity, so it
-//! grants at most what that identity may do, dies with the key, and needs no account key. The
-//! signature follows service version [`SAS_VERSION`](crate::azure::sas::SAS_VERSION) (2025-07-05), which Azure and Azurite both
-//! validate; see `crate::azure::sas` for why the SDK's own builder is not used. That module's
-//! [`DelegationKey`] is reused as is.
+//! It is signed (by the [`SasSigner`](super::SasSigner) seam, on Azure with the official
+//! `azure_storage_sas` builder) with a user delegation key obtained with the function's managed
+//! identity, so it grants at most what that identity may do, dies with the key, and needs no
+//! account key. This module only reads tokens: their fields, expiry and shape.
 
-use crate::domain::sas::{DelegationKey, sign_user_delegation_sas};
-use crate::domain::secret::Secret;
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
-pub use crate::domain::sas::sas_time;
-
-/// Sign a container SAS for `account`/`container` with `permissions` (letters of `racwdl`),
-/// valid from `start` to `expiry`, HTTPS only. Returns the query string (no leading `?`).
-pub fn container_sas(
-    account: &str,
-    container: &str,
-    permissions: &str,
-    key: &DelegationKey,
-    start: OffsetDateTime,
-    expiry: OffsetDateTime,
-) -> Secret {
-    Secret::new(sign_user_delegation_sas(
-        key,
-        "c",
-        &format!("/blob/{account}/{container}"),
-        permissions,
-        Some(&sas_time(start)),
-        &sas_time(expiry),
-    ))
+/// `2026-11-21T02:00:00Z`: how SAS fields (`st`, `se`, `skt`, `ske`) write times.
+pub fn sas_time(t: OffsetDateTime) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    t.to_offset(time::UtcOffset::UTC).format(&fmt).expect("valid format")
 }
 
 /// The query fields of a SAS.
@@ -67,40 +48,20 @@ pub fn check_shape(sas: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine;
-    use hmac::{Hmac, Mac};
     use time::macros::datetime;
 
     #[test]
-    fn container_sas_signs_the_documented_layout() {
-        let key = DelegationKey {
-            oid: "oid".into(),
-            tid: "tid".into(),
-            start: "2026-11-21T00:00:00Z".into(),
-            expiry: "2026-11-22T00:00:00Z".into(),
-            service: "b".into(),
-            version: "2025-11-05".into(),
-            value: b"secret key".to_vec(),
-        };
-        let sas = container_sas(
-            "acct",
-            "pgbr",
-            "racwdl",
-            &key,
-            datetime!(2026-11-21 00:00 UTC),
-            datetime!(2026-11-21 12:00 UTC),
-        );
-        let f = fields(sas.expose());
+    fn reads_fields_expiry_and_shape() {
+        let sas = "sv=2026-04-06&sr=c&st=2026-11-21T00%3A00%3A00Z&se=2026-11-21T12%3A00%3A00Z&sp=racwdl&spr=https\
+                   &skoid=oid&sktid=tid&sig=abc%2B%3D";
+        let f = fields(sas);
         assert_eq!((f["sr"].as_str(), f["spr"].as_str(), f["sp"].as_str()), ("c", "https", "racwdl"));
-        assert_eq!(f["skoid"], "oid");
-        let sts = "racwdl\n2026-11-21T00:00:00Z\n2026-11-21T12:00:00Z\n/blob/acct/pgbr\noid\ntid\n\
-                   2026-11-21T00:00:00Z\n2026-11-22T00:00:00Z\nb\n2025-11-05\n\n\n\n\n\n\nhttps\n2025-07-05\nc\n\n\n\n\n\n\n";
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"secret key").unwrap();
-        mac.update(sts.as_bytes());
-        assert_eq!(f["sig"], base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
-        assert_eq!(expiry(sas.expose()), Some(datetime!(2026-11-21 12:00 UTC)));
-        assert!(check_shape(sas.expose()).is_ok());
-        assert!(check_shape("sv=1&sig=x&se=y&sp=r&sr=b&spr=https").is_err());
-        assert!(format!("{sas:?}").find(&f["sig"]).is_none());
+        assert_eq!(f["sig"], "abc+=");
+        assert_eq!(expiry(sas), Some(datetime!(2026-11-21 12:00 UTC)));
+        assert_eq!(sas_time(datetime!(2026-11-21 12:00 UTC)), "2026-11-21T12:00:00Z");
+        assert!(check_shape(sas).is_ok());
+        assert!(check_shape("sv=1&sig=x&se=y&sp=r&sr=b&spr=https&skoid=o").unwrap_err().contains("container-scoped"));
+        assert!(check_shape(&sas.replace("spr=https", "spr=https,http")).unwrap_err().contains("HTTPS-only"));
+        assert!(check_shape(&sas.replace("&skoid=oid", "")).unwrap_err().contains("skoid"));
     }
 }

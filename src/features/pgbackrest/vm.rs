@@ -115,14 +115,46 @@ pub async fn sync(secrets: &dyn CloudSecrets, req: &SyncRequest, now: OffsetDate
         let (ok, out) = req.pgbackrest.run(&[format!("--stanza={stanza}"), "check".into()]).await?;
         if !ok {
             return Err(Error::permanent(format!(
-                "pgbackrest check of stanza {stanza:?} failed after the sync: {}",
-                out.trim().lines().last().unwrap_or("")
+                "pgbackrest check of stanza {stanza:?} failed after the sync; pgBackRest said:\n{}",
+                quote_output(&out)
             ))
-            .with_hint("the include file holds the newest token; see pgBackRest's output above"));
+            .with_hint("the include file holds the newest token: fix what pgBackRest reports above, then run sync --check again"));
         }
         lines.push(format!("check: stanza {stanza:?} ok"));
     }
     Ok(lines)
+}
+
+/// pgBackRest's own output for an error message (already redacted by [`PgBackRest::run`]),
+/// each line indented with `  | `: from its first `ERROR:` line on (or all of it), without the
+/// HTTP header blocks of a failed request, at most 30 lines.
+pub fn quote_output(out: &str) -> String {
+    const MAX: usize = 30;
+    let all: Vec<&str> = out.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    let first_error = all.iter().position(|l| l.contains("ERROR:")).unwrap_or(0);
+    let mut lines = Vec::new();
+    let mut in_headers = false;
+    for l in &all[first_error..] {
+        let t = l.trim_start();
+        if t.starts_with("*** ") {
+            in_headers = t.contains("Headers");
+            if in_headers {
+                continue;
+            }
+        } else if in_headers {
+            continue;
+        }
+        lines.push(format!("  | {l}"));
+    }
+    if lines.is_empty() {
+        return "  | (no output)".into();
+    }
+    if lines.len() > MAX {
+        let more = lines.len() - MAX;
+        lines.truncate(MAX);
+        lines.push(format!("  | ({more} more lines left out)"));
+    }
+    lines.join("\n")
 }
 
 /// `doctor`: what is in effect on this VM. Returns (report lines, healthy).
@@ -186,4 +218,23 @@ pub async fn doctor(
         Err(_) => {}
     }
     (lines, healthy)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quote_output_starts_at_the_error_and_drops_header_blocks() {
+        let out = "P00   INFO: check command begin 2.45\nP00  ERROR: [039]: HTTP request failed with 403\n\
+                   *** Path/Query ***:\nGET /devstoreaccount1/pgbr?sig=<redacted>\n*** Request Headers ***:\n\
+                   authorization: <redacted>\n*** Response Headers ***:\nserver: Azurite\n\
+                   *** Response Content ***:\n<Code>AuthorizationFailure</Code>\nHINT: has a stanza-create been performed?\n";
+        let q = super::quote_output(out);
+        assert!(q.starts_with("  | P00  ERROR: [039]"), "{q}");
+        assert!(q.contains("AuthorizationFailure") && q.contains("HINT: has a stanza-create"), "{q}");
+        assert!(!q.contains("check command begin") && !q.contains("server: Azurite"), "{q}");
+        assert!(!q.contains("authorization:"), "{q}");
+        assert_eq!(super::quote_output(" \n"), "  | (no output)");
+        let long: String = (0..50).map(|i| format!("line {i}\n")).collect();
+        assert!(super::quote_output(&long).ends_with("  | (20 more lines left out)"));
+    }
 }
