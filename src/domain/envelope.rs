@@ -236,16 +236,23 @@ impl<W: std::io::Write> std::io::Write for EncryptWriter<W> {
 }
 
 /// The reader's side: fed the stored bytes in order (in pieces of any size), it hands on each
-/// chunk's plain bytes only after that chunk authenticated. Holds at most one chunk and one byte.
+/// chunk's plain bytes only after that chunk authenticated.
+///
+/// Memory: a chunk that lies whole inside the piece it was given in is opened straight from that
+/// piece into its plain buffer (the buffer that is handed on), so it costs nothing here. Only a
+/// chunk cut by a piece boundary (or one that ends exactly at the end of a piece, which may be
+/// the last chunk) is gathered in `carry`, allocated once: at most one stored chunk is held. The
+/// stored bytes are never overwritten, so a chunk that fails can be tried as the other kind
+/// (last or not) to say what happened, without a copy kept for the purpose.
 pub struct Opener {
     key: LessSafeKey,
     backup_id: String,
     expect_chunk_size: u32,
     header: Option<[u8; HEADER_LEN]>,
     index: u64,
-    /// Stored offset of the start of `buf`.
+    /// Stored offset of the next unopened chunk (the start of `carry` when it holds bytes).
     offset: u64,
-    buf: Vec<u8>,
+    carry: Vec<u8>,
     plain: u64,
 }
 
@@ -264,7 +271,7 @@ impl Opener {
             header: None,
             index: 0,
             offset: 0,
-            buf: Vec::new(),
+            carry: Vec::new(),
             plain: 0,
         }
     }
@@ -280,14 +287,28 @@ impl Opener {
 
     /// Feed stored bytes; `out` gets each authenticated chunk's plain bytes, in order.
     pub fn push(&mut self, mut data: &[u8], out: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
-        if self.header.is_none() {
-            let take = (HEADER_LEN - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() < HEADER_LEN {
-                return Ok(());
+        while !data.is_empty() {
+            let (used, plain) = self.next(data)?;
+            data = &data[used..];
+            if let Some(plain) = plain {
+                out(plain)?;
             }
-            let got: [u8; HEADER_LEN] = self.buf[..].try_into().expect("header length");
+        }
+        Ok(())
+    }
+
+    /// Feed stored bytes up to the next chunk that can be opened: returns how many bytes of
+    /// `data` were used, and that chunk's plain bytes if one was opened. At most one chunk per
+    /// call, so an async caller can hand each on (and wait) before it opens the next. Call again
+    /// with the rest until all of `data` is used.
+    pub fn next(&mut self, data: &[u8]) -> Result<(usize, Option<Vec<u8>>)> {
+        if self.header.is_none() {
+            let take = (HEADER_LEN - self.carry.len()).min(data.len());
+            self.carry.extend_from_slice(&data[..take]);
+            if self.carry.len() < HEADER_LEN {
+                return Ok((take, None));
+            }
+            let got: [u8; HEADER_LEN] = self.carry[..].try_into().expect("header length");
             if got != header(self.expect_chunk_size) {
                 return Err(self.refuse(format!(
                     "its header is {}, not the one of format {FORMAT_VERSION} with {} byte chunks that the manifest \
@@ -297,67 +318,79 @@ impl Opener {
                 )));
             }
             self.header = Some(got);
-            self.buf.clear();
+            self.carry = Vec::new();
             self.offset = HEADER_LEN as u64;
+            return Ok((take, None));
         }
         let full = self.chunk_len();
-        while !data.is_empty() {
-            // A chunk is opened as not-the-last only once a byte after it is seen.
-            let take = (full + 1 - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == full + 1 {
-                let next = self.buf.pop().expect("one byte past the chunk");
-                let plain = self.open(false)?;
-                self.buf.clear();
-                self.buf.push(next);
-                out(plain)?;
-            }
+        if data.is_empty() {
+            return Ok((0, None));
         }
-        Ok(())
+        // A chunk is opened as not-the-last only once a byte after it is seen.
+        if self.carry.is_empty() && data.len() > full {
+            let plain = self.open(&data[..full], false)?;
+            return Ok((full, Some(plain)));
+        }
+        if self.carry.len() == full {
+            // More bytes follow the gathered chunk: it is not the last.
+            let carry = std::mem::take(&mut self.carry);
+            let opened = self.open(&carry, false);
+            self.carry = carry;
+            self.carry.clear();
+            return Ok((0, Some(opened?)));
+        }
+        if self.carry.capacity() < full {
+            self.carry.reserve_exact(full - self.carry.len());
+        }
+        let take = (full - self.carry.len()).min(data.len());
+        self.carry.extend_from_slice(&data[..take]);
+        Ok((take, None))
     }
 
     /// The stream has ended: open the last chunk. Returns the plain size of the whole stream.
     pub fn finish(mut self, out: &mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<u64> {
         if self.header.is_none() {
-            return Err(self.refuse(format!("the stream ends after {} bytes, inside its header", self.buf.len())));
+            return Err(self.refuse(format!("the stream ends after {} bytes, inside its header", self.carry.len())));
         }
-        if self.buf.len() < TAG_LEN {
+        if self.carry.len() < TAG_LEN {
             return Err(self.refuse(format!(
                 "the stream ends {} bytes into chunk {} (stored bytes {}..), shorter than its tag: the final chunk \
                  is missing",
-                self.buf.len(),
+                self.carry.len(),
                 self.index,
                 self.offset
             )));
         }
-        let plain = self.open(true)?;
+        let carry = std::mem::take(&mut self.carry);
+        let plain = self.open(&carry, true)?;
         out(plain)?;
         Ok(self.plain)
     }
 
-    fn open(&mut self, last: bool) -> Result<Vec<u8>> {
+    /// Open one stored chunk (`sealed`: ciphertext and tag) into a new plain buffer, leaving
+    /// `sealed` as it is.
+    fn open(&mut self, sealed: &[u8], last: bool) -> Result<Vec<u8>> {
         let header = self.header.expect("header read");
         let index = self.index;
         let start = self.offset;
-        let len = self.buf.len();
-        let try_open = |buf: &[u8], last: bool| -> Option<Vec<u8>> {
-            let mut b = buf.to_vec();
+        let len = sealed.len();
+        let (cipher, tag) = sealed.split_at(len - TAG_LEN);
+        let try_open = |last: bool, into: &mut [u8]| -> bool {
             let aad = aad(&header, &self.backup_id, index, last);
-            let n =
-                self.key.open_in_place(Nonce::assume_unique_for_key(nonce(index)), Aad::from(aad), &mut b).ok()?.len();
-            b.truncate(n);
-            Some(b)
+            self.key
+                .open_separate_gather(Nonce::assume_unique_for_key(nonce(index)), Aad::from(aad), cipher, tag, into)
+                .is_ok()
         };
-        match try_open(&self.buf, last) {
-            Some(plain) => {
-                self.index += 1;
-                self.offset += len as u64;
-                self.plain += plain.len() as u64;
-                Ok(plain)
-            }
-            // Say what happened where the format can tell: a chunk sealed as the other kind.
-            None if try_open(&self.buf, !last).is_some() => Err(self.refuse(if last {
+        let mut plain = vec![0u8; cipher.len()];
+        if try_open(last, &mut plain) {
+            self.index += 1;
+            self.offset += len as u64;
+            self.plain += plain.len() as u64;
+            return Ok(plain);
+        }
+        // Say what happened where the format can tell: a chunk sealed as the other kind.
+        Err(if try_open(!last, &mut plain) {
+            self.refuse(if last {
                 format!(
                     "the stream ends after chunk {index} (stored bytes {start}..{}), which is not the final chunk: \
                      the final chunk is missing (the backup was truncated)",
@@ -369,14 +402,15 @@ impl Opener {
                      appended",
                     start + len as u64
                 )
-            })),
-            None => Err(self.refuse(format!(
+            })
+        } else {
+            self.refuse(format!(
                 "chunk {index} (stored bytes {start}..{}{}) fails authentication: it was altered, moved, or comes \
                  from another backup",
                 start + len as u64,
                 if last { ", the final chunk" } else { "" }
-            ))),
-        }
+            ))
+        })
     }
 }
 

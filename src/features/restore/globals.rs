@@ -116,7 +116,7 @@ pub async fn restore_globals(ctx: &Ctx, server_name: &str, id: &str) -> Result<G
     let server = ctx.settings.server(server_name).ok_or_else(|| crate::config::context::unknown_server(server_name))?;
     let key = catalog::data_key(ctx, &m).await?;
     let stream = read_with_progress(ctx, &m, "restore globals").await?;
-    let (tx, rx) = mpsc::channel::<Bytes>(2);
+    let (tx, rx) = mpsc::channel::<Bytes>(catalog::QUEUED);
     let compression = m.compression;
     let consumer = tokio::task::spawn_blocking(move || {
         let mut buf = Vec::new();

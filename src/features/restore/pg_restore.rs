@@ -5,6 +5,9 @@ use super::*;
 use crate::seams::pg::ToolBinary;
 use crate::seams::tools::{Failure, Stdin, ToolRun};
 
+/// The size asked for pg_restore's stdin pipe.
+const PIPE_SIZE: usize = 1 << 20;
+
 /// Open a backup's data for reading, with progress (bytes as stored, rate, elapsed, time left
 /// against the manifest's stored size) logged at the steady interval of `ctx.progress`, or a bar
 /// on a terminal. The final line is logged when the stream ends.
@@ -50,12 +53,18 @@ pub(super) async fn feed_pg_restore(
     method: Method,
 ) -> Result<()> {
     let stream = read_with_progress(ctx, m, "restore").await?;
-    let (tx, rx) = mpsc::channel::<Bytes>(2);
+    let (tx, rx) = mpsc::channel::<Bytes>(catalog::QUEUED);
     let compression = m.compression;
     let raw = match method {
         Method::Stream => {
             let mut run = ToolRun::new(tool, &args).conn(spec).stdin(Stdin::Pipe).spawn(&ctx.cancel)?;
             let stdin = run.take_stdin().expect("stdin is piped");
+            // A 1 MiB pipe (Linux's default limit for a process without privileges; 64 KiB is
+            // the default size): zstd writes 128 KiB at a time, and a small pipe woke the
+            // feeder and pg_restore for every few pages. Best effort: a smaller pipe still works.
+            if let Err(e) = rustix::pipe::fcntl_setpipe_size(&stdin, PIPE_SIZE) {
+                tracing::debug!(error = %e, "pg_restore's stdin keeps its default pipe size");
+            }
             let consumer = tokio::task::spawn_blocking(move || catalog::feed(rx, compression, stdin, false));
             let (pumped, fed, exit) = tokio::join!(catalog::plain_blocks(m, key, stream, tx), consumer, run.wait());
             // Precedence: shutdown, then corruption (pg_restore saw only verified bytes and then

@@ -5,6 +5,16 @@
 //! `.staging/<name>/<block id>`; tags in `.tags/<name>.json`. Commit writes the concatenation to a
 //! temporary file, fsyncs it, and renames it into place, so readers see old or new, never half;
 //! `put` writes its bytes the same way.
+//!
+//! What is made durable, and when: a staged block is written (temp file, rename: a block file
+//! is whole or absent) but not fsynced, because nothing reads it except the commit of the same
+//! blob, and a staged block survives a killed process (the page cache is the kernel's), which is
+//! the crash that matters here; a machine that loses power loses uncommitted blocks, and the
+//! backup that staged them starts over, as it must anyway (a pg_dump stream cannot resume). The
+//! commit copies the blocks inside the kernel (`copy_file_range`, no user-space buffer), fsyncs
+//! the result once, and only then renames it into place. So a committed blob has been on disk
+//! before any reader could see it, and its bytes are written to disk once, not twice (an fsync
+//! per staged block wrote every byte twice and cost about a tenth of a backup's wall time).
 
 use super::{BlobInfo, BlobProps, BlobStore, ByteStream, CreateOutcome, Tags, Tier};
 use crate::domain::error::{Error, Result};
@@ -85,29 +95,55 @@ impl BlobStore for LocalStore {
     }
 
     async fn stage_block(&self, name: &str, block_id: &str, data: Bytes) -> Result<()> {
-        write_atomic(&self.block_path(name, block_id)?, &data).await
+        let dest = self.block_path(name, block_id)?;
+        // Whole or absent (rename), not fsynced: see the module's note on durability.
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = dest.parent().expect("block paths have a parent");
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+            std::fs::write(&tmp, &data)?;
+            std::fs::rename(&tmp, &dest)
+        })
+        .await
+        .map_err(|e| Error::transient(format!("stage a block of blob {name:?}: {e}")))??;
+        Ok(())
     }
 
     async fn commit_blocks(&self, name: &str, block_ids: &[String], tags: &Tags) -> Result<()> {
         let dest = self.path(name)?;
-        let dir = dest.parent().expect("blob paths have a parent");
-        tokio::fs::create_dir_all(dir).await?;
+        let blocks =
+            block_ids.iter().map(|id| Ok((id.clone(), self.block_path(name, id)?))).collect::<Result<Vec<_>>>()?;
+        let dir = dest.parent().expect("blob paths have a parent").to_path_buf();
         let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
-        let mut out = tokio::fs::File::create(&tmp).await?;
-        for id in block_ids {
-            let block = self.block_path(name, id)?;
-            let mut f = match tokio::fs::File::open(&block).await {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(Error::permanent(format!("commit blob {name:?}: block {id:?} was never staged")));
+        let owned = name.to_string();
+        let concatenated = {
+            let tmp = tmp.clone();
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                std::fs::create_dir_all(&dir)?;
+                let mut out = std::fs::File::create(&tmp)?;
+                for (id, block) in &blocks {
+                    let mut f = match std::fs::File::open(block) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            return Err(Error::permanent(format!(
+                                "commit blob {owned:?}: block {id:?} was never staged"
+                            )));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    // File to file: std uses copy_file_range, so the bytes stay in the kernel.
+                    std::io::copy(&mut f, &mut out)?;
                 }
-                Err(e) => return Err(e.into()),
-            };
-            tokio::io::copy(&mut f, &mut out).await?;
+                out.sync_all()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::transient(format!("commit blob {name:?}: {e}")))?
+        };
+        if let Err(e) = concatenated {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
         }
-        out.sync_all().await?;
-        drop(out);
         write_atomic(&self.tags_path(name)?, &serde_json::to_vec(tags).expect("tags serialize")).await?;
         tokio::fs::rename(&tmp, &dest).await?;
         // Like Azure, a commit discards the blob's uncommitted blocks.
