@@ -375,6 +375,13 @@ pub struct VerifyReport {
 /// whether it can still unwrap (a disabled or deleted one fails the check, naming it). With
 /// `decrypt`, the data key is unwrapped, every chunk authenticated, and the archive read.
 pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> {
+    Ok(verify_listing(ctx, id, decrypt).await?.0)
+}
+
+/// [`verify`], also returning the archive's table of contents as `pg_restore --list` printed it
+/// (empty for globals, and for an encrypted backup checked without its key). Doctor reads the
+/// extensions a backup needs from it.
+pub async fn verify_listing(ctx: &Ctx, id: &str, decrypt: bool) -> Result<(VerifyReport, String)> {
     let m = manifest(ctx.store.as_ref(), id).await?;
     let encrypted = m.encryption.is_some();
     if encrypted && !decrypt {
@@ -389,7 +396,7 @@ pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> 
                  again if that was not intended",
             ));
         }
-        return Ok(VerifyReport {
+        let report = VerifyReport {
             id: m.id.clone(),
             blocks: m.blocks.len(),
             stored_bytes: m.stored_bytes,
@@ -397,14 +404,15 @@ pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> 
             toc_entries: 0,
             encrypted,
             decrypted: false,
-        });
+        };
+        return Ok((report, String::new()));
     }
     let key = data_key(ctx, &m).await?;
     let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let compression = m.compression;
     let read = plain_blocks(&m, key.as_ref(), stream, tx);
-    let (raw, toc_entries) = match m.kind {
+    let (raw, toc) = match m.kind {
         BackupKind::Database => {
             let tool =
                 pg::pick_tool("pg_restore", &ctx.settings.pg_bin_dirs, m.tool.major, &format!("backup {id:?}")).await?;
@@ -425,11 +433,7 @@ pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> 
                 f.into_error().context(what)
             })?;
             let raw = raw.map_err(|e| Error::permanent(format!("backup {id:?}: decompress: {e}")))?;
-            let toc = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-                .count();
-            (raw, toc)
+            (raw, String::from_utf8_lossy(&out.stdout).into_owned())
         }
         BackupKind::Globals => {
             let consumer = tokio::task::spawn_blocking(move || {
@@ -445,11 +449,12 @@ pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> 
             if !String::from_utf8_lossy(&head).contains("PostgreSQL database cluster dump") {
                 return Err(Error::permanent(format!("backup {id:?} is not a pg_dumpall globals script")));
             }
-            (raw, 0)
+            (raw, String::new())
         }
     };
     check_raw(&m, raw)?;
-    Ok(VerifyReport {
+    let toc_entries = toc.lines().filter(|l| !l.starts_with(';') && !l.trim().is_empty()).count();
+    let report = VerifyReport {
         id: m.id.clone(),
         blocks: m.blocks.len(),
         stored_bytes: m.stored_bytes,
@@ -457,7 +462,8 @@ pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> 
         toc_entries,
         encrypted,
         decrypted: encrypted,
-    })
+    };
+    Ok((report, toc))
 }
 
 /// `pgvault cat`: write a backup's plain data (the pg_dump archive, or the globals SQL) into
