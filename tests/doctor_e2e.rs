@@ -60,9 +60,13 @@ CREATE POLICY mine ON forced USING (owner = current_user);";
 async fn doctor_names_each_problem_before_the_schedule_runs_into_it() {
     let locales = support::pg::private_locale();
     let locpath = locales.path().display().to_string();
-    let mut stack =
-        Stack::start_with(|_| ClusterOptions { server_env: vec![("LOCPATH".into(), locpath)], ..Default::default() })
-            .await;
+    // TLS on (plain TCP still allowed) with the stack CA's leaf, valid for 30 days.
+    let mut stack = Stack::start_with(|ca| ClusterOptions {
+        server_env: vec![("LOCPATH".into(), locpath)],
+        ssl: Some((ca.cert_path().to_path_buf(), ca.key_path().to_path_buf())),
+        ..Default::default()
+    })
+    .await;
     let newer = support::newer_bin_dir().expect("no PostgreSQL newer than 15 in .pgvault-local/pg: run scripts/setup");
     let new = blocking(|| Cluster::start_with(ClusterOptions { bin_dir: newer.clone(), ..Default::default() }));
     // An Azure-like allow-list on the newer server, without hstore: a custom setting, here of
@@ -126,6 +130,23 @@ async fn doctor_names_each_problem_before_the_schedule_runs_into_it() {
     let (code, findings) = doctor(&stack, &["--server", "main"]);
     assert_eq!((code, errors(&findings)), (0, vec![]), "{findings:#?}");
     assert!(of(&findings, "tls").iter().all(|f| f["severity"] == "warning"), "{findings:#?}");
+
+    // TLS verify-full, with a certificate inside the 30-day window: a warning, and exit 0.
+    let mut tls = Stack::server_entry("main-tls", &stack.pg);
+    tls["tls"] = json!("verify-full");
+    tls["exclude"] = json!(["postgres"]);
+    stack.set("PGVAULT_INVENTORY", &json!([main, tls, Stack::server_entry("new", &new)]).to_string());
+    let (code, findings) = doctor(&stack, &["--server", "main-tls"]);
+    assert_eq!((code, errors(&findings)), (0, vec![]), "{findings:#?}");
+    let expiry = of(&findings, "tls-expiry");
+    assert_eq!(expiry.len(), 1, "{findings:#?}");
+    assert_eq!(expiry[0]["severity"], "warning");
+    assert_eq!(expiry[0]["object"], "server \"main-tls\"");
+    assert!(
+        expiry[0]["problem"].as_str().unwrap().starts_with("the server's TLS certificate expires in 29 days ("),
+        "{expiry:?}"
+    );
+    assert!(of(&findings, "tls").is_empty(), "verify-full holds: {findings:#?}");
 
     // A server newer than every configured pg_dump: the upgrade trap.
     let (code, findings) = doctor(&stack, &["--server", "new"]);
