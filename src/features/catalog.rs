@@ -375,13 +375,6 @@ pub struct VerifyReport {
 /// whether it can still unwrap (a disabled or deleted one fails the check, naming it). With
 /// `decrypt`, the data key is unwrapped, every chunk authenticated, and the archive read.
 pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> {
-    Ok(verify_listing(ctx, id, decrypt).await?.0)
-}
-
-/// [`verify`], also returning the archive's table of contents as `pg_restore --list` printed it
-/// (empty for globals, and for an encrypted backup checked without its key). Doctor reads the
-/// extensions a backup needs from it.
-pub async fn verify_listing(ctx: &Ctx, id: &str, decrypt: bool) -> Result<(VerifyReport, String)> {
     let m = manifest(ctx.store.as_ref(), id).await?;
     let encrypted = m.encryption.is_some();
     if encrypted && !decrypt {
@@ -396,7 +389,7 @@ pub async fn verify_listing(ctx: &Ctx, id: &str, decrypt: bool) -> Result<(Verif
                  again if that was not intended",
             ));
         }
-        let report = VerifyReport {
+        return Ok(VerifyReport {
             id: m.id.clone(),
             blocks: m.blocks.len(),
             stored_bytes: m.stored_bytes,
@@ -404,15 +397,14 @@ pub async fn verify_listing(ctx: &Ctx, id: &str, decrypt: bool) -> Result<(Verif
             toc_entries: 0,
             encrypted,
             decrypted: false,
-        };
-        return Ok((report, String::new()));
+        });
     }
     let key = data_key(ctx, &m).await?;
     let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let compression = m.compression;
     let read = plain_blocks(&m, key.as_ref(), stream, tx);
-    let (raw, toc) = match m.kind {
+    let (raw, toc_entries) = match m.kind {
         BackupKind::Database => {
             let tool =
                 pg::pick_tool("pg_restore", &ctx.settings.pg_bin_dirs, m.tool.major, &format!("backup {id:?}")).await?;
@@ -433,7 +425,11 @@ pub async fn verify_listing(ctx: &Ctx, id: &str, decrypt: bool) -> Result<(Verif
                 f.into_error().context(what)
             })?;
             let raw = raw.map_err(|e| Error::permanent(format!("backup {id:?}: decompress: {e}")))?;
-            (raw, String::from_utf8_lossy(&out.stdout).into_owned())
+            let toc = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+                .count();
+            (raw, toc)
         }
         BackupKind::Globals => {
             let consumer = tokio::task::spawn_blocking(move || {
@@ -449,12 +445,11 @@ pub async fn verify_listing(ctx: &Ctx, id: &str, decrypt: bool) -> Result<(Verif
             if !String::from_utf8_lossy(&head).contains("PostgreSQL database cluster dump") {
                 return Err(Error::permanent(format!("backup {id:?} is not a pg_dumpall globals script")));
             }
-            (raw, String::new())
+            (raw, 0)
         }
     };
     check_raw(&m, raw)?;
-    let toc_entries = toc.lines().filter(|l| !l.starts_with(';') && !l.trim().is_empty()).count();
-    let report = VerifyReport {
+    Ok(VerifyReport {
         id: m.id.clone(),
         blocks: m.blocks.len(),
         stored_bytes: m.stored_bytes,
@@ -462,8 +457,41 @@ pub async fn verify_listing(ctx: &Ctx, id: &str, decrypt: bool) -> Result<(Verif
         toc_entries,
         encrypted,
         decrypted: encrypted,
-    };
-    Ok((report, toc))
+    })
+}
+
+/// A database backup's table of contents, as `pg_restore --list` prints it, reading only as far
+/// as pg_restore needs: the archive's header and table of contents come first, so a backup of
+/// any size costs its first blocks (each checked against the manifest before pg_restore sees
+/// it; decrypted when encrypted). The whole-file hash is not checked: that is `verify`'s job.
+/// Doctor reads the extensions a backup creates from it.
+pub async fn archive_toc(ctx: &Ctx, m: &Manifest) -> Result<String> {
+    let id = &m.id;
+    if m.kind != BackupKind::Database {
+        return Err(Error::permanent(format!("backup {id:?} is not a database backup: it has no table of contents")));
+    }
+    let key = data_key(ctx, m).await?;
+    let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(2);
+    let tool = pg::pick_tool("pg_restore", &ctx.settings.pg_bin_dirs, m.tool.major, &format!("backup {id:?}")).await?;
+    let args = ["--list".to_string()];
+    let mut run = ToolRun::new(&tool, &args).stdin(Stdin::Pipe).stdout(Stdout::Capture).spawn(&ctx.cancel)?;
+    let stdin = run.take_stdin().expect("stdin is piped");
+    let compression = m.compression;
+    // Not tolerant of an early close: when pg_restore has the table of contents and exits, the
+    // feeder fails on the closed pipe and drops its end, which stops the download.
+    let consumer = tokio::task::spawn_blocking(move || feed(rx, compression, stdin, false));
+    let (pumped, _fed, exit) =
+        tokio::join!(until_cancelled(ctx, id, plain_blocks(m, key.as_ref(), stream, tx)), consumer, run.wait());
+    let out = exit?;
+    out.verdict().map_err(|f| f.into_error().context(format!("list the table of contents of backup {id:?}")))?;
+    match pumped {
+        // Stopped because pg_restore had read what it needed.
+        Err(e) if consumer_stopped(&e) => {}
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `pgvault cat`: write a backup's plain data (the pg_dump archive, or the globals SQL) into

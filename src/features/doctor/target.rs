@@ -246,8 +246,8 @@ async fn probe_create(
 /// The extensions the archive creates: available on the target, and allowed by
 /// `azure.extensions` when the server has that setting; `cron` named.
 async fn extensions(ctx: &Ctx, facts: &Facts, m: &Manifest, into: &str) -> Vec<Finding> {
-    let toc = match crate::features::catalog::verify_listing(ctx, &m.id, true).await {
-        Ok((_, toc)) => toc,
+    let toc = match crate::features::catalog::archive_toc(ctx, m).await {
+        Ok(toc) => toc,
         Err(e) => {
             return vec![from_error(
                 "extensions",
