@@ -98,8 +98,10 @@ async fn doctor_names_each_problem_before_the_schedule_runs_into_it() {
     assert!(t.contains("HINT: ALTER ROLE \"pgvault_backup\" BYPASSRLS;"), "{t}");
     assert!(!t.contains("checked: role"), "{t}");
 
-    // Doctor as the backup role, which also lost SELECT on one table.
+    // Doctor as the backup role, which also lost SELECT on one table, and was never granted a
+    // large object created after the grants.
     psql_blocking(&stack.pg, "app", "REVOKE SELECT ON hidden FROM pgvault_backup");
+    let lo = psql_blocking(&stack.pg, "app", "SELECT lo_from_bytea(0, '\\x01'::bytea)");
     let mut main = Stack::server_entry("main", &stack.pg);
     main["user"] = json!("pgvault_backup");
     main["exclude"] = json!(["postgres"]);
@@ -124,9 +126,24 @@ async fn doctor_names_each_problem_before_the_schedule_runs_into_it() {
     assert_eq!(rls.len(), 1, "{findings:#?}");
     assert_eq!(rls[0]["object"], "table \"public\".\"forced\" in database \"app\" of server \"main\"");
     assert!(rls[0]["problem"].as_str().unwrap().starts_with("the table forces row-level security"), "{rls:?}");
-    assert_eq!(errors(&findings).len(), 2, "nothing else is wrong with server main: {findings:#?}");
+    // A large object the role cannot read.
+    let lobs = of(&findings, "large-objects");
+    assert_eq!(lobs.len(), 1, "{findings:#?}");
+    assert_eq!(lobs[0]["object"], "database \"app\" of server \"main\"");
+    assert_eq!(
+        lobs[0]["problem"],
+        "the backup role \"pgvault_backup\" cannot read 1 large objects: pg_dump would fail"
+    );
+    assert_eq!(errors(&findings).len(), 3, "nothing else is wrong with server main: {findings:#?}");
     // Fixed, the same run finds nothing and exits 0 (the local stack's TLS-less server warns).
-    psql_blocking(&stack.pg, "app", "GRANT SELECT ON hidden TO pgvault_backup; ALTER ROLE pgvault_backup BYPASSRLS");
+    psql_blocking(
+        &stack.pg,
+        "app",
+        &format!(
+            "GRANT SELECT ON hidden TO pgvault_backup; GRANT SELECT ON LARGE OBJECT {lo} TO pgvault_backup; \
+             ALTER ROLE pgvault_backup BYPASSRLS"
+        ),
+    );
     let (code, findings) = doctor(&stack, &["--server", "main"]);
     assert_eq!((code, errors(&findings)), (0, vec![]), "{findings:#?}");
     assert!(of(&findings, "tls").iter().all(|f| f["severity"] == "warning"), "{findings:#?}");

@@ -122,13 +122,13 @@ async fn check_database(client: &tokio_postgres::Client, server: &str, db: &str,
                         .hint(hint),
                 );
             }
-            if rows.len() > NAMED {
-                out.push(Finding::error(
-                    "table-privileges",
-                    format!("database {db:?} of server {server:?}"),
-                    format!("{} more tables or sequences the backup role {role:?} cannot read", rows.len() - NAMED),
-                ));
-            }
+            out.extend(more(
+                rows.len(),
+                "table-privileges",
+                db,
+                server,
+                "tables or sequences the backup role cannot read",
+            ));
         }
     }
     match client.query(RLS_SQL, &[&role]).await {
@@ -152,13 +152,13 @@ async fn check_database(client: &tokio_postgres::Client, server: &str, db: &str,
                     )),
                 );
             }
-            if rows.len() > NAMED {
-                out.push(Finding::error(
-                    "row-level-security",
-                    format!("database {db:?} of server {server:?}"),
-                    format!("{} more tables whose row-level security applies to the backup role", rows.len() - NAMED),
-                ));
-            }
+            out.extend(more(
+                rows.len(),
+                "row-level-security",
+                db,
+                server,
+                "tables whose row-level security applies to the backup role",
+            ));
         }
     }
     match client.query_one(LARGE_OBJECTS_SQL, &[&role]).await {
@@ -180,4 +180,11 @@ async fn check_database(client: &tokio_postgres::Client, server: &str, db: &str,
         }
     }
     out
+}
+
+/// The objects past the first [`NAMED`] of a check, counted in one finding.
+fn more(found: usize, check: &str, db: &str, server: &str, what: &str) -> Option<Finding> {
+    (found > NAMED).then(|| {
+        Finding::error(check, format!("database {db:?} of server {server:?}"), format!("{} more {what}", found - NAMED))
+    })
 }

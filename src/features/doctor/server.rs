@@ -15,13 +15,7 @@ pub async fn check(ctx: &Ctx, server: &Server) -> (Vec<Finding>, Option<ConnSpec
     let spec = match ctx.conn_spec(&server.name, &server.maintenance_db).await {
         Ok(spec) => spec,
         Err(e) => {
-            let (check, object) = match &server.credentials {
-                CredentialRef::KeyVault { vault, secret } => {
-                    ("key-vault-secret", format!("secret {secret:?} in vault {vault:?} ({object}'s login)"))
-                }
-                _ => ("credentials", object),
-            };
-            out.push(from_error(check, Severity::Error, object, &e));
+            out.push(login_failed(server, &e));
             return (out, None);
         }
     };
@@ -60,6 +54,20 @@ pub async fn check(ctx: &Ctx, server: &Server) -> (Vec<Finding>, Option<ConnSpec
         }
     }
     (out, Some(spec))
+}
+
+/// A login that could not be read (a Key Vault secret, an Entra token, a setting), named after
+/// where it comes from.
+pub fn login_failed(server: &Server, e: &crate::domain::error::Error) -> Finding {
+    match &server.credentials {
+        CredentialRef::KeyVault { vault, secret } => from_error(
+            "key-vault-secret",
+            Severity::Error,
+            format!("secret {secret:?} in vault {vault:?} ({}'s login)", server_object(&server.name)),
+            e,
+        ),
+        _ => from_error("credentials", Severity::Error, server_object(&server.name), e),
+    }
 }
 
 /// The server certificate's expiry, checked as verify-full checks it.

@@ -40,7 +40,7 @@ pub async fn check(ctx: &Ctx, target: &str, only_server: Option<&str>, drill_onl
     };
     let spec = match ctx.conn_spec(target, &server.maintenance_db).await {
         Ok(s) => s,
-        Err(e) => return vec![from_error("credentials", Severity::Error, object, &e)],
+        Err(e) => return vec![super::server::login_failed(server, &e)],
     };
     let admin = match pg::connect(&spec).await {
         Ok(c) => c,
@@ -79,10 +79,11 @@ pub async fn check(ctx: &Ctx, target: &str, only_server: Option<&str>, drill_onl
         let backup = format!("backup {:?} ({} of server {:?})", m.id, quote_database(&m.database), m.server);
         let into = format!("{object} for {backup}");
         if let Some(p) = &m.database_properties {
+            // Drills restore with no owner and no privileges: roles and owners do not matter.
             if !drill_only {
                 out.extend(roles(&facts, p, &into));
+                out.extend(azure_owned(p, &into));
             }
-            out.extend(azure_owned(p, &into));
             if facts.can_create {
                 out.extend(locale(&admin, &facts, p, &into, &mut probed).await);
             }
