@@ -16,7 +16,10 @@ pub async fn check(ctx: &Ctx) -> Vec<Finding> {
     let mut tags = Tags::new();
     tags.insert("pgvault-doctor".into(), "probe".into());
     if let Err(e) = ctx.store.put(&name, Bytes::from_static(b"pgvault doctor probe"), &tags).await {
-        return vec![from_error("storage", Severity::Error, object, &e.context("write a probe blob (backups write)"))];
+        // Azure's code for it: the deployment (or `pgvault init`) creates the container.
+        let missing = e.hint().is_none() && e.message().contains("ContainerNotFound");
+        let f = from_error("storage", Severity::Error, object, &e.context("write a probe blob (backups write)"));
+        return vec![if missing { f.hint("create it: `pgvault init`, or deploy infra/ again") } else { f }];
     }
     let mut out = Vec::new();
     match ctx.store.tags(&name).await {
