@@ -71,6 +71,8 @@ param rpoMarginMinutes int = 60
 param drillSchedule string = '0 0 5 * * 0'
 @description('Inventory server restore drills restore into (a scratch server); empty: no drills.')
 param drillServer string = ''
+@description('NCRONTAB (UTC) of the doctor timer (pgvault doctor over every server; error findings alert).')
+param doctorSchedule string = '0 15 6 * * *'
 @description('Encrypt every backup with a data key wrapped by a Key Vault key (modules/backup-key.bicep), created in the database-secrets vault; false: backups are stored unencrypted.')
 param encryptBackups bool = true
 @description('Rotation of that key: a new version this long after each one was created (ISO 8601 duration).')
@@ -402,6 +404,7 @@ var pgvaultSettings = {
   PGVAULT_RPO_MARGIN_MINUTES: string(rpoMarginMinutes)
   PGVAULT_DRILL_SCHEDULE: drillSchedule
   PGVAULT_DRILL_SERVER: drillServer
+  PGVAULT_DOCTOR_SCHEDULE: doctorSchedule
   PGVAULT_JOB_RECORD_DAYS: string(jobRecordDays)
   PGVAULT_TIER_AFTER_DAYS: pgvaultTierAfterDays >= 0 ? string(pgvaultTierAfterDays) : ''
   PGVAULT_TIER: pgvaultTier

@@ -88,6 +88,7 @@ fn every_fixture_reads_typed_and_writes_back_the_same_meaning() {
         JobKind::Drill,
         JobKind::PgbackrestSas,
         JobKind::PgbackrestFreshness,
+        JobKind::Doctor,
     ] {
         for status in ["succeeded", "failed"] {
             assert!(kinds_statuses.contains(&(kind.as_str(), status)), "no {} {status} fixture", kind.as_str());
@@ -134,6 +135,10 @@ fn typed_fields_are_read_from_the_fixtures() {
     assert!(!format!("{files:?}").contains("FIXTURESECRETSIG"), "Debug is redacted");
     let sas = read("pgbackrest-sas-failed-alarm.json");
     assert!(sas.detail.rotation().unwrap().alarm.is_some());
+    let doctor = read("doctor-failed.json");
+    let d = doctor.detail.doctor().unwrap();
+    assert_eq!(d.findings[0].severity, pgvault::domain::doctor::Severity::Error);
+    assert_eq!(d.findings[0].check, "pg-dump-version");
     let fresh = read("pgbackrest-freshness-failed.json");
     assert!(!fresh.detail.freshness().unwrap().stanzas[1].fresh);
 }

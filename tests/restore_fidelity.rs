@@ -176,21 +176,6 @@ async fn a_hardened_database_comes_back_whole_in_replace_and_into_a_newer_major(
     assert!(applied.iter().any(|a| a.starts_with("setting work_mem=8MB for role \"app_reader\"")), "{applied:?}");
 }
 
-/// A locale the machine lacks, built with localedef into a directory that only the server
-/// started with `LOCPATH` there can see.
-fn private_locale() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix("pgvault-locale-").tempdir_in("/tmp").unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("localedef")
-        .args(["-i", "de_DE", "-f", "UTF-8"])
-        .arg(dir.path().join("de_DE.UTF-8"))
-        .output()
-        .expect("run localedef (package locales)");
-    assert!(dir.path().join("de_DE.UTF-8").is_dir(), "localedef failed: {}", String::from_utf8_lossy(&out.stderr));
-    dir
-}
-
 /// Encoding and locale fields of `pg_database`, the same on every version.
 fn locale_fields(c: &Cluster, db: &str) -> String {
     let locale = if c.version >= 17 { "datlocale" } else { "daticulocale" };
@@ -213,7 +198,7 @@ fn order(c: &Cluster, db: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoding_and_locale_come_back_and_a_target_without_the_locale_fails_cleanly() {
-    let locales = private_locale();
+    let locales = support::pg::private_locale();
     let locpath = locales.path().display().to_string();
     let mut stack = Stack::start_with(|_| ClusterOptions {
         server_env: vec![("LOCPATH".into(), locpath.clone())],

@@ -120,6 +120,20 @@ pub enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Check what would make backups and restores fail, before the schedule runs them.
+    /// Exit status: 0 with no error findings (warnings may be printed), 1 with error findings
+    /// or when doctor cannot run, 2 for invalid settings.
+    Doctor {
+        /// Only this server (and only its backups for the restore-target checks).
+        #[arg(long)]
+        server: Option<String>,
+        /// A server that backups are restored into (repeatable); the drill server always is.
+        #[arg(long = "restore-target")]
+        restore_targets: Vec<String>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Play the Functions host against a running `pgvault serve` (local stacks and tests).
     #[command(subcommand)]
     HostSim(HostSim),
@@ -489,6 +503,10 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
         }
         Command::Keep { id, off } => crate::cli::monitor::keep(&rt.ctx, &id, off).await,
         Command::Drill { server } => crate::cli::monitor::drill(&rt.ctx, server.as_deref()).await,
+        Command::Doctor { server, restore_targets, json } => {
+            let opts = crate::features::doctor::Options { server, restore_targets };
+            crate::cli::monitor::doctor(&rt.ctx, &opts, json).await
+        }
         Command::HostSim(HostSim::Timer { url, function }) => {
             let (status, reply) = hostsim::invoke(&url, &function, &hostsim::timer_payload(&function, false)).await?;
             println!("{status} {}", serde_json::to_string_pretty(&reply).expect("serializes"));

@@ -1,5 +1,6 @@
-//! The CLI side of retention, holds, drills and the jobs summary: printing only; the work is in
-//! [`crate::features::retention`], [`crate::features::holds`], [`crate::features::drill`] and [`crate::features::report`].
+//! The CLI side of retention, holds, drills, doctor and the jobs summary: printing only; the work
+//! is in [`crate::features::retention`], [`crate::features::holds`], [`crate::features::drill`],
+//! [`crate::features::doctor`] and [`crate::features::report`].
 
 use crate::config::context::Ctx;
 use crate::domain::error::Result;
@@ -94,6 +95,25 @@ pub async fn drill(ctx: &Ctx, server: Option<&str>) -> Result<ExitCode> {
     }
     println!("{} drills, {failed} failed", records.len());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `pgvault doctor`: every finding (worst first) as `SEVERITY: <object>: <problem>` with its
+/// `HINT:` line, then a summary; or the report as JSON. Exit 1 with error findings.
+pub async fn doctor(ctx: &Ctx, opts: &crate::features::doctor::Options, json: bool) -> Result<ExitCode> {
+    let report = crate::features::doctor::run(ctx, opts).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+    } else {
+        for f in &report.findings {
+            println!("{}: {f}", f.severity.as_str().to_uppercase());
+        }
+        println!(
+            "doctor: {}; checked {}",
+            crate::domain::doctor::summary_counts(&report.findings),
+            report.checked.join(", ")
+        );
+    }
+    Ok(if report.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 pub fn print_summary(rows: &[DbSummary], filter: &Filter) {

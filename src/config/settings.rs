@@ -89,6 +89,8 @@ pub struct Settings {
     pub retention_schedule: Option<String>,
     pub rpo_margin: time::Duration,
     pub drill_schedule: Option<String>,
+    /// NCRONTAB schedule of the `doctor` timer (what the host reads; validated here).
+    pub doctor_schedule: String,
     pub drill_server: Option<String>,
     pub job_record_days: u64,
     /// Retention moves the data blobs of backups older than this to `tier` (None: off).
@@ -248,6 +250,8 @@ impl Settings {
                 crate::domain::schedule::parse_ncrontab(s).map_err(|e| bad(name, e))?;
             }
         }
+        let doctor_schedule = r.value("PGVAULT_DOCTOR_SCHEDULE");
+        crate::domain::schedule::parse_ncrontab(&doctor_schedule).map_err(|e| bad("PGVAULT_DOCTOR_SCHEDULE", e))?;
         let rpo_margin = time::Duration::minutes(r.number("PGVAULT_RPO_MARGIN_MINUTES")? as i64);
         let drill_server = r.set("PGVAULT_DRILL_SERVER");
         if let Some(d) = &drill_server
@@ -302,6 +306,7 @@ impl Settings {
             retention_schedule,
             rpo_margin,
             drill_schedule,
+            doctor_schedule,
             drill_server,
             job_record_days,
             tier_after_days,

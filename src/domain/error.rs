@@ -99,6 +99,11 @@ impl Error {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// What the operator should do, if the error says (the `HINT:` line without its label).
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
 }
 
 impl fmt::Display for Error {

@@ -148,6 +148,12 @@ pub fn rejected_message(queue: &str, at: OffsetDateTime, unique: &str) -> String
 /// The prefix of kept rejected message texts.
 pub const REJECTED_PREFIX: &str = "@rejected/";
 
+/// Where `pgvault doctor` writes (and at once deletes) its probe blob: `@doctor/probe-<unique>`,
+/// out of every backup listing like `@jobs/`.
+pub fn doctor_probe(unique: &str) -> String {
+    format!("@doctor/probe-{}", encode_segment(unique))
+}
+
 /// Accept a backup id, or a manifest name, and return the manifest name.
 /// The backup id and the job id a data blob was written for (`<id>.<attempt>.<ext>`, the id's
 /// last segment `<stamp>-<job id>`), or `None` for a name of another shape.

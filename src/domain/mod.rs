@@ -2,6 +2,7 @@
 
 pub mod connstr;
 pub mod dbprops;
+pub mod doctor;
 pub mod envelope;
 pub mod error;
 pub mod inventory;

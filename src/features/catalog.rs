@@ -483,6 +483,40 @@ pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> 
     })
 }
 
+/// A database backup's table of contents, as `pg_restore --list` prints it, reading only as far
+/// as pg_restore needs: the archive's header and table of contents come first, so a backup of
+/// any size costs its first blocks (each checked against the manifest before pg_restore sees
+/// it; decrypted when encrypted). The whole-file hash is not checked: that is `verify`'s job.
+/// Doctor reads the extensions a backup creates from it.
+pub async fn archive_toc(ctx: &Ctx, m: &Manifest) -> Result<String> {
+    let id = &m.id;
+    if m.kind != BackupKind::Database {
+        return Err(Error::permanent(format!("backup {id:?} is not a database backup: it has no table of contents")));
+    }
+    let key = data_key(ctx, m).await?;
+    let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(2);
+    let tool = pg::pick_tool("pg_restore", &ctx.settings.pg_bin_dirs, m.tool.major, &format!("backup {id:?}")).await?;
+    let args = ["--list".to_string()];
+    let mut run = ToolRun::new(&tool, &args).stdin(Stdin::Pipe).stdout(Stdout::Capture).spawn(&ctx.cancel)?;
+    let stdin = run.take_stdin().expect("stdin is piped");
+    let compression = m.compression;
+    // Not tolerant of an early close: when pg_restore has the table of contents and exits, the
+    // feeder fails on the closed pipe and drops its end, which stops the download.
+    let consumer = tokio::task::spawn_blocking(move || feed(rx, compression, stdin, false));
+    let (pumped, _fed, exit) =
+        tokio::join!(until_cancelled(ctx, id, plain_blocks(m, key.as_ref(), stream, tx)), consumer, run.wait());
+    let out = exit?;
+    out.verdict().map_err(|f| f.into_error().context(format!("list the table of contents of backup {id:?}")))?;
+    match pumped {
+        // Stopped because pg_restore had read what it needed.
+        Err(e) if consumer_stopped(&e) => {}
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `pgvault cat`: write a backup's plain data (the pg_dump archive, or the globals SQL) into
 /// `out`, decrypted and decompressed, every block and chunk checked before its bytes go out.
 /// Returns the bytes written. A failure part-way leaves what was written so far (all of it

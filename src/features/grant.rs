@@ -11,7 +11,9 @@
 //!   some extensions) is printed as a comment, never applied.
 //!
 //! One script works on every version: version checks run in `DO` blocks on the server. The same
-//! text is printed for an admin to run and executed by `--apply`.
+//! text is printed for an admin to run and executed by `--apply`, which then runs doctor's
+//! backup-role checks and exits non-zero when the role still cannot dump everything (row-level
+//! security, which grants cannot lift).
 
 use crate::config::context::Ctx;
 use crate::domain::error::{Error, Result};
@@ -182,9 +184,20 @@ pub fn render(opts: &GrantOptions, script: &Script) -> String {
     out
 }
 
+/// What `--apply` did, and for the backup role what doctor's checks still find.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub done: Vec<String>,
+    /// The backup-role checks of `pgvault doctor` ([`crate::features::doctor::privileges`]),
+    /// run right after granting: what the grants could not give (row-level security needs
+    /// BYPASSRLS, a table the admin may not grant on).
+    pub findings: Vec<crate::domain::doctor::Finding>,
+}
+
 /// Run the script on `server`, connected with the server's inventory login (which must be an
-/// admin: a superuser, or on Azure a member of azure_pg_admin). Returns what was done.
-pub async fn apply(ctx: &Ctx, server_name: &str, opts: &GrantOptions) -> Result<Vec<String>> {
+/// admin: a superuser, or on Azure a member of azure_pg_admin), then check the backup role as
+/// doctor does. Returns what was done and found.
+pub async fn apply(ctx: &Ctx, server_name: &str, opts: &GrantOptions) -> Result<Applied> {
     let script = script(opts)?;
     let server = ctx.settings.server(server_name).ok_or_else(|| crate::config::context::unknown_server(server_name))?;
     let spec = ctx.conn_spec(server_name, &server.maintenance_db).await?;
@@ -192,16 +205,18 @@ pub async fn apply(ctx: &Ctx, server_name: &str, opts: &GrantOptions) -> Result<
     let what = |db: &str| format!("grant-sql for role {:?} on server {server_name:?}, database {db:?}", opts.role);
     client.batch_execute(&script.server_wide).await.map_err(|e| pg::query_error(&what(&server.maintenance_db), e))?;
     let mut done = vec![format!("server {server_name}: role {} ready ({})", opts.role, spec.describe())];
+    let mut findings = Vec::new();
     if let Some(per_db) = &script.per_database {
         let existing = pg::list_databases(&client).await?;
         let (chosen, _missing) = crate::domain::jobs::select_databases(server, &existing);
-        for db in chosen {
-            let c = pg::connect(&spec.with_db(&db)).await?;
-            c.batch_execute(per_db).await.map_err(|e| pg::query_error(&what(&db), e))?;
+        for db in &chosen {
+            let c = pg::connect(&spec.with_db(db)).await?;
+            c.batch_execute(per_db).await.map_err(|e| pg::query_error(&what(db), e))?;
             done.push(format!("database {db}: grants applied"));
         }
+        findings = crate::features::doctor::privileges::check_databases(&spec, server_name, &opts.role, &chosen).await;
     }
-    Ok(done)
+    Ok(Applied { done, findings })
 }
 
 /// `pgvault grant-sql`: print the script, or apply it to `apply_to`.
@@ -210,8 +225,22 @@ pub async fn run(ctx: &Ctx, opts: GrantOptions, apply_to: Option<&str>) -> Resul
     match apply_to {
         None => print!("{}", render(&opts, &s)),
         Some(server) => {
-            for line in apply(ctx, server, &opts).await? {
+            let applied = apply(ctx, server, &opts).await?;
+            for line in &applied.done {
                 println!("applied: {line}");
+            }
+            // Granting is not the goal: a backup that works is. Say what still stands in its way.
+            if !applied.findings.is_empty() {
+                println!("the grants are applied, but doctor's checks of role {:?} find:", opts.role);
+                for f in &applied.findings {
+                    println!("{}: {f}", f.severity.as_str().to_uppercase());
+                }
+            }
+            if applied.findings.iter().any(|f| f.severity == crate::domain::doctor::Severity::Error) {
+                return Ok(ExitCode::FAILURE);
+            }
+            if !opts.restore {
+                println!("checked: role {:?} can read every table, sequence and large object", opts.role);
             }
         }
     }

@@ -1,9 +1,10 @@
 //! Features: backup, catalog and verify, restore, retention and holds, drills, pgBackRest SAS
-//! rotation, the scheduler, reports and the least-privilege SQL.
+//! rotation, the scheduler, reports, the least-privilege SQL and doctor.
 
 pub mod backup;
 pub mod catalog;
 pub mod claim;
+pub mod doctor;
 pub mod drill;
 pub mod grant;
 pub mod holds;

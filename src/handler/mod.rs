@@ -10,6 +10,7 @@
 pub mod backup_now;
 pub mod backup_scheduler;
 pub mod backup_worker;
+pub mod doctor;
 pub mod jobs;
 pub mod restore_drill;
 pub mod restore_requests;
@@ -40,6 +41,7 @@ pub const FUNCTIONS: &[&str] = &[
     "restore-drill",
     "jobs",
     "backup-now",
+    "doctor",
 ];
 
 /// What the handlers share.
@@ -78,6 +80,7 @@ pub fn app(state: AppState) -> Router {
         .route("/restore-drill", post(restore_drill::handle))
         .route("/jobs", post(jobs::handle))
         .route("/backup-now", post(backup_now::handle))
+        .route("/doctor", post(doctor::handle))
         .fallback(|uri: Uri| async move {
             refusal(StatusCode::NOT_FOUND, format!("no function is served at {}", uri.path()))
         })

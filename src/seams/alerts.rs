@@ -23,6 +23,8 @@ pub enum AlertKind {
     DrillFailed,
     /// A pgBackRest SAS token expires inside its alarm window, or a repository is stale.
     Pgbackrest,
+    /// `pgvault doctor` (the `doctor` timer) found something that would make a job fail.
+    Doctor,
 }
 
 impl AlertKind {
@@ -33,6 +35,7 @@ impl AlertKind {
             AlertKind::MissedSchedule => "missed-schedule",
             AlertKind::DrillFailed => "drill-failed",
             AlertKind::Pgbackrest => "pgbackrest",
+            AlertKind::Doctor => "doctor",
         }
     }
 }

@@ -233,6 +233,48 @@ fn tls_config(mode: TlsMode, ca_file: Option<&Path>) -> Result<rustls::ClientCon
     Ok(config)
 }
 
+/// The certificate a server presents for TLS, checked as `verify-full` checks it (chain to the
+/// roots pgvault trusts, host name), by a handshake of its own after PostgreSQL's
+/// `SSLRequest`. Returns when it expires; `None` when the server does not offer TLS. An
+/// untrusted or expired certificate, or a name that does not match, is a permanent error.
+pub async fn server_certificate_expiry(spec: &ConnSpec) -> Result<Option<time::OffsetDateTime>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use x509_cert::der::Decode;
+    let what = format!("TLS handshake with {}", spec.describe());
+    let io = |e: std::io::Error| Error::transient(format!("{what}: {e}"));
+    let connect = tokio::net::TcpStream::connect((spec.host.as_str(), spec.port));
+    let mut tcp = tokio::time::timeout(std::time::Duration::from_secs(30), connect)
+        .await
+        .map_err(|_| Error::transient(format!("{what}: timed out connecting")))?
+        .map_err(io)?;
+    // SSLRequest: length 8, code 80877103; the server answers `S` (go ahead) or `N`.
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    if answer[0] != b'S' {
+        return Ok(None);
+    }
+    let config = tls_config(TlsMode::VerifyFull, spec.ca_file.as_deref())?;
+    let name = rustls::pki_types::ServerName::try_from(spec.host.clone())
+        .map_err(|e| Error::permanent(format!("{what}: host name {:?}: {e}", spec.host)))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| {
+        Error::permanent(format!("{what}: TLS certificate rejected: {e}"))
+            .with_hint("trust the server's CA with PGVAULT_CA_FILE, or check the host name in the inventory")
+    })?;
+    let der = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| Error::permanent(format!("{what}: the server sent no certificate")))?;
+    let cert = x509_cert::Certificate::from_der(der.as_ref())
+        .map_err(|e| Error::permanent(format!("{what}: the server's certificate does not parse: {e}")))?;
+    let secs = cert.tbs_certificate.validity.not_after.to_unix_duration().as_secs();
+    let not_after = time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .map_err(|e| Error::permanent(format!("{what}: the certificate's expiry: {e}")))?;
+    Ok(Some(not_after))
+}
+
 /// System roots plus an optional CA file.
 pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();

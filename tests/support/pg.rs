@@ -385,6 +385,20 @@ pub fn newer_bin_dir() -> Option<PathBuf> {
         .map(|(_, bin)| bin)
 }
 
+/// A locale the machine lacks (`de_DE.UTF-8`), built with localedef into a directory that only
+/// a server started with `LOCPATH` there can see ([`ClusterOptions::server_env`]).
+pub fn private_locale() -> TempDir {
+    let dir = tempfile::Builder::new().prefix("pgvault-locale-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("localedef")
+        .args(["-i", "de_DE", "-f", "UTF-8"])
+        .arg(dir.path().join("de_DE.UTF-8"))
+        .output()
+        .expect("run localedef (package locales)");
+    assert!(dir.path().join("de_DE.UTF-8").is_dir(), "localedef failed: {}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
 /// Major version of the server in `bin_dir` (`postgres --version`), if it runs.
 pub fn bin_major(bin_dir: &Path) -> Option<u32> {
     let out = Command::new(bin_dir.join("postgres")).arg("--version").output().ok()?;

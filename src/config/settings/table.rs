@@ -180,6 +180,11 @@ pub const ALL: &[Setting] = &[
         .whole(0, 10_000_000),
     Setting::new("PGVAULT_DRILL_SCHEDULE", "NCRONTAB schedule (UTC) of `restore-drill`, e.g. `0 0 5 * * 0`"),
     Setting::new("PGVAULT_DRILL_SERVER", "inventory server that restore drills restore into (a scratch server)"),
+    Setting::new(
+        "PGVAULT_DOCTOR_SCHEDULE",
+        "NCRONTAB schedule (UTC) of `doctor` (the checks of `pgvault doctor`, recorded; errors alert)",
+    )
+    .defaults_to("0 15 6 * * *"),
     Setting::new("PGVAULT_JOB_RECORD_DAYS", "days finished job records are kept").defaults_to("400").whole(1, 100_000),
     Setting::new(
         "PGVAULT_TIER_AFTER_DAYS",

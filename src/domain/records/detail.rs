@@ -34,6 +34,7 @@ pub enum Detail {
     Verify(VerifyDetail),
     PgbackrestSas(RotationDetail),
     PgbackrestFreshness(FreshnessDetail),
+    Doctor(DoctorDetail),
     /// A detail that does not fit its kind's type, kept as read (see the module docs).
     Other(Value),
 }
@@ -132,6 +133,7 @@ kinds! {
     Verify(VerifyDetail), verify;
     PgbackrestSas(RotationDetail), rotation;
     PgbackrestFreshness(FreshnessDetail), freshness;
+    Doctor(DoctorDetail), doctor;
 }
 
 /// Alone, a detail cannot know its kind: it reads as [`Detail::Other`] (or `None`), and the
@@ -449,6 +451,20 @@ pub struct FreshnessDetail {
     /// The container could not be opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub will_retry: Option<bool>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+/// One run of `pgvault doctor`: every finding, worst first, and what was checked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DoctorDetail {
+    #[serde(default)]
+    pub findings: Vec<crate::domain::doctor::Finding>,
+    /// The servers, restore targets, vaults and containers looked at (`server "prod"`, ...).
+    #[serde(default)]
+    pub checked: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub will_retry: Option<bool>,
     #[serde(flatten)]

@@ -40,6 +40,8 @@ pub enum JobKind {
     Verify,
     /// One restore drill of one backup into the scratch server.
     Drill,
+    /// One run of `pgvault doctor` (the `doctor` timer, or the CLI): its findings.
+    Doctor,
 }
 
 impl JobKind {
@@ -53,6 +55,7 @@ impl JobKind {
             JobKind::Retention => "retention",
             JobKind::Verify => "verify",
             JobKind::Drill => "drill",
+            JobKind::Doctor => "doctor",
         }
     }
 
@@ -66,8 +69,9 @@ impl JobKind {
             "retention" => Ok(JobKind::Retention),
             "verify" => Ok(JobKind::Verify),
             "drill" => Ok(JobKind::Drill),
+            "doctor" => Ok(JobKind::Doctor),
             other => Err(Error::permanent(format!("unknown job kind {other:?}"))
-                .with_hint("use backup, restore-request, restore-task, retention, verify, drill, pgbackrest-sas or pgbackrest-freshness")),
+                .with_hint("use backup, restore-request, restore-task, retention, verify, drill, doctor, pgbackrest-sas or pgbackrest-freshness")),
         }
     }
 }
