@@ -3,6 +3,7 @@
 pub mod hostsim;
 pub mod monitor;
 pub mod pgbackrest;
+pub mod status;
 
 use crate::domain::error::{Error, Result};
 use crate::features::backup::Outcome;
@@ -115,6 +116,16 @@ pub enum Command {
     Drill {
         #[arg(long)]
         server: Option<String>,
+    },
+    /// The status page in the terminal: per database protection against the RPO, trend, proof,
+    /// trouble, retention and posture; pgBackRest targets; the doctor's findings.
+    Status {
+        /// Print the view as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the HTML page (what the `status` function serves) to this file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
     },
     /// Play the Functions host against a running `pgvault serve` (local stacks and tests).
     #[command(subcommand)]
@@ -451,6 +462,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
         }
         Command::Keep { id, off } => crate::cli::monitor::keep(&rt.ctx, &id, off).await,
         Command::Drill { server } => crate::cli::monitor::drill(&rt.ctx, server.as_deref()).await,
+        Command::Status { json, html } => crate::cli::status::run(&rt.ctx, json, html.as_deref()).await,
         Command::HostSim(HostSim::Timer { url, function }) => {
             let (status, reply) = hostsim::invoke(&url, &function, &hostsim::timer_payload(&function, false)).await?;
             println!("{status} {}", serde_json::to_string_pretty(&reply).expect("serializes"));

@@ -16,3 +16,4 @@ pub mod sas;
 pub mod schedule;
 pub mod secret;
 pub mod sql;
+pub mod status;
