@@ -66,10 +66,17 @@ async fn the_status_page_in_a_real_browser_shows_states_and_hostile_names_as_tex
     blocking(|| {
         for db in ["app", "late_db", "missed_db", HOSTILE] {
             stack.pg.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+        }
+        // (psql's -d would read the hostile name as a connection string: it stays empty.)
+        for db in ["app", "late_db", "missed_db"] {
             stack.pg.psql(db, "CREATE TABLE t AS SELECT i, md5(i::text) AS h FROM generate_series(1, 2000) i");
         }
     });
-    for db in ["app", HOSTILE] {
+    // Three backups of app, growing, for a trend line.
+    for (i, db) in ["app", "app", "app", HOSTILE].into_iter().enumerate() {
+        if i > 0 && db == "app" {
+            blocking(|| stack.pg.psql("app", "INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 20000) i"));
+        }
         let out = stack.cli(&["backup", "--server", "main", "--database", db]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -141,7 +148,7 @@ async fn the_status_page_in_a_real_browser_shows_states_and_hostile_names_as_tex
         chromium(
             &profile,
             &[
-                "--window-size=1500,1100",
+                "--window-size=1500,1650",
                 &format!("--screenshot={}", shot.display()),
                 "--virtual-time-budget=2000",
                 &page_url,
@@ -171,5 +178,8 @@ async fn the_status_page_in_a_real_browser_shows_states_and_hostile_names_as_tex
     assert!(out.status.success());
     let written = std::fs::read_to_string(&file).unwrap();
     assert!(written.contains("&lt;img src=x onerror=alert(1)&gt;") && !written.contains("<img"));
+    // The screenshot stays under the test's temp dir (its path is printed); the browser's
+    // profile does not.
+    std::fs::remove_dir_all(&profile).unwrap();
     drop(tmp.keep());
 }

@@ -301,7 +301,8 @@ pub fn rate(encryption: &Fact, store: &StorePosture) -> Posture {
     let mut say = |name: &str, f: &Fact| match (is_on(f), f) {
         (Some(true), Fact::Known(v)) => reasons.push(format!("{name}: {v}")),
         (Some(false), _) => reasons.push(format!("{name} is off")),
-        (_, Fact::Unknown(why)) => reasons.push(format!("{name} not shown: {why}")),
+        // Why it is unknown is the fact's own text, shown beside the rating.
+        (_, Fact::Unknown(_)) => reasons.push(format!("{name} not shown (unknown)")),
         _ => {}
     };
     say("immutability", &store.immutability);
@@ -390,8 +391,9 @@ pub fn tally(m: &BTreeMap<String, usize>) -> String {
     m.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
-/// RFC 3339, UTC, seconds.
+/// RFC 3339, UTC, to the second.
 pub fn rfc(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
@@ -462,7 +464,7 @@ mod tests {
         let unknown = store(Fact::unknown("not readable here"), Fact::unknown("not readable here"));
         let p = rate(&key, &unknown);
         assert_eq!(p.rating, Rating::Minimum, "unknown is not shown");
-        assert!(p.reasons.iter().any(|r| r == "immutability not shown: not readable here"), "{:?}", p.reasons);
+        assert!(p.reasons.iter().any(|r| r == "immutability not shown (unknown)"), "{:?}", p.reasons);
         let p = rate(&key, &store(on("none (a local directory)"), on("14 days")));
         assert_eq!(p.rating, Rating::Adequate);
         assert!(p.reasons.contains(&"immutability is off".to_string()), "{:?}", p.reasons);

@@ -3,10 +3,10 @@
 //! database named `<img src=x onerror=alert(1)>` is text; nothing is emitted unescaped.
 
 use crate::domain::status::*;
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 const CSS: &str = r#"
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f6f8;color:#1b1f24}
+body{font:14px/1.4 "Segoe UI",Roboto,"Helvetica Neue","Liberation Sans","DejaVu Sans",Arial,sans-serif;margin:0;background:#f4f6f8;color:#1b1f24}
 header{background:#0f2a44;color:#fff;padding:14px 24px}
 header h1{margin:0;font-size:20px} header p{margin:4px 0 0;color:#c9d6e3;font-size:12px}
 main{padding:16px 24px;max-width:1400px}
@@ -21,8 +21,9 @@ th{background:#eef2f6;font-weight:600;font-size:12px;text-transform:uppercase;co
 .muted{color:#6e7781;font-size:12px}
 .name{font-weight:600;word-break:break-all}
 svg.spark{vertical-align:middle;background:#f6f8fa;border:1px solid #e3e7eb}
-svg.spark polyline{fill:none;stroke:#0969da;stroke-width:1.5}
+svg.spark polyline{fill:none;stroke:#0969da;stroke-width:1.5} svg.spark circle{fill:#0969da}
 ul{margin:0;padding-left:18px} code{font-size:12px;word-break:break-all}
+td.trend div{white-space:nowrap}
 .fail{color:#cf222e;font-weight:600}.pass{color:#1a7f37;font-weight:600}
 "#;
 
@@ -36,7 +37,8 @@ pub fn render(v: &StatusView) -> String {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "pgvault status" }
-                style { (CSS) }
+                // A constant of ours: escaping it would break the quoted font names.
+                style { (PreEscaped(CSS)) }
             }
             body {
                 header {
@@ -127,7 +129,7 @@ fn row(d: &DbStatus) -> Markup {
                 }
             }
             td class="retention" {
-                div { (d.retention.backups) " backups · " span class="muted" { (d.retention.policy) } }
+                div { (d.retention.backups) @if d.retention.backups == 1 { " backup · " } @else { " backups · " } span class="muted" { (d.retention.policy) } }
                 div { "GFS: " (tally(&d.retention.gfs)) }
                 div { "access: " (tally(&d.retention.access)) }
                 @if let Some(n) = &d.retention.access_note { div class="muted" { (n) } }
@@ -265,31 +267,37 @@ fn doctor(v: &StatusView) -> Markup {
 pub const SPARK_W: f64 = 120.0;
 pub const SPARK_H: f64 = 24.0;
 
-/// The points of a sparkline through `values` (oldest first) in a `SPARK_W` x `SPARK_H` box,
-/// one decimal each; the lowest value at the bottom, the highest at the top, a flat line in the
-/// middle. Non-finite values count as 0.
+/// The points of a sparkline through `values` (oldest first) in a `SPARK_W` x `SPARK_H` box
+/// less a 3 px margin, one decimal each; the lowest value at the bottom, the highest at the top,
+/// a flat line in the middle. Non-finite values count as 0.
 pub fn spark_points(values: &[f64]) -> String {
     let vals: Vec<f64> = values.iter().map(|v| if v.is_finite() { *v } else { 0.0 }).collect();
     let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
-    let step = if vals.len() > 1 { SPARK_W / (vals.len() - 1) as f64 } else { 0.0 };
-    let pad = 2.0;
+    let pad = 3.0;
+    let step = if vals.len() > 1 { (SPARK_W - 2.0 * pad) / (vals.len() - 1) as f64 } else { 0.0 };
+    // A single value sits at the right end, where the newest does.
+    let x0 = if vals.len() > 1 { pad } else { SPARK_W - pad };
     vals.iter()
         .enumerate()
         .map(|(i, v)| {
             let y = if hi > lo { pad + (hi - v) / (hi - lo) * (SPARK_H - 2.0 * pad) } else { SPARK_H / 2.0 };
-            format!("{:.1},{:.1}", i as f64 * step, y)
+            format!("{:.1},{:.1}", x0 + i as f64 * step, y)
         })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-/// An inline SVG sparkline, labelled for screen readers.
+/// An inline SVG sparkline, labelled for screen readers, the newest value marked.
 pub fn sparkline(values: &[f64], label: &str) -> Markup {
+    let points = spark_points(values);
+    // The newest value as a dot: with a single backup the line alone would draw nothing.
+    let last = points.rsplit(' ').next().and_then(|p| p.split_once(',')).map(|(x, y)| (x.to_string(), y.to_string()));
     html! {
         svg class="spark" xmlns="http://www.w3.org/2000/svg" width=(SPARK_W) height=(SPARK_H)
             viewBox={ "0 0 " (SPARK_W) " " (SPARK_H) } role="img" aria-label=(label) {
             title { (label) }
-            polyline points=(spark_points(values));
+            polyline points=(points);
+            @if let Some((x, y)) = last { circle cx=(x) cy=(y) r="2.5"; }
         }
     }
 }

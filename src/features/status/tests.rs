@@ -188,6 +188,7 @@ fn the_page_escapes_every_name_and_reason_and_carries_no_secret() {
         assert!(page.contains(&format!("data-state=\"{state}\"")), "a {state} row");
     }
     assert!(page.contains("RTO 12.5 s"));
+    assert!(page.contains("font:14px/1.4 \"Segoe UI\""), "the style sheet is ours, not escaped");
     assert!(page.contains("<svg class=\"spark\""), "inline SVG sparklines");
     // The JSON view has the same facts and no secret either.
     let json = serde_json::to_string(&v).unwrap();
@@ -197,14 +198,17 @@ fn the_page_escapes_every_name_and_reason_and_carries_no_secret() {
 
 #[test]
 fn sparkline_points_span_the_box_lowest_at_the_bottom() {
-    assert_eq!(html::spark_points(&[1.0, 3.0, 2.0]), "0.0,22.0 60.0,2.0 120.0,12.0");
-    assert_eq!(html::spark_points(&[5.0, 5.0]), "0.0,12.0 120.0,12.0", "flat: the middle");
-    assert_eq!(html::spark_points(&[7.0]), "0.0,12.0");
+    assert_eq!(html::spark_points(&[1.0, 3.0, 2.0]), "3.0,21.0 60.0,3.0 117.0,12.0");
+    assert_eq!(html::spark_points(&[5.0, 5.0]), "3.0,12.0 117.0,12.0", "flat: the middle");
+    assert_eq!(html::spark_points(&[7.0]), "117.0,12.0", "one value: at the newest end");
     assert_eq!(html::spark_points(&[]), "");
-    assert_eq!(html::spark_points(&[f64::NAN, 1.0]), "0.0,22.0 120.0,2.0");
+    assert_eq!(html::spark_points(&[f64::NAN, 1.0]), "3.0,21.0 117.0,3.0");
     let svg = html::sparkline(&[1.0, 2.0], "stored size").into_string();
     assert!(svg.starts_with("<svg class=\"spark\""), "{svg}");
-    assert!(svg.contains("<polyline points=\"0.0,22.0 120.0,2.0\">"), "{svg}");
+    assert!(svg.contains("<polyline points=\"3.0,21.0 117.0,3.0\">"), "{svg}");
+    assert!(svg.contains("<circle cx=\"117.0\" cy=\"3.0\" r=\"2.5\">"), "the newest value marked: {svg}");
+    let one = html::sparkline(&[7.0], "one").into_string();
+    assert!(one.contains("<circle cx=\"117.0\" cy=\"12.0\""), "a single backup still shows: {one}");
     assert!(svg.contains("<title>stored size</title>"), "{svg}");
     assert_eq!(text::spark(&[0.0, 7.0, 3.5]), "▁█▅");
 }
