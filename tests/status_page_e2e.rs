@@ -7,7 +7,8 @@
 //! margin (late), one three days old (missed), one of a database named
 //! `<img src=x onerror=alert(1)>`; a failed job; a drill. The browser's DOM must show the hostile
 //! name as text with no element made from it, every section, the right states, the drill's RTO,
-//! and no SAS signature anywhere; a screenshot is saved under the test's temp dir.
+//! and no SAS signature anywhere; a screenshot is saved under the test's temp dir
+//! (`PGVAULT_STATUS_SCREENSHOT=<file>` keeps a copy).
 
 #[path = "support/app.rs"]
 mod app;
@@ -157,9 +158,11 @@ async fn the_status_page_in_a_real_browser_shows_states_and_hostile_names_as_tex
     });
     let png = std::fs::read(&shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a real screenshot ({} bytes)", png.len());
-    eprintln!("screenshot: {}", shot.display());
+    // The temp dir goes with the test; PGVAULT_STATUS_SCREENSHOT=<file> keeps a copy (the
+    // README's docs/status.png is made so).
     if let Some(keep) = std::env::var_os("PGVAULT_STATUS_SCREENSHOT") {
-        std::fs::copy(&shot, keep).unwrap();
+        std::fs::copy(&shot, &keep).unwrap();
+        eprintln!("screenshot kept as {}", std::path::Path::new(&keep).display());
     }
 
     // The terminal: no colour into a pipe, the same states; --json; --html writes the page.
@@ -178,8 +181,4 @@ async fn the_status_page_in_a_real_browser_shows_states_and_hostile_names_as_tex
     assert!(out.status.success());
     let written = std::fs::read_to_string(&file).unwrap();
     assert!(written.contains("&lt;img src=x onerror=alert(1)&gt;") && !written.contains("<img"));
-    // The screenshot stays under the test's temp dir (its path is printed); the browser's
-    // profile does not.
-    std::fs::remove_dir_all(&profile).unwrap();
-    drop(tmp.keep());
 }

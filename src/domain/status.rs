@@ -411,18 +411,6 @@ pub fn age(seconds: i64) -> String {
     }
 }
 
-/// Bytes in binary units: `512 B`, `3.4 MiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,9 +489,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_ages_read_well() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(3 * 1024 * 1024 + 400 * 1024), "3.4 MiB");
+    fn ages_read_well() {
         assert_eq!(age(42), "42 s");
         assert_eq!(age(17 * 60), "17 min");
         assert_eq!(age(3 * 86400), "3.0 d");

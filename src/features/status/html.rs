@@ -3,6 +3,7 @@
 //! database named `<img src=x onerror=alert(1)>` is text; nothing is emitted unescaped.
 
 use crate::domain::status::*;
+use crate::seams::progress::human_bytes as bytes;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 const CSS: &str = r#"

@@ -208,7 +208,7 @@ fn trouble<'a>(records: impl Iterator<Item = &'a JobRecord>, since: OffsetDateTi
             reason: scrub(r.reason.as_deref().unwrap_or("no reason recorded")),
         })
         .collect();
-    out.sort_by(|a, b| b.at.cmp(&a.at));
+    out.sort_by_key(|t| std::cmp::Reverse(t.at));
     out
 }
 

@@ -226,3 +226,70 @@ fn the_terminal_text_escapes_control_characters() {
     assert!(!plain.contains("SECRETSIG"));
     assert!(plain.contains("drill passed") && plain.contains("RTO 12.5 s"), "{plain}");
 }
+
+#[test]
+fn pgbackrest_targets_and_doctor_findings_show_escaped() {
+    use crate::domain::records::{FreshnessDetail, RotationDetail, StanzaFreshness};
+    let vm = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/pg1";
+    let targets = serde_json::json!([
+        {"name": "pg1", "vm_resource_id": vm, "blob_endpoint": "https://a.blob.core.windows.net",
+         "container": "c", "vault": "my-vault", "stanzas": ["main"]},
+        {"name": "pg2", "vm_resource_id": vm, "blob_endpoint": "https://a.blob.core.windows.net",
+         "container": "c", "vault": "my-vault"},
+    ]);
+    let s = Settings::from_map(HashMap::from([
+        ("PGVAULT_INVENTORY".to_string(), "[]".to_string()),
+        ("PGVAULT_PGBACKREST_TARGETS".to_string(), targets.to_string()),
+    ]))
+    .unwrap();
+    let now = datetime!(2026-11-21 10:00 UTC);
+    let mut rot = JobRecord::new(JobKind::PgbackrestSas, "r", "x", now);
+    rot.detail = RotationDetail {
+        target: "pg1".into(),
+        new_expiry: Some(now + Duration::hours(9)),
+        error: Some("delivery to https://vm/x?sv=1&sig=SECRET failed".into()),
+        ..Default::default()
+    }
+    .into();
+    let mut fresh = JobRecord::new(JobKind::PgbackrestFreshness, "f", "x", now);
+    fresh.detail = FreshnessDetail {
+        target: "pg1".into(),
+        stanzas: vec![StanzaFreshness {
+            stanza: "<b>main</b>".into(),
+            newest_time: Some(now - Duration::hours(30)),
+            fresh: false,
+            error: Some("newest backup is 30 h old".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .into();
+    let findings = vec![Finding {
+        object: "server <i>x</i>".into(),
+        severity: "error".into(),
+        problem: "pg_dump 15 is older than the server (17)".into(),
+        hint: Some("install pg_dump 17".into()),
+    }];
+    let v = build(&s, &[], &[rot, fresh], &[], &BTreeMap::new(), findings, vec![], now);
+    assert_eq!(v.pgbackrest.len(), 2);
+    let pg1 = &v.pgbackrest[0];
+    assert_eq!(pg1.sas_expiry, Fact::known("2026-11-21T19:00:00Z (in 9.0 h)"));
+    assert!(!pg1.sas_problem.as_deref().unwrap().contains("SECRET"), "{:?}", pg1.sas_problem);
+    assert!(!pg1.stanzas[0].fresh);
+    assert_eq!(v.pgbackrest[1].sas_expiry, Fact::unknown("no rotation recorded yet"));
+    assert_eq!(v.pgbackrest[1].stanzas_note.as_deref(), Some("no freshness check recorded yet"));
+
+    let page = html::render(&v);
+    let section = |id: &str| {
+        page.split(&format!("<section id=\"{id}\"")).nth(1).unwrap().split("</section>").next().unwrap().to_string()
+    };
+    let pgbr = section("pgbackrest");
+    assert!(pgbr.contains("&lt;b&gt;main&lt;/b&gt;") && pgbr.contains("stale"), "{pgbr}");
+    assert!(pgbr.contains("unknown (no rotation recorded yet)"), "{pgbr}");
+    assert!(!page.contains("sig=") && !page.contains("SECRET"));
+    let doctor = section("doctor");
+    assert!(doctor.contains("server &lt;i&gt;x&lt;/i&gt;") && doctor.contains("install pg_dump 17"), "{doctor}");
+    let out = anstream::adapter::strip_str(&text::render(&v)).to_string();
+    assert!(out.contains("pg1 (pull): SAS expiry 2026-11-21T19:00:00Z (in 9.0 h)"), "{out}");
+    assert!(out.contains("HINT: install pg_dump 17"), "{out}");
+}

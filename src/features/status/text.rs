@@ -4,6 +4,7 @@
 //! cursor or recolour the screen.
 
 use crate::domain::status::*;
+use crate::seams::progress::human_bytes as bytes;
 use anstyle::{AnsiColor, Style};
 use std::fmt::Write;
 
