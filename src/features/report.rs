@@ -291,7 +291,7 @@ impl Newest {
 /// out, nor when the server's newest globals backup is newer than `last` and does not list it
 /// (the database was dropped): retention always keeps a target's newest backup, so without this
 /// such a database would be reported as missing its schedule forever.
-fn still_expected(
+pub fn still_expected(
     sv: &crate::config::settings::Server,
     database: &str,
     last: OffsetDateTime,

@@ -100,17 +100,26 @@ pub fn build(
             keys.insert((s.to_string(), d.to_string()));
         }
     }
+    let newest_globals = crate::features::report::Newest::from_manifests(manifests).globals;
     let mut databases = Vec::new();
-    let mut claimed: BTreeSet<&str> = BTreeSet::new();
+    // The records shown under a database, by (kind, id): the rest are other trouble.
+    let mut claimed: BTreeSet<(&str, &str)> = BTreeSet::new();
     for (server, database) in keys {
         let target = format!("{server}/{database}");
         let mine: Vec<&Manifest> =
             manifests.iter().filter(|m| target_of(m) == (server.clone(), database.clone())).collect();
         let about: Vec<&JobRecord> = records.iter().filter(|r| r.target.as_deref() == Some(target.as_str())).collect();
-        claimed.extend(about.iter().map(|r| r.id.as_str()));
+        claimed.extend(about.iter().map(|r| (r.kind.as_str(), r.id.as_str())));
         let plan = plans.iter().find(|p| p.server == server && p.database.as_deref().unwrap_or(GLOBALS) == database);
         databases.push(DbStatus {
-            protection: protection(settings, &server, &database, mine.last().copied(), now),
+            protection: protection(
+                settings,
+                &server,
+                &database,
+                mine.last().copied(),
+                newest_globals.get(&server),
+                now,
+            ),
             trend: mine
                 .iter()
                 .rev()
@@ -130,7 +139,7 @@ pub fn build(
             database,
         });
     }
-    let other_trouble = trouble(records.iter().filter(|r| !claimed.contains(r.id.as_str())), since);
+    let other_trouble = trouble(records.iter().filter(|r| !claimed.contains(&(r.kind.as_str(), r.id.as_str()))), since);
     StatusView {
         generated_at: now,
         store: scrub(&match &settings.storage {
@@ -149,11 +158,13 @@ pub fn build(
     }
 }
 
+/// `globals`: the server's newest globals backup and the databases it lists.
 fn protection(
     settings: &Settings,
     server: &str,
     database: &str,
     newest: Option<&Manifest>,
+    globals: Option<&(OffsetDateTime, Option<Vec<String>>)>,
     now: OffsetDateTime,
 ) -> Protection {
     let sv = settings.server(server);
@@ -163,7 +174,10 @@ fn protection(
     let (mut state, mut why, due) = classify_rpo(last, schedule.as_deref(), settings.rpo_margin, now);
     let left_out = match sv {
         None => Some(format!("server {server:?} is not in the inventory any more")),
-        Some(sv) => db.and_then(|d| sv.leaves_out(d)),
+        Some(sv) => db.and_then(|d| sv.leaves_out(d)).or_else(|| {
+            let dropped = last.is_some_and(|t| !crate::features::report::still_expected(sv, database, t, globals));
+            dropped.then(|| "the server's newest globals backup does not list it (dropped)".to_string())
+        }),
     };
     if let Some(reason) = left_out {
         // Not expected any more: the RPO does not apply (the missed-schedule check skips it too).

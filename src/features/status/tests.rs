@@ -293,3 +293,24 @@ fn pgbackrest_targets_and_doctor_findings_show_escaped() {
     assert!(out.contains("pg1 (pull): SAS expiry 2026-11-21T19:00:00Z (in 9.0 h)"), "{out}");
     assert!(out.contains("HINT: install pg_dump 17"), "{out}");
 }
+
+#[test]
+fn a_dropped_or_excluded_database_is_not_judged_against_the_rpo() {
+    let s = settings();
+    let now = datetime!(2026-11-25 10:00 UTC);
+    let mut globals = manifest("", datetime!(2026-11-24 02:00 UTC), 10, 1);
+    globals.kind = BackupKind::Globals;
+    globals.databases = Some(vec!["app".into()]);
+    let manifests = vec![
+        manifest("app", datetime!(2026-11-20 02:00 UTC), 10, 1),
+        manifest("dropped", datetime!(2026-11-20 02:00 UTC), 10, 1),
+        globals,
+    ];
+    let v = build(&s, &manifests, &[], &[], &BTreeMap::new(), vec![], vec![], now);
+    let state = |db: &str| v.databases.iter().find(|d| d.database == db).unwrap().protection.clone();
+    assert_eq!(state("app").state, RpoState::Missed, "still on the server, days overdue");
+    let dropped = state("dropped");
+    assert_eq!(dropped.state, RpoState::Unknown);
+    assert!(dropped.why.contains("does not list it (dropped)"), "{}", dropped.why);
+    assert_eq!(state(GLOBALS).state, RpoState::Missed, "the globals' next run was due 2026-11-25 02:00");
+}
