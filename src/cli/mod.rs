@@ -3,6 +3,7 @@
 pub mod hostsim;
 pub mod monitor;
 pub mod pgbackrest;
+pub mod status;
 
 use crate::domain::error::{Error, Result};
 use crate::features::backup::Outcome;
@@ -133,6 +134,15 @@ pub enum Command {
         /// Print the findings as JSON.
         #[arg(long)]
         json: bool,
+    /// The status page in the terminal: per database protection against the RPO, trend, proof,
+    /// trouble, retention and posture; pgBackRest targets; the doctor's findings.
+    Status {
+        /// Print the view as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the HTML page (what the `status` function serves) to this file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
     },
     /// Play the Functions host against a running `pgvault serve` (local stacks and tests).
     #[command(subcommand)]
@@ -507,6 +517,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             let opts = crate::features::doctor::Options { server, restore_targets };
             crate::cli::monitor::doctor(&rt.ctx, &opts, json).await
         }
+        Command::Status { json, html } => crate::cli::status::run(&rt.ctx, json, html.as_deref()).await,
         Command::HostSim(HostSim::Timer { url, function }) => {
             let (status, reply) = hostsim::invoke(&url, &function, &hostsim::timer_payload(&function, false)).await?;
             println!("{status} {}", serde_json::to_string_pretty(&reply).expect("serializes"));

@@ -16,3 +16,4 @@ pub mod restore;
 pub mod schedule;
 pub mod secret;
 pub mod sql;
+pub mod status;

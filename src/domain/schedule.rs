@@ -17,3 +17,12 @@ pub fn parse_ncrontab(expr: &str) -> Result<croner::Cron> {
         .parse(expr)
         .map_err(|e| Error::permanent(format!("{expr:?} is not a valid NCRONTAB expression: {e}")))
 }
+
+/// The next run of an NCRONTAB schedule strictly after `t` (`None`: the expression does not
+/// parse, or it never fires again).
+pub fn next_after(schedule: &str, t: time::OffsetDateTime) -> Option<time::OffsetDateTime> {
+    let cron = parse_ncrontab(schedule).ok()?;
+    let from = chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).unwrap_or_default();
+    let next = cron.find_next_occurrence(&from, false).ok()?;
+    time::OffsetDateTime::from_unix_timestamp(next.timestamp()).ok()
+}

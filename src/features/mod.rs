@@ -13,3 +13,4 @@ pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod scheduler;
+pub mod status;

@@ -264,16 +264,9 @@ pub fn summary(settings: &Settings, records: &[JobRecord], now: OffsetDateTime) 
     out.into_values().collect()
 }
 
-fn to_chrono(t: OffsetDateTime) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).unwrap_or_default()
-}
-
-/// The next run of an NCRONTAB schedule strictly after `t`.
-pub fn next_after(schedule: &str, t: OffsetDateTime) -> Option<OffsetDateTime> {
-    let cron = crate::domain::schedule::parse_ncrontab(schedule).ok()?;
-    let next = cron.find_next_occurrence(&to_chrono(t), false).ok()?;
-    OffsetDateTime::from_unix_timestamp(next.timestamp()).ok()
-}
+/// The next run of an NCRONTAB schedule strictly after `t` (moved down to the domain, where the
+/// status page's RPO classification uses it too).
+pub use crate::domain::schedule::next_after;
 
 /// A database whose newest backup is older than its schedule allows.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -318,7 +311,7 @@ impl Newest {
 /// out, nor when the server's newest globals backup is newer than `last` and does not list it
 /// (the database was dropped): retention always keeps a target's newest backup, so without this
 /// such a database would be reported as missing its schedule forever.
-fn still_expected(
+pub fn still_expected(
     sv: &crate::config::settings::Server,
     database: &str,
     last: OffsetDateTime,

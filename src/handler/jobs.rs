@@ -58,12 +58,13 @@ pub fn http_request(body: &[u8]) -> Result<HttpRequest, Box<Response>> {
 
 /// The host reply carrying an HTTP response in the `res` output binding.
 pub fn http_reply(status: u16, body: &Value, logs: Vec<String>) -> Response {
+    http_reply_with(status, body.to_string(), json!({ "Content-Type": "application/json" }), logs)
+}
+
+/// The host reply carrying an HTTP response of any type (`headers`: a JSON object of strings).
+pub fn http_reply_with(status: u16, body: String, headers: Value, logs: Vec<String>) -> Response {
     let out = json!({
-        "Outputs": { "res": {
-            "statusCode": status,
-            "body": body.to_string(),
-            "headers": { "Content-Type": "application/json" },
-        }},
+        "Outputs": { "res": { "statusCode": status, "body": body, "headers": headers } },
         "Logs": logs,
         "ReturnValue": null,
     });

@@ -17,6 +17,7 @@ pub mod restore_requests;
 pub mod restore_worker;
 pub mod retention;
 pub mod sas_rotator;
+pub mod status;
 
 use crate::config::context::Ctx;
 use crate::seams::queue::JobQueue;
@@ -42,6 +43,7 @@ pub const FUNCTIONS: &[&str] = &[
     "jobs",
     "backup-now",
     "doctor",
+    "status",
 ];
 
 /// What the handlers share.
@@ -62,7 +64,7 @@ pub struct AppState {
 pub const MAX_INVOCATION_BYTES: usize = 1 << 20;
 
 /// The functions with an HTTP trigger: their replies carry the `res` output binding.
-const HTTP_FUNCTIONS: &[&str] = &["jobs", "backup-now"];
+const HTTP_FUNCTIONS: &[&str] = &["jobs", "backup-now", "status"];
 
 /// The router. `GET /` answers at once: the host polls it to learn that the handler is up.
 /// Every other answer, refusals included, is in the host's reply shape
@@ -81,6 +83,7 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs", post(jobs::handle))
         .route("/backup-now", post(backup_now::handle))
         .route("/doctor", post(doctor::handle))
+        .route("/status", post(status::handle))
         .fallback(|uri: Uri| async move {
             refusal(StatusCode::NOT_FOUND, format!("no function is served at {}", uri.path()))
         })

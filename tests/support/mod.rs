@@ -10,6 +10,7 @@ pub mod azurite;
 pub mod certs;
 pub mod data;
 pub mod front;
+pub mod httphost;
 pub mod identity;
 pub mod keyvault;
 pub mod pg;
