@@ -48,9 +48,29 @@ pub async fn gather(ctx: &Ctx, now: OffsetDateTime) -> Result<StatusView> {
         }
     };
     let tiers = access_tiers(ctx, &manifests).await;
-    // wired at merge: the doctor's findings (records of kind `doctor`, h16-doctor).
-    let findings = Vec::new();
+    let findings = doctor_findings(&records);
     Ok(build(settings, &manifests, &records, &plans, &tiers, findings, gaps, now))
+}
+
+/// The findings of the newest finished `doctor` run (none before the first), worst first, each
+/// scrubbed for the page.
+fn doctor_findings(records: &[JobRecord]) -> Vec<Finding> {
+    let newest = records
+        .iter()
+        .filter(|r| r.kind == JobKind::Doctor && r.status.is_finished())
+        .max_by_key(|r| r.finished_at.unwrap_or(r.updated_at));
+    let Some(detail) = newest.and_then(|r| r.detail.doctor()) else { return Vec::new() };
+    let mut found: Vec<&crate::domain::doctor::Finding> = detail.findings.iter().collect();
+    found.sort_by(|a, b| b.severity.cmp(&a.severity));
+    found
+        .into_iter()
+        .map(|f| Finding {
+            object: scrub(&f.object),
+            severity: f.severity.as_str().to_string(),
+            problem: scrub(&f.problem),
+            hint: f.hint.as_deref().map(scrub),
+        })
+        .collect()
 }
 
 /// Each backup's access tier (by backup id): `Ok(tier)`, or why it is not known.

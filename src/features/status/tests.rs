@@ -314,3 +314,29 @@ fn a_dropped_or_excluded_database_is_not_judged_against_the_rpo() {
     assert!(dropped.why.contains("does not list it (dropped)"), "{}", dropped.why);
     assert_eq!(state(GLOBALS).state, RpoState::Missed, "the globals' next run was due 2026-11-25 02:00");
 }
+
+#[test]
+fn the_newest_doctor_run_gives_the_findings_worst_first_and_scrubbed() {
+    use crate::domain::doctor::Finding as DoctorFinding;
+    use crate::domain::records::DoctorDetail;
+    let doctor = |id: &str, at: OffsetDateTime, findings: Vec<DoctorFinding>| {
+        let mut r = JobRecord::new(JobKind::Doctor, id, "doctor", at);
+        r.succeed(at, DoctorDetail { findings, ..Default::default() }, None);
+        r
+    };
+    let old = doctor("d1", datetime!(2026-12-01 02:00 UTC), vec![DoctorFinding::error("connection", "server \"prod\"", "gone")]);
+    let mut leak = DoctorFinding::warning("tls-expiry", "server \"prod\"", "see https://x.blob.core.windows.net/c/b?sv=1&sig=SECRET");
+    leak.hint = Some("renew <b>it</b>".into());
+    let new = doctor(
+        "d2",
+        datetime!(2026-12-02 02:00 UTC),
+        vec![leak, DoctorFinding::error("table-privileges", "table \"public\".\"t\"", "permission denied")],
+    );
+    let got = doctor_findings(&[new, old]);
+    assert_eq!(got.len(), 2, "only the newest run counts: {got:?}");
+    assert_eq!(got[0].severity, "error");
+    assert_eq!(got[0].problem, "permission denied");
+    assert!(!got[1].problem.contains("SECRET") && !got[1].problem.contains("sig="), "{:?}", got[1].problem);
+    assert_eq!(got[1].hint.as_deref(), Some("renew <b>it</b>"), "escaping is the renderer's job, not the gatherer's");
+    assert!(doctor_findings(&[]).is_empty());
+}
