@@ -113,33 +113,54 @@ pub struct HostBody(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for HostBody {
     type Rejection = Response;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Response> {
         let function = req.uri().path().trim_start_matches('/').to_string();
-        match Bytes::from_request(req, state).await {
-            Ok(body) => Ok(HostBody(body)),
-            Err(rejection) => {
-                let too_large = rejection.status() == StatusCode::PAYLOAD_TOO_LARGE;
-                let (status, msg) = if too_large {
-                    let msg = format!(
-                        "invocation of {function} refused: its body is larger than {} bytes, more than any \
-                         Functions host payload (a queue message holds at most 64 KiB)",
-                        MAX_INVOCATION_BYTES
-                    );
-                    (StatusCode::PAYLOAD_TOO_LARGE, msg)
-                } else {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        format!("invocation of {function}: cannot read its body: {}", rejection.body_text()),
-                    )
-                };
-                if HTTP_FUNCTIONS.contains(&function.as_str()) {
-                    tracing::error!(function, status = status.as_u16(), "{msg}");
-                    return Err(jobs::http_reply(status.as_u16(), &json!({ "error": msg }), vec![msg.clone()]));
-                }
-                Err(refusal(status, msg).into_response())
+        let (status, msg) = match read_limited(req.into_body()).await {
+            Ok(body) => return Ok(HostBody(body)),
+            Err(None) => {
+                let msg = format!(
+                    "invocation of {function} refused: its body is larger than {} bytes, more than any \
+                     Functions host payload (a queue message holds at most 64 KiB)",
+                    MAX_INVOCATION_BYTES
+                );
+                (StatusCode::PAYLOAD_TOO_LARGE, msg)
             }
+            Err(Some(e)) => (StatusCode::BAD_REQUEST, format!("invocation of {function}: cannot read its body: {e}")),
+        };
+        if HTTP_FUNCTIONS.contains(&function.as_str()) {
+            tracing::error!(function, status = status.as_u16(), "{msg}");
+            return Err(jobs::http_reply(status.as_u16(), &json!({ "error": msg }), vec![msg.clone()]));
+        }
+        Err(refusal(status, msg).into_response())
+    }
+}
+
+/// How much of a refused body is still read (and dropped) before the refusal is sent. A server
+/// that answers while the client is still sending, and then closes, makes the kernel reset the
+/// connection, and the client loses the reply it was sent (a broken pipe instead of the 413);
+/// reading the rest first lets the caller see why. Past this, the connection is dropped.
+const DRAIN_LIMIT_BYTES: usize = 64 << 20;
+
+/// The body, whole, up to [`MAX_INVOCATION_BYTES`]: `Err(None)` when it is larger (read to its
+/// end, up to [`DRAIN_LIMIT_BYTES`], and dropped), `Err(Some(_))` when it cannot be read.
+async fn read_limited(body: axum::body::Body) -> Result<Bytes, Option<axum::Error>> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut refused = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Some)?;
+        if refused > 0 || buf.len() + chunk.len() > MAX_INVOCATION_BYTES {
+            refused += buf.len() + chunk.len();
+            buf = bytes::BytesMut::new();
+            if refused > DRAIN_LIMIT_BYTES {
+                break;
+            }
+        } else {
+            buf.extend_from_slice(&chunk);
         }
     }
+    if refused > 0 { Err(None) } else { Ok(buf.freeze()) }
 }
 
 /// The body the host POSTs for a non-HTTP trigger.
