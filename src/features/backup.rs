@@ -279,6 +279,10 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         databases,
         database_properties,
         restore_hint,
+        layout: Default::default(),
+        snapshot: None,
+        parts: vec![],
+        notes: vec![],
     };
     let created = ctx
         .store
