@@ -618,7 +618,8 @@ pub struct RestoreArgs {
     /// Restore the roles of the globals backup first (existing roles are skipped).
     #[arg(long)]
     globals: bool,
-    /// pg_restore --jobs, when the scratch disk has room for the archive.
+    /// pg_restore --jobs, when the scratch disk has room for the archive. A backup in parts: the
+    /// parts loaded at once, each streamed from storage (default 2).
     #[arg(long)]
     jobs: Option<u32>,
     /// Create the database with the target server's default encoding and locale instead of the
@@ -902,6 +903,10 @@ fn print_task_report(
             d.database, d.server, d.target_version, d.pg_restore, d.method, d.method_reason
         );
         println!("   {} tables' row counts match the manifest", d.tables_checked);
+        for p in &d.parts {
+            let rows = p.rows.map(|n| format!(", {n} rows")).unwrap_or_default();
+            println!("   part {} ({}, {}{rows}): {:.1} s", p.name, p.kind, human_bytes(p.stored_bytes), p.seconds);
+        }
         if let Some(p) = &d.properties {
             for a in &p.applied {
                 println!("   applied: {a}");
