@@ -22,6 +22,11 @@ use support::data::{blocking, databases_like, schema, table_sums};
 
 const SOURCE: &str = "shop";
 
+fn make_source(c: &Cluster) {
+    c.psql("postgres", &format!("CREATE DATABASE {SOURCE}"));
+    c.psql(SOURCE, SOURCE_SQL);
+}
+
 /// Every hostile case of issue 15 in one small database: a foreign key between tables that go to
 /// different parts, an identity column and a free sequence, a partitioned table whose partitions
 /// sit in different parts, inheritance, an unlogged table, a materialized view, a table with row
@@ -116,8 +121,9 @@ async fn back_up_in_parts(stack: &Stack, db: &str, job: &str) -> Manifest {
     let snapshot: String = client.query_one("SELECT pg_export_snapshot()", &[]).await.unwrap().get(0);
     let snap = format!("--snapshot={snapshot}");
     let tables = |names: &[&str]| names.iter().map(|t| format!("--table=public.{t}")).collect::<Vec<_>>();
-    let schema =
-        blocking(|| pg_dump(c, db, &[snap.clone(), "--section=pre-data".into(), "--section=post-data".into()]));
+    let schema = blocking(|| {
+        pg_dump(c, db, &[snap.clone(), "--section=pre-data".into(), "--section=post-data".into(), "--no-blobs".into()])
+    });
     let d1 = blocking(|| pg_dump(c, db, &[&[snap.clone(), "--data-only".into()][..], &tables(DATA_01)].concat()));
     let mut d2_args = vec![snap.clone(), "--data-only".into(), "--blobs".into()];
     d2_args.extend(tables(DATA_02));
@@ -150,7 +156,7 @@ async fn back_up_in_parts(stack: &Stack, db: &str, job: &str) -> Manifest {
     let mut counts = Vec::new();
     for r in counted {
         let (s, t): (String, String) = (r.get(0), r.get(1));
-        let n: i64 = client.query_one(&format!("SELECT count(*) FROM ONLY public.{t}"), &[]).await.unwrap().get(0);
+        let n: i64 = client.query_one(&format!("SELECT count(*) FROM public.{t}"), &[]).await.unwrap().get(0);
         counts.push(json!({ "schema": s, "table": t, "rows": n }));
     }
     client.batch_execute("COMMIT").await.unwrap();
@@ -224,16 +230,13 @@ fn assert_same(c: &Cluster, restored: &str) {
                  (SELECT count(*) FROM readings_early) || '/' || (SELECT count(*) FROM readings_late)";
     let expected = c.psql(SOURCE, facts);
     assert_eq!(c.psql(restored, facts), expected);
-    assert!(expected.starts_with("4242/t 3000 500:3000 t 2 4/2 "), "{expected}");
+    assert!(expected.starts_with("4242/true 3000 500:3000 true 2 2/4 "), "{expected}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_set_restores_two_parts_at_a_time_like_the_source() {
     let stack = Stack::start().await;
-    blocking(|| {
-        stack.pg.psql("postgres", &format!("CREATE DATABASE {SOURCE}"));
-        stack.pg.psql(SOURCE, SOURCE_SQL);
-    });
+    blocking(|| make_source(&stack.pg));
     let m = back_up_in_parts(&stack, SOURCE, "parts1").await;
     assert_eq!(m.parts.len(), 5);
     let out = cli_ok(
@@ -267,4 +270,117 @@ async fn a_part_set_restores_two_parts_at_a_time_like_the_source() {
     assert_eq!(db["tables_checked"], m.row_counts.as_ref().unwrap().tables.len(), "{db}");
     blocking(|| assert_same(&stack.pg, "shop_copy"));
     assert!(blocking(|| temp_databases(&stack.pg)).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_block_in_one_data_part_fails_before_the_target_is_touched() {
+    let stack = Stack::start().await;
+    blocking(|| {
+        make_source(&stack.pg);
+        // The database to replace: a failed restore must leave it exactly as it is.
+        stack.pg.psql("postgres", "CREATE DATABASE shop_live");
+        stack.pg.psql("shop_live", "CREATE TABLE keep (v text); INSERT INTO keep VALUES ('untouched')");
+    });
+    let m = back_up_in_parts(&stack, SOURCE, "corrupt1").await;
+    // One byte of the last block of data-02 flipped in storage (the schema part and data-01 are
+    // intact, so pre-data and the other part run first).
+    let part = m.part("data-02").unwrap();
+    let store = stack.store().await;
+    let mut stored = store.get(&part.data_blob).await.unwrap().to_vec();
+    let at = stored.len() - 10;
+    stored[at] ^= 0x55;
+    store.put(&part.data_blob, bytes::Bytes::from(stored), &Default::default()).await.unwrap();
+    let out = blocking(|| {
+        stack.cli(&[
+            "restore",
+            "--server",
+            "main",
+            "--database",
+            SOURCE,
+            "--mode",
+            "replace",
+            "--target-database",
+            "shop_live",
+        ])
+    });
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let block = part.blocks.len() - 1;
+    assert!(
+        text.contains(&format!("backup \"{}/data-02\" is corrupt: block {block}", m.id)),
+        "names the part and the block: {text}"
+    );
+    assert!(text.contains("temporary database") && text.contains("dropped"), "{text}");
+    assert_eq!(blocking(|| stack.pg.psql("shop_live", "SELECT v FROM keep")), "untouched");
+    assert!(blocking(|| temp_databases(&stack.pg)).is_empty(), "the temporary database was dropped");
+    assert!(blocking(|| databases_like(&stack.pg, "shop\\_live\\_pre\\_restore%")).is_empty(), "nothing renamed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_files_gives_one_file_per_part_and_a_readme_whose_commands_restore_it() {
+    let stack = Stack::start().await;
+    blocking(|| make_source(&stack.pg));
+    let m = back_up_in_parts(&stack, SOURCE, "files1").await;
+    let out = cli_ok(
+        &stack,
+        &["restore", "--server", "main", "--database", SOURCE, "--mode", "as-files", "--container", "out", "--json"],
+    );
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let files = v["tasks"][0]["report"]["files"].as_array().unwrap().clone();
+    let names: Vec<String> = files.iter().map(|f| f["blob"].as_str().unwrap().to_string()).collect();
+    let mut want: Vec<String> = m.parts.iter().map(|p| p.data_blob.clone()).collect();
+    want.push(format!("{}.manifest.json", m.id));
+    want.push(format!("{}{}", m.id, pgvault::features::restore::README_SUFFIX));
+    assert_eq!(names, want, "one file per part, the manifest and the README");
+    assert!(files.iter().all(|f| f["url"].as_str().unwrap().contains("sig=")), "a read-only URL each");
+
+    // Download them and run the README's commands, as someone without pgvault would.
+    let options =
+        pgvault::azure::client_options(Some(stack.ca.ca_pem_path()), &pgvault::azure::RetrySettings::fast()).unwrap();
+    let out_store =
+        pgvault::azure::AzureBlobStore::new(&stack.azurite.blob_endpoint, "out", support::test_credential(), options)
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for n in &names {
+        let data = out_store.get(n).await.unwrap();
+        let file = dir.path().join(n.rsplit('/').next().unwrap());
+        std::fs::write(&file, &data).unwrap();
+        if let Some(f) = files.iter().find(|f| f["blob"] == n.as_str()) {
+            assert_eq!(f["sha256"], hex::encode(Sha256::digest(&data)), "{n}");
+        }
+    }
+    let readme = std::fs::read_to_string(dir.path().join(format!(
+        "{}{}",
+        m.id.rsplit('/').next().unwrap(),
+        pgvault::features::restore::README_SUFFIX
+    )))
+    .unwrap();
+    let pre = readme.find("1. ").expect("step 1");
+    let data = readme.find("2. ").expect("step 2");
+    let post = readme.find("3. ").expect("step 3");
+    assert!(pre < data && data < post, "{readme}");
+    let commands: Vec<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("   ") && l.contains("<target>"))
+        .map(|l| l.trim().replace("<target>", "from_files"))
+        .collect();
+    assert_eq!(commands.len(), m.parts.len() + 1, "pre-data, every part, post-data: {readme}");
+    blocking(|| {
+        stack.pg.psql("postgres", "CREATE DATABASE from_files TEMPLATE template0");
+        let c = &stack.pg;
+        for cmd in &commands {
+            let out = Command::new("bash")
+                .args(["-o", "pipefail", "-c", cmd])
+                .current_dir(dir.path())
+                .env("PATH", format!("{}:/usr/bin:/bin", c.bin_dir.display()))
+                .env("PGHOST", &c.host)
+                .env("PGPORT", c.port.to_string())
+                .env("PGUSER", &c.superuser)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert_same(c, "from_files");
+    });
 }

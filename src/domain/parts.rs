@@ -178,7 +178,12 @@ impl PartSpec {
             PartKind::Copy => None,
             // pre-data + post-data rather than --schema-only: the latter leaves out the
             // materialized views' REFRESH (post-data), which must run after the data parts.
-            PartKind::Schema => Some(vec!["--section=pre-data".into(), "--section=post-data".into()]),
+            // --no-blobs: the large objects part creates them (up to 16 pg_dump puts a large
+            // object's creation in pre-data, and pg_restore --data-only runs it too: twice
+            // would fail with a duplicate key in pg_largeobject_metadata).
+            PartKind::Schema => {
+                Some(vec!["--section=pre-data".into(), "--section=post-data".into(), "--no-blobs".into()])
+            }
             PartKind::Data => {
                 let mut a = vec!["--data-only".to_string()];
                 let mut named: Vec<&TableRef> = self.tables.iter().collect();

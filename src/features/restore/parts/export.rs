@@ -81,7 +81,7 @@ pub fn readme(set: &Manifest, manifest_file: &str, encrypted: bool) -> String {
     let schema = by_kind(PartKind::Schema).next();
     let zstd = set.compression.by_pgvault();
     let source = |p: &Part| match (encrypted, zstd) {
-        (true, _) => format!("pgvault cat {} --part {} |", set.id, p.spec.name),
+        (true, _) => format!("pgvault cat {} |", crate::domain::parts::envelope_id(&set.id, &p.spec.name)),
         (false, true) => format!("zstd -d < {} |", file_of(&p.data_blob)),
         (false, false) => format!("cat {} |", file_of(&p.data_blob)),
     };
