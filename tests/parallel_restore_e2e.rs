@@ -467,4 +467,10 @@ async fn transfers_during_a_parallel_backup_restore_to_the_invariant_total() {
     let moved: i64 =
         blocking(|| stack.pg.psql("bank_copy", "SELECT count(*) FROM acct_a WHERE balance <> 100")).parse().unwrap();
     assert!(moved > 0, "the restored copy holds transfers, not just the starting state");
+
+    // A drill of the backup in parts goes through the same restore.
+    stack.set("PGVAULT_DRILL_SERVER", "main");
+    let out = cli_ok(&stack, &["drill"]);
+    assert!(out.contains("1 drills, 0 failed"), "{out}");
+    assert!(blocking(|| databases_like(&stack.pg, "pgvault\\_drill\\_%")).is_empty(), "no drill database left");
 }

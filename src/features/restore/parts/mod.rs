@@ -141,3 +141,86 @@ fn report_of(p: &Part) -> PartReport {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A set manifest of a schema part, two data parts and one COPY part.
+    fn set() -> Manifest {
+        let part = |name: &str, kind: &str, format: &str, extra: serde_json::Value| {
+            let mut p = serde_json::json!({
+                "name": name, "kind": kind, "data_blob": format!("s/d/20260101T000000Z-j.0000abcd.{name}.zst"),
+                "raw_bytes": 10, "stored_bytes": 5, "sha256": "ab", "blocks": [{"size": 5, "sha256": "ab"}],
+                "snapshot": "S", "archive_format": format, "command": [], "restore_hint": ""
+            });
+            p.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            p
+        };
+        let none = serde_json::json!({});
+        let m = serde_json::json!({
+            "format": "pgvault-backup-manifest", "format_version": 3, "pgvault_version": "0", "id": "s/d/20260101T000000Z-j",
+            "kind": "database", "job_id": "j", "server": "s", "database": "d", "server_version": "17.1",
+            "server_version_num": 170001, "tool": {"name": "pg_dump", "version": "pg_dump (PostgreSQL) 17.1", "major": 17, "args": []},
+            "archive_format": "parts", "compression": {"algorithm": "zstd", "level": 3}, "data_blob": "", "raw_bytes": 40,
+            "stored_bytes": 20, "sha256": "", "blocks": [], "requested_at": "2026-01-01T00:00:00Z",
+            "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:00Z", "row_counts": null,
+            "restore_hint": "", "layout": "parts", "snapshot": "S", "notes": ["table t2 was created after the snapshot"],
+            "parts": [
+                part("schema", "schema", "custom", none.clone()),
+                part("data-01", "data", "custom", serde_json::json!({"tables": [{"schema": "public", "table": "a"}]})),
+                part("data-02", "data", "custom", none.clone()),
+                part("copy-01", "copy", "copy-text", serde_json::json!({
+                    "table": {"schema": "public", "table": "Big"}, "columns": ["id", "it's"],
+                    "ctid_range": {"from_page": 0}})),
+            ]
+        });
+        let m = Manifest::from_json("x", &serde_json::to_vec(&m).unwrap()).unwrap();
+        m.check_consistent().unwrap();
+        m
+    }
+
+    #[test]
+    fn a_set_is_loaded_in_parts_with_the_jobs_asked_for() {
+        let m = set();
+        check_parts(&m).unwrap();
+        let (method, why) = parts_method(3, &m);
+        assert_eq!(method, Method::Parts(3));
+        assert!(why.contains("backup in 4 parts (2 data, 1 COPY, 1 schema)") && why.contains("up to 3 parts"), "{why}");
+        assert_eq!(parts_method(0, &m).0, Method::Parts(1));
+    }
+
+    #[test]
+    fn a_set_this_restore_cannot_load_is_refused_naming_why() {
+        let mut two_schemas = set();
+        two_schemas.parts[2].spec.kind = PartKind::Schema;
+        assert!(check_parts(&two_schemas).unwrap_err().to_string().contains("has 2 schema parts, not one"));
+        let mut odd = set();
+        odd.parts[1].archive_format = "directory".into();
+        let e = check_parts(&odd).unwrap_err().to_string();
+        assert!(e.contains("part \"data-01\" is stored as \"directory\"; a data part must be \"custom\""), "{e}");
+        let mut bare = set();
+        bare.parts[3].spec.columns.clear();
+        assert!(check_parts(&bare).unwrap_err().to_string().contains("COPY part \"copy-01\" names no table"));
+    }
+
+    #[test]
+    fn the_readme_gives_the_order_and_a_plain_command_per_file() {
+        let m = set();
+        let text = readme(&m, "20260101T000000Z-j.manifest.json", false);
+        let at = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s:?} not in:\n{text}"));
+        assert!(at("1. The schema part's pre-data") < at("2. Every data and COPY part"));
+        assert!(at("2. Every data and COPY part") < at("3. The schema part's post-data"));
+        at("zstd -d < 20260101T000000Z-j.0000abcd.schema.zst | pg_restore --section=pre-data --dbname=<target>");
+        at("zstd -d < 20260101T000000Z-j.0000abcd.data-02.zst | pg_restore --data-only --dbname=<target>");
+        // Quoted for SQL and for the shell: the column's own quote survives both.
+        at(r#"| PGCLIENTENCODING=UTF8 psql --dbname=<target> -c '\copy "public"."Big" ("id", "it'\''s") FROM STDIN'"#);
+        at("- table t2 was created after the snapshot");
+        assert_eq!(text.matches("<target>").count(), 6, "pre-data, three parts, post-data, and the intro: {text}");
+        let encrypted = readme(&m, "x", true);
+        assert!(
+            encrypted.contains("pgvault cat s/d/20260101T000000Z-j/data-01 | pg_restore --data-only"),
+            "{encrypted}"
+        );
+    }
+}
