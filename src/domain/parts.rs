@@ -178,7 +178,11 @@ impl PartSpec {
             PartKind::Copy => None,
             // pre-data + post-data rather than --schema-only: the latter leaves out the
             // materialized views' REFRESH (post-data), which must run after the data parts.
-            PartKind::Schema => Some(vec!["--section=pre-data".into(), "--section=post-data".into()]),
+            // --no-blobs: pg_dump before 17 puts a large object's creation in pre-data; its
+            // one part holds it.
+            PartKind::Schema => {
+                Some(vec!["--section=pre-data".into(), "--section=post-data".into(), "--no-blobs".into()])
+            }
             PartKind::Data => {
                 let mut a = vec!["--data-only".to_string()];
                 let mut named: Vec<&TableRef> = self.tables.iter().collect();
@@ -230,7 +234,7 @@ impl PartSpec {
     /// The plain-tools restore line of this part's file.
     pub fn restore_hint(&self, file: &str, zstd: bool, encrypted_id: Option<&str>) -> String {
         let source = match (encrypted_id, zstd) {
-            (Some(id), _) => format!("pgvault cat {id} --part {} |", self.name),
+            (Some(id), _) => format!("pgvault cat {id}/{} |", self.name),
             (None, true) => format!("zstd -d < {file} |"),
             (None, false) => format!("cat {file} |"),
         };

@@ -12,7 +12,7 @@
 //! as a whole (a new snapshot cannot be mixed with parts of the old one: the set would no longer
 //! be one consistent moment).
 
-use super::{BlockSizer, Outcome, Producer, exact_counts, estimated_counts, upload_blocks};
+use super::{BlockSizer, Outcome, Producer, estimated_counts, exact_counts, upload_blocks};
 use crate::config::context::Ctx;
 use crate::config::settings::RowCountMode;
 use crate::domain::envelope::{self, DataKey};
@@ -76,9 +76,8 @@ pub(super) async fn wanted(ctx: &Ctx, client: &tokio_postgres::Client) -> Result
 
 /// Why a part that lost its snapshot failed: the exporting transaction is gone.
 fn snapshot_gone(snapshot: &str) -> Error {
-    Error::permanent(format!("snapshot {snapshot} no longer exists (the coordinator ended)")).with_hint(
-        "nothing of this attempt is published; the job is retried as a whole in a new snapshot",
-    )
+    Error::permanent(format!("snapshot {snapshot} no longer exists (the coordinator ended)"))
+        .with_hint("nothing of this attempt is published; the job is retried as a whole in a new snapshot")
 }
 
 fn lost_snapshot(e: &Error) -> bool {
@@ -101,6 +100,7 @@ pub(super) async fn run(r: SetRun<'_>) -> Result<Outcome> {
         job = %job.job_id, what = %job.describe(), snapshot = %r.snapshot, parts = plan.parts.len(),
         jobs = settings.backup_jobs, "backup in parts started"
     );
+    failpoint::hit("backup.parts-planned");
     let key = r.sealing.as_ref().map(|(k, _)| k);
     // Boxed: the futures borrow the run, and a plain `map` of async blocks trips the compiler's
     // Send inference for the handler's future.
@@ -173,7 +173,12 @@ pub(super) async fn run(r: SetRun<'_>) -> Result<Outcome> {
         database: r.database.to_string(),
         server_version: r.server_version.clone(),
         server_version_num: r.server_version_num,
-        tool: Tool { name: "pg_dump".into(), version: r.tool.version.clone(), major: r.tool.major, args: r.args.clone() },
+        tool: Tool {
+            name: "pg_dump".into(),
+            version: r.tool.version.clone(),
+            major: r.tool.major,
+            args: r.args.clone(),
+        },
         archive_format: parts::ARCHIVE_FORMAT_PARTS.into(),
         compression: settings.compression,
         encryption,
@@ -247,7 +252,9 @@ async fn run_part_retrying(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: 
         tries += 1;
         match run_part(r, spec, attempt, key).await {
             Ok(p) => return Ok(p),
-            Err(e) if lost_snapshot(&e) => return Err(snapshot_gone(&r.snapshot).context(format!("part {:?}", spec.name))),
+            Err(e) if lost_snapshot(&e) => {
+                return Err(snapshot_gone(&r.snapshot).context(format!("part {:?}", spec.name)));
+            }
             Err(e) if e.is_permanent() || tries >= PART_TRIES || r.ctx.cancel.is_cancelled() => return Err(e),
             Err(e) => {
                 tracing::warn!(job = %r.job.job_id, part = %spec.name, error = %e, tries, "part failed; trying it again in the same snapshot");

@@ -214,6 +214,15 @@ pub async fn run_task(ctx: &Ctx, task: &RestoreTask) -> Result<TaskReport> {
 pub async fn run_task_into(ctx: &Ctx, task: &RestoreTask, report: &mut TaskReport) -> Result<()> {
     task.validate()?;
     let m = catalog::manifest(ctx.store.as_ref(), &task.backup).await?;
+    // Until the parallel restore of parts lands (issue 15 item 4), refuse rather than restore
+    // one part as if it were the whole.
+    if m.is_parts() {
+        return Err(Error::permanent(format!(
+            "backup {:?} is in parts (manifest format version 3); this pgvault does not restore it",
+            m.id
+        ))
+        .with_hint("restore it with plain tools as each part's restore_hint says (`pgvault show` prints them)"));
+    }
     *report = TaskReport {
         task_id: task.task_id.clone(),
         backup: m.id.clone(),
