@@ -303,7 +303,12 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cat { id } => {
-            if !rt.ctx.store.exists(&crate::domain::layout::manifest_for_id(&id)).await? {
+            // `<backup id>/<part name>` names one part of a backup in parts.
+            let backup = match id.rsplit_once('/') {
+                Some((b, _)) if !rt.ctx.store.exists(&crate::domain::layout::manifest_for_id(&id)).await? => b,
+                _ => id.as_str(),
+            };
+            if !rt.ctx.store.exists(&crate::domain::layout::manifest_for_id(backup)).await? {
                 eprintln!("pgvault: cat: there is no backup {id:?}\nHINT: `pgvault list` prints the backup ids");
                 return Ok(ExitCode::from(2));
             }

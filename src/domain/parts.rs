@@ -178,9 +178,8 @@ impl PartSpec {
             PartKind::Copy => None,
             // pre-data + post-data rather than --schema-only: the latter leaves out the
             // materialized views' REFRESH (post-data), which must run after the data parts.
-            // --no-blobs: the large objects part creates them (up to 16 pg_dump puts a large
-            // object's creation in pre-data, and pg_restore --data-only runs it too: twice
-            // would fail with a duplicate key in pg_largeobject_metadata).
+            // --no-blobs: pg_dump before 17 puts a large object's creation in pre-data; its
+            // one part holds it.
             PartKind::Schema => {
                 Some(vec!["--section=pre-data".into(), "--section=post-data".into(), "--no-blobs".into()])
             }
@@ -235,7 +234,7 @@ impl PartSpec {
     /// The plain-tools restore line of this part's file.
     pub fn restore_hint(&self, file: &str, zstd: bool, encrypted_id: Option<&str>) -> String {
         let source = match (encrypted_id, zstd) {
-            (Some(id), _) => format!("pgvault cat {id} --part {} |", self.name),
+            (Some(id), _) => format!("pgvault cat {id}/{} |", self.name),
             (None, true) => format!("zstd -d < {file} |"),
             (None, false) => format!("cat {file} |"),
         };

@@ -100,6 +100,7 @@ pub(super) async fn run(r: SetRun<'_>) -> Result<Outcome> {
         job = %job.job_id, what = %job.describe(), snapshot = %r.snapshot, parts = plan.parts.len(),
         jobs = settings.backup_jobs, "backup in parts started"
     );
+    failpoint::hit("backup.parts-planned");
     let key = r.sealing.as_ref().map(|(k, _)| k);
     // Boxed: the futures borrow the run, and a plain `map` of async blocks trips the compiler's
     // Send inference for the handler's future.
