@@ -16,8 +16,6 @@ use pgvault::seams::store::BlobStore;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::data::{blocking, manifests, psql_blocking, schema, table_sums};
 
@@ -271,7 +269,7 @@ async fn a_hostile_database_in_parts_restores_with_plain_tools() {
     }
 }
 
-const ACCOUNTS: [&str; 4] = ["acct_a", "acct_b", "acct_c", "acct_big"];
+static ACCOUNTS: [&str; 4] = ["acct_a", "acct_b", "acct_c", "acct_big"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_during_a_backup_in_parts_restore_to_the_invariant_total() {
@@ -292,45 +290,20 @@ async fn transfers_during_a_backup_in_parts_restore_to_the_invariant_total() {
     assert_eq!(invariant, 23000 * 100);
 
     // Money moves between the tables (and so between parts), one transaction per transfer.
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let client = stack.pg.client("bank").await;
-    let workload = {
-        let (stop, done) = (stop.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut i: u64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let (from, to) = (ACCOUNTS[(i % 4) as usize], ACCOUNTS[((i / 4 + 1 + i) % 4) as usize]);
-                let (a, b) = (1 + (i * 7919) % 1000, 1 + (i * 104729) % 1000);
-                let amount = 1 + (i % 50);
-                client
-                    .batch_execute(&format!(
-                        "BEGIN; UPDATE {from} SET balance = balance - {amount} WHERE id = {a};
-                         UPDATE {to} SET balance = balance + {amount} WHERE id = {b}; COMMIT"
-                    ))
-                    .await
-                    .unwrap();
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
+    let transfers = support::data::Transfers::start(stack.pg.client("bank").await, &ACCOUNTS);
 
     let dir = tempfile::tempdir().unwrap();
     let go = dir.path().join("go");
     let mut child = spawn_backup(&stack, "bank", &format!("backup.parts-planned=return(hold:{})", go.display()));
     blocking(|| wait_reached(&go, &mut child));
     // Transfers commit after the snapshot and before any part starts, and go on while they run.
-    let at_snapshot = done.load(Ordering::Relaxed);
-    while done.load(Ordering::Relaxed) < at_snapshot + 200 {
-        tokio::task::yield_now().await;
-    }
+    let at_snapshot = transfers.done();
+    transfers.wait_for(at_snapshot + 200).await;
     std::fs::write(&go, "").unwrap();
     let (ok, out) = blocking(|| finish(child));
-    stop.store(true, Ordering::Relaxed);
-    workload.await.unwrap();
+    let done = transfers.stop().await;
     assert!(ok, "{out}");
-    assert!(done.load(Ordering::Relaxed) > at_snapshot + 200, "transfers ran during the backup");
+    assert!(done > at_snapshot + 200, "transfers ran during the backup");
 
     let store = stack.store().await;
     let found = manifests(&store, &pgvault::domain::layout::prefix(Some("main"), Some("bank"))).await;

@@ -391,57 +391,37 @@ async fn as_files_gives_one_file_per_part_and_a_readme_whose_commands_restore_it
 /// table split into COPY ranges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_during_a_parallel_backup_restore_to_the_invariant_total() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    const ACCOUNTS: [&str; 3] = ["acct_a", "acct_b", "acct_big"];
+    static ACCOUNTS: [&str; 3] = ["acct_a", "acct_b", "acct_big"];
     let mut stack = Stack::start().await;
     stack.set("PGVAULT_PARALLEL_ABOVE_MIB", "0");
     stack.set("PGVAULT_BACKUP_JOBS", "2");
     blocking(|| {
         stack.pg.psql("postgres", "CREATE DATABASE bank");
+        // COPY parts are text: the values must not depend on the session's styles.
+        stack.pg.psql("postgres", "ALTER DATABASE bank SET DateStyle = 'SQL, DMY'");
+        stack.pg.psql("postgres", "ALTER DATABASE bank SET IntervalStyle = 'sql_standard'");
         for t in ACCOUNTS {
             let rows = if t == "acct_big" { 20000 } else { 1000 };
             stack.pg.psql(
                 "bank",
                 &format!(
-                    "CREATE TABLE {t} (id int PRIMARY KEY, balance bigint NOT NULL, pad text);
-                     INSERT INTO {t} SELECT g, 100, repeat('x', 200) FROM generate_series(1, {rows}) g; ANALYZE {t};"
+                    "CREATE TABLE {t} (id int PRIMARY KEY, balance bigint NOT NULL, pad text, at timestamptz,
+                                       span interval, f float8);
+                     INSERT INTO {t} SELECT g, 100, repeat('x', 200), timestamptz '2026-01-13 10:00Z' + g * interval '7 h',
+                            make_interval(days => -g, secs => g / 3.0), 1.0 / g
+                     FROM generate_series(1, {rows}) g; ANALYZE {t};"
                 ),
             );
         }
     });
     let total_sql = ACCOUNTS.map(|t| format!("(SELECT sum(balance) FROM {t})")).join(" + ");
     let invariant = 22000 * 100;
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let client = stack.pg.client("bank").await;
-    let workload = {
-        let (stop, done) = (stop.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut i: u64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let (from, to) = (ACCOUNTS[(i % 3) as usize], ACCOUNTS[((i + 1 + i / 3) % 3) as usize]);
-                let (a, b, amount) = (1 + (i * 7919) % 1000, 1 + (i * 104_729) % 1000, 1 + i % 50);
-                client
-                    .batch_execute(&format!(
-                        "BEGIN; UPDATE {from} SET balance = balance - {amount} WHERE id = {a};
-                         UPDATE {to} SET balance = balance + {amount} WHERE id = {b}; COMMIT"
-                    ))
-                    .await
-                    .unwrap();
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
-    while done.load(Ordering::Relaxed) < 50 {
-        tokio::task::yield_now().await;
-    }
-    let before = done.load(Ordering::Relaxed);
+    let transfers = support::data::Transfers::start(stack.pg.client("bank").await, &ACCOUNTS);
+    transfers.wait_for(50).await;
+    let before = transfers.done();
     cli_ok(&stack, &["backup", "--server", "main", "--database", "bank"]);
-    let during = done.load(Ordering::Relaxed) - before;
-    stop.store(true, Ordering::Relaxed);
-    workload.await.unwrap();
+    let during = transfers.done() - before;
+    transfers.stop().await;
     assert!(during > 0, "transfers committed while the backup ran");
 
     let store = stack.store().await;
@@ -467,6 +447,12 @@ async fn transfers_during_a_parallel_backup_restore_to_the_invariant_total() {
     let moved: i64 =
         blocking(|| stack.pg.psql("bank_copy", "SELECT count(*) FROM acct_a WHERE balance <> 100")).parse().unwrap();
     assert!(moved > 0, "the restored copy holds transfers, not just the starting state");
+    let values = "SELECT md5(string_agg(format('%s %s %s %s', id, at, span, f), ',' ORDER BY id)) FROM acct_big";
+    assert_eq!(
+        blocking(|| stack.pg.psql("bank_copy", values)),
+        blocking(|| stack.pg.psql("bank", values)),
+        "timestamps, intervals and floats of the COPY parts"
+    );
 
     // A drill of the backup in parts goes through the same restore.
     stack.set("PGVAULT_DRILL_SERVER", "main");

@@ -389,7 +389,9 @@ async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&D
 
 /// `COPY … TO STDOUT` in a transaction that imported the coordinator's snapshot, each piece sent
 /// to the blocking producer. Row security off, as pg_dump does: a policy that would hide rows
-/// fails the part, naming the table, rather than leaving rows out.
+/// fails the part, naming the table, rather than leaving rows out. Dates, intervals and floats
+/// are written as pg_dump writes them (ISO, `postgres`, every digit), whatever `DateStyle` the
+/// database or role sets: a restore parses them under its own settings.
 async fn copy_out(r: &SetRun<'_>, sql: &str, tx: mpsc::Sender<std::io::Result<Bytes>>) -> Result<()> {
     let fail = |e: Error| {
         let _ = tx.try_send(Err(std::io::Error::other("the COPY stopped")));
@@ -397,7 +399,8 @@ async fn copy_out(r: &SetRun<'_>, sql: &str, tx: mpsc::Sender<std::io::Result<By
     };
     let client = pg::connect(&r.conn).await.map_err(fail)?;
     let setup = format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; SET LOCAL row_security = off",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; SET LOCAL row_security = off; \
+         SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres; SET LOCAL extra_float_digits = 3",
         crate::domain::sql::quote_literal(&r.snapshot)
     );
     client.batch_execute(&setup).await.map_err(|e| fail(pg::query_error("import the snapshot", e)))?;

@@ -81,7 +81,13 @@ async fn copy_in(run: &PartsRun<'_>, part: &Part, view: &Manifest) -> Result<u64
         }
         Ok::<_, tokio_postgres::Error>(())
     };
-    let (pumped, fed, sent) = tokio::join!(catalog::plain_blocks(view, run.key, stream, tx), consumer, send);
+    // pg_restore is killed on shutdown by its runner; the COPY is abandoned here.
+    let (pumped, fed, sent) = tokio::select! {
+        joined = async { tokio::join!(catalog::plain_blocks(view, run.key, stream, tx), consumer, send) } => joined,
+        _ = run.ctx.cancel.cancelled() => {
+            return Err(Error::transient(format!("{what}: cancelled by shutdown")));
+        }
+    };
     // Precedence as for pg_restore: corruption; then the server's refusal (which stops the
     // feeder, whose own error only says so); then decompression; then reading the backup.
     if let Err(e) = &pumped
