@@ -247,8 +247,10 @@ impl PartSpec {
             PartKind::Copy => {
                 let table = self.table.as_ref().map(|t| t.sql()).unwrap_or_default();
                 let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+                // The COPY text is UTF-8 (pgvault's connection reads it so), whatever the
+                // target database's encoding, which psql would otherwise assume.
                 format!(
-                    "{source} psql --dbname=<target> -c '\\copy {table} ({}) FROM STDIN'",
+                    "{source} PGCLIENTENCODING=UTF8 psql --dbname=<target> -c '\\copy {table} ({}) FROM STDIN'",
                     cols.join(", ").replace('\'', "'\\''")
                 )
             }
