@@ -146,7 +146,7 @@ pub(super) async fn run(r: SetRun<'_>) -> Result<Outcome> {
             let first = failed.iter().position(|e| e.is_permanent()).unwrap_or(0);
             failed.swap_remove(first)
         } else {
-            counts.err().expect("a count failed")
+            counts.expect_err("a count failed")
         };
         tracing::error!(job = %job.job_id, what = %job.describe(), error = %e, "backup failed");
         return Err(e);
