@@ -7,7 +7,6 @@
 
 use crate::domain::error::{Error, Result};
 use crate::domain::layout::BackupKind;
-use crate::domain::parts::{Layout, Part};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -20,7 +19,10 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const FORMAT_VERSION_PLAIN: u32 = 1;
 /// The newest version this pgvault reads: 3, a database backed up in parts
 /// ([`crate::domain::parts`]), encrypted or not.
-pub const FORMAT_VERSION_MAX: u32 = crate::domain::parts::FORMAT_VERSION_PARTS;
+pub const FORMAT_VERSION_MAX: u32 = set::FORMAT_VERSION_PARTS;
+
+pub mod set;
+pub use set::{Layout, Part};
 pub const FORMAT_NAME: &str = "pgvault-backup-manifest";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,7 +230,7 @@ impl Manifest {
     /// which its encryption binds and which names it in errors).
     pub fn part_view(&self, part: &Part) -> Manifest {
         Manifest {
-            id: crate::domain::parts::envelope_id(&self.id, &part.spec.name),
+            id: set::envelope_id(&self.id, &part.spec.name),
             archive_format: part.archive_format.clone(),
             data_blob: part.data_blob.clone(),
             raw_bytes: part.raw_bytes,
@@ -364,13 +366,13 @@ mod tests {
 
     #[test]
     fn a_set_manifest_round_trips_and_checks_its_parts() {
-        use crate::domain::parts::{PartKind, PartSpec};
+        use super::set::{PartKind, PartSpec};
         let mut m = Manifest::from_json("x", OLD_MANIFEST).unwrap();
-        m.format_version = crate::domain::parts::FORMAT_VERSION_PARTS;
+        m.format_version = set::FORMAT_VERSION_PARTS;
         m.layout = Layout::Parts;
         m.snapshot = Some("00000003-0000001B-1".into());
         m.data_blob = String::new();
-        m.archive_format = crate::domain::parts::ARCHIVE_FORMAT_PARTS.into();
+        m.archive_format = set::ARCHIVE_FORMAT_PARTS.into();
         let part = |name: &str, kind, size| Part {
             spec: PartSpec { name: name.into(), kind, ..serde_json::from_str(r#"{"name":"","kind":"data"}"#).unwrap() },
             data_blob: format!("s/d/20260101T000000Z-j.1234abcd.{name}.dump.zst"),

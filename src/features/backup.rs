@@ -374,6 +374,12 @@ fn check_run(
     if produced.raw_bytes == 0 {
         return Err(Error::transient(format!("{what}: {} wrote nothing", exit.tool)));
     }
+    check_staged(&what, uploaded, &produced)?;
+    Ok((produced, uploaded))
+}
+
+/// Every block the producer cut was staged, and their sizes add up to the stored size.
+fn check_staged(what: &str, uploaded: usize, produced: &Produced) -> Result<()> {
     let sum: u64 = produced.blocks.iter().map(|b| b.size).sum();
     if uploaded != produced.blocks.len() || sum != produced.stored_bytes {
         return Err(Error::transient(format!(
@@ -382,7 +388,7 @@ fn check_run(
             produced.stored_bytes
         )));
     }
-    Ok((produced, uploaded))
+    Ok(())
 }
 
 /// Stage blocks as they arrive, at most `in_flight` at once (the store retries each one's

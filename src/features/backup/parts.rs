@@ -146,7 +146,7 @@ pub(super) async fn run(r: SetRun<'_>) -> Result<Outcome> {
             let first = failed.iter().position(|e| e.is_permanent()).unwrap_or(0);
             failed.swap_remove(first)
         } else {
-            counts.err().expect("a count failed")
+            counts.expect_err("a count failed")
         };
         tracing::error!(job = %job.job_id, what = %job.describe(), error = %e, "backup failed");
         return Err(e);
@@ -328,21 +328,15 @@ async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&D
         if ctx.cancel.is_cancelled() {
             return Err(Error::transient(format!("{what}: cancelled by shutdown; nothing was committed")));
         }
-        // Root cause first, as for one archive: the source's own failure, then the pipeline's.
-        source.map_err(|e| e.context(&what))?;
+        // Root cause first, as for one archive (`check_run`): a failed upload closes the pipe,
+        // which then kills pg_dump; the source's own failure leaves the pipeline intact.
         let uploaded = uploaded.map_err(|e| e.context(&what))?;
         let produced = produced?.map_err(|e| e.context(&what))?;
+        source.map_err(|e| e.context(&what))?;
         if spec.kind != PartKind::Copy && produced.raw_bytes == 0 {
             return Err(Error::transient(format!("{what}: pg_dump wrote nothing")));
         }
-        let sum: u64 = produced.blocks.iter().map(|b| b.size).sum();
-        if uploaded != produced.blocks.len() || sum != produced.stored_bytes {
-            return Err(Error::transient(format!(
-                "{what}: staged {uploaded} blocks of {} produced ({sum} of {} bytes)",
-                produced.blocks.len(),
-                produced.stored_bytes
-            )));
-        }
+        super::check_staged(&what, uploaded, &produced)?;
         Ok(produced)
     })();
     let produced = match checked {
@@ -393,21 +387,19 @@ async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&D
 /// are written as pg_dump writes them (ISO, `postgres`, every digit), whatever `DateStyle` the
 /// database or role sets: a restore parses them under its own settings.
 async fn copy_out(r: &SetRun<'_>, sql: &str, tx: mpsc::Sender<std::io::Result<Bytes>>) -> Result<()> {
-    let fail = |e: Error| {
-        let _ = tx.try_send(Err(std::io::Error::other("the COPY stopped")));
-        e
-    };
-    let client = pg::connect(&r.conn).await.map_err(fail)?;
+    // On failure the channel just closes (the part is not committed: this error decides), so
+    // the COPY's own error, not the producer's, is the one reported.
+    let client = pg::connect(&r.conn).await?;
     let setup = format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; SET LOCAL row_security = off; \
          SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres; SET LOCAL extra_float_digits = 3",
         crate::domain::sql::quote_literal(&r.snapshot)
     );
-    client.batch_execute(&setup).await.map_err(|e| fail(pg::query_error("import the snapshot", e)))?;
-    let stream = client.copy_out(sql).await.map_err(|e| fail(pg::query_error("start the COPY", e)))?;
+    client.batch_execute(&setup).await.map_err(|e| pg::query_error("import the snapshot", e))?;
+    let stream = client.copy_out(sql).await.map_err(|e| pg::query_error("start the COPY", e))?;
     futures::pin_mut!(stream);
     while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|e| fail(pg::query_error("read the COPY", e)))?;
+        let piece = piece.map_err(|e| pg::query_error("read the COPY", e))?;
         // The producer ends (and says why) when the upload stops: stop reading then.
         if tx.send(Ok(piece)).await.is_err() {
             return Ok(());
