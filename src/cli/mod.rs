@@ -365,7 +365,12 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cat { id } => {
-            if !rt.ctx.store.exists(&crate::domain::layout::manifest_for_id(&id)).await? {
+            // `<backup id>/<part name>` names one part of a backup in parts.
+            let backup = match id.rsplit_once('/') {
+                Some((b, _)) if !rt.ctx.store.exists(&crate::domain::layout::manifest_for_id(&id)).await? => b,
+                _ => id.as_str(),
+            };
+            if !rt.ctx.store.exists(&crate::domain::layout::manifest_for_id(backup)).await? {
                 eprintln!("pgvault: cat: there is no backup {id:?}\nHINT: `pgvault list` prints the backup ids");
                 return Ok(ExitCode::from(2));
             }
@@ -685,7 +690,8 @@ pub struct RestoreArgs {
     /// Restore the roles of the globals backup first (existing roles are skipped).
     #[arg(long)]
     globals: bool,
-    /// pg_restore --jobs, when the scratch disk has room for the archive.
+    /// pg_restore --jobs, when the scratch disk has room for the archive. A backup in parts: the
+    /// parts loaded at once, each streamed from storage (default 2).
     #[arg(long)]
     jobs: Option<u32>,
     /// Create the database with the target server's default encoding and locale instead of the
@@ -969,6 +975,10 @@ fn print_task_report(
             d.database, d.server, d.target_version, d.pg_restore, d.method, d.method_reason
         );
         println!("   {} tables' row counts match the manifest", d.tables_checked);
+        for p in &d.parts {
+            let rows = p.rows.map(|n| format!(", {n} rows")).unwrap_or_default();
+            println!("   part {} ({}, {}{rows}): {:.1} s", p.name, p.kind, human_bytes(p.stored_bytes), p.seconds);
+        }
         if let Some(p) = &d.properties {
             for a in &p.applied {
                 println!("   applied: {a}");

@@ -76,6 +76,10 @@ pub struct Settings {
     pub http_timeout: std::time::Duration,
     pub pg_bin_dirs: Vec<PathBuf>,
     pub row_counts: RowCountMode,
+    /// Databases larger than this many bytes are backed up in parts (`None`: never).
+    pub parallel_above: Option<u64>,
+    /// Parts of one backup in parts that run at once.
+    pub backup_jobs: usize,
     /// Where a parallel restore downloads its archive.
     pub restore_scratch_dir: PathBuf,
     /// Bytes that must stay free in `restore_scratch_dir` after the download.
@@ -219,6 +223,8 @@ impl Settings {
             "off" => RowCountMode::Off,
             other => return Err(r.not_allowed("PGVAULT_ROW_COUNTS", other)),
         };
+        let parallel_above = Some(r.number("PGVAULT_PARALLEL_ABOVE_MIB")? << 20);
+        let backup_jobs = r.number("PGVAULT_BACKUP_JOBS")? as usize;
         let restore_scratch_dir =
             r.set("PGVAULT_RESTORE_SCRATCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let restore_scratch_reserve = r.number("PGVAULT_RESTORE_SCRATCH_RESERVE_MIB")? << 20;
@@ -297,6 +303,8 @@ impl Settings {
             http_timeout,
             pg_bin_dirs,
             row_counts,
+            parallel_above,
+            backup_jobs,
             restore_scratch_dir,
             restore_scratch_reserve,
             pgbackrest_targets,

@@ -128,6 +128,12 @@ pub fn data_blob(id: &str, attempt: &str, extension: &str) -> String {
     format!("{id}.{attempt}.{extension}")
 }
 
+/// The blob of one part of a backup in parts: `<id>.<attempt>.<part name>.<ext>`, under the
+/// backup id's prefix (so [`data_blob_owner`] names its backup and job, as for one archive).
+pub fn part_blob(id: &str, attempt: &str, part: &str, extension: &str) -> String {
+    format!("{id}.{attempt}.{part}.{extension}")
+}
+
 /// The listing prefix for a server, or a server and database.
 pub fn prefix(server: Option<&str>, database: Option<&str>) -> String {
     match (server, database) {

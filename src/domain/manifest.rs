@@ -17,6 +17,12 @@ use time::OffsetDateTime;
 pub const FORMAT_VERSION: u32 = 2;
 /// The version an unencrypted manifest is written with.
 pub const FORMAT_VERSION_PLAIN: u32 = 1;
+/// The newest version this pgvault reads: 3, a database backed up in parts
+/// ([`crate::domain::parts`]), encrypted or not.
+pub const FORMAT_VERSION_MAX: u32 = set::FORMAT_VERSION_PARTS;
+
+pub mod set;
+pub use set::{Layout, Part};
 pub const FORMAT_NAME: &str = "pgvault-backup-manifest";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +76,19 @@ pub struct Manifest {
     pub database_properties: Option<crate::domain::dbprops::DatabaseProperties>,
     /// How to restore with plain tools.
     pub restore_hint: String,
+    /// `parts` for a backup in parts (format version 3); absent for one archive.
+    #[serde(default, skip_serializing_if = "Layout::is_single")]
+    pub layout: Layout,
+    /// Parts only: the snapshot every part was dumped in (`pg_export_snapshot()`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Parts only: the parts, schema part first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+    /// What a reader should know about what the backup holds (e.g. a table created after the
+    /// snapshot is not in it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,9 +206,9 @@ impl Manifest {
                 head.format
             )));
         }
-        if head.format_version > FORMAT_VERSION {
+        if head.format_version > FORMAT_VERSION_MAX {
             return Err(Error::permanent(format!(
-                "manifest {name:?} has format version {}, newer than this pgvault understands ({FORMAT_VERSION})",
+                "manifest {name:?} has format version {}, newer than this pgvault understands ({FORMAT_VERSION_MAX})",
                 head.format_version
             ))
             .with_hint("upgrade pgvault"));
@@ -197,8 +216,69 @@ impl Manifest {
         serde_json::from_slice(bytes).map_err(|e| Error::permanent(format!("manifest {name:?} is malformed: {e}")))
     }
 
-    /// Blocks' sizes add up to the stored size. Checked on every read.
+    /// Every blob the backup's data is in: `data_blob`, or each part's.
+    pub fn data_blobs(&self) -> Vec<&str> {
+        match self.layout {
+            Layout::Single => vec![self.data_blob.as_str()],
+            Layout::Parts => self.parts.iter().map(|p| p.data_blob.as_str()).collect(),
+        }
+    }
+
+    /// One part of a backup in parts seen as a single-archive manifest, so every reader of one
+    /// archive (verified blocks, decryption, decompression) reads a part unchanged: its blob,
+    /// sizes, hashes and blocks, and as `id` the part's envelope id (`<backup id>/<part name>`,
+    /// which its encryption binds and which names it in errors).
+    pub fn part_view(&self, part: &Part) -> Manifest {
+        Manifest {
+            id: set::envelope_id(&self.id, &part.spec.name),
+            archive_format: part.archive_format.clone(),
+            data_blob: part.data_blob.clone(),
+            raw_bytes: part.raw_bytes,
+            stored_bytes: part.stored_bytes,
+            sha256: part.sha256.clone(),
+            blocks: part.blocks.clone(),
+            row_counts: part.row_counts.clone(),
+            restore_hint: part.restore_hint.clone(),
+            layout: Layout::Single,
+            snapshot: Some(part.snapshot.clone()),
+            parts: vec![],
+            notes: vec![],
+            ..self.clone()
+        }
+    }
+
+    /// A part by name.
+    pub fn part(&self, name: &str) -> Option<&Part> {
+        self.parts.iter().find(|p| p.spec.name == name)
+    }
+
+    /// A backup in parts (format version 3).
+    pub fn is_parts(&self) -> bool {
+        self.layout == Layout::Parts
+    }
+
+    /// Blocks' sizes add up to the stored size (each part's, for a backup in parts, whose
+    /// snapshot must be the set's). Checked on every read.
     pub fn check_consistent(&self) -> Result<()> {
+        if self.is_parts() {
+            let snapshot = self.snapshot.as_deref().ok_or_else(|| {
+                Error::permanent(format!("manifest {:?} is inconsistent: a backup in parts names no snapshot", self.id))
+            })?;
+            if self.parts.is_empty() {
+                return Err(Error::permanent(format!("manifest {:?} is inconsistent: it lists no parts", self.id)));
+            }
+            for p in &self.parts {
+                p.check_consistent(&self.id, snapshot)?;
+            }
+            let sum: u64 = self.parts.iter().map(|p| p.stored_bytes).sum();
+            if sum != self.stored_bytes {
+                return Err(Error::permanent(format!(
+                    "manifest {:?} is inconsistent: parts add up to {sum} bytes, stored size is {}",
+                    self.id, self.stored_bytes
+                )));
+            }
+            return Ok(());
+        }
         let sum: u64 = self.blocks.iter().map(|b| b.size).sum();
         if sum != self.stored_bytes {
             return Err(Error::permanent(format!(
@@ -282,6 +362,52 @@ mod tests {
             wrapped_key: "AAAA".into(),
         });
         assert_eq!(Manifest::from_json("x", &m.to_json()).unwrap(), m);
+    }
+
+    #[test]
+    fn a_set_manifest_round_trips_and_checks_its_parts() {
+        use super::set::{PartKind, PartSpec};
+        let mut m = Manifest::from_json("x", OLD_MANIFEST).unwrap();
+        m.format_version = set::FORMAT_VERSION_PARTS;
+        m.layout = Layout::Parts;
+        m.snapshot = Some("00000003-0000001B-1".into());
+        m.data_blob = String::new();
+        m.archive_format = set::ARCHIVE_FORMAT_PARTS.into();
+        let part = |name: &str, kind, size| Part {
+            spec: PartSpec { name: name.into(), kind, ..serde_json::from_str(r#"{"name":"","kind":"data"}"#).unwrap() },
+            data_blob: format!("s/d/20260101T000000Z-j.1234abcd.{name}.dump.zst"),
+            raw_bytes: size * 2,
+            stored_bytes: size,
+            sha256: "00".into(),
+            blocks: vec![Block { size, sha256: "00".into() }],
+            snapshot: "00000003-0000001B-1".into(),
+            archive_format: "custom".into(),
+            command: vec![],
+            row_counts: None,
+            restore_hint: String::new(),
+        };
+        m.parts = vec![part("schema", PartKind::Schema, 3), part("data-01", PartKind::Data, 4)];
+        m.stored_bytes = 7;
+        m.notes = vec!["a note".into()];
+        let json = m.to_json();
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(text.contains(r#""layout": "parts""#), "{text}");
+        let back = Manifest::from_json("x", &json).unwrap();
+        assert_eq!(back, m);
+        back.check_consistent().unwrap();
+        assert_eq!(back.data_blobs().len(), 2);
+        let view = back.part_view(back.part("data-01").unwrap());
+        assert_eq!(view.id, "s/d/20260101T000000Z-j/data-01");
+        view.check_consistent().unwrap();
+        let mut bad = m.clone();
+        bad.parts[1].snapshot = "other".into();
+        assert!(bad.check_consistent().unwrap_err().to_string().contains("part \"data-01\""));
+        let mut bad = m.clone();
+        bad.stored_bytes = 8;
+        assert!(bad.check_consistent().is_err());
+        // A single-archive manifest does not mention any of it.
+        let plain = String::from_utf8(Manifest::from_json("x", OLD_MANIFEST).unwrap().to_json()).unwrap();
+        assert!(!plain.contains("layout") && !plain.contains("parts") && !plain.contains("notes"), "{plain}");
     }
 
     #[test]

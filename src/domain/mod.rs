@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod layout;
 pub mod manifest;
+pub mod parts;
 pub mod pgbackrest_target;
 pub mod policy;
 pub mod records;

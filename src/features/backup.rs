@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::context::{Ctx, unknown_server};
 
+pub mod parts;
+
 /// What a run did.
 #[derive(Debug)]
 pub enum Outcome {
@@ -138,6 +140,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     // --create skips them, so the manifest carries them), and exact row counts are counted in it.
     let mut snapshot_client = None;
     let mut database_properties = None;
+    let mut snapshot_id = None;
     if job.kind == BackupKind::Database {
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -149,6 +152,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
             .map_err(|e| pg::query_error("export snapshot", e))?
             .get(0);
         args.push(format!("--snapshot={snap}"));
+        snapshot_id = Some(snap.clone());
         // A backup that cannot record them is still a backup: its restore says what it could
         // not give back.
         // Under a savepoint, so a failed read leaves the snapshot's transaction usable.
@@ -164,6 +168,29 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
             }
         };
         snapshot_client = Some(&client);
+    }
+
+    // A large database goes in parts, all in this snapshot (features::backup::parts).
+    if let Some(snapshot) = snapshot_id
+        && parts::wanted(ctx, &client).await?
+    {
+        return parts::run(parts::SetRun {
+            ctx,
+            job,
+            paths: &paths,
+            database: &database,
+            client: &client,
+            snapshot,
+            conn: spec.clone(),
+            tool,
+            args,
+            sealing,
+            started_at,
+            server_version,
+            server_version_num,
+            database_properties,
+        })
+        .await;
     }
 
     let attempt = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
@@ -279,6 +306,10 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         databases,
         database_properties,
         restore_hint,
+        layout: Default::default(),
+        snapshot: None,
+        parts: vec![],
+        notes: vec![],
     };
     let created = ctx
         .store
@@ -343,6 +374,12 @@ fn check_run(
     if produced.raw_bytes == 0 {
         return Err(Error::transient(format!("{what}: {} wrote nothing", exit.tool)));
     }
+    check_staged(&what, uploaded, &produced)?;
+    Ok((produced, uploaded))
+}
+
+/// Every block the producer cut was staged, and their sizes add up to the stored size.
+fn check_staged(what: &str, uploaded: usize, produced: &Produced) -> Result<()> {
     let sum: u64 = produced.blocks.iter().map(|b| b.size).sum();
     if uploaded != produced.blocks.len() || sum != produced.stored_bytes {
         return Err(Error::transient(format!(
@@ -351,7 +388,7 @@ fn check_run(
             produced.stored_bytes
         )));
     }
-    Ok((produced, uploaded))
+    Ok(())
 }
 
 /// Stage blocks as they arrive, at most `in_flight` at once (the store retries each one's

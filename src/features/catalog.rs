@@ -69,7 +69,8 @@ pub async fn orphans(store: &dyn BlobStore, server: Option<&str>) -> Result<Vec<
     blobs.retain(|b| !is_job_record(&b.name));
     let mut named = std::collections::HashSet::new();
     for b in blobs.iter().filter(|b| b.name.ends_with(MANIFEST_SUFFIX)) {
-        named.insert(Manifest::from_json(&b.name, &store.get(&b.name).await?)?.data_blob);
+        let m = Manifest::from_json(&b.name, &store.get(&b.name).await?)?;
+        named.extend(m.data_blobs().into_iter().map(String::from));
     }
     Ok(blobs
         .into_iter()
@@ -113,7 +114,7 @@ pub async fn in_flight(
     }
     let manifest = layout::manifest_for_id(id);
     if store.exists(&manifest).await?
-        && Manifest::from_json(&manifest, &store.get(&manifest).await?)?.data_blob == orphan
+        && Manifest::from_json(&manifest, &store.get(&manifest).await?)?.data_blobs().contains(&orphan)
     {
         return Ok(Some("its manifest was published meanwhile".into()));
     }
@@ -399,6 +400,38 @@ pub struct VerifyReport {
 /// `decrypt`, the data key is unwrapped, every chunk authenticated, and the archive read.
 pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> {
     let m = manifest(ctx.store.as_ref(), id).await?;
+    if m.is_parts() {
+        return verify_parts(ctx, &m, decrypt).await;
+    }
+    verify_one(ctx, m, decrypt).await
+}
+
+/// A backup in parts: every part as one archive ([`Manifest::part_view`]), COPY parts read and
+/// decompressed without pg_restore; the report adds them up.
+async fn verify_parts(ctx: &Ctx, m: &Manifest, decrypt: bool) -> Result<VerifyReport> {
+    let mut total = VerifyReport {
+        id: m.id.clone(),
+        blocks: 0,
+        stored_bytes: 0,
+        raw_bytes: Some(0),
+        toc_entries: 0,
+        encrypted: m.encryption.is_some(),
+        decrypted: false,
+    };
+    for part in &m.parts {
+        let view = m.part_view(part);
+        let r = Box::pin(verify_one(ctx, view, decrypt)).await.map_err(|e| e.context(format!("backup {:?}", m.id)))?;
+        total.blocks += r.blocks;
+        total.stored_bytes += r.stored_bytes;
+        total.raw_bytes = total.raw_bytes.zip(r.raw_bytes).map(|(a, b)| a + b);
+        total.toc_entries += r.toc_entries;
+        total.decrypted = r.decrypted;
+    }
+    Ok(total)
+}
+
+async fn verify_one(ctx: &Ctx, m: Manifest, decrypt: bool) -> Result<VerifyReport> {
+    let id = m.id.as_str();
     let encrypted = m.encryption.is_some();
     if encrypted && !decrypt {
         let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
@@ -427,7 +460,18 @@ pub async fn verify(ctx: &Ctx, id: &str, decrypt: bool) -> Result<VerifyReport> 
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUED);
     let compression = m.compression;
     let read = plain_blocks(&m, key.as_ref(), stream, tx);
+    let copy_text = m.archive_format == crate::domain::parts::ARCHIVE_COPY_TEXT;
     let (raw, toc_entries) = match m.kind {
+        // A COPY part: every byte checked, authenticated and decompressed; no archive to list.
+        BackupKind::Database if copy_text => {
+            let consumer = tokio::task::spawn_blocking(move || feed(rx, compression, std::io::sink(), false));
+            let (pumped, fed) = tokio::join!(until_cancelled(ctx, id, read), consumer);
+            pumped?;
+            let raw = fed
+                .map_err(|e| Error::transient(e.to_string()))?
+                .map_err(|e| Error::permanent(format!("backup {id:?}: decompress: {e}")))?;
+            (raw, 0)
+        }
         BackupKind::Database => {
             let tool =
                 pg::pick_tool("pg_restore", &ctx.settings.pg_bin_dirs, m.tool.major, &format!("backup {id:?}")).await?;
@@ -522,7 +566,26 @@ pub async fn archive_toc(ctx: &Ctx, m: &Manifest) -> Result<String> {
 /// Returns the bytes written. A failure part-way leaves what was written so far (all of it
 /// authenticated), so a consumer must treat a non-zero exit as "incomplete".
 pub async fn cat(ctx: &Ctx, id: &str, out: impl Write + Send + 'static) -> Result<u64> {
-    let m = manifest(ctx.store.as_ref(), id).await?;
+    let m = match manifest(ctx.store.as_ref(), id).await {
+        Ok(m) if m.is_parts() => {
+            let names: Vec<&str> = m.parts.iter().map(|p| p.spec.name.as_str()).collect();
+            return Err(Error::permanent(format!("backup {id:?} is in parts; cat one part at a time"))
+                .with_hint(format!("`pgvault cat {id}/<part>`, parts: {}", names.join(", "))));
+        }
+        Ok(m) => m,
+        // `<backup id>/<part name>`: one part of a backup in parts.
+        Err(e) => match id.rsplit_once('/') {
+            Some((backup, part)) => match manifest(ctx.store.as_ref(), backup).await {
+                Ok(set) if set.is_parts() => match set.part(part) {
+                    Some(p) => set.part_view(p),
+                    None => return Err(Error::permanent(format!("backup {backup:?} has no part {part:?}"))),
+                },
+                _ => return Err(e),
+            },
+            None => return Err(e),
+        },
+    };
+    let id = m.id.as_str();
     let key = data_key(ctx, &m).await?;
     let stream = ctx.store.read(&m.data_blob).await.map_err(|e| e.context(format!("read backup {id:?}")))?;
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUED);

@@ -63,14 +63,18 @@ const MAX_OLDER_LOOKS: usize = 16;
 /// Why a backup cannot be drilled now (its data is archived), if so. A store without tiers, or
 /// one that cannot say, is treated as online: the drill itself then reports any real problem.
 async fn offline(ctx: &Ctx, m: &Manifest) -> Option<String> {
-    match ctx.store.properties(&m.data_blob).await {
-        Ok(p) if p.tier == Some(crate::seams::store::Tier::Archive) => Some(format!(
-            "data {:?} is in the archive tier (offline); drills do not rehydrate{}",
-            m.data_blob,
-            p.archive_status.map(|s| format!(" (archive status: {s})")).unwrap_or_default()
-        )),
-        _ => None,
+    // A backup in parts is offline when any of its parts is.
+    for blob in m.data_blobs() {
+        if let Ok(p) = ctx.store.properties(blob).await
+            && p.tier == Some(crate::seams::store::Tier::Archive)
+        {
+            return Some(format!(
+                "data {blob:?} is in the archive tier (offline); drills do not rehydrate{}",
+                p.archive_status.map(|s| format!(" (archive status: {s})")).unwrap_or_default()
+            ));
+        }
     }
+    None
 }
 
 /// Run the drills (of one server, or all). Errors only when the drills cannot start at all (no

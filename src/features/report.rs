@@ -569,6 +569,10 @@ mod tests {
             databases: None,
             database_properties: None,
             restore_hint: String::new(),
+            layout: Default::default(),
+            snapshot: None,
+            parts: vec![],
+            notes: vec![],
         }
     }
 

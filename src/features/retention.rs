@@ -47,7 +47,8 @@ pub async fn plan_store(
             let tiering = match settings.tier_after_days {
                 Some(days) => {
                     let data: BTreeMap<&str, &str> =
-                        manifests.iter().map(|m| (m.id.as_str(), m.data_blob.as_str())).collect();
+                        // A backup in parts is not moved (yet): its data is several blobs.
+                        manifests.iter().filter(|m| !m.is_parts()).map(|m| (m.id.as_str(), m.data_blob.as_str())).collect();
                     let kept: Vec<(&Planned, &str)> =
                         backups.iter().filter_map(|p| Some((p, *data.get(p.id.as_str())?))).collect();
                     plan_tiering(&kept, days, settings.tier, now)
@@ -128,16 +129,18 @@ pub async fn execute_into(store: &dyn BlobStore, plans: &[TargetPlan], done: &mu
             }
             done.removed.push(p.id.clone());
             crate::seams::failpoint::hit("retention.between-deletes");
-            match store.delete(&m.data_blob).await {
-                Ok(()) => {}
-                Err(e) if is_immutability_refusal(&e) => {
-                    tracing::warn!(blob = %m.data_blob, reason = %e, "retention: data blob kept by the immutability policy (an orphan now)");
-                }
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "retention: remove data {:?} (its manifest is gone: an orphan for verify --clean-orphans)",
-                        m.data_blob
-                    )));
+            // One blob, or each part of a backup in parts.
+            for blob in m.data_blobs() {
+                match store.delete(blob).await {
+                    Ok(()) => {}
+                    Err(e) if is_immutability_refusal(&e) => {
+                        tracing::warn!(blob = %blob, reason = %e, "retention: data blob kept by the immutability policy (an orphan now)");
+                    }
+                    Err(e) => {
+                        return Err(e.context(format!(
+                            "retention: remove data {blob:?} (its manifest is gone: an orphan for verify --clean-orphans)"
+                        )));
+                    }
                 }
             }
         }

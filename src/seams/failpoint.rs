@@ -23,6 +23,11 @@ pub const POINTS: &[(&str, &str)] = &[
     ("backup.block-staged", "after each block staged (count hits for \"after N blocks\")"),
     ("backup.after-commit", "the data blob committed, its manifest not yet created"),
     ("backup.after-manifest", "the manifest created, the reply not yet sent"),
+    ("backup.parts-planned", "a backup in parts: the snapshot exported and the parts planned, none started"),
+    (
+        "backup.parts-committed",
+        "a backup in parts: every part committed, the snapshot released, the set manifest not yet written",
+    ),
     (
         "restore.mid-stream",
         "after each verified block handed on to pg_restore (verify and as-files read through the same reader)",

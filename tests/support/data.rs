@@ -150,3 +150,60 @@ pub fn without_view_bodies(schema: &str) -> String {
     }
     kept.join("\n")
 }
+
+/// Money moving between `tables` (each `id int, balance bigint` with ids 1 to 1000 at least),
+/// one transaction per transfer, as fast as the server takes them, until stopped: their total
+/// never changes. For consistency tests of backups taken meanwhile.
+pub struct Transfers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Transfers {
+    pub fn start(client: tokio_postgres::Client, tables: &'static [&'static str]) -> Transfers {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, d) = (stop.clone(), done.clone());
+        let n = tables.len() as u64;
+        let task = tokio::spawn(async move {
+            let mut i: u64 = 0;
+            while !s.load(Ordering::Relaxed) {
+                i += 1;
+                let (from, to) = (tables[(i % n) as usize], tables[((i + 1 + i / n) % n) as usize]);
+                let (a, b, amount) = (1 + (i * 7919) % 1000, 1 + (i * 104_729) % 1000, 1 + i % 50);
+                client
+                    .batch_execute(&format!(
+                        "BEGIN; UPDATE {from} SET balance = balance - {amount} WHERE id = {a};
+                         UPDATE {to} SET balance = balance + {amount} WHERE id = {b}; COMMIT"
+                    ))
+                    .await
+                    .unwrap();
+                d.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Transfers { stop, done, task }
+    }
+
+    /// Transfers committed so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wait (without sleeping: the runtime runs the workload meanwhile) until at least `n`
+    /// transfers have committed.
+    pub async fn wait_for(&self, n: u64) {
+        while self.done() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Stop after the transfer under way; returns how many committed.
+    pub async fn stop(self) -> u64 {
+        let Transfers { stop, done, task } = self;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        task.await.unwrap();
+        done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -153,6 +153,15 @@ pub const ALL: &[Setting] = &[
     .defaults_to("exact")
     .one_of(&["exact", "estimate", "off"]),
     Setting::new(
+        "PGVAULT_PARALLEL_ABOVE_MIB",
+        "a database larger than this (MiB) is backed up in parts, all in one snapshot (manifest format version 3); smaller ones stay one archive",
+    )
+    .defaults_to("16384")
+    .whole(0, 1 << 40),
+    Setting::new("PGVAULT_BACKUP_JOBS", "parts of one backup in parts that run at once in the coordinator's process")
+        .defaults_to("2")
+        .whole(1, 64),
+    Setting::new(
         "PGVAULT_RESTORE_SCRATCH_DIR",
         "where a parallel restore (`jobs` > 1) keeps its local copy of the archive",
     )

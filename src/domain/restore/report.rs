@@ -61,6 +61,25 @@ pub struct DatabaseReport {
     pub properties: Option<dbprops::PropertiesReport>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// A backup in parts: each part as it was loaded (schema part first, then the data and COPY
+    /// parts in the order they finished).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartReport>,
+}
+
+/// One part of a backup in parts, as it was restored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartReport {
+    pub name: String,
+    /// `schema`, `data` or `copy`.
+    pub kind: String,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    /// Wall time of its load (the schema part: pre-data and post-data together).
+    pub seconds: f64,
+    /// COPY parts: the rows the server loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

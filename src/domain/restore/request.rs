@@ -108,6 +108,8 @@ pub struct Options {
     #[serde(default)]
     pub globals: bool,
     /// `pg_restore --jobs`: parallel restore from a local copy, when the scratch disk has room.
+    /// A backup in parts: the parts loaded at once, each streamed from storage (default
+    /// `features::restore::DEFAULT_PART_JOBS`), and post-data's `pg_restore --jobs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<u32>,
     /// Create the database with the target server's default encoding and locale instead of the

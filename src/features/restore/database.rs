@@ -11,6 +11,9 @@ pub enum Method {
     Stream,
     /// Blob -> verified blocks -> zstd -> a local file -> `pg_restore --jobs=N file`.
     Parallel(u32),
+    /// A backup in parts: pre-data, then up to N parts at once, each Blob -> verified blocks ->
+    /// zstd -> its own pg_restore or COPY, then post-data (see [`super::parts`]).
+    Parts(u32),
 }
 
 /// Parallel only when asked for and the scratch disk keeps `reserve` bytes free after holding
@@ -441,9 +444,13 @@ pub(super) async fn restore_database(
             .await
             .map_err(|e| pg::query_error("set icu_validation_level", e))?;
     }
-    let jobs = task.options.jobs.unwrap_or(1);
-    let (method, method_reason) =
-        choose_method(jobs, m.raw_bytes, free_space(&settings.restore_scratch_dir), settings.restore_scratch_reserve);
+    let (method, method_reason) = if m.is_parts() {
+        check_parts(m)?;
+        parts_method(task.options.jobs.unwrap_or(DEFAULT_PART_JOBS), m)
+    } else {
+        let jobs = task.options.jobs.unwrap_or(1);
+        choose_method(jobs, m.raw_bytes, free_space(&settings.restore_scratch_dir), settings.restore_scratch_reserve)
+    };
     let temp = temp_name(&task.task_id);
     // A delivery of this task that was killed left it (no run of the task is alive: the caller
     // holds the target's lock). Its content is not trusted: restored again from the start.
@@ -479,6 +486,7 @@ pub(super) async fn restore_database(
         method: match method {
             Method::Stream => "stream".into(),
             Method::Parallel(_) => "parallel".into(),
+            Method::Parts(_) => "parts".into(),
         },
         method_reason,
         pg_restore: tool.version.clone(),
@@ -523,16 +531,38 @@ pub(super) async fn restore_database(
         if task.options.no_privileges {
             args.push("--no-privileges".into());
         }
-        feed_pg_restore(ctx, m, key.as_ref(), &tool, &temp_spec, args, method).await?;
+        let parts = match method {
+            Method::Parts(jobs) => {
+                let run = parts::PartsRun {
+                    ctx,
+                    m,
+                    key: key.as_ref(),
+                    tool: &tool,
+                    spec: &temp_spec,
+                    args: &args,
+                    role: task.options.owner.as_deref(),
+                    jobs,
+                };
+                Some(parts::restore_parts(&run).await?)
+            }
+            _ => {
+                feed_pg_restore(ctx, m, key.as_ref(), &tool, &temp_spec, args, method).await?;
+                None
+            }
+        };
         crate::seams::failpoint::hit("restore.after-pg-restore");
         let checked = check_row_counts(&temp_spec, m).await?;
         wait_until_unused(&admin, &temp).await?;
-        Ok::<_, Error>((globals, owner, checked, stored))
+        Ok::<_, Error>((globals, owner, checked, stored, parts))
     }
     .await;
     let (globals, owner, stored) = match restored {
-        Ok((globals, owner, n, stored)) => {
+        Ok((globals, owner, n, stored, parts)) => {
             report.tables_checked = n;
+            if let Some((parts, post_data)) = parts {
+                report.parts = parts;
+                report.method_reason = format!("{}; {post_data}", report.method_reason);
+            }
             (globals, owner, stored)
         }
         Err(e) => {

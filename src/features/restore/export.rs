@@ -19,6 +19,9 @@ pub(super) async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Resul
     let prefix = normalize_prefix(task.target.prefix.as_deref().unwrap_or(""))?;
     let secs = task.target.expires_in_seconds.unwrap_or(DEFAULT_EXPIRY_SECS).clamp(MIN_EXPIRY_SECS, MAX_EXPIRY_SECS);
     let dest = exporter.container(container).await?;
+    if m.is_parts() {
+        return parts::export_parts(ctx, task, m, key.as_ref(), &dest, &prefix, secs, exporter).await;
+    }
     let data_blob = match m.data_blob.strip_suffix(".enc") {
         Some(plain) if decrypting => plain.to_string(),
         _ => m.data_blob.clone(),
@@ -28,25 +31,33 @@ pub(super) async fn export(ctx: &Ctx, task: &RestoreTask, m: &Manifest) -> Resul
     let manifest_name = format!("{prefix}{manifest_blob}");
 
     let (data_bytes, data_sha, manifest_bytes) = if let Some(key) = &key {
-        export_decrypted(ctx, m, key, &dest, &data_name, &data_blob).await?
+        let (bytes, sha, plain) = export_decrypted(ctx, m, key, &dest, &data_name, &data_blob).await?;
+        (bytes, sha, Bytes::from(plain.to_json()))
     } else {
-        export_as_stored(ctx, m, &dest, &data_name, &manifest_blob).await?
+        let (bytes, sha) = export_as_stored(ctx, m, &dest, &data_name).await?;
+        (bytes, sha, ctx.store.get(&manifest_blob).await?)
     };
     dest.put(&manifest_name, manifest_bytes.clone(), &export_tags(m)).await?;
+    let manifest_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest_bytes));
+    let written = vec![(data_name, data_bytes, data_sha), (manifest_name, manifest_bytes.len() as u64, manifest_sha)];
+    sign_files(task, m, container, secs, exporter, written).await
+}
 
+/// One read-only URL per exported file, all expiring together.
+pub(super) async fn sign_files(
+    task: &RestoreTask,
+    m: &Manifest,
+    container: &str,
+    secs: u64,
+    exporter: &dyn crate::seams::store::FileExport,
+    written: Vec<(String, u64, String)>,
+) -> Result<Vec<ExportedFile>> {
     // Whole seconds: the URL's `se` has no fraction, and the record must say the same time.
     let expires_at = (OffsetDateTime::now_utc() + time::Duration::seconds(secs as i64))
         .replace_nanosecond(0)
         .expect("0 is a valid nanosecond");
     let mut files = Vec::new();
-    for (blob, bytes, sha) in [
-        (data_name, data_bytes, data_sha),
-        (
-            manifest_name,
-            manifest_bytes.len() as u64,
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest_bytes)),
-        ),
-    ] {
+    for (blob, bytes, sha) in written {
         let url = exporter.read_only_url(container, &blob, expires_at).await?;
         let url = crate::domain::secret::SecretUrl::new(url);
         files.push(ExportedFile { container: container.into(), blob, bytes, sha256: sha, url, expires_at });
@@ -69,7 +80,7 @@ pub(super) fn decrypt_hint(m: &Manifest) -> Option<String> {
     ))
 }
 
-fn export_tags(m: &Manifest) -> Tags {
+pub(super) fn export_tags(m: &Manifest) -> Tags {
     let mut tags = Tags::new();
     tags.insert("pgvault".into(), "export".into());
     tags.insert("kind".into(), m.kind.as_str().into());
@@ -77,13 +88,12 @@ fn export_tags(m: &Manifest) -> Tags {
 }
 
 /// The copy keeps the block structure, so the manifest's block hashes describe it too.
-async fn export_as_stored(
+pub(super) async fn export_as_stored(
     ctx: &Ctx,
     m: &Manifest,
     dest: &std::sync::Arc<dyn crate::seams::store::BlobStore>,
     data_name: &str,
-    manifest_blob: &str,
-) -> Result<(u64, String, Bytes)> {
+) -> Result<(u64, String)> {
     let stream = read_with_progress(ctx, m, "export").await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let (itx, irx) = mpsc::channel::<(usize, Bytes)>(1);
@@ -105,7 +115,7 @@ async fn export_as_stored(
         return Err(Error::transient(format!("export {:?}: staged {staged} of {} blocks", m.id, m.blocks.len())));
     }
     commit(dest.as_ref(), m, data_name, staged).await?;
-    Ok((m.stored_bytes, m.sha256.clone(), ctx.store.get(manifest_blob).await?))
+    Ok((m.stored_bytes, m.sha256.clone()))
 }
 
 /// Stage the copy's blocks as they come, like a backup's.
@@ -127,15 +137,16 @@ async fn commit(dest: &dyn crate::seams::store::BlobStore, m: &Manifest, data_na
 
 /// Decrypted on the way out: the authenticated plain (zstd) bytes, cut into blocks again, and
 /// a manifest copy that describes that file (no encryption, its own size, hashes and blocks), so
-/// the recipient can check it with plain tools.
-async fn export_decrypted(
+/// the recipient can check it with plain tools. Returns the file's size, its SHA-256 and that
+/// manifest.
+pub(super) async fn export_decrypted(
     ctx: &Ctx,
     m: &Manifest,
     key: &crate::domain::envelope::DataKey,
     dest: &std::sync::Arc<dyn crate::seams::store::BlobStore>,
     data_name: &str,
     data_blob: &str,
-) -> Result<(u64, String, Bytes)> {
+) -> Result<(u64, String, Manifest)> {
     use sha2::Digest;
     let stream = read_with_progress(ctx, m, "export").await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
@@ -189,5 +200,5 @@ async fn export_decrypted(
     plain.sha256 = sha.clone();
     plain.blocks = blocks;
     plain.restore_hint = crate::domain::manifest::restore_hint(m.kind, m.compression, data_blob);
-    Ok((bytes, sha, Bytes::from(plain.to_json())))
+    Ok((bytes, sha, plain))
 }

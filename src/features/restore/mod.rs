@@ -15,6 +15,8 @@
 //!   is it renamed into place (`replace` keeps the old one as `<name>_pre_restore_<stamp>`). A
 //!   failed restore drops its temporary database; a swap that cannot be done leaves the verified
 //!   copy under its temporary name and says so.
+//! - A backup in parts (manifest format version 3) goes through the same steps; only its load
+//!   differs: pre-data, then its data parts at once, then post-data ([`parts`]).
 
 use crate::config::context::Ctx;
 use crate::config::settings::{Settings, StorageSettings};
@@ -46,6 +48,7 @@ pub(super) const MAX_GLOBALS_BYTES: usize = 64 << 20;
 mod database;
 mod export;
 mod globals;
+mod parts;
 mod pg_restore;
 mod plan;
 mod rehydrate;
@@ -59,6 +62,7 @@ pub use crate::domain::restore::*;
 pub use database::*;
 use export::*;
 pub use globals::*;
+pub use parts::{DEFAULT_PART_JOBS, README_SUFFIX, check_parts, parts_method, readme};
 use pg_restore::*;
 pub use plan::*;
 pub use rehydrate::*;

@@ -114,6 +114,9 @@ pub(super) async fn feed_pg_restore(
             exit.verdict().map_err(Failure::into_error)?;
             raw
         }
+        Method::Parts(_) => {
+            return Err(Error::permanent(format!("backup {:?} is in parts: it is restored part by part", m.id)));
+        }
     };
     if raw != m.raw_bytes {
         return Err(Error::permanent(format!(

@@ -60,17 +60,20 @@ pub(super) async fn check_archived(
     let mut offline = Vec::new();
     for id in std::iter::once(&task.backup).chain(task.globals.as_ref()) {
         let Ok(m) = catalog::manifest(store, id).await else { continue };
-        let props = match store.properties(&m.data_blob).await {
-            Ok(p) => Some(p),
-            Err(e) if e.is_unsupported() => None,
-            Err(e) => {
-                tracing::warn!(blob = %m.data_blob, error = %e, "cannot read the backup's access tier; restoring anyway");
-                None
+        // A backup in parts: every part's blob.
+        for blob in m.data_blobs() {
+            let props = match store.properties(blob).await {
+                Ok(p) => Some(p),
+                Err(e) if e.is_unsupported() => None,
+                Err(e) => {
+                    tracing::warn!(blob = %blob, error = %e, "cannot read the backup's access tier; restoring anyway");
+                    None
+                }
+            };
+            match availability(props.as_ref(), waited, REHYDRATION_MAX_WAIT) {
+                Availability::Online => {}
+                other => offline.push((blob.to_string(), other)),
             }
-        };
-        match availability(props.as_ref(), waited, REHYDRATION_MAX_WAIT) {
-            Availability::Online => {}
-            other => offline.push((m.data_blob, other)),
         }
     }
     offline

@@ -45,6 +45,10 @@ fn manifest(kind: BackupKind, server: &str, db: &str, started: OffsetDateTime, j
         databases: (kind == BackupKind::Globals).then(|| vec!["app".into(), "shop".into(), "postgres".into()]),
         database_properties: None,
         restore_hint: String::new(),
+        layout: Default::default(),
+        snapshot: None,
+        parts: vec![],
+        notes: vec![],
     }
 }
 
