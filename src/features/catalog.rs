@@ -80,7 +80,7 @@ pub async fn orphans(store: &dyn BlobStore, server: Option<&str>) -> Result<Vec<
 
 /// How [`verified_blocks`] ends its error when its consumer (pg_restore's feeder, say) went
 /// away: the consumer's own failure is then the cause.
-const CONSUMER_STOPPED: &str = ": the consumer stopped";
+pub const CONSUMER_STOPPED: &str = ": the consumer stopped";
 
 /// Whether a [`verified_blocks`] error says only that its consumer stopped (rather than that
 /// reading the backup failed).

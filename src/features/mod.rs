@@ -1,6 +1,7 @@
 //! Features: backup, catalog and verify, restore, retention and holds, drills, pgBackRest SAS
 //! rotation, the scheduler, reports and the least-privilege SQL.
 
+pub mod archive_stream;
 pub mod backup;
 pub mod catalog;
 pub mod claim;
@@ -11,4 +12,5 @@ pub mod pgbackrest;
 pub mod report;
 pub mod restore;
 pub mod retention;
+pub mod row_counts;
 pub mod scheduler;

@@ -554,6 +554,7 @@ mod tests {
             row_counts: None,
             databases: None,
             database_properties: None,
+            archive_index: None,
             restore_hint: String::new(),
         }
     }

@@ -50,6 +50,7 @@ mod pg_restore;
 mod plan;
 mod rehydrate;
 mod submit;
+mod table;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -63,4 +64,5 @@ use pg_restore::*;
 pub use plan::*;
 pub use rehydrate::*;
 pub use submit::*;
+pub use table::*;
 pub use task::*;

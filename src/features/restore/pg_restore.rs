@@ -142,7 +142,7 @@ impl Drop for ScratchFile {
 
 /// With exact counts in the manifest, every table must have exactly as many rows.
 pub(super) async fn check_row_counts(spec: &ConnSpec, m: &Manifest) -> Result<usize> {
-    let Some(counts) = m.row_counts.as_ref().filter(|r| r.method == "exact") else { return Ok(0) };
+    let Some(counts) = m.row_counts.as_ref().filter(|r| r.is_exact()) else { return Ok(0) };
     let client = pg::connect(spec).await?;
     for t in &counts.tables {
         let sql = format!("SELECT count(*) FROM {}.{}", quote_ident(&t.schema), quote_ident(&t.table));
