@@ -182,6 +182,43 @@ fn int_value(raw: &[u8]) -> Result<i64> {
     Ok(if raw[0] != 0 { -v } else { v })
 }
 
+/// The last bytes of a block's COPY data, and how many there were.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tail {
+    last: [u8; 8],
+    len: u64,
+}
+
+impl Tail {
+    fn push(&mut self, chunk: &[u8]) {
+        let n = chunk.len().min(8);
+        self.last.copy_within(n.., 0);
+        self.last[8 - n..].copy_from_slice(&chunk[chunk.len() - n..]);
+        self.len += chunk.len() as u64;
+    }
+
+    fn last(&self) -> Option<u8> {
+        (self.len > 0).then_some(self.last[7])
+    }
+
+    /// The newlines of pg_dump's end-of-data marker: it ends a table's COPY data with a `\.` line
+    /// and two empty lines (`\.\n\n\n`). A row can never be the line `\.` (COPY escapes a
+    /// backslash as `\\`), so the marker is recognised by its line alone.
+    fn terminator_newlines(&self) -> u64 {
+        let held = self.len.min(8) as usize;
+        let bytes = &self.last[8 - held..];
+        for marker in [&b"\\.\n\n\n"[..], &b"\\.\n"[..]] {
+            if bytes.ends_with(marker) {
+                let before = bytes.len() - marker.len();
+                if self.len == marker.len() as u64 || (before > 0 && bytes[before - 1] == b'\n') {
+                    return marker.iter().filter(|b| **b == b'\n').count() as u64;
+                }
+            }
+        }
+        0
+    }
+}
+
 /// What the data machine expects next.
 #[derive(Debug, Clone, Copy)]
 enum Want {
@@ -229,9 +266,9 @@ pub struct Scanner {
     int: IntAcc,
     /// The block being read, not yet in `blocks`.
     current: Option<DataBlock>,
-    /// Whether the current block's rows are counted, and its last payload byte.
+    /// Whether the current block's rows are counted, its payload bytes and the last of them.
     counting: bool,
-    last_byte: Option<u8>,
+    tail: Tail,
     in_lo: bool,
     blocks: Vec<DataBlock>,
     seen: Vec<bool>,
@@ -263,7 +300,7 @@ impl Scanner {
             int: IntAcc::default(),
             current: None,
             counting: false,
-            last_byte: None,
+            tail: Tail::default(),
             in_lo: false,
             blocks: Vec::new(),
             seen: Vec::new(),
@@ -397,7 +434,7 @@ impl Scanner {
                         if let Some(b) = self.current.as_mut() {
                             b.rows = b.rows.map(|r| r + n);
                         }
-                        self.last_byte = chunk.last().copied();
+                        self.tail.push(chunk);
                     }
                     i += take;
                     let left = left - take as u64;
@@ -472,7 +509,7 @@ impl Scanner {
                     && !compressed
                     && entry.copy_stmt.as_deref().is_some_and(|s| !s.trim().is_empty());
                 block.rows = self.counting.then_some(0);
-                self.last_byte = None;
+                self.tail = Tail::default();
                 self.in_lo = false;
                 self.want = match kind {
                     BlockKind::TableData => Want::ChunkLen,
@@ -511,11 +548,14 @@ impl Scanner {
 
     fn end_block(&mut self, end: u64) -> Result<()> {
         let mut block = self.current.take().expect("inside a block");
-        if self.counting && self.last_byte.is_some_and(|b| b != b'\n') {
-            return Err(Error::permanent(format!(
-                "archive: the table data of dump id {} ends inside a row (no final newline)",
-                block.dump_id
-            )));
+        if self.counting {
+            if self.tail.last().is_some_and(|b| b != b'\n') {
+                return Err(Error::permanent(format!(
+                    "archive: the table data of dump id {} ends inside a row (no final newline)",
+                    block.dump_id
+                )));
+            }
+            block.rows = block.rows.map(|r| r - self.tail.terminator_newlines());
         }
         block.length = end - block.offset;
         self.blocks.push(block);
@@ -723,6 +763,17 @@ mod tests {
         }
         assert_eq!(s.take_block_starts(), vec![whole.toc_length]);
         assert_eq!(s.finish().unwrap(), whole, "byte by byte");
+    }
+
+    #[test]
+    fn the_end_of_data_marker_is_not_a_row() {
+        let rows = |data: &[&[u8]]| scan(&sample(data)).unwrap().blocks[0].rows;
+        assert_eq!(rows(&[b"1\n", b"\\.\n\n\n"]), Some(1));
+        assert_eq!(rows(&[b"\\.\n\n\n"]), Some(0), "an empty table");
+        assert_eq!(rows(&[b"\n\n\n", b"\\.\n\n\n"]), Some(3), "rows of a table without columns are empty lines");
+        assert_eq!(rows(&[b"\n\\.\n\n", b"\n"]), Some(1), "the marker split across chunks");
+        assert_eq!(rows(&[b"\\\\.\n"]), Some(1), "a value that is a backslash and a dot is escaped: a row");
+        assert_eq!(rows(&[b"x\\.\n"]), Some(1));
     }
 
     #[test]

@@ -203,9 +203,10 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         upload_blocks(ctx.store.clone(), data_blob.clone(), rx, settings.blocks_in_flight, ctx.cancel.clone());
     let counts = async {
         match (job.kind, settings.row_counts, snapshot_client) {
-            (BackupKind::Database, RowCountMode::Exact | RowCountMode::CrossCheck, Some(c)) => {
-                exact_counts(c).await.map(Some)
-            }
+            (BackupKind::Database, RowCountMode::Exact, Some(c)) => exact_counts(c, false).await.map(Some),
+            // Each table's own rows, as its COPY holds them (an inheritance parent's COPY has
+            // none of its children's).
+            (BackupKind::Database, RowCountMode::CrossCheck, Some(c)) => exact_counts(c, true).await.map(Some),
             // In the snapshot transaction too: an estimate reads pg_class as of the dump.
             (BackupKind::Database, RowCountMode::Estimate, _) => estimated_counts(&client).await.map(Some),
             _ => Ok(None),
@@ -616,7 +617,9 @@ impl Write for BlockSink {
     }
 }
 
-async fn exact_counts(client: &tokio_postgres::Client) -> Result<RowCounts> {
+/// `count(*)` of every table; with `only`, of its own rows (`FROM ONLY`, without inheritance
+/// children), as the stream counts them.
+async fn exact_counts(client: &tokio_postgres::Client, only: bool) -> Result<RowCounts> {
     // As pg_dump does: with row security on, a policy would silently count fewer rows than the
     // dump holds; off, a table with a policy the role is subject to fails here, naming it.
     client
@@ -627,7 +630,8 @@ async fn exact_counts(client: &tokio_postgres::Client) -> Result<RowCounts> {
     let mut out = Vec::with_capacity(tables.len());
     for t in tables {
         let (schema, table): (String, String) = (t.get(0), t.get(1));
-        let sql = format!("SELECT count(*) FROM {}.{}", pg::quote_ident(&schema), pg::quote_ident(&table));
+        let only = if only { "ONLY " } else { "" };
+        let sql = format!("SELECT count(*) FROM {only}{}.{}", pg::quote_ident(&schema), pg::quote_ident(&table));
         let rows: i64 = client
             .query_one(&sql, &[])
             .await
@@ -665,7 +669,7 @@ async fn stream_counts(
         (_, Ok(s), _) => Ok(Some(s)),
         (_, Err(why), _) => {
             tracing::info!(job = %job.job_id, what = %job.describe(), reason = %why, "row counts come from count(*) in the dump's snapshot");
-            exact_counts(client).await.map(Some)
+            exact_counts(client, false).await.map(Some)
         }
     }
 }

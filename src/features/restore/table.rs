@@ -170,14 +170,14 @@ pub async fn restore_table(ctx: &Ctx, req: &TableRestore) -> Result<TableReport>
 
     // The rows, against the backup's count (the archive's, else the manifest's exact one).
     let rows: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+        .query_one(&format!("SELECT count(*) FROM ONLY {name}"), &[])
         .await
         .map_err(|e| fail(pg::query_error(&format!("count rows of {name}"), e)))?
         .get(0);
     let expected = entry.and_then(|e| e.rows).map(|r| r as i64).or_else(|| {
         m.row_counts
             .as_ref()
-            .filter(|c| c.is_exact())
+            .filter(|c| c.is_exact() && c.method != "exact") // `exact` counts of a parent include its children
             .and_then(|c| c.tables.iter().find(|t| t.schema == req.schema && t.table == req.table).map(|t| t.rows))
     });
     if let Some(n) = expected
