@@ -219,6 +219,7 @@ async fn restore_table_reads_only_its_own_blocks_and_never_overwrites_rows() {
     );
     assert_eq!(report["rows_checked"], true);
     let read = report["stored_bytes_read"].as_u64().unwrap();
+    eprintln!("restore --table read {read} of {} stored bytes", m.stored_bytes);
     assert!(
         read * 4 < m.stored_bytes,
         "read {read} of {} stored bytes: only the TOC's and the table's blocks",
@@ -251,5 +252,6 @@ async fn restore_table_reads_only_its_own_blocks_and_never_overwrites_rows() {
     assert_eq!(psql_blocking(&stack.pg, "target", "SELECT count(*) FROM after").trim(), "300000");
     // A table the backup has no data of is named.
     let out = restore("public.nope");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the backup has no data for table public.nope"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("the backup has no data for table \"public\".\"nope\""), "{text}");
 }
