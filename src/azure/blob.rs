@@ -317,20 +317,7 @@ impl BlobStore for AzureBlobStore {
     }
 
     async fn read(&self, name: &str) -> Result<ByteStream> {
-        let blob = Arc::new(self.blob(name)?);
-        let part = READ_PARTITION.get() as u64;
-        // The first range says the blob's size and ETag; the others follow from them.
-        let (first, total, etag) = read_range(&blob, name, 0..part, None).await?;
-        let rest: Vec<std::ops::Range<u64>> =
-            (part..total).step_by(part as usize).map(|start| start..(start + part).min(total)).collect();
-        let name = name.to_string();
-        let tail = futures::stream::iter(rest)
-            .map(move |range| {
-                let (blob, name, etag) = (blob.clone(), name.clone(), etag.clone());
-                async move { read_range(&blob, &name, range, etag.as_ref()).await.map(|(bytes, _, _)| bytes) }
-            })
-            .buffered(READ_PARALLEL.get());
-        Ok(futures::stream::once(async move { Ok(first) }).chain(tail).boxed())
+        self.read_range(name, 0..u64::MAX).await
     }
 
     async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
@@ -339,7 +326,7 @@ impl BlobStore for AzureBlobStore {
         }
         let blob = Arc::new(self.blob(name)?);
         let part = READ_PARTITION.get() as u64;
-        // As `read`: the first range says the blob's size and ETag; the others follow from them.
+        // The first range says the blob's size and ETag; the others follow from them.
         let (first, total, etag) =
             read_range(&blob, name, range.start..range.end.min(range.start + part), None).await?;
         let end = range.end.min(total);
