@@ -320,12 +320,21 @@ impl BlobStore for AzureBlobStore {
     }
 
     async fn read(&self, name: &str) -> Result<ByteStream> {
+        self.read_range(name, 0..u64::MAX).await
+    }
+
+    async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
+        if range.is_empty() {
+            return Ok(futures::stream::empty().boxed());
+        }
         let blob = Arc::new(self.blob(name)?);
         let part = READ_PARTITION.get() as u64;
         // The first range says the blob's size and ETag; the others follow from them.
-        let (first, total, etag) = read_range(&blob, name, 0..part, None).await?;
+        let (first, total, etag) =
+            read_range(&blob, name, range.start..range.end.min(range.start + part), None).await?;
+        let end = range.end.min(total);
         let rest: Vec<std::ops::Range<u64>> =
-            (part..total).step_by(part as usize).map(|start| start..(start + part).min(total)).collect();
+            (range.start + part..end).step_by(part as usize).map(|start| start..(start + part).min(end)).collect();
         let name = name.to_string();
         let tail = futures::stream::iter(rest)
             .map(move |range| {

@@ -493,6 +493,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
             let opts = crate::features::grant::GrantOptions { role, restore, per_schema, member_of };
             crate::features::grant::run(&rt.ctx, opts, server.as_deref().filter(|_| apply)).await
         }
+        Command::Restore(args) if args.table.is_some() => restore_table_now(&rt, &args).await,
         Command::Restore(args) => {
             // A request built from flags is reported in the flags' words; a --request file in
             // the JSON fields its author wrote.
@@ -717,6 +718,13 @@ pub struct RestoreArgs {
     /// Print JSON reports (with the as-files URLs) instead of text.
     #[arg(long)]
     json: bool,
+    /// Restore one table, `SCHEMA.TABLE` (names as stored), into the existing
+    /// --target-database: its rows, read from Blob by range, and its definition when the target
+    /// lacks it. A table that exists with rows is refused.
+    #[arg(long, requires = "target_database", conflicts_with_all = [
+        "request", "whole_server", "globals", "jobs", "container", "prefix", "expires_in", "owner",
+        "dry_run", "keep_encrypted", "default_locale", "take_over"])]
+    table: Option<String>,
 }
 
 fn parse_mode(s: &str) -> std::result::Result<crate::features::restore::Mode, String> {
@@ -727,8 +735,21 @@ fn parse_mode(s: &str) -> std::result::Result<crate::features::restore::Mode, St
     })
 }
 
+/// The backup a restore's flags choose.
+fn backup_choice(a: &RestoreArgs) -> Result<crate::features::restore::BackupChoice> {
+    use crate::features::restore::BackupChoice;
+    Ok(match (&a.backup, &a.latest_before) {
+        (Some(id), _) => BackupChoice::Id(id.clone()),
+        (None, Some(t)) => BackupChoice::LatestBefore(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| Error::permanent(format!("--latest-before {t:?} is not an RFC 3339 time: {e}")))?,
+        ),
+        (None, None) => BackupChoice::Latest,
+    })
+}
+
 fn restore_request(a: &RestoreArgs) -> Result<crate::features::restore::RestoreRequest> {
-    use crate::features::restore::{BackupChoice, MESSAGE_VERSION, Options, RestoreRequest, Source, Target};
+    use crate::features::restore::{MESSAGE_VERSION, Options, RestoreRequest, Source, Target};
     if let Some(path) = &a.request {
         let text = if path.as_os_str() == "-" {
             std::io::read_to_string(std::io::stdin()).map_err(|e| Error::permanent(format!("read stdin: {e}")))?
@@ -741,14 +762,7 @@ fn restore_request(a: &RestoreArgs) -> Result<crate::features::restore::RestoreR
     if a.database.is_none() && !a.whole_server {
         return Err(Error::permanent("name the source database with --database, or restore all with --whole-server"));
     }
-    let backup = match (&a.backup, &a.latest_before) {
-        (Some(id), _) => BackupChoice::Id(id.clone()),
-        (None, Some(t)) => BackupChoice::LatestBefore(
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| Error::permanent(format!("--latest-before {t:?} is not an RFC 3339 time: {e}")))?,
-        ),
-        (None, None) => BackupChoice::Latest,
-    };
+    let backup = backup_choice(a)?;
     let req = RestoreRequest {
         version: MESSAGE_VERSION,
         request_id: a.request_id.clone().unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple())),
@@ -832,6 +846,49 @@ pub fn flag_words(text: &str) -> String {
         rest = &rest[c.len_utf8()..];
     }
     out
+}
+
+/// `pgvault restore --table`: one table into an existing database.
+async fn restore_table_now(rt: &Runtime, a: &RestoreArgs) -> Result<ExitCode> {
+    use crate::features::restore::{TableRestore, restore_table};
+    let spec = a.table.as_deref().unwrap_or_default();
+    let (schema, table) = spec
+        .split_once('.')
+        .filter(|(s, t)| !s.is_empty() && !t.is_empty())
+        .ok_or_else(|| Error::permanent(format!("--table {spec:?} is not SCHEMA.TABLE")))?;
+    let server = a.server.clone().unwrap_or_default();
+    let database = a.database.clone().ok_or_else(|| Error::permanent("--table needs --database"))?;
+    let backup = backup_choice(a)?;
+    let req = TableRestore {
+        target_server: a.target_server.clone().unwrap_or_else(|| server.clone()),
+        target_database: a.target_database.clone().unwrap_or_default(),
+        server,
+        database,
+        backup,
+        schema: schema.into(),
+        table: table.into(),
+        no_owner: a.no_owner,
+        no_privileges: a.no_privileges,
+    };
+    let report = restore_table(&rt.ctx, &req).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+    } else {
+        println!(
+            "restored table {} ({}, {} rows{}) into {} from backup {}",
+            report.table,
+            report.action,
+            report.rows,
+            if report.rows_checked { ", as the backup counted" } else { "" },
+            report.target,
+            report.backup
+        );
+        println!(
+            "read {} of {} stored bytes ({}: {})",
+            report.stored_bytes_read, report.stored_bytes, report.read, report.read_reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {

@@ -32,7 +32,12 @@ pub enum StorageSettings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowCountMode {
+    /// COPY rows counted in the archive as it streams by (the default): exact, no server work.
+    Stream,
+    /// `count(*)` of every table in pg_dump's snapshot, beside the dump.
     Exact,
+    /// Both, and the backup fails if they disagree.
+    CrossCheck,
     Estimate,
     Off,
 }
@@ -218,7 +223,9 @@ impl Settings {
             None => crate::seams::pg::default_bin_dirs(),
         };
         let row_counts = match r.value("PGVAULT_ROW_COUNTS").as_str() {
+            "stream" => RowCountMode::Stream,
             "exact" => RowCountMode::Exact,
+            "cross-check" => RowCountMode::CrossCheck,
             "estimate" => RowCountMode::Estimate,
             "off" => RowCountMode::Off,
             other => return Err(r.not_allowed("PGVAULT_ROW_COUNTS", other)),
@@ -472,7 +479,7 @@ mod tests {
         assert_eq!(s.zstd_threads, 2);
         assert_eq!(s.block_size, 8 << 20);
         assert_eq!(s.blocks_in_flight, 4);
-        assert_eq!(s.row_counts, RowCountMode::Exact);
+        assert_eq!(s.row_counts, RowCountMode::Stream);
         assert_eq!(s.restore_scratch_dir, std::env::temp_dir());
         assert_eq!(s.restore_scratch_reserve, 1024 << 20);
         assert_eq!(s.identity, IdentitySettings::ManagedIdentity { client_id: None });
@@ -566,7 +573,10 @@ mod tests {
         let e = parse("PGVAULT_STORAGE", "s3").unwrap_err();
         assert_eq!(e.to_string(), "setting PGVAULT_STORAGE: \"s3\" is neither `azure` nor `local`");
         let e = parse("PGVAULT_ROW_COUNTS", "some").unwrap_err();
-        assert_eq!(e.to_string(), "setting PGVAULT_ROW_COUNTS: \"some\" is not `exact`, `estimate` or `off`");
+        assert_eq!(
+            e.to_string(),
+            "setting PGVAULT_ROW_COUNTS: \"some\" is not `stream`, `exact`, `cross-check`, `estimate` or `off`"
+        );
         let e = parse("PGVAULT_TIER", "hot").unwrap_err();
         assert_eq!(e.to_string(), "setting PGVAULT_TIER: is not `cool`, `cold` or `archive`");
         assert_eq!(parse("PGVAULT_TIER", "Archive").unwrap().tier, crate::seams::store::Tier::Archive);

@@ -74,6 +74,11 @@ pub struct Manifest {
     /// before pgvault recorded them; such a restore says what it could not give back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_properties: Option<crate::domain::dbprops::DatabaseProperties>,
+    /// Databases only: where each data entry of the archive lies, read from the stream as it was
+    /// written (see [`ArchiveIndex`]). Absent when the archive could not be read, and in
+    /// manifests written before pgvault recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_index: Option<ArchiveIndex>,
     /// How to restore with plain tools.
     pub restore_hint: String,
     /// `parts` for a backup in parts (format version 3); absent for one archive.
@@ -171,11 +176,80 @@ pub struct Block {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowCounts {
+    /// `stream`: COPY rows counted in the archive as it streamed by (exact, free for the server).
     /// `exact`: `count(*)` in the very snapshot pg_dump dumped (exported and shared with
     /// `pg_dump --snapshot`), so a restore must reproduce them exactly.
+    /// `cross-check`: both, and they agreed. See [`RowCounts::is_exact`].
     /// `estimate`: `pg_class.reltuples`, for information only.
     pub method: String,
     pub tables: Vec<TableCount>,
+}
+
+/// Where the archive's data entries lie: raw offsets (in pg_dump's output) and, for a zstd stream,
+/// where its frames start raw and stored, so one entry can be read by range and decompressed
+/// without the rest (`pgvault restore --table`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveIndex {
+    /// Raw bytes of the archive's header and TOC (the data starts here).
+    pub toc_bytes: u64,
+    pub entries: Vec<DataEntry>,
+    /// Where each zstd frame starts, in order, the first at 0/0. Empty when the stored bytes are
+    /// the raw bytes (no pgvault compression) or are not mapped (encrypted backups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<Frame>,
+}
+
+/// One data block of the archive (`TABLE DATA` or `BLOBS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataEntry {
+    pub dump_id: i32,
+    /// `table_data` or `large_objects`.
+    pub kind: String,
+    /// The TOC entry's namespace and tag (empty for large objects).
+    pub schema: String,
+    pub table: String,
+    /// Raw offset of the block's first byte and its length, closing zero length included.
+    pub raw_offset: u64,
+    pub raw_length: u64,
+    /// COPY rows in the block (table data of an uncompressed archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+/// Where one zstd frame starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub raw_offset: u64,
+    pub stored_offset: u64,
+}
+
+impl ArchiveIndex {
+    /// The table data entry of `schema.table`.
+    pub fn table(&self, schema: &str, table: &str) -> Option<&DataEntry> {
+        self.entries.iter().find(|e| e.kind == "table_data" && e.schema == schema && e.table == table)
+    }
+
+    /// The stored byte range to read for the raw range `start..end`, and the raw offset the read
+    /// starts at (a frame start): frames are independently decodable, so a read from one frame's
+    /// start to the start of the first frame at or after `end` holds the range. Without frames,
+    /// stored bytes are raw bytes.
+    pub fn stored_range(&self, start: u64, end: u64, stored_bytes: u64) -> (std::ops::Range<u64>, u64) {
+        if self.frames.is_empty() {
+            return (start..end, start);
+        }
+        let first = self.frames.iter().rev().find(|f| f.raw_offset <= start).copied().unwrap_or(self.frames[0]);
+        let stop = self.frames.iter().find(|f| f.raw_offset >= end).map_or(stored_bytes, |f| f.stored_offset);
+        (first.stored_offset..stop, first.raw_offset)
+    }
+}
+
+impl RowCounts {
+    /// Whether a restore must reproduce these counts exactly: `exact` (count(*) in the dump's
+    /// snapshot), `stream` (COPY rows read from the archive) and `cross-check` (both, and they
+    /// agreed) are exact; `estimate` is not.
+    pub fn is_exact(&self) -> bool {
+        matches!(self.method.as_str(), "exact" | "stream" | "cross-check")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! The domain core: pure types and plans. It imports nothing above it and no SDK type.
 
+pub mod archive;
 pub mod connstr;
 pub mod dbprops;
 pub mod doctor;

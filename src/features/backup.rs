@@ -12,6 +12,8 @@ use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
 use crate::domain::layout::{self, BackupKind};
 use crate::domain::manifest::{self, Block, Compression, Encryption, Manifest, RowCounts, TableCount, Tool};
+use crate::features::archive_stream::{FrameWrite, FramedZstd, Tap, Tapped, Uncut};
+use crate::features::row_counts;
 use crate::seams::failpoint;
 use crate::seams::pg::{self};
 use crate::seams::progress::Progress;
@@ -211,6 +213,9 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         Some((key, wrapped)) => (Some((key, paths.id.clone())), Some(wrapped)),
         None => (None, None),
     };
+    // The archive is read as it streams (row counts, TOC offsets); its zstd frames are cut at
+    // data blocks unless it is encrypted (stored offsets are then not the zstd ones).
+    let tap = (job.kind == BackupKind::Database).then_some(seal.is_none());
     let producer_cfg = Producer {
         seal,
         compression,
@@ -218,24 +223,35 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         sizer,
         expect_magic: (job.kind == BackupKind::Database).then_some(&b"PGDMP"[..]),
         progress: progress.clone(),
+        tap,
     };
     let producer = tokio::task::spawn_blocking(move || producer_cfg.run(stdout, tx));
     let uploader =
         upload_blocks(ctx.store.clone(), data_blob.clone(), rx, settings.blocks_in_flight, ctx.cancel.clone());
     let counts = async {
         match (job.kind, settings.row_counts, snapshot_client) {
-            (BackupKind::Database, RowCountMode::Exact, Some(c)) => exact_counts(c).await.map(Some),
+            (BackupKind::Database, RowCountMode::Exact, Some(c)) => exact_counts(c, false).await.map(Some),
+            // Each table's own rows, as its COPY holds them (an inheritance parent's COPY has
+            // none of its children's).
+            (BackupKind::Database, RowCountMode::CrossCheck, Some(c)) => exact_counts(c, true).await.map(Some),
             // In the snapshot transaction too: an estimate reads pg_class as of the dump.
             (BackupKind::Database, RowCountMode::Estimate, _) => estimated_counts(&client).await.map(Some),
             _ => Ok(None),
         }
     };
     let (uploaded, produced, row_counts) = tokio::join!(uploader, producer, counts);
-    let produced = produced.map_err(|e| Error::transient(format!("backup stream task failed: {e}")))?;
+    let mut produced = produced.map_err(|e| Error::transient(format!("backup stream task failed: {e}")))?;
     // The stream is over (or broken): pg_dump has exited or will on the closed pipe (a shutdown
     // has killed it already).
     let exit = dump.wait().await;
     progress.finish();
+    // Row counts from the stream, still inside the snapshot's transaction (a fallback to
+    // count(*) counts the very snapshot the dump read).
+    let tapped = produced.as_mut().ok().and_then(|p| p.tapped.take());
+    let row_counts = match (row_counts, snapshot_client, &tapped) {
+        (Ok(exact), Some(c), Some(t)) if produced.is_ok() => stream_counts(c, settings.row_counts, exact, t, job).await,
+        (counts, _, _) => counts,
+    };
     if snapshot_client.is_some() {
         let _ = client.batch_execute("COMMIT").await;
     }
@@ -305,6 +321,7 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
         row_counts,
         databases,
         database_properties,
+        archive_index: tapped.and_then(|t| t.archive.ok().map(|a| row_counts::index(&a, t.frames))),
         restore_hint,
         layout: Default::default(),
         snapshot: None,
@@ -464,6 +481,8 @@ struct Producer {
     sizer: BlockSizer,
     expect_magic: Option<&'static [u8]>,
     progress: Progress,
+    /// Read the stream as a pg_dump archive (`Some(cut)`: and cut zstd frames at data blocks).
+    tap: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -472,6 +491,8 @@ pub struct Produced {
     pub stored_bytes: u64,
     pub sha256: String,
     pub blocks: Vec<Block>,
+    /// What the archive tap read, when the stream was tapped.
+    pub tapped: Option<Tapped>,
 }
 
 impl Producer {
@@ -485,7 +506,8 @@ impl Producer {
         let mut raw_bytes = 0u64;
         let mut head = Vec::new();
         let io_err = |e: std::io::Error| Error::transient(format!("backup stream: {e}"));
-        let mut write_all = |out: &mut dyn Write, input: &mut dyn Read| -> Result<()> {
+        let mut tap = self.tap.map(Tap::new);
+        let mut write_all = |out: &mut dyn FrameWrite, input: &mut dyn Read| -> Result<()> {
             loop {
                 let n = match input.read(&mut buf) {
                     Ok(0) => return Ok(()),
@@ -503,29 +525,29 @@ impl Producer {
                 }
                 raw_bytes += n as u64;
                 self.progress.add(n as u64);
-                out.write_all(&buf[..n]).map_err(io_err)?;
+                match tap.as_mut() {
+                    Some(tap) => tap.write(&buf[..n], out).map_err(io_err)?,
+                    None => out.write_all(&buf[..n]).map_err(io_err)?,
+                }
             }
         };
         let sink = match self.compression {
             Compression::Zstd { level } => {
-                let mut enc = zstd::stream::write::Encoder::new(sink, level).map_err(io_err)?;
-                if self.zstd_threads > 0 {
-                    enc.multithread(self.zstd_threads).map_err(io_err)?;
-                    // zstd's default job (4 x window, 8 MiB at level 3) buffers about 25 MiB per
-                    // worker; 2 MiB jobs keep the same speed at a third of the memory.
-                    enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE)).map_err(io_err)?;
-                }
+                // zstd's default job (4 x window, 8 MiB at level 3) buffers about 25 MiB per
+                // worker; 2 MiB jobs keep the same speed at a third of the memory.
+                let mut enc = FramedZstd::new(sink, level, self.zstd_threads, ZSTD_JOB_SIZE).map_err(io_err)?;
                 write_all(&mut enc, &mut input)?;
                 enc.finish().map_err(io_err)?
             }
             Compression::None | Compression::PgDump => {
                 let mut sink = sink;
-                write_all(&mut sink, &mut input)?;
+                write_all(&mut Uncut(&mut sink), &mut input)?;
                 sink
             }
         };
         let mut produced = sink.into_blocks().map_err(io_err)?.finish()?;
         produced.raw_bytes = raw_bytes;
+        produced.tapped = tap.map(Tap::finish);
         Ok(produced)
     }
 }
@@ -607,6 +629,7 @@ impl BlockSink {
             stored_bytes: self.stored,
             sha256: hex::encode(self.whole.finalize()),
             blocks: self.blocks,
+            tapped: None,
         })
     }
 }
@@ -631,7 +654,9 @@ impl Write for BlockSink {
     }
 }
 
-async fn exact_counts(client: &tokio_postgres::Client) -> Result<RowCounts> {
+/// `count(*)` of every table; with `only`, of its own rows (`FROM ONLY`, without inheritance
+/// children), as the stream counts them.
+async fn exact_counts(client: &tokio_postgres::Client, only: bool) -> Result<RowCounts> {
     // As pg_dump does: with row security on, a policy would silently count fewer rows than the
     // dump holds; off, a table with a policy the role is subject to fails here, naming it.
     client
@@ -642,7 +667,8 @@ async fn exact_counts(client: &tokio_postgres::Client) -> Result<RowCounts> {
     let mut out = Vec::with_capacity(tables.len());
     for t in tables {
         let (schema, table): (String, String) = (t.get(0), t.get(1));
-        let sql = format!("SELECT count(*) FROM {}.{}", pg::quote_ident(&schema), pg::quote_ident(&table));
+        let only = if only { "ONLY " } else { "" };
+        let sql = format!("SELECT count(*) FROM {only}{}.{}", pg::quote_ident(&schema), pg::quote_ident(&table));
         let rows: i64 = client
             .query_one(&sql, &[])
             .await
@@ -651,6 +677,38 @@ async fn exact_counts(client: &tokio_postgres::Client) -> Result<RowCounts> {
         out.push(TableCount { schema, table, rows });
     }
     Ok(RowCounts { method: "exact".into(), tables: out })
+}
+
+/// The row counts of a tapped stream: `stream` reads them from the archive (falling back to
+/// count(*) in the snapshot, still open, when the archive gives none), `cross-check` compares them
+/// with the count(*) ones. Other modes keep what they counted.
+async fn stream_counts(
+    client: &tokio_postgres::Client,
+    mode: RowCountMode,
+    counted: Option<RowCounts>,
+    tapped: &Tapped,
+    job: &BackupJob,
+) -> Result<Option<RowCounts>> {
+    let listed = match (mode, &counted) {
+        (RowCountMode::Stream, _) => row_counts::listed_tables(client).await?,
+        (RowCountMode::CrossCheck, Some(c)) => c.tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect(),
+        _ => return Ok(counted),
+    };
+    let from_stream = match &tapped.archive {
+        Ok(a) => row_counts::from_archive(&listed, a),
+        Err(e) => Err(format!("the archive could not be read ({e})")),
+    };
+    match (mode, from_stream, counted) {
+        (RowCountMode::CrossCheck, Ok(s), Some(c)) => row_counts::cross_check(&s, &c).map(Some),
+        (RowCountMode::CrossCheck, Err(why), _) => {
+            Err(Error::permanent(format!("row counts cannot be cross-checked: {why}")))
+        }
+        (_, Ok(s), _) => Ok(Some(s)),
+        (_, Err(why), _) => {
+            tracing::info!(job = %job.job_id, what = %job.describe(), reason = %why, "row counts come from count(*) in the dump's snapshot");
+            exact_counts(client, false).await.map(Some)
+        }
+    }
 }
 
 async fn estimated_counts(client: &tokio_postgres::Client) -> Result<RowCounts> {
@@ -704,6 +762,7 @@ mod tests {
             sizer: BlockSizer { base: 64 * 1024 },
             expect_magic: Some(b"PGDMP"),
             progress: Progress::start(progress::Mode::Off, "t", None),
+            tap: None,
         };
         let data = input.clone();
         let produced =
@@ -734,6 +793,7 @@ mod tests {
             sizer: BlockSizer { base: 256 * 1024 },
             expect_magic: Some(b"PGDMP"),
             progress: Progress::start(progress::Mode::Off, "t", None),
+            tap: None,
         };
         let data = input.clone();
         let produced =
@@ -769,6 +829,7 @@ mod tests {
             sizer: BlockSizer { base: 1024 },
             expect_magic: Some(b"PGDMP"),
             progress: Progress::start(progress::Mode::Off, "t", None),
+            tap: None,
         };
         let e = tokio::task::spawn_blocking(move || p.run(std::io::Cursor::new(b"hello world".to_vec()), tx))
             .await

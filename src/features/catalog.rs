@@ -86,7 +86,7 @@ pub const QUEUED: usize = 2;
 
 /// How [`verified_blocks`] ends its error when its consumer (pg_restore's feeder, say) went
 /// away: the consumer's own failure is then the cause.
-const CONSUMER_STOPPED: &str = ": the consumer stopped";
+pub const CONSUMER_STOPPED: &str = ": the consumer stopped";
 
 /// Whether a [`verified_blocks`] error says only that its consumer stopped (rather than that
 /// reading the backup failed).

@@ -1,6 +1,7 @@
 //! Features: backup, catalog and verify, restore, retention and holds, drills, pgBackRest SAS
 //! rotation, the scheduler, reports, the least-privilege SQL and doctor.
 
+pub mod archive_stream;
 pub mod backup;
 pub mod catalog;
 pub mod claim;
@@ -12,5 +13,6 @@ pub mod pgbackrest;
 pub mod report;
 pub mod restore;
 pub mod retention;
+pub mod row_counts;
 pub mod scheduler;
 pub mod status;

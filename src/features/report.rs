@@ -568,6 +568,7 @@ mod tests {
             row_counts: None,
             databases: None,
             database_properties: None,
+            archive_index: None,
             restore_hint: String::new(),
             layout: Default::default(),
             snapshot: None,

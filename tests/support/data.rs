@@ -206,4 +206,42 @@ impl Transfers {
         task.await.unwrap();
         done.load(std::sync::atomic::Ordering::Relaxed)
     }
+/// The hostile database for row counts: partitions (a range-partitioned parent, its partitions
+/// and a default one), inheritance (rows in parent and child), an unlogged table, empty tables,
+/// a table without columns, rows with embedded newlines, carriage returns, tabs, backslashes and
+/// a `\.` line, NULLs, an identity column, row level security, a materialized view and large
+/// objects.
+pub fn hostile_sql() -> String {
+    r#"
+CREATE TABLE measure (at date NOT NULL, v int) PARTITION BY RANGE (at);
+CREATE TABLE measure_2024 PARTITION OF measure FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE measure_2025 PARTITION OF measure FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE measure_other PARTITION OF measure DEFAULT;
+INSERT INTO measure SELECT date '2024-01-01' + i, i FROM generate_series(0, 900) i;
+CREATE TABLE animal (name text, legs int);
+CREATE TABLE bird (wings int) INHERITS (animal);
+INSERT INTO animal VALUES ('cat', 4), ('snake', 0);
+INSERT INTO bird SELECT 'bird ' || i, 2, 2 FROM generate_series(1, 37) i;
+CREATE UNLOGGED TABLE scratch (k int);
+INSERT INTO scratch SELECT generate_series(1, 1234);
+CREATE TABLE empty_one (k int);
+CREATE TABLE nocols ();
+INSERT INTO nocols SELECT FROM generate_series(1, 11);
+CREATE TABLE texts (id int GENERATED ALWAYS AS IDENTITY, body text, raw bytea);
+INSERT INTO texts (body, raw) VALUES
+  (E'line one\nline two\n', E'\\x0a0d5c'),
+  (E'carriage\rreturn\ttab', NULL),
+  (E'back\\slash \\. and \\N', E'\\x00'),
+  (E'\\.', NULL),
+  (NULL, NULL),
+  ('', '');
+INSERT INTO texts (body) SELECT repeat(E'x\n', i % 5) || i FROM generate_series(1, 500) i;
+CREATE TABLE secret (owner_name text, v int);
+ALTER TABLE secret ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own ON secret USING (owner_name = current_user);
+INSERT INTO secret SELECT 'nobody', i FROM generate_series(1, 17) i;
+CREATE MATERIALIZED VIEW texts_summary AS SELECT count(*) AS n FROM texts;
+SELECT lo_from_bytea(0, decode(repeat('0a5c2e0a', 1000), 'hex')) FROM generate_series(1, 3);
+"#
+    .to_string()
 }

@@ -148,10 +148,10 @@ pub const ALL: &[Setting] = &[
         .defaults_to_described("`/usr/lib/postgresql/*/bin`, newest first"),
     Setting::new(
         "PGVAULT_ROW_COUNTS",
-        "row counts of each backup: `exact` is count(*) in pg_dump's snapshot, `estimate` reads pg_class, `off` takes none",
+        "row counts of each backup: `stream` counts COPY rows in the archive as it streams by (exact, no work for the server), `exact` is count(*) in pg_dump's snapshot, `cross-check` does both and fails the backup if they differ, `estimate` reads pg_class, `off` takes none",
     )
-    .defaults_to("exact")
-    .one_of(&["exact", "estimate", "off"]),
+    .defaults_to("stream")
+    .one_of(&["stream", "exact", "cross-check", "estimate", "off"]),
     Setting::new(
         "PGVAULT_PARALLEL_ABOVE_MIB",
         "a database larger than this (MiB) is backed up in parts, all in one snapshot (manifest format version 3); smaller ones stay one archive",

@@ -580,7 +580,7 @@ pub(super) async fn restore_database(
             return Err(e.context(what));
         }
     };
-    if m.row_counts.as_ref().is_none_or(|r| r.method != "exact") {
+    if m.row_counts.as_ref().is_none_or(|r| !r.is_exact()) {
         report.notes.push("the manifest has no exact row counts: row counts were not compared".into());
     }
     if let (Some(p), Some(s)) = (props, &stored)

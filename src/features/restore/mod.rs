@@ -53,6 +53,7 @@ mod pg_restore;
 mod plan;
 mod rehydrate;
 mod submit;
+mod table;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -67,4 +68,5 @@ use pg_restore::*;
 pub use plan::*;
 pub use rehydrate::*;
 pub use submit::*;
+pub use table::*;
 pub use task::*;

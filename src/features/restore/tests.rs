@@ -44,6 +44,7 @@ fn manifest(kind: BackupKind, server: &str, db: &str, started: OffsetDateTime, j
         row_counts: None,
         databases: (kind == BackupKind::Globals).then(|| vec!["app".into(), "shop".into(), "postgres".into()]),
         database_properties: None,
+        archive_index: None,
         restore_hint: String::new(),
         layout: Default::default(),
         snapshot: None,

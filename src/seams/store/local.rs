@@ -201,6 +201,21 @@ impl BlobStore for LocalStore {
         Ok(stream.map(|r| r.map_err(Error::from)).boxed())
     }
 
+    async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut f = match tokio::fs::File::open(self.path(name)?).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Self::not_found(name));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        f.seek(std::io::SeekFrom::Start(range.start)).await?;
+        let part = f.take(range.end.saturating_sub(range.start));
+        let stream = tokio_util::io::ReaderStream::with_capacity(part, 1 << 20);
+        Ok(stream.map(|r| r.map_err(Error::from)).boxed())
+    }
+
     async fn tags(&self, name: &str) -> Result<Tags> {
         if !self.exists(name).await? {
             return Err(Self::not_found(name));

@@ -106,6 +106,14 @@ pub trait BlobStore: Send + Sync + 'static {
     /// bytes before it), so it reaches the caller, who decides for the whole read.
     async fn read(&self, name: &str) -> Result<ByteStream>;
 
+    /// Stream the bytes `range` of a blob, in order (a ranged read: only those bytes are
+    /// fetched). A missing blob is a permanent error; a range past the end yields what there is,
+    /// so the caller checks the length. Retry safe as [`BlobStore::read`]: its opening only. The
+    /// default reads the whole blob and passes the range on, for stores that cannot do better.
+    async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
+        Ok(slice_stream(self.read(name).await?, range))
+    }
+
     /// The blob's tags. A read: retry safe.
     async fn tags(&self, name: &str) -> Result<Tags>;
 
@@ -172,6 +180,34 @@ pub trait FileExport: Send + Sync {
         blob: &str,
         expires_at: time::OffsetDateTime,
     ) -> Result<crate::domain::secret::Secret>;
+}
+
+/// The part `range` of a stream of a whole blob.
+pub fn slice_stream(stream: ByteStream, range: std::ops::Range<u64>) -> ByteStream {
+    use futures::StreamExt;
+    stream
+        .scan(0u64, move |pos, item| {
+            let out = match item {
+                Err(e) => Some(Err(e)),
+                Ok(b) => {
+                    let start = *pos;
+                    let end = start + b.len() as u64;
+                    *pos = end;
+                    if start >= range.end {
+                        None
+                    } else if end <= range.start {
+                        Some(Ok(Bytes::new()))
+                    } else {
+                        let from = range.start.saturating_sub(start) as usize;
+                        let to = (range.end.min(end) - start) as usize;
+                        Some(Ok(b.slice(from..to)))
+                    }
+                }
+            };
+            futures::future::ready(out)
+        })
+        .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.is_empty())))
+        .boxed()
 }
 
 /// What [`BlobStore::create`] did.

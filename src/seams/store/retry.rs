@@ -160,6 +160,11 @@ impl BlobStore for RetryingStore {
         self.retry("read", name, || self.inner.read(name)).await
     }
 
+    async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
+        // The opening only, as `read`.
+        self.retry("read_range", name, || self.inner.read_range(name, range.clone())).await
+    }
+
     async fn tags(&self, name: &str) -> Result<Tags> {
         self.retry("tags", name, || self.inner.tags(name)).await
     }
