@@ -118,7 +118,12 @@ async fn make_backup(
         row_counts: None,
         databases: None,
         database_properties: None,
+        archive_index: None,
         restore_hint: String::new(),
+        layout: Default::default(),
+        snapshot: None,
+        parts: vec![],
+        notes: vec![],
     };
     std::fs::write(dir.join(format!("{name}.json")), m.to_json()).unwrap();
     m

@@ -134,6 +134,7 @@ pub enum Command {
         /// Print the findings as JSON.
         #[arg(long)]
         json: bool,
+    },
     /// The status page in the terminal: per database protection against the RPO, trend, proof,
     /// trouble, retention and posture; pgBackRest targets; the doctor's findings.
     Status {

@@ -206,6 +206,8 @@ impl Transfers {
         task.await.unwrap();
         done.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
 /// The hostile database for row counts: partitions (a range-partitioned parent, its partitions
 /// and a default one), inheritance (rows in parent and child), an unlogged table, empty tables,
 /// a table without columns, rows with embedded newlines, carriage returns, tabs, backslashes and

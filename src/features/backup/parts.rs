@@ -119,7 +119,11 @@ pub(super) async fn run(r: SetRun<'_>) -> Result<Outcome> {
     let runs = futures::stream::iter(futures).buffer_unordered(settings.backup_jobs.max(1)).collect::<Vec<_>>();
     let counts = async {
         match settings.row_counts {
-            RowCountMode::Exact => exact_counts(r.client).await.map(Some),
+            // The stream is not read for counts in parts yet: count(*) in the snapshot, as
+            // `exact` does (with inheritance children in a parent's count).
+            RowCountMode::Exact | RowCountMode::Stream | RowCountMode::CrossCheck => {
+                exact_counts(r.client, false).await.map(Some)
+            }
             RowCountMode::Estimate => estimated_counts(r.client).await.map(Some),
             RowCountMode::Off => Ok(None),
         }
@@ -198,6 +202,7 @@ pub(super) async fn run(r: SetRun<'_>) -> Result<Outcome> {
             .into(),
         layout: Layout::Parts,
         snapshot: Some(r.snapshot.clone()),
+        archive_index: None,
         parts: done,
         notes,
     };
@@ -294,6 +299,7 @@ async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&D
         sizer: BlockSizer { base: settings.block_size },
         expect_magic: (spec.kind != PartKind::Copy).then_some(&b"PGDMP"[..]),
         progress: progress.clone(),
+        tap: None,
     };
     let uploader = upload_blocks(ctx.store.clone(), blob.clone(), rx, settings.blocks_in_flight, ctx.cancel.clone());
     let lines = Arc::new(AtomicU64::new(0));

@@ -51,7 +51,12 @@ fn manifest(db: &str, at: OffsetDateTime, stored: u64, secs: i64) -> Manifest {
         row_counts: None,
         databases: None,
         database_properties: None,
+        archive_index: None,
         restore_hint: String::new(),
+        layout: Default::default(),
+        snapshot: None,
+        parts: vec![],
+        notes: vec![],
     }
 }
 
