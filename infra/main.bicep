@@ -59,8 +59,16 @@ param maxDumpsPerServer int = 2
 @minValue(1)
 @maxValue(3600)
 param dumpSlotRetrySeconds int = 120
-@allowed(['exact', 'estimate', 'off'])
-param rowCounts string = 'exact'
+@description('Row counts of each backup (PGVAULT_ROW_COUNTS): stream reads them from the archive as it streams by, at no cost to the server.')
+@allowed(['stream', 'exact', 'cross-check', 'estimate', 'off'])
+param rowCounts string = 'stream'
+@description('A database larger than this (MiB) is backed up in parts, in one snapshot (PGVAULT_PARALLEL_ABOVE_MIB).')
+@minValue(0)
+param parallelAboveMiB int = 16384
+@description('Parts of one backup in parts that run at once (PGVAULT_BACKUP_JOBS).')
+@minValue(1)
+@maxValue(64)
+param backupJobs int = 2
 param restoreScratchReserveMiB int = 1024
 param logFilter string = 'info'
 @description('NCRONTAB (UTC) of the retention timer (prune by each server\'s inventory retention policy, then the RPO check). Retention policies live in the inventory (per server and per database).')
@@ -393,6 +401,8 @@ var pgvaultSettings = {
   PGVAULT_HTTP_TIMEOUT_SECONDS: '60'
   PGVAULT_PG_BIN_DIRS: pgBinDirs
   PGVAULT_ROW_COUNTS: rowCounts
+  PGVAULT_PARALLEL_ABOVE_MIB: string(parallelAboveMiB)
+  PGVAULT_BACKUP_JOBS: string(backupJobs)
   PGVAULT_RESTORE_SCRATCH_DIR: '/tmp'
   PGVAULT_RESTORE_SCRATCH_RESERVE_MIB: string(restoreScratchReserveMiB)
   PGVAULT_LOG: logFilter

@@ -248,9 +248,11 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     // Row counts from the stream, still inside the snapshot's transaction (a fallback to
     // count(*) counts the very snapshot the dump read).
     let tapped = produced.as_mut().ok().and_then(|p| p.tapped.take());
-    let row_counts = match (row_counts, snapshot_client, &tapped) {
-        (Ok(exact), Some(c), Some(t)) if produced.is_ok() => stream_counts(c, settings.row_counts, exact, t, job).await,
-        (counts, _, _) => counts,
+    let (row_counts, counted_after) = match (row_counts, snapshot_client, &tapped) {
+        (Ok(exact), Some(c), Some(t)) if produced.is_ok() => {
+            (stream_counts(c, settings.row_counts, exact, t, job).await, true)
+        }
+        (counts, _, _) => (counts, false),
     };
     if snapshot_client.is_some() {
         let _ = client.batch_execute("COMMIT").await;
@@ -264,7 +266,10 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
             // Root cause first: counting in the snapshot's transaction fails first (a table the
             // role may not read), aborts that transaction, and only then does pg_dump fail to
             // import the snapshot. The count's error names the table; pg_dump's does not.
+            // Stream counts are taken after the dump, so a dump that failed (a server that went
+            // away) is the cause of their failure, not the other way round.
             let e = match (checked, counts) {
+                (Err(e), Err(_)) if counted_after => e,
                 (_, Err(count)) if !ctx.cancel.is_cancelled() => {
                     count.context(format!("back up {}: count rows in the dump's snapshot", job.describe()))
                 }
