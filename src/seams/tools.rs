@@ -231,8 +231,11 @@ pub fn is_error_line(line: &str) -> bool {
 /// The server's own words under an error (`pg_dump: detail: Error message from server: server
 /// closed the connection unexpectedly`): the cause of a failed COPY, which the error line above
 /// it (`PQgetCopyData() failed.`) does not say.
+/// Also the query of a lock pg_dump gave up waiting for (`--lock-wait-timeout` fails as a
+/// statement timeout, which alone does not say which table).
 fn is_server_detail(line: &str) -> bool {
-    line.to_ascii_lowercase().contains("detail: error message from server")
+    let l = line.to_ascii_lowercase();
+    l.contains("detail: error message from server") || l.contains("detail: query was: lock table")
 }
 
 /// The one verdict rule of a finished tool: ok when it exited 0 and no stderr line is an error
@@ -433,6 +436,11 @@ mod tests {
         let text = verdict("pg_dump", exited(1), stderr).unwrap_err().to_string();
         assert!(text.contains("server closed the connection unexpectedly"), "{text}");
         assert!(!text.contains("Command was"), "{text}");
+        // A lock pg_dump gave up on: the query names the table.
+        let stderr = "pg_dump: error: query failed: ERROR:  canceling statement due to statement timeout\n\
+                      pg_dump: detail: Query was: LOCK TABLE public.t IN ACCESS SHARE MODE\n";
+        let text = verdict("pg_dump", exited(1), stderr).unwrap_err().to_string();
+        assert!(text.contains("LOCK TABLE public.t"), "{text}");
     }
 
     #[test]
