@@ -61,7 +61,7 @@ fn doctor_findings(records: &[JobRecord]) -> Vec<Finding> {
         .max_by_key(|r| r.finished_at.unwrap_or(r.updated_at));
     let Some(detail) = newest.and_then(|r| r.detail.doctor()) else { return Vec::new() };
     let mut found: Vec<&crate::domain::doctor::Finding> = detail.findings.iter().collect();
-    found.sort_by(|a, b| b.severity.cmp(&a.severity));
+    found.sort_by_key(|f| std::cmp::Reverse(f.severity));
     found
         .into_iter()
         .map(|f| Finding {

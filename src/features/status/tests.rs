@@ -329,8 +329,16 @@ fn the_newest_doctor_run_gives_the_findings_worst_first_and_scrubbed() {
         r.succeed(at, DoctorDetail { findings, ..Default::default() }, None);
         r
     };
-    let old = doctor("d1", datetime!(2026-12-01 02:00 UTC), vec![DoctorFinding::error("connection", "server \"prod\"", "gone")]);
-    let mut leak = DoctorFinding::warning("tls-expiry", "server \"prod\"", "see https://x.blob.core.windows.net/c/b?sv=1&sig=SECRET");
+    let old = doctor(
+        "d1",
+        datetime!(2026-12-01 02:00 UTC),
+        vec![DoctorFinding::error("connection", "server \"prod\"", "gone")],
+    );
+    let mut leak = DoctorFinding::warning(
+        "tls-expiry",
+        "server \"prod\"",
+        "see https://x.blob.core.windows.net/c/b?sv=1&sig=SECRET",
+    );
     leak.hint = Some("renew <b>it</b>".into());
     let new = doctor(
         "d2",
