@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use pgvault::domain::envelope::{self, DataKey, EncryptWriter};
 use pgvault::domain::layout::BackupKind;
-use pgvault::domain::manifest::{Block, Compression, Encryption, FORMAT_NAME, Manifest, Tool};
+use pgvault::domain::manifest::{Block, Encryption, Manifest};
 use pgvault::features::catalog;
 use pgvault::seams::store::{BlobStore, Tags, block_id, local::LocalStore};
 use sha2::{Digest, Sha256};
@@ -85,21 +85,8 @@ async fn make_backup(
         blocks.push(Block { size: b.len() as u64, sha256: hex::encode(Sha256::digest(b)) });
     }
     store.commit_blocks(&data_blob, &ids, &Tags::new()).await.unwrap();
-    let now = time::OffsetDateTime::now_utc();
     let m = Manifest {
-        format: FORMAT_NAME.into(),
         format_version: if key.is_some() { 2 } else { 1 },
-        pgvault_version: "test".into(),
-        id: id.clone(),
-        kind: BackupKind::Database,
-        job_id: name.into(),
-        server: "srv".into(),
-        database: "db".into(),
-        server_version: "17.0".into(),
-        server_version_num: 170000,
-        tool: Tool { name: "pg_dump".into(), version: "17".into(), major: 17, args: vec![] },
-        archive_format: "custom".into(),
-        compression: Compression::Zstd { level: 3 },
         encryption: key.map(|_| Encryption {
             algorithm: envelope::ALGORITHM.into(),
             chunk_size: CHUNK,
@@ -112,18 +99,8 @@ async fn make_backup(
         stored_bytes: stored.len() as u64,
         sha256: hex::encode(Sha256::digest(&stored)),
         blocks,
-        requested_at: now,
-        started_at: now,
-        finished_at: now,
-        row_counts: None,
-        databases: None,
-        database_properties: None,
-        archive_index: None,
-        restore_hint: String::new(),
-        layout: Default::default(),
-        snapshot: None,
-        parts: vec![],
-        notes: vec![],
+        id: id.clone(),
+        ..Manifest::skeleton(BackupKind::Database, "srv", "db", time::OffsetDateTime::now_utc(), name)
     };
     std::fs::write(dir.join(format!("{name}.json")), m.to_json()).unwrap();
     m

@@ -1,5 +1,15 @@
 //! The command line: the same operations the functions run, for operators and local runs.
 
+/// `println!` for the CLI's output. A reader that went away (`pgvault list --json | head`) ends
+/// the command quietly with success, as `ripgrep` does, instead of a panic; any other write error
+/// is named. (SIGPIPE stays ignored: a restore must see pg_restore's closed stdin as an error.)
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        $crate::cli::stdout_written(writeln!(std::io::stdout().lock(), $($arg)*))
+    }};
+}
+
 pub mod hostsim;
 pub mod monitor;
 pub mod pgbackrest;
@@ -17,6 +27,17 @@ use crate::seams::progress::{self, human_bytes};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
+
+/// What [`outln!`] does with a write to stdout that failed.
+pub(crate) fn stdout_written(written: std::io::Result<()>) {
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("pgvault: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// `maxDequeueCount` in host.json (a test keeps them equal).
 pub const MAX_DEQUEUE_COUNT: u32 = 3;
@@ -301,7 +322,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
         Command::Serve => unreachable!("handled by run"),
         Command::Init => {
             for line in rt.init().await? {
-                println!("ready: {line}");
+                outln!("ready: {line}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -322,7 +343,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                         v
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows).expect("serializes"));
+                outln!("{}", serde_json::to_string_pretty(&rows).expect("serializes"));
             } else {
                 let second = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
                 let rows: Vec<[String; 8]> = list
@@ -355,11 +376,11 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                         .enumerate()
                         .map(|(i, (c, w))| if i == 4 { format!("{c:>w$}") } else { format!("{c:<w$}") })
                         .collect();
-                    println!("{}", cells.join("  ").trim_end());
+                    outln!("{}", cells.join("  ").trim_end());
                 }
                 for (m, p) in list.iter().zip(&problems) {
                     if let Some(p) = p {
-                        println!("unreadable {}: {p}", m.id);
+                        outln!("unreadable {}: {p}", m.id);
                     }
                 }
             }
@@ -407,7 +428,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                 for id in &ids {
                     match catalog::verify(&rt.ctx, id, decrypt).await {
                         Ok(r) => match r.raw_bytes {
-                            Some(raw) => println!(
+                            Some(raw) => outln!(
                                 "ok {}: {} blocks, {} stored, {} raw, {} archive entries{}",
                                 r.id,
                                 r.blocks,
@@ -416,7 +437,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                                 r.toc_entries,
                                 if r.decrypted { ", every chunk authenticated" } else { "" }
                             ),
-                            None => println!(
+                            None => outln!(
                                 "ok {}: {} blocks, {} stored, encrypted (stored bytes checked; --decrypt also \
                                  authenticates and reads it)",
                                 r.id,
@@ -426,7 +447,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                         },
                         Err(e) => {
                             failed += 1;
-                            println!("FAILED {id}: {e}");
+                            outln!("FAILED {id}: {e}");
                         }
                     }
                 }
@@ -445,7 +466,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                         Err(e) => return Run::failed(e, detail_of(&[], &[])),
                     }
                     for orphan in &orphans {
-                        println!("orphan (data without manifest, not a backup): {orphan}");
+                        outln!("orphan (data without manifest, not a backup): {orphan}");
                         if clean_orphans {
                             let now = time::OffsetDateTime::now_utc();
                             match catalog::in_flight(rt.ctx.store.as_ref(), orphan, now, crate::features::claim::LEASE)
@@ -453,7 +474,7 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                             {
                                 Ok(None) => {}
                                 Ok(Some(why)) => {
-                                    println!("kept orphan {orphan}: {why}");
+                                    outln!("kept orphan {orphan}: {why}");
                                     continue;
                                 }
                                 Err(e) => {
@@ -465,12 +486,12 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
                                 let detail = detail_of(&orphans, &cleaned);
                                 return Run::failed(e.context(format!("remove orphan {orphan:?}")), detail);
                             }
-                            println!("removed orphan {orphan}");
+                            outln!("removed orphan {orphan}");
                             cleaned.push(orphan.clone());
                         }
                     }
                 }
-                println!("{} verified, {failed} failed", ids.len() - failed);
+                outln!("{} verified, {failed} failed", ids.len() - failed);
                 let detail = detail_of(&orphans, &cleaned);
                 if failed == 0 {
                     Run::ok((), detail)
@@ -527,13 +548,13 @@ async fn command(rt: Runtime, command: Command) -> Result<ExitCode> {
         Command::Status { json, html } => crate::cli::status::run(&rt.ctx, json, html.as_deref()).await,
         Command::HostSim(HostSim::Timer { url, function }) => {
             let (status, reply) = hostsim::invoke(&url, &function, &hostsim::timer_payload(&function, false)).await?;
-            println!("{status} {}", serde_json::to_string_pretty(&reply).expect("serializes"));
+            outln!("{status} {}", serde_json::to_string_pretty(&reply).expect("serializes"));
             Ok(if (200..300).contains(&status) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::HostSim(HostSim::Drain { url, queue, function, binding, form }) => {
             let q = rt.require_queue()?;
             let report = hostsim::drain(q.as_ref(), &queue, &url, &function, &binding, MAX_DEQUEUE_COUNT, form).await?;
-            println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+            outln!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
             // Like the host, a failed delivery is not an error of the simulator, but a caller
             // (the demo, a test) wants to know: exit 1 when any delivery failed.
             Ok(if report.failed_attempts == 0 && report.poisoned == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -560,19 +581,19 @@ async fn backup_now(rt: &Runtime, server: Option<&str>, databases: &[String]) ->
             Ok(j) => j,
             Err(e) => {
                 failed += 1;
-                println!("FAILED server {}: {e}", plan.server);
+                outln!("FAILED server {}: {e}", plan.server);
                 continue;
             }
         };
         for job in jobs {
             match crate::features::report::run_backup(&rt.ctx, &job, true).await {
                 Ok(Outcome::Created(m)) => {
-                    println!("ok {} ({} -> {} stored)", m.id, human_bytes(m.raw_bytes), human_bytes(m.stored_bytes))
+                    outln!("ok {} ({} -> {} stored)", m.id, human_bytes(m.raw_bytes), human_bytes(m.stored_bytes))
                 }
-                Ok(Outcome::AlreadyDone { id }) => println!("ok {id} (already there)"),
+                Ok(Outcome::AlreadyDone { id }) => outln!("ok {id} (already there)"),
                 Err(e) => {
                     failed += 1;
-                    println!("FAILED {}: {e}", job.describe());
+                    outln!("FAILED {}: {e}", job.describe());
                 }
             }
         }
@@ -590,7 +611,7 @@ async fn serve(mut settings: Settings) -> Result<ExitCode> {
         .map_err(|e| Error::permanent(format!("bind 127.0.0.1:{port}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Error::permanent(e.to_string()))?;
     // Tests and the local stack read this line to learn the port when it was 0.
-    println!("pgvault listening on {addr}");
+    outln!("pgvault listening on {addr}");
     tracing::info!(%addr, "custom handler listening");
     // The Flex package's PostgreSQL tools: copied out of the read-only app folder now that the
     // host can see us (a second or so), searched after PGVAULT_PG_BIN_DIRS.
@@ -873,9 +894,9 @@ async fn restore_table_now(rt: &Runtime, a: &RestoreArgs) -> Result<ExitCode> {
     };
     let report = restore_table(&rt.ctx, &req).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+        outln!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
     } else {
-        println!(
+        outln!(
             "restored table {} ({}, {} rows{}) into {} from backup {}",
             report.table,
             report.action,
@@ -884,9 +905,12 @@ async fn restore_table_now(rt: &Runtime, a: &RestoreArgs) -> Result<ExitCode> {
             report.target,
             report.backup
         );
-        println!(
+        outln!(
             "read {} of {} stored bytes ({}: {})",
-            report.stored_bytes_read, report.stored_bytes, report.read, report.read_reason
+            report.stored_bytes_read,
+            report.stored_bytes,
+            report.read,
+            report.read_reason
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -899,13 +923,13 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
         let backups = catalog::list(rt.ctx.store.as_ref(), Some(&req.source.server), None).await?;
         let plan = restore::plan(&req, &rt.ctx.settings, &backups)?;
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&plan).expect("serializes"));
+            outln!("{}", serde_json::to_string_pretty(&plan).expect("serializes"));
         } else {
             for c in &plan.choices {
-                println!("plan: {}: {}", c.what, c.reason);
+                outln!("plan: {}: {}", c.what, c.reason);
             }
             for t in &plan.tasks {
-                println!("task {}: {}", t.task_id, t.describe());
+                outln!("task {}: {}", t.task_id, t.describe());
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -914,9 +938,9 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
         Submitted::Duplicate(rec) if rec.status == crate::monitor::records::Status::Succeeded => {
             if a.json {
                 let out = serde_json::json!({ "request_id": rec.id, "status": "already-done" });
-                println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+                outln!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
             } else {
-                println!("request {} succeeded before; nothing to do", rec.id);
+                outln!("request {} succeeded before; nothing to do", rec.id);
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -930,7 +954,7 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
                 ))
             })?;
             if !a.json {
-                println!("request {} was submitted before (status {}): resuming its plan", rec.id, rec.status.as_str());
+                outln!("request {} was submitted before (status {}): resuming its plan", rec.id, rec.status.as_str());
             }
             plan
         }
@@ -945,9 +969,9 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
         Submitted::Planned(plan) => plan,
     };
     if !a.json {
-        println!("request {}", plan.request_id);
+        outln!("request {}", plan.request_id);
         for c in &plan.choices {
-            println!("plan: {}: {}", c.what, c.reason);
+            outln!("plan: {}: {}", c.what, c.reason);
         }
     }
     let mut failed = 0;
@@ -968,7 +992,7 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
             Ok(TaskOutcome::RehydrationPending { blob, .. }) => {
                 failed += 1;
                 if !a.json {
-                    println!(
+                    outln!(
                         "WAITING {}: backup data {blob} is archived; rehydration started (hours). Run the restore again when it is online",
                         task.task_id
                     );
@@ -980,17 +1004,18 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
             Ok(TaskOutcome::RunningElsewhere(holder)) => {
                 failed += 1;
                 if !a.json {
-                    println!(
+                    outln!(
                         "BUSY {}: another delivery (message {}) is running this task; see `pgvault jobs` \
                          (--take-over if that was a CLI run that was killed)",
-                        task.task_id, holder.message_id
+                        task.task_id,
+                        holder.message_id
                     );
                 }
                 reports.push(serde_json::json!({ "task_id": task.task_id, "status": "running-elsewhere" }));
             }
             Ok(TaskOutcome::AlreadyDone(_)) => {
                 if !a.json {
-                    println!("ok {}: done before", task.task_id);
+                    outln!("ok {}: done before", task.task_id);
                 }
                 reports.push(serde_json::json!({ "task_id": task.task_id, "status": "already-done" }));
             }
@@ -999,7 +1024,7 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
                 // The reason names the backup and the target: printed once, as the only line.
                 let e = if a.request.is_none() { e.reworded(flag_words) } else { e };
                 if !a.json {
-                    println!("FAILED {}: {e}", task.task_id);
+                    outln!("FAILED {}: {e}", task.task_id);
                 }
                 reports
                     .push(serde_json::json!({ "task_id": task.task_id, "status": "failed", "error": e.to_string() }));
@@ -1008,9 +1033,9 @@ async fn restore_now(rt: &Runtime, a: RestoreArgs) -> Result<ExitCode> {
     }
     if a.json {
         let out = serde_json::json!({ "request_id": plan.request_id, "choices": plan.choices, "tasks": reports });
-        println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+        outln!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
     } else {
-        println!("{} restored, {failed} failed", plan.tasks.len() - failed);
+        outln!("{} restored, {failed} failed", plan.tasks.len() - failed);
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -1020,41 +1045,46 @@ fn print_task_report(
     r: &crate::features::restore::TaskReport,
     words: impl Fn(&str) -> String,
 ) {
-    println!("ok {}: {} ({}, {:.1} s)", task.task_id, task.describe(), human_bytes(r.stored_bytes), r.seconds);
+    outln!("ok {}: {} ({}, {:.1} s)", task.task_id, task.describe(), human_bytes(r.stored_bytes), r.seconds);
     if let Some(g) = &r.globals {
-        println!("   roles created: {:?}; existing, left as they are: {:?}", g.created, g.skipped);
+        outln!("   roles created: {:?}; existing, left as they are: {:?}", g.created, g.skipped);
         for n in &g.not_applied {
-            println!("   not applied: {n}");
+            outln!("   not applied: {n}");
         }
     }
     if let Some(d) = &r.database {
-        println!(
+        outln!(
             "   into {:?} on {:?} (PostgreSQL {}) with {}: {} ({})",
-            d.database, d.server, d.target_version, d.pg_restore, d.method, d.method_reason
+            d.database,
+            d.server,
+            d.target_version,
+            d.pg_restore,
+            d.method,
+            d.method_reason
         );
-        println!("   {} tables' row counts match the manifest", d.tables_checked);
+        outln!("   {} tables' row counts match the manifest", d.tables_checked);
         for p in &d.parts {
             let rows = p.rows.map(|n| format!(", {n} rows")).unwrap_or_default();
-            println!("   part {} ({}, {}{rows}): {:.1} s", p.name, p.kind, human_bytes(p.stored_bytes), p.seconds);
+            outln!("   part {} ({}, {}{rows}): {:.1} s", p.name, p.kind, human_bytes(p.stored_bytes), p.seconds);
         }
         if let Some(p) = &d.properties {
             for a in &p.applied {
-                println!("   applied: {a}");
+                outln!("   applied: {a}");
             }
             for s in &p.skipped {
-                println!("   not applied: {}: {}", s.what, words(&s.reason));
+                outln!("   not applied: {}: {}", s.what, words(&s.reason));
             }
             if p.checked {
-                println!("   the database's properties read back as planned");
+                outln!("   the database's properties read back as planned");
             }
         }
         for n in &d.notes {
-            println!("   {n}");
+            outln!("   {n}");
         }
     }
     for f in &r.files {
         let expires = f.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        println!(
+        outln!(
             "   file {}/{} ({} bytes, sha256 {}), until {expires}:\n   {}",
             f.container,
             f.blob,
@@ -1065,7 +1095,7 @@ fn print_task_report(
         );
     }
     if let Some(hint) = &r.decrypt_hint {
-        println!("   encrypted: {hint}");
+        outln!("   encrypted: {hint}");
     }
 }
 
@@ -1083,7 +1113,7 @@ async fn list_jobs(
         // What people paste into tickets: live download URLs only when asked for.
         let reader = if show_urls { Reader::Operator } else { Reader::Others };
         let v = crate::features::report::query(&rt.ctx, filter, summary, now, reader).await?;
-        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
         return Ok(ExitCode::SUCCESS);
     }
     if summary {
@@ -1094,9 +1124,9 @@ async fn list_jobs(
     let records: Vec<_> =
         jobrecords::list(rt.ctx.store.as_ref(), filter.kind).await?.into_iter().filter(|r| filter.matches(r)).collect();
     let rfc = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    println!("{:<16} {:<40} {:<10} {:<21} {:>10} what", "kind", "id", "status", "updated", "bytes");
+    outln!("{:<16} {:<40} {:<10} {:<21} {:>10} what", "kind", "id", "status", "updated", "bytes");
     for r in &records {
-        println!(
+        outln!(
             "{:<16} {:<40} {:<10} {:<21} {:>10} {}",
             r.kind.as_str(),
             r.id,
@@ -1106,7 +1136,7 @@ async fn list_jobs(
             r.summary
         );
         if let Some(reason) = &r.reason {
-            println!("{:<16} {}", "", reason.replace('\n', " "));
+            outln!("{:<16} {}", "", reason.replace('\n', " "));
         }
     }
     Ok(ExitCode::SUCCESS)

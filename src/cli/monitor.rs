@@ -19,7 +19,7 @@ pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result
     let why_of = |pairs: &[(String, String)], id: &str| pairs.iter().find(|p| p.0 == id).map(|p| p.1.clone());
     for tp in &run.plans {
         let db = tp.database.as_deref().unwrap_or("@globals");
-        println!("{}/{}: {}", tp.server, db, tp.skipped.as_deref().unwrap_or(""));
+        outln!("{}/{}: {}", tp.server, db, tp.skipped.as_deref().unwrap_or(""));
         for b in &tp.backups {
             let id = b.id.as_str();
             let (planned, mut why) = match &b.decision {
@@ -41,17 +41,17 @@ pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result
             } else {
                 "gone"
             };
-            println!("  {action:<7} {id}  {why}");
+            outln!("  {action:<7} {id}  {why}");
         }
         for t in &tp.tiering {
             let (id, reason) = (t.id.as_str(), t.reason.as_str());
             match (dry_run, why_of(&executed.tier_skipped, id)) {
-                (true, _) => println!("  {:<7} {id}  {reason}", "tier"),
-                (false, Some(skip)) => println!("  {:<7} {id}  {reason}; not moved: {skip}", "untiered"),
+                (true, _) => outln!("  {:<7} {id}  {reason}", "tier"),
+                (false, Some(skip)) => outln!("  {:<7} {id}  {reason}; not moved: {skip}", "untiered"),
                 (false, None) if executed.tiered.contains(&t.data_blob) => {
-                    println!("  {:<7} {id}  {reason}", "tiered")
+                    outln!("  {:<7} {id}  {reason}", "tiered")
                 }
-                (false, None) => println!("  {:<7} {id}  {reason}; not moved", "untiered"),
+                (false, None) => outln!("  {:<7} {id}  {reason}; not moved", "untiered"),
             }
         }
     }
@@ -61,10 +61,10 @@ pub async fn retention(ctx: &Ctx, dry_run: bool, server: Option<&str>) -> Result
 pub async fn keep(ctx: &Ctx, id: &str, off: bool) -> Result<ExitCode> {
     if off {
         crate::features::holds::release(ctx.store.as_ref(), id).await?;
-        println!("hold released: {id}");
+        outln!("hold released: {id}");
     } else {
         crate::features::holds::set(ctx.store.as_ref(), id, "cli", OffsetDateTime::now_utc()).await?;
-        println!("held (retention never removes it): {id}");
+        outln!("held (retention never removes it): {id}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -73,14 +73,14 @@ pub async fn drill(ctx: &Ctx, server: Option<&str>) -> Result<ExitCode> {
     let drills = crate::features::drill::run(ctx, server, "cli").await?;
     let records = drills.records;
     for s in &drills.skipped {
-        println!("passed over {} ({}): {}", s.backup, s.target, s.reason);
+        outln!("passed over {} ({}): {}", s.backup, s.target, s.reason);
     }
     let mut failed = 0;
     for r in &records {
         match r.status {
             Status::Succeeded => {
                 let d = r.detail.drill();
-                println!(
+                outln!(
                     "ok {} ({}): restored in {:.1} s",
                     d.and_then(|d| d.backup.as_deref()).unwrap_or(""),
                     r.target.as_deref().unwrap_or(""),
@@ -89,11 +89,11 @@ pub async fn drill(ctx: &Ctx, server: Option<&str>) -> Result<ExitCode> {
             }
             _ => {
                 failed += 1;
-                println!("FAILED drill {}: {}", r.id, r.reason.as_deref().unwrap_or(""));
+                outln!("FAILED drill {}: {}", r.id, r.reason.as_deref().unwrap_or(""));
             }
         }
     }
-    println!("{} drills, {failed} failed", records.len());
+    outln!("{} drills, {failed} failed", records.len());
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -102,12 +102,12 @@ pub async fn drill(ctx: &Ctx, server: Option<&str>) -> Result<ExitCode> {
 pub async fn doctor(ctx: &Ctx, opts: &crate::features::doctor::Options, json: bool) -> Result<ExitCode> {
     let report = crate::features::doctor::run(ctx, opts).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+        outln!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
     } else {
         for f in &report.findings {
-            println!("{}: {f}", f.severity.as_str().to_uppercase());
+            outln!("{}: {f}", f.severity.as_str().to_uppercase());
         }
-        println!(
+        outln!(
             "doctor: {}; checked {}",
             crate::domain::doctor::summary_counts(&report.findings),
             report.checked.join(", ")
@@ -120,17 +120,20 @@ pub fn print_summary(rows: &[DbSummary], filter: &Filter) {
     let t = |t: Option<OffsetDateTime>| t.map(monitor::rfc).unwrap_or_else(|| "-".into());
     let drills = filter.kind == Some(JobKind::Drill);
     if drills {
-        println!("{:<30} {:<70} {:>8} last drill failure", "database", "last proven-restorable backup", "RTO s");
+        outln!("{:<30} {:<70} {:>8} last drill failure", "database", "last proven-restorable backup", "RTO s");
     } else {
-        println!(
+        outln!(
             "{:<30} {:<21} {:<21} {:<21} last failure reason",
-            "database", "last success", "last failure", "next run"
+            "database",
+            "last success",
+            "last failure",
+            "next run"
         );
     }
     for r in rows.iter().filter(|r| filter.server.as_deref().is_none_or(|s| s == r.server)) {
         let name = format!("{}/{}", r.server, r.database);
         if drills {
-            println!(
+            outln!(
                 "{:<30} {:<70} {:>8} {}",
                 name,
                 r.proven_backup.as_deref().unwrap_or("-"),
@@ -138,7 +141,7 @@ pub fn print_summary(rows: &[DbSummary], filter: &Filter) {
                 t(r.last_drill_failure)
             );
         } else {
-            println!(
+            outln!(
                 "{:<30} {:<21} {:<21} {:<21} {}",
                 name,
                 t(r.last_success),

@@ -113,7 +113,7 @@ pub async fn run(
     match cmd {
         PgbackrestSas::Rotate { target, freshness } => {
             let run = runtime::rotate_pgbackrest(settings, monitor, target.as_deref(), freshness).await?;
-            println!("{}", serde_json::to_string_pretty(&run).expect("json"));
+            outln!("{}", serde_json::to_string_pretty(&run).expect("json"));
             Ok(if run.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         PgbackrestSas::Freshness { target } => {
@@ -123,7 +123,7 @@ pub async fn run(
             for t in &targets {
                 let v = runtime::pgbackrest_freshness(settings, t, monitor, now).await?;
                 ok &= v.ok;
-                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -148,7 +148,7 @@ pub async fn run_vm(settings: &Settings, cmd: PgbackrestSas) -> Result<ExitCode>
                 pgbackrest: pgbackrest.tool(),
             };
             for line in vm::sync(secrets.as_ref(), &req, OffsetDateTime::now_utc()).await? {
-                println!("{line}");
+                outln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -156,7 +156,7 @@ pub async fn run_vm(settings: &Settings, cmd: PgbackrestSas) -> Result<ExitCode>
             let (lines, healthy) =
                 vm::doctor(&file, repo, &stanza, &pgbackrest.tool(), OffsetDateTime::now_utc()).await;
             for l in lines {
-                println!("{l}");
+                outln!("{l}");
             }
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -12,10 +12,10 @@ pub async fn run(ctx: &Ctx, json: bool, html: Option<&Path>) -> Result<ExitCode>
     let view = status::gather(ctx, time::OffsetDateTime::now_utc()).await?;
     if let Some(path) = html {
         write_page(path, &status::html::render(&view))?;
-        println!("status page written to {}", path.display());
+        outln!("status page written to {}", path.display());
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&view).expect("the view serializes"));
+        outln!("{}", serde_json::to_string_pretty(&view).expect("the view serializes"));
     } else if html.is_none() {
         // anstream keeps the styles on a terminal and strips them for pipes, files and NO_COLOR.
         let mut out = anstream::stdout();

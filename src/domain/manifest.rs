@@ -290,6 +290,47 @@ impl Manifest {
         serde_json::from_slice(bytes).map_err(|e| Error::permanent(format!("manifest {name:?} is malformed: {e}")))
     }
 
+    /// A format-version-1 manifest of one plain zstd archive, named as a backup of `kind` of
+    /// `database` on `server` requested at `at` by job `job` would be, with no content: no
+    /// blocks, sizes or counts. The base that fixtures and tests fill in with struct update
+    /// syntax (`Manifest { blocks, ..Manifest::skeleton(…) }`), so a new field is added once.
+    pub fn skeleton(kind: BackupKind, server: &str, database: &str, at: OffsetDateTime, job: &str) -> Manifest {
+        let id = crate::domain::layout::backup_paths(kind, server, database, at, job).id;
+        Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: 1,
+            pgvault_version: env!("CARGO_PKG_VERSION").into(),
+            data_blob: crate::domain::layout::data_blob(&id, "a", "dump.zst"),
+            id,
+            kind,
+            job_id: job.into(),
+            server: server.into(),
+            database: if kind == BackupKind::Globals { String::new() } else { database.into() },
+            server_version: "17.0".into(),
+            server_version_num: 170000,
+            tool: Tool { name: "pg_dump".into(), version: "17".into(), major: 17, args: vec![] },
+            archive_format: "custom".into(),
+            compression: Compression::Zstd { level: 3 },
+            encryption: None,
+            raw_bytes: 0,
+            stored_bytes: 0,
+            sha256: String::new(),
+            blocks: vec![],
+            requested_at: at,
+            started_at: at,
+            finished_at: at,
+            row_counts: None,
+            databases: None,
+            database_properties: None,
+            archive_index: None,
+            restore_hint: String::new(),
+            layout: Layout::Single,
+            snapshot: None,
+            parts: vec![],
+            notes: vec![],
+        }
+    }
+
     /// Every blob the backup's data is in: `data_blob`, or each part's.
     pub fn data_blobs(&self) -> Vec<&str> {
         match self.layout {

@@ -536,44 +536,9 @@ mod tests {
     }
 
     fn manifest(kind: crate::domain::layout::BackupKind, server: &str, db: &str, at: OffsetDateTime) -> Manifest {
-        let globals = kind == crate::domain::layout::BackupKind::Globals;
         Manifest {
-            format: crate::domain::manifest::FORMAT_NAME.into(),
-            format_version: 1,
-            pgvault_version: "t".into(),
-            id: format!("{server}/{}/{}", if globals { "@globals" } else { db }, crate::domain::layout::stamp(at)),
-            kind,
-            job_id: "j".into(),
-            server: server.into(),
-            database: if globals { String::new() } else { db.into() },
-            server_version: "17".into(),
-            server_version_num: 170000,
-            tool: crate::domain::manifest::Tool {
-                name: "pg_dump".into(),
-                version: "17".into(),
-                major: 17,
-                args: vec![],
-            },
-            archive_format: "custom".into(),
             compression: crate::domain::manifest::Compression::None,
-            encryption: None,
-            data_blob: "x".into(),
-            raw_bytes: 0,
-            stored_bytes: 0,
-            sha256: String::new(),
-            blocks: vec![],
-            requested_at: at,
-            started_at: at,
-            finished_at: at,
-            row_counts: None,
-            databases: None,
-            database_properties: None,
-            archive_index: None,
-            restore_hint: String::new(),
-            layout: Default::default(),
-            snapshot: None,
-            parts: vec![],
-            notes: vec![],
+            ..Manifest::skeleton(kind, server, db, at, "j")
         }
     }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::domain::manifest::{Compression, Tool};
+use crate::domain::manifest::Tool;
 use time::macros::datetime;
 
 fn settings(storage: &str) -> Settings {
@@ -17,39 +17,15 @@ fn settings(storage: &str) -> Settings {
 }
 
 fn manifest(kind: BackupKind, server: &str, db: &str, started: OffsetDateTime, job: &str) -> Manifest {
-    let paths = layout::backup_paths(kind, server, db, started, job);
     Manifest {
-        format: crate::domain::manifest::FORMAT_NAME.into(),
-        format_version: 1,
-        pgvault_version: "0".into(),
-        id: paths.id.clone(),
-        kind,
-        job_id: job.into(),
-        server: server.into(),
-        database: db.into(),
         server_version: "15.0".into(),
         server_version_num: 150000,
         tool: Tool { name: "pg_dump".into(), version: "15".into(), major: 15, args: vec![] },
-        archive_format: "custom".into(),
-        compression: Compression::Zstd { level: 3 },
-        encryption: None,
-        data_blob: format!("{}.x.dump.zst", paths.id),
         raw_bytes: 1,
         stored_bytes: 1,
-        sha256: String::new(),
-        blocks: vec![],
-        requested_at: started,
-        started_at: started,
         finished_at: started + time::Duration::minutes(5),
-        row_counts: None,
         databases: (kind == BackupKind::Globals).then(|| vec!["app".into(), "shop".into(), "postgres".into()]),
-        database_properties: None,
-        archive_index: None,
-        restore_hint: String::new(),
-        layout: Default::default(),
-        snapshot: None,
-        parts: vec![],
-        notes: vec![],
+        ..Manifest::skeleton(kind, server, db, started, job)
     }
 }
 

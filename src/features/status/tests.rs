@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::domain::layout::BackupKind;
-use crate::domain::manifest::{Compression, Encryption, FORMAT_NAME, Tool};
+use crate::domain::manifest::Encryption;
 use crate::domain::records::{BackupDetail, DrillDetail};
 use std::collections::HashMap;
 use time::macros::datetime;
@@ -26,37 +26,10 @@ fn settings() -> Settings {
 
 fn manifest(db: &str, at: OffsetDateTime, stored: u64, secs: i64) -> Manifest {
     Manifest {
-        format: FORMAT_NAME.into(),
-        format_version: 1,
-        pgvault_version: "t".into(),
-        id: format!("prod/{}/{}-j", crate::domain::layout::encode_segment(db), crate::domain::layout::stamp(at)),
-        kind: BackupKind::Database,
-        job_id: "j".into(),
-        server: "prod".into(),
-        database: db.into(),
-        server_version: "17".into(),
-        server_version_num: 170000,
-        tool: Tool { name: "pg_dump".into(), version: "17".into(), major: 17, args: vec![] },
-        archive_format: "custom".into(),
-        compression: Compression::Zstd { level: 3 },
-        encryption: None,
-        data_blob: format!("prod/{db}/{}.dump.zst", crate::domain::layout::stamp(at)),
         raw_bytes: stored * 3,
         stored_bytes: stored,
-        sha256: String::new(),
-        blocks: vec![],
-        requested_at: at,
-        started_at: at,
         finished_at: at + Duration::seconds(secs),
-        row_counts: None,
-        databases: None,
-        database_properties: None,
-        archive_index: None,
-        restore_hint: String::new(),
-        layout: Default::default(),
-        snapshot: None,
-        parts: vec![],
-        notes: vec![],
+        ..Manifest::skeleton(BackupKind::Database, "prod", db, at, "j")
     }
 }
 
