@@ -2,7 +2,7 @@
 //! server (real RSA-OAEP-256), chunks sealed with AES-256-GCM, and the real `pgvault` binary
 //! run as the Functions host runs it. Round trip (handler, verify with and without the key,
 //! restore, as-files, `pgvault cat | pg_restore`), tampering refused naming the chunk, key
-//! rotation, and crypto-shredding by disabling a key version.
+//! rotation, crypto-shredding by disabling a key version, and an encrypted backup in parts.
 
 #[path = "support/app.rs"]
 mod app;
@@ -436,4 +436,97 @@ async fn key_vault_keys_through_the_adapter() {
     let e = keys.unwrap(&w2).await.unwrap_err();
     assert!(e.to_string().contains("not available: deleted"), "{e}");
     assert_eq!(keys.status(&w2.key_id).await.unwrap(), KeyStatus::Unavailable("deleted".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_backup_in_parts_round_trips_and_a_flipped_chunk_names_its_part() {
+    let (mut stack, kv, _) = encrypted_stack("none").await;
+    stack.set("PGVAULT_PARALLEL_ABOVE_MIB", "0");
+    stack.set("PGVAULT_BACKUP_JOBS", "2");
+    // A table twice t's size, which is split into two COPY parts of over three chunks each; t
+    // (with the marker) goes whole into a data part of over three chunks.
+    psql(
+        &stack,
+        "appdb",
+        &format!(
+            "CREATE TABLE u AS SELECT i, md5(i::text) || md5((i * 3)::text) AS h FROM generate_series(1, 100000) i;
+             INSERT INTO u VALUES (0, '{MARKER}')"
+        ),
+    );
+    let facts = "SELECT (SELECT count(*) || ':' || md5(string_agg(i || h, ',' ORDER BY i)) FROM t) || ' ' || \
+                 (SELECT count(*) || ':' || md5(string_agg(i || h, ',' ORDER BY i)) FROM u)";
+    let source = psql(&stack, "appdb", facts);
+    let out = cli(&stack, &["backup", "--server", "main", "--database", "appdb"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let store = stack.store().await;
+    let m = manifests(&store, "main/appdb/").await.remove(0);
+    assert!(m.is_parts() && m.format_version == 3, "{}", m.id);
+    assert!(m.encryption.is_some());
+    let kinds: Vec<&str> = m.parts.iter().map(|p| p.spec.name.as_str()).collect();
+    assert!(m.parts.iter().filter(|p| p.spec.kind == pgvault::domain::parts::PartKind::Copy).count() >= 2, "{kinds:?}");
+    for p in &m.parts {
+        assert!(p.data_blob.ends_with(".enc"), "{}", p.data_blob);
+        assert!(p.restore_hint.contains(&format!("pgvault cat {}/{}", m.id, p.spec.name)), "{}", p.restore_hint);
+        let stored = read_all(&store, &p.data_blob).await;
+        assert_eq!(&stored[..6], b"PGVENC", "part {}", p.spec.name);
+        assert!(!stored.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()), "part {}: no marker", p.spec.name);
+        assert!(!stored.windows(5).any(|w| w == b"PGDMP"), "part {}: no archive magic", p.spec.name);
+    }
+    // Counts from the streams of encrypted parts too (read before sealing); no frames are cut.
+    let counts = m.row_counts.as_ref().unwrap();
+    assert_eq!(counts.method, "stream");
+    let rows: Vec<(&str, i64)> = counts.tables.iter().map(|t| (t.table.as_str(), t.rows)).collect();
+    assert_eq!(rows, [("t", 50001), ("u", 100001)]);
+    let data = m.parts.iter().find(|p| p.spec.tables.iter().any(|t| t.table == "t")).unwrap();
+    assert!(data.archive_index.as_ref().is_some_and(|i| i.frames.is_empty()), "{:?}", data.archive_index);
+
+    // verify without the key checks the stored bytes of every part; with it, every chunk.
+    kv.set_forbidden(true);
+    let out = cli(&stack, &["verify", &m.id]);
+    assert!(out.status.success() && text(&out).contains("encrypted (stored bytes checked"), "{}", text(&out));
+    kv.set_forbidden(false);
+    let out = cli(&stack, &["verify", "--decrypt", &m.id]);
+    assert!(out.status.success() && text(&out).contains("every chunk authenticated"), "{}", text(&out));
+
+    // A parallel restore gives the same data.
+    let out = cli(
+        &stack,
+        &["restore", "--server", "main", "--database", "appdb", "--target-database", "appdb_parts", "--jobs", "2"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(psql(&stack, "appdb_parts", facts), source);
+
+    // One byte flipped in the middle chunk of a part, its blocks and hashes made to match (as
+    // someone with write access to the container can): refused naming the part and the chunk,
+    // before the target is touched.
+    psql(&stack, "postgres", "CREATE DATABASE victim");
+    psql(&stack, "victim", "CREATE TABLE t AS SELECT 1 AS i, 'untouched' AS h");
+    let victim = fingerprint(&stack, "victim");
+    let original = read_all(&store, &data.data_blob).await;
+    assert!(original.len() > chunk_at(3), "part {} has over three chunks: {}", data.spec.name, original.len());
+    let mut flipped = original.clone();
+    flipped[chunk_at(1) + 4242] ^= 0x01;
+    let mut edited = m.clone();
+    let part = edited.parts.iter_mut().find(|p| p.spec.name == data.spec.name).unwrap();
+    part.blocks = flipped
+        .chunks(1 << 20)
+        .map(|b| Block { size: b.len() as u64, sha256: hex::encode(Sha256::digest(b)) })
+        .collect();
+    part.sha256 = hex::encode(Sha256::digest(&flipped));
+    store.put(&data.data_blob, Bytes::from(flipped), &Tags::new()).await.unwrap();
+    let name = pgvault::domain::layout::manifest_for_id(&m.id);
+    store.put(&name, Bytes::from(edited.to_json()), &Tags::new()).await.unwrap();
+    let out = cli(&stack, &["verify", &m.id]);
+    assert!(out.status.success(), "keyless verify checks the blocks only: {}", text(&out));
+    let named = format!("backup \"{}/{}\" does not decrypt: chunk 1 (stored bytes", m.id, data.spec.name);
+    let out = cli(
+        &stack,
+        &["restore", "--server", "main", "--database", "appdb", "--mode", "replace", "--target-database", "victim"],
+    );
+    let said = text(&out);
+    assert!(!out.status.success() && said.contains(&named), "{said}");
+    assert_eq!(fingerprint(&stack, "victim"), victim, "the target is untouched");
+    assert_eq!(temp_databases(&stack), "", "no temporary database is left");
+    let out = cli(&stack, &["verify", "--decrypt", &m.id]);
+    assert!(!out.status.success() && text(&out).contains(&named), "{}", text(&out));
 }

@@ -259,14 +259,22 @@ async fn a_hostile_database_in_parts_restores_with_plain_tools() {
     assert_eq!(sequences(&stack, "hostile"), sequences(&stack, "restored"));
     let mv = "SELECT count(*) || ':' || sum(total) FROM order_totals";
     assert_eq!(psql_blocking(&stack.pg, "hostile", mv), psql_blocking(&stack.pg, "restored", mv), "refreshed");
-    for t in &m.row_counts.as_ref().unwrap().tables {
-        let n = psql_blocking(
-            &stack.pg,
-            "restored",
-            &format!("SELECT count(*) FROM {}", table_sql(&TableRef::new(&t.schema, &t.table))),
-        );
-        assert_eq!(n.parse::<i64>().unwrap(), t.rows, "{}.{}", t.schema, t.table);
+    // Counted from the parts' streams (the default): each table's own rows, as pg_dump's COPY and
+    // the COPY parts hold them, in the source and in the restored copy.
+    let counts = m.row_counts.as_ref().unwrap();
+    assert_eq!(counts.method, "stream");
+    for t in &counts.tables {
+        let sql = format!("SELECT count(*) FROM ONLY {}", table_sql(&TableRef::new(&t.schema, &t.table)));
+        for db in ["hostile", "restored"] {
+            let n = psql_blocking(&stack.pg, db, &sql);
+            assert_eq!(n.parse::<i64>().unwrap(), t.rows, "{db}: {}.{}", t.schema, t.table);
+        }
     }
+    let counted = |t: &str| counts.tables.iter().find(|c| c.table == t).map(|c| c.rows);
+    assert_eq!((counted("animals"), counted("dogs")), (Some(1), Some(1)), "a parent's own rows, not its child's");
+    assert_eq!(counted("big"), Some(20000), "the COPY parts' lines, summed");
+    assert_eq!(counted("scratch"), Some(100), "unlogged");
+    assert_eq!(counted("measurements"), None, "a partitioned parent has no rows of its own");
 }
 
 static ACCOUNTS: [&str; 4] = ["acct_a", "acct_b", "acct_c", "acct_big"];

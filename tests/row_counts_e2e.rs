@@ -1,6 +1,7 @@
 //! Row counts read from the archive stream, against `count(*)`: the parser on real pg_dump
 //! archives (PostgreSQL 15's and a newer pg_dump's), backups in `cross-check` mode on the varied
-//! and the hostile databases, a restore that checks stream counts as exact, and
+//! and the hostile databases, a restore that checks stream counts as exact, the same counts from
+//! a backup in parts (summed over its parts' streams) as from one archive, and
 //! `pgvault restore --table` reading one table from Blob by range.
 
 #[path = "support/app.rs"]
@@ -9,6 +10,7 @@ mod support;
 
 use app::Stack;
 use pgvault::domain::archive::{self, BlockKind, Scanner};
+use pgvault::domain::parts::PartKind;
 use pgvault::seams::pg::quote_ident;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -254,4 +256,94 @@ async fn restore_table_reads_only_its_own_blocks_and_never_overwrites_rows() {
     let out = restore("public.nope");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && text.contains("the backup has no data for table \"public\".\"nope\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_in_parts_counts_its_streams_as_one_archive_does() {
+    let mut stack = Stack::start().await;
+    psql_blocking(&stack.pg, "postgres", "CREATE DATABASE hostile");
+    psql_blocking(&stack.pg, "hostile", &hostile_sql());
+    psql_blocking(&stack.pg, "postgres", &format!("CREATE DATABASE {}", quote_ident(VARIED_DB)));
+    psql_blocking(&stack.pg, VARIED_DB, &varied_sql(1));
+    let store = stack.store().await;
+    for db in ["hostile", VARIED_DB] {
+        let prefix = pgvault::domain::layout::prefix(Some("main"), Some(db));
+        // One archive (the database is below the default threshold), then in parts, then in
+        // parts with count(*) beside the streams; all with the default (stream) counts first.
+        let mut made = Vec::new();
+        for (above, mode) in [("16384", "stream"), ("0", "stream"), ("0", "cross-check")] {
+            stack.set("PGVAULT_PARALLEL_ABOVE_MIB", above);
+            stack.set("PGVAULT_ROW_COUNTS", mode);
+            let out = blocking(|| stack.cli(&["backup", "--server", "main", "--database", db]));
+            assert!(out.status.success(), "{db} {above} {mode}: {}", String::from_utf8_lossy(&out.stderr));
+            let m = manifests(&store, &prefix).await.into_iter().find(|m| !made.iter().any(|(id, _)| id == &m.id));
+            let m = m.expect("a new manifest");
+            made.push((m.id.clone(), m));
+        }
+        let (one, parts, checked) = (&made[0].1, &made[1].1, &made[2].1);
+        assert!(!one.is_parts() && parts.is_parts() && checked.is_parts(), "{db}");
+        let one_counts = one.row_counts.as_ref().unwrap();
+        let part_counts = parts.row_counts.as_ref().unwrap();
+        assert_eq!(one_counts.method, "stream", "{db}");
+        assert_eq!(part_counts.method, "stream", "{db}");
+        assert_eq!(part_counts.tables, one_counts.tables, "{db}: the same tables and rows as one archive");
+        let cc = checked.row_counts.as_ref().unwrap();
+        assert_eq!((cc.method.as_str(), &cc.tables), ("cross-check", &one_counts.tables), "{db}: count(*) agreed");
+        // Per table, against each table's own rows in the source (nothing has changed since).
+        let tables: Vec<(String, String)> =
+            part_counts.tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect();
+        let counted: BTreeMap<String, u64> =
+            part_counts.tables.iter().map(|t| (format!("{}.{}", t.schema, t.table), t.rows as u64)).collect();
+        assert_eq!(counted, blocking(|| own_rows(&stack.pg, db, &tables)), "{db}");
+        // Each data part carries its own counts and index; the streams were cut into frames.
+        for p in parts.parts.iter().filter(|p| p.spec.kind == PartKind::Data) {
+            let rc = p.row_counts.as_ref().unwrap_or_else(|| panic!("{db}: part {} counted", p.spec.name));
+            assert_eq!(rc.method, "stream");
+            let mut named: Vec<(String, String)> =
+                rc.tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect();
+            let mut listed: Vec<(String, String)> =
+                p.spec.tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect();
+            named.sort();
+            listed.sort();
+            assert_eq!(named, listed, "{db}: part {} counts exactly its tables", p.spec.name);
+            let index = p.archive_index.as_ref().unwrap_or_else(|| panic!("{db}: part {} indexed", p.spec.name));
+            assert!(index.frames.len() >= 2, "{db}: part {} frames {:?}", p.spec.name, index.frames);
+        }
+        if db == VARIED_DB {
+            let copies: Vec<_> = parts.parts.iter().filter(|p| p.spec.kind == PartKind::Copy).collect();
+            assert!(copies.len() >= 2, "sales.orders is split into page ranges: {:?}", parts.parts);
+            assert_eq!(counted["sales.orders"], 180_000, "the COPY parts' lines, summed");
+        } else {
+            assert_eq!(counted["public.animal"], 2, "a parent's own rows");
+            assert_eq!(counted["public.empty_one"], 0);
+            assert_eq!(counted["public.scratch"], 1234, "unlogged");
+            assert_eq!(counted["public.secret"], 17, "row level security does not hide rows");
+        }
+    }
+    stack.set("PGVAULT_ROW_COUNTS", "stream");
+    // A restore of the set in parts checks the stream counts as exact (inheritance included).
+    let hostile = manifests(&store, "main/hostile/").await;
+    let parts = hostile.iter().find(|m| m.is_parts() && m.row_counts.as_ref().unwrap().method == "stream").unwrap();
+    let out = blocking(|| {
+        stack.cli(&[
+            "restore",
+            "--server",
+            "main",
+            "--database",
+            "hostile",
+            "--backup",
+            &parts.id,
+            "--target-database",
+            "hostile_parts",
+            "--jobs",
+            "2",
+            "--json",
+        ])
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let report = &v["tasks"][0]["report"]["database"];
+    assert_eq!(report["method"], "parts", "{v}");
+    assert_eq!(report["tables_checked"], parts.row_counts.as_ref().unwrap().tables.len(), "{v}");
 }

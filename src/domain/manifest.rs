@@ -353,6 +353,7 @@ impl Manifest {
             sha256: part.sha256.clone(),
             blocks: part.blocks.clone(),
             row_counts: part.row_counts.clone(),
+            archive_index: part.archive_index.clone(),
             restore_hint: part.restore_hint.clone(),
             layout: Layout::Single,
             snapshot: Some(part.snapshot.clone()),
@@ -499,6 +500,7 @@ mod tests {
             archive_format: "custom".into(),
             command: vec![],
             row_counts: None,
+            archive_index: None,
             restore_hint: String::new(),
         };
         m.parts = vec![part("schema", PartKind::Schema, 3), part("data-01", PartKind::Data, 4)];

@@ -307,6 +307,7 @@ mod tests {
             archive_format: ARCHIVE_COPY_TEXT.into(),
             command: vec!["COPY …".into()],
             row_counts: None,
+            archive_index: None,
             restore_hint: String::new(),
         };
         let json = serde_json::to_string(&part).unwrap();

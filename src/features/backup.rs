@@ -250,7 +250,11 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     let tapped = produced.as_mut().ok().and_then(|p| p.tapped.take());
     let (row_counts, counted_after) = match (row_counts, snapshot_client, &tapped) {
         (Ok(exact), Some(c), Some(t)) if produced.is_ok() => {
-            (stream_counts(c, settings.row_counts, exact, t, job).await, true)
+            let read = |listed: &[(String, String)]| match &t.archive {
+                Ok(a) => row_counts::from_archive(listed, a),
+                Err(e) => Err(format!("the archive could not be read ({e})")),
+            };
+            (stream_counts(c, settings.row_counts, exact, job, read).await, true)
         }
         (counts, _, _) => (counts, false),
     };
@@ -684,25 +688,23 @@ async fn exact_counts(client: &tokio_postgres::Client, only: bool) -> Result<Row
     Ok(RowCounts { method: "exact".into(), tables: out })
 }
 
-/// The row counts of a tapped stream: `stream` reads them from the archive (falling back to
-/// count(*) in the snapshot, still open, when the archive gives none), `cross-check` compares them
-/// with the count(*) ones. Other modes keep what they counted.
+/// The row counts of a tapped stream (one archive, or every part of a backup in parts): `stream`
+/// reads them from the stream with `read` (falling back to count(*) in the snapshot, still open,
+/// when the stream gives none), `cross-check` compares them with the count(*) ones. Other modes
+/// keep what they counted.
 async fn stream_counts(
     client: &tokio_postgres::Client,
     mode: RowCountMode,
     counted: Option<RowCounts>,
-    tapped: &Tapped,
     job: &BackupJob,
+    read: impl FnOnce(&[(String, String)]) -> std::result::Result<RowCounts, String>,
 ) -> Result<Option<RowCounts>> {
     let listed = match (mode, &counted) {
         (RowCountMode::Stream, _) => row_counts::listed_tables(client).await?,
         (RowCountMode::CrossCheck, Some(c)) => c.tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect(),
         _ => return Ok(counted),
     };
-    let from_stream = match &tapped.archive {
-        Ok(a) => row_counts::from_archive(&listed, a),
-        Err(e) => Err(format!("the archive could not be read ({e})")),
-    };
+    let from_stream = read(&listed);
     match (mode, from_stream, counted) {
         (RowCountMode::CrossCheck, Ok(s), Some(c)) => row_counts::cross_check(&s, &c).map(Some),
         (RowCountMode::CrossCheck, Err(why), _) => {

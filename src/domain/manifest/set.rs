@@ -1,7 +1,7 @@
 //! The part types of a set manifest (format version 3, `"layout": "parts"`): what each part of a
 //! database backed up in parts holds and how it was stored. The planner is `domain::parts`.
 
-use super::{Block, RowCounts};
+use super::{ArchiveIndex, Block, RowCounts};
 use crate::domain::error::{Error, Result};
 use crate::domain::sql::quote_ident;
 use serde::{Deserialize, Serialize};
@@ -273,9 +273,15 @@ pub struct Part {
     /// The pg_dump arguments (schema and data parts) or the COPY statement (COPY parts), never
     /// a secret.
     pub command: Vec<String>,
-    /// Rows this part holds, when counted (COPY parts: lines of the stream).
+    /// Rows this part holds, when counted: a data part's tables' own rows read from its archive
+    /// as it streamed (method `stream`), a COPY part's lines (method `exact`). The set's
+    /// `row_counts` in `stream` mode are their sum per table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row_counts: Option<RowCounts>,
+    /// Data parts whose archive the stream tap could read: its data entries and zstd frames, as
+    /// one archive's `archive_index`, with offsets in this part's own stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_index: Option<ArchiveIndex>,
     pub restore_hint: String,
 }
 

@@ -12,7 +12,7 @@
 //! as a whole (a new snapshot cannot be mixed with parts of the old one: the set would no longer
 //! be one consistent moment).
 
-use super::{BlockSizer, Outcome, Producer, estimated_counts, exact_counts, upload_blocks};
+use super::{BlockSizer, Outcome, Producer, estimated_counts, exact_counts, stream_counts, upload_blocks};
 use crate::config::context::Ctx;
 use crate::config::settings::RowCountMode;
 use crate::domain::envelope::{self, DataKey};
@@ -23,6 +23,7 @@ use crate::domain::manifest::{self, Encryption, Manifest, RowCounts, TableCount,
 use crate::domain::parts::{
     self, Catalog, CatalogTable, Layout, Part, PartKind, PartSpec, PlanOptions, SequenceRef, TableRef,
 };
+use crate::features::row_counts;
 use crate::seams::failpoint;
 use crate::seams::keys::WrappedKey;
 use crate::seams::pg::{self, ConnSpec, ToolBinary};
@@ -117,19 +118,29 @@ pub(super) async fn run(r: SetRun<'_>) -> Result<Outcome> {
         })
         .collect();
     let runs = futures::stream::iter(futures).buffer_unordered(settings.backup_jobs.max(1)).collect::<Vec<_>>();
+    // As for one archive: `exact` counts in the snapshot while the parts run, `cross-check` each
+    // table's own rows (as its COPY holds them) to compare with the parts' streams afterwards.
     let counts = async {
         match settings.row_counts {
-            // The stream is not read for counts in parts yet: count(*) in the snapshot, as
-            // `exact` does (with inheritance children in a parent's count).
-            RowCountMode::Exact | RowCountMode::Stream | RowCountMode::CrossCheck => {
-                exact_counts(r.client, false).await.map(Some)
-            }
+            RowCountMode::Exact => exact_counts(r.client, false).await.map(Some),
+            RowCountMode::CrossCheck => exact_counts(r.client, true).await.map(Some),
             RowCountMode::Estimate => estimated_counts(r.client).await.map(Some),
-            RowCountMode::Off => Ok(None),
+            RowCountMode::Stream | RowCountMode::Off => Ok(None),
         }
     };
     let (mut results, counts) = tokio::join!(runs, counts);
     results.sort_by_key(|(i, _)| *i);
+    // Every part ended well: `stream` and `cross-check` read the parts' own counts (each part
+    // carries them, wherever it ran), still in the snapshot's transaction (a fallback to count(*)
+    // counts the very snapshot the parts read). A failed part is the cause; counts are not taken.
+    let counts = match counts {
+        Ok(counted) if results.iter().all(|(_, p)| p.is_ok()) && !ctx.cancel.is_cancelled() => {
+            let done: Vec<&Part> = results.iter().filter_map(|(_, p)| p.as_ref().ok()).collect();
+            let read = |listed: &[(String, String)]| row_counts::from_parts(listed, &done);
+            stream_counts(r.client, settings.row_counts, counted, job, read).await
+        }
+        counts => counts,
+    };
     // Every part ended: the snapshot may go.
     let _ = r.client.batch_execute("COMMIT").await;
 
@@ -299,7 +310,9 @@ async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&D
         sizer: BlockSizer { base: settings.block_size },
         expect_magic: (spec.kind != PartKind::Copy).then_some(&b"PGDMP"[..]),
         progress: progress.clone(),
-        tap: None,
+        // A data part's archive is read as it streams, as one archive's is: its rows and its
+        // index; its zstd frames are cut at data blocks unless it is encrypted.
+        tap: (spec.kind == PartKind::Data).then_some(key.is_none()),
     };
     let uploader = upload_blocks(ctx.store.clone(), blob.clone(), rx, settings.blocks_in_flight, ctx.cancel.clone());
     let lines = Arc::new(AtomicU64::new(0));
@@ -345,7 +358,7 @@ async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&D
         super::check_staged(&what, uploaded, &produced)?;
         Ok(produced)
     })();
-    let produced = match checked {
+    let mut produced = match checked {
         Ok(p) => p,
         Err(e) => {
             let _ = ctx.store.discard_staged(&blob).await;
@@ -357,18 +370,25 @@ async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&D
         .commit_blocks(&blob, &ids, &layout::tags(BackupKind::Database, &r.job.server, r.database, "data"))
         .await
         .map_err(|e| e.context(format!("commit blob {blob:?}")))?;
-    let row_counts = (spec.kind == PartKind::Copy).then(|| RowCounts {
-        method: "exact".into(),
-        tables: spec
-            .table
-            .iter()
-            .map(|t| TableCount {
-                schema: t.schema.clone(),
-                table: t.table.clone(),
-                rows: lines.load(Ordering::Relaxed) as i64,
-            })
-            .collect(),
-    });
+    let (row_counts, archive_index) = match (spec.kind, produced.tapped.take()) {
+        (PartKind::Copy, _) => {
+            let tables = spec
+                .table
+                .iter()
+                .map(|t| TableCount {
+                    schema: t.schema.clone(),
+                    table: t.table.clone(),
+                    rows: lines.load(Ordering::Relaxed) as i64,
+                })
+                .collect();
+            (Some(RowCounts { method: "exact".into(), tables }), None)
+        }
+        (_, Some(tapped)) => match tapped.archive {
+            Ok(a) => (row_counts::part_rows(&a), Some(row_counts::index(&a, tapped.frames))),
+            Err(_) => (None, None),
+        },
+        (_, None) => (None, None),
+    };
     let file = blob.rsplit('/').next().unwrap_or(&blob).to_string();
     let encrypted_id = key.map(|_| r.paths.id.as_str());
     tracing::info!(job = %r.job.job_id, part = %spec.name, blob = %blob, raw_bytes = produced.raw_bytes, "part committed");
@@ -383,6 +403,7 @@ async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&D
         archive_format: spec.archive_format().into(),
         command,
         row_counts,
+        archive_index,
         restore_hint: spec.restore_hint(&file, compression.by_pgvault(), encrypted_id),
     })
 }
