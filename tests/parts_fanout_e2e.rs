@@ -90,10 +90,12 @@ async fn parts_on_the_queue_run_on_another_instance_in_the_coordinators_snapshot
     let stack = shop_stack().await;
     let dir = tempfile::tempdir().unwrap();
     let go = dir.path().join("go");
-    let coordinator = stack.serve_with(&[("PGVAULT_FAILPOINTS", &format!("backup.parts-sent=return(hold:{})", go.display()))]);
+    let coordinator =
+        stack.serve_with(&[("PGVAULT_FAILPOINTS", &format!("backup.parts-sent=return(hold:{})", go.display()))]);
     // The worker's first delivery fails transiently: the host delivers that part again.
     let worker = stack.serve_with(&[("PGVAULT_FAILPOINTS", "backup.part-run=1*return(error)")]);
-    let job = BackupJob::new(BackupKind::Database, "main", Some("shop"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+    let job =
+        BackupJob::new(BackupKind::Database, "main", Some("shop"), time::OffsetDateTime::now_utc(), Trigger::Queue);
 
     let (drained, found, reply) = back_up_through_the_queue(&stack, &coordinator, &worker, &job, 1, &go).await;
     assert_eq!(reply["ReturnValue"]["status"], "succeeded", "{reply}");
@@ -127,10 +129,12 @@ async fn parts_on_the_queue_run_on_another_instance_in_the_coordinators_snapshot
     assert!(out.status.success() && text.contains("1 verified, 0 failed") && !text.contains("orphan"), "{text}");
 
     // A message that is no part is kept with a reason that names it, and not retried.
-    let cases = [("{not json".to_string(), "backup part message"), ("{\"version\":1}".to_string(), "backup part message")];
+    let cases =
+        [("{not json".to_string(), "backup part message"), ("{\"version\":1}".to_string(), "backup part message")];
     stack.assert_rejected_and_kept(&worker, BACKUP_PARTS_QUEUE, &cases).await;
 
-    let out = stack.cli(&["restore", "--server", "main", "--database", "shop", "--target-database", "shop_copy", "--json"]);
+    let out =
+        stack.cli(&["restore", "--server", "main", "--database", "shop", "--target-database", "shop_copy", "--json"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let (a, b) = blocking(|| (table_sums(&stack.pg, "shop"), table_sums(&stack.pg, "shop_copy")));
     assert_eq!(a, b);
@@ -141,7 +145,8 @@ async fn a_killed_coordinator_fails_its_parts_by_name_publishes_nothing_and_the_
     let stack = shop_stack().await;
     let store = stack.store().await;
     let prefix = layout::prefix(Some("main"), Some("shop"));
-    let job = BackupJob::new(BackupKind::Database, "main", Some("shop"), time::OffsetDateTime::now_utc(), Trigger::Queue);
+    let job =
+        BackupJob::new(BackupKind::Database, "main", Some("shop"), time::OffsetDateTime::now_utc(), Trigger::Queue);
 
     // Killed (SIGKILL) right after it sent its parts: no reply, and the host will deliver the
     // job again.
@@ -180,7 +185,8 @@ async fn a_killed_coordinator_fails_its_parts_by_name_publishes_nothing_and_the_
     // The host delivers the job again: a new snapshot, every part again, published.
     let dir = tempfile::tempdir().unwrap();
     let go = dir.path().join("go");
-    let coordinator = stack.serve_with(&[("PGVAULT_FAILPOINTS", &format!("backup.parts-sent=return(hold:{})", go.display()))]);
+    let coordinator =
+        stack.serve_with(&[("PGVAULT_FAILPOINTS", &format!("backup.parts-sent=return(hold:{})", go.display()))]);
     let (drained, _, reply) = back_up_through_the_queue(&stack, &coordinator, &worker, &job, 2, &go).await;
     assert_eq!(reply["ReturnValue"]["status"], "succeeded", "{reply}");
     assert_eq!((drained.failed_attempts, drained.poisoned), (0, 0), "{drained:?}");

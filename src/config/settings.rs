@@ -554,8 +554,11 @@ mod tests {
     /// error names the setting.
     #[test]
     fn the_parser_takes_ranges_and_words_from_the_table() {
-        // So that PGVAULT_STORAGE=azure parses.
-        let base = [("PGVAULT_BLOB_ENDPOINT", "https://acct.blob.core.windows.net")];
+        // So that PGVAULT_STORAGE=azure and PGVAULT_PARTS_RUN=queue parse.
+        let base = [
+            ("PGVAULT_BLOB_ENDPOINT", "https://acct.blob.core.windows.net"),
+            ("JobsQueue__queueServiceUri", "https://acct.queue.core.windows.net"),
+        ];
         let parse = |name: &str, v: &str| {
             let mut m = map(&base);
             m.insert(name.to_string(), v.to_string());
@@ -591,6 +594,9 @@ mod tests {
             }
         }
         assert!(ranges > 0 && words > 0, "the table has ranges and word lists to try");
+        // Parts on the queue need the queues.
+        let e = Settings::from_map(map(&[("PGVAULT_PARTS_RUN", "queue")])).unwrap_err();
+        assert!(e.to_string().starts_with("setting PGVAULT_PARTS_RUN: queue needs the job queues"), "{e}");
         let e = parse("PGVAULT_TIER_AFTER_DAYS", "100001").unwrap_err();
         assert_eq!(e.to_string(), "setting PGVAULT_TIER_AFTER_DAYS: \"100001\" is not a whole number from 0 to 100000");
         // The messages as they have always read.

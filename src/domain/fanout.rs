@@ -60,7 +60,8 @@ pub struct PartMessage {
 
 /// The arguments a part message may give pg_dump besides its part's own: what the coordinator
 /// adds, nothing that names a file, a host or a connection.
-const COMMON_ARGS: &[&str] = &["--format=custom", "--compress=", "--no-password", "--lock-wait-timeout=", "--snapshot="];
+const COMMON_ARGS: &[&str] =
+    &["--format=custom", "--compress=", "--no-password", "--lock-wait-timeout=", "--snapshot="];
 
 impl PartMessage {
     pub fn to_json(&self) -> String {
@@ -84,8 +85,8 @@ impl PartMessage {
             return bad("a part belongs to a database backup, not to globals".into());
         }
         let database = self.job.database.as_deref().unwrap_or_default();
-        let id = layout::backup_paths(self.job.kind, &self.job.server, database, self.job.requested_at, &self.job.job_id)
-            .id;
+        let id =
+            layout::backup_paths(self.job.kind, &self.job.server, database, self.job.requested_at, &self.job.job_id).id;
         if self.backup_id != id {
             return bad(format!("backup id {:?} is not the job's ({id:?})", self.backup_id));
         }
@@ -94,7 +95,9 @@ impl PartMessage {
         }
         // The name is a blob-name segment: nothing that could leave the backup's prefix.
         let name = &self.part.name;
-        if name.is_empty() || name.len() > 32 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        if name.is_empty()
+            || name.len() > 32
+            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return bad(format!("part name {name:?} is not 1-32 lowercase letters, digits or '-'"));
         }
@@ -195,15 +198,16 @@ mod tests {
     fn a_message_round_trips_and_every_bad_field_is_named() {
         let m = message();
         assert_eq!(PartMessage::from_json(&m.to_json()).unwrap(), m);
-        let cases: Vec<(Box<dyn Fn(&mut PartMessage)>, &str)> = vec![
-            (Box::new(|m| m.part.name = "../x".into()), "part name \"../x\""),
-            (Box::new(|m| m.attempt = "zz".into()), "attempt \"zz\""),
-            (Box::new(|m| m.backup_id = "main/other/x".into()), "backup id \"main/other/x\" is not the job's"),
-            (Box::new(|m| m.pg_dump_args.push("--file=/etc/x".into())), "pg_dump argument \"--file=/etc/x\""),
-            (Box::new(|m| m.pg_dump_args.retain(|a| !a.starts_with("--snapshot"))), "lack \"--snapshot="),
-            (Box::new(|m| m.snapshot = "1; DROP".into()), "is not a snapshot id"),
-            (Box::new(|m| m.part = PartSpec::new("copy-01".into(), PartKind::Copy)), "names no table"),
-            (Box::new(|m| m.version = 9), "version 9"),
+        type Spoil = fn(&mut PartMessage);
+        let cases: Vec<(Spoil, &str)> = vec![
+            (|m| m.part.name = "../x".into(), "part name \"../x\""),
+            (|m| m.attempt = "zz".into(), "attempt \"zz\""),
+            (|m| m.backup_id = "main/other/x".into(), "backup id \"main/other/x\" is not the job's"),
+            (|m| m.pg_dump_args.push("--file=/etc/x".into()), "pg_dump argument \"--file=/etc/x\""),
+            (|m| m.pg_dump_args.retain(|a| !a.starts_with("--snapshot")), "lack \"--snapshot="),
+            (|m| m.snapshot = "1; DROP".into(), "is not a snapshot id"),
+            (|m| m.part = PartSpec::new("copy-01".into(), PartKind::Copy), "names no table"),
+            (|m| m.version = 9, "version 9"),
         ];
         for (spoil, why) in cases {
             let mut bad = message();

@@ -32,7 +32,10 @@ pub async fn handle(State(state): State<AppState>, super::HostBody(body): super:
     let delivery = Delivery { message_id: &msg.id, dequeue_count: msg.dequeue_count, last };
     match run_part_message(&state.ctx, &msg.text, &delivery).await {
         Ok(part) => Reply::ok(
-            vec![format!("part {} committed as {} ({} bytes stored)", part.spec.name, part.data_blob, part.stored_bytes)],
+            vec![format!(
+                "part {} committed as {} ({} bytes stored)",
+                part.spec.name, part.data_blob, part.stored_bytes
+            )],
             json!({ "status": "committed", "part": part.spec.name, "blob": part.data_blob, "stored_bytes": part.stored_bytes }),
         ),
         Err(e) if e.is_permanent() => super::reject_and_keep(&state, BACKUP_PARTS_QUEUE, &msg, &e).await,
@@ -40,7 +43,9 @@ pub async fn handle(State(state): State<AppState>, super::HostBody(body): super:
             tracing::error!(message_id = %msg.id, dequeue_count = msg.dequeue_count, last_attempt = last, error = %e, "backup part failed");
             let mut logs = vec![format!("backup part failed (attempt {}): {e}", msg.dequeue_count)];
             if last {
-                logs.push(format!("this was the last attempt; the host moves the message to {BACKUP_PARTS_QUEUE}-poison"));
+                logs.push(format!(
+                    "this was the last attempt; the host moves the message to {BACKUP_PARTS_QUEUE}-poison"
+                ));
             }
             Reply::retry(logs, json!({ "status": "failed", "error": e.to_string() }))
         }

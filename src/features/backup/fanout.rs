@@ -16,7 +16,9 @@ use super::parts::{PartEnv, SetRun, lost_snapshot, run_part, snapshot_gone};
 use crate::config::context::{Ctx, unknown_server};
 use crate::domain::envelope::DataKey;
 use crate::domain::error::{Error, Result};
-use crate::domain::fanout::{BACKUP_PARTS_QUEUE, PART_MESSAGE_VERSION, PartMessage, PartOutcome, PartResult, WrappedDataKey};
+use crate::domain::fanout::{
+    BACKUP_PARTS_QUEUE, PART_MESSAGE_VERSION, PartMessage, PartOutcome, PartResult, WrappedDataKey,
+};
 use crate::domain::jobs::{MAX_QUEUE_MESSAGE_BYTES, queue_size};
 use crate::domain::layout::{self, PART_RESULT_SUFFIX};
 use crate::domain::parts::{Part, PartSpec};
@@ -141,13 +143,15 @@ async fn wait_for_results(r: &SetRun<'_>, specs: &[PartSpec], attempt: &str) -> 
             break Some(Error::transient(format!("{what}: cancelled by shutdown; nothing was published")));
         }
         if Instant::now() >= deadline {
-            break Some(Error::transient(format!(
-                "{what}: {} part(s) did not report within {} minutes: {}",
-                pending.len(),
-                PARTS_WAIT.as_secs() / 60,
-                pending.keys().copied().collect::<Vec<_>>().join(", ")
-            ))
-            .with_hint(format!("is function backup-parts running and draining {BACKUP_PARTS_QUEUE}?")));
+            break Some(
+                Error::transient(format!(
+                    "{what}: {} part(s) did not report within {} minutes: {}",
+                    pending.len(),
+                    PARTS_WAIT.as_secs() / 60,
+                    pending.keys().copied().collect::<Vec<_>>().join(", ")
+                ))
+                .with_hint(format!("is function backup-parts running and draining {BACKUP_PARTS_QUEUE}?")),
+            );
         }
         poll = if arrived { POLL_MIN } else { (poll * 2).min(POLL_MAX) };
         tokio::select! {
@@ -186,7 +190,10 @@ async fn accept(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, res: PartResult)
         )))
     };
     if res.attempt != attempt || part.spec != *spec {
-        return bad(format!("it describes attempt {:?} of part {:?}, not the planned one", res.attempt, part.spec.name));
+        return bad(format!(
+            "it describes attempt {:?} of part {:?}, not the planned one",
+            res.attempt, part.spec.name
+        ));
     }
     if let Err(e) = part.check_consistent(&r.paths.id, &r.snapshot) {
         return bad(e.message().to_string());
@@ -197,7 +204,9 @@ async fn accept(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, res: PartResult)
     let committed = r.ctx.store.list(&part.data_blob).await?.into_iter().find(|b| b.name == part.data_blob);
     match committed {
         Some(b) if b.size == part.stored_bytes => Ok(part),
-        Some(b) => bad(format!("blob {:?} holds {} bytes, the result says {}", part.data_blob, b.size, part.stored_bytes)),
+        Some(b) => {
+            bad(format!("blob {:?} holds {} bytes, the result says {}", part.data_blob, b.size, part.stored_bytes))
+        }
         None => bad(format!("blob {:?} is not committed", part.data_blob)),
     }
 }
@@ -258,7 +267,8 @@ async fn run_message(ctx: &Ctx, msg: &PartMessage) -> Result<Part> {
     let database = job.database.clone().unwrap_or_default();
     let conn = ctx.conn_spec(&job.server, &database).await?;
     let major = pg::major_of(msg.server_version_num);
-    let tool = pg::pick_tool("pg_dump", &settings.bin_dirs_for(server), major, &format!("server {:?}", server.name)).await?;
+    let tool =
+        pg::pick_tool("pg_dump", &settings.bin_dirs_for(server), major, &format!("server {:?}", server.name)).await?;
     if tool.major != msg.tool_major {
         return Err(Error::permanent(format!(
             "{what}: this instance's pg_dump is major {}, the coordinator's {}: the parts of one set are dumped by one major",
