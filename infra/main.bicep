@@ -69,6 +69,9 @@ param parallelAboveMiB int = 16384
 @minValue(1)
 @maxValue(64)
 param backupJobs int = 2
+@description('Where the parts of a backup in parts run (PGVAULT_PARTS_RUN): process in the coordinator\'s instance, or queue: one message per part on backup-parts, each run by an instance of its own (function backup-parts) while the coordinator holds the snapshot.')
+@allowed(['process', 'queue'])
+param partsRun string = 'process'
 param restoreScratchReserveMiB int = 1024
 param logFilter string = 'info'
 @description('NCRONTAB (UTC) of the retention timer (prune by each server\'s inventory retention policy, then the RPO check). Retention policies live in the inventory (per server and per database).')
@@ -167,6 +170,7 @@ var jobQueues = [
   'backup-jobs'
   'restore-requests'
   'restore-tasks'
+  'backup-parts'
 ]
 
 var targets = [
@@ -403,6 +407,7 @@ var pgvaultSettings = {
   PGVAULT_ROW_COUNTS: rowCounts
   PGVAULT_PARALLEL_ABOVE_MIB: string(parallelAboveMiB)
   PGVAULT_BACKUP_JOBS: string(backupJobs)
+  PGVAULT_PARTS_RUN: partsRun
   PGVAULT_RESTORE_SCRATCH_DIR: '/tmp'
   PGVAULT_RESTORE_SCRATCH_RESERVE_MIB: string(restoreScratchReserveMiB)
   PGVAULT_LOG: logFilter

@@ -6,6 +6,7 @@ use crate::config::context::Ctx;
 use crate::config::secrets::SettingsSecrets;
 use crate::config::settings::{IdentitySettings, Settings, StorageSettings};
 use crate::domain::error::{Error, Result};
+use crate::domain::fanout::BACKUP_PARTS_QUEUE;
 use crate::domain::jobs::{BACKUP_JOBS_QUEUE, rejected_queue};
 use crate::features::restore::{RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE};
 use crate::seams::progress;
@@ -20,7 +21,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 /// The queues pgvault sends to or that the host reads; `pgvault init` creates them.
-pub const QUEUES: &[&str] = &[BACKUP_JOBS_QUEUE, RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE];
+pub const QUEUES: &[&str] = &[BACKUP_JOBS_QUEUE, RESTORE_REQUESTS_QUEUE, RESTORE_TASKS_QUEUE, BACKUP_PARTS_QUEUE];
 
 pub struct Runtime {
     pub ctx: Ctx,
@@ -77,7 +78,8 @@ impl Runtime {
         let keys = azure.clone().map(|(credential, options)| {
             Arc::new(azure::AzureKeyWrapper::new(credential, options)) as Arc<dyn crate::seams::keys::KeyWrapper>
         });
-        let ctx = Ctx { secrets: Arc::new(secrets), settings, store, progress, cancel, alerter, keys };
+        let ctx =
+            Ctx { secrets: Arc::new(secrets), settings, store, progress, cancel, alerter, keys, queue: queue.clone() };
         Ok(Runtime { ctx, queue, azure_store })
     }
 

@@ -100,6 +100,7 @@ fn function_bindings_match_the_handlers() {
             pgvault::features::restore::RESTORE_REQUESTS_QUEUE,
         ),
         ("restore-worker", pgvault::handler::restore_worker::BINDING, pgvault::features::restore::RESTORE_TASKS_QUEUE),
+        ("backup-parts", pgvault::handler::backup_parts::BINDING, pgvault::domain::fanout::BACKUP_PARTS_QUEUE),
     ] {
         let f = json(&format!("functions/{folder}/function.json"));
         let b = &f["bindings"][0];

@@ -8,6 +8,7 @@ use crate::seams::credentials::SecretSource;
 use crate::seams::keys::KeyWrapper;
 use crate::seams::pg::ConnSpec;
 use crate::seams::progress;
+use crate::seams::queue::JobQueue;
 use crate::seams::store::BlobStore;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,9 @@ pub struct Ctx {
     pub alerter: Arc<Alerter>,
     /// Wraps and unwraps data keys (Key Vault), when pgvault has an Azure identity.
     pub keys: Option<Arc<dyn KeyWrapper>>,
+    /// The job queues, when `JobsQueue__queueServiceUri` is set: a backup in parts with
+    /// `PGVAULT_PARTS_RUN=queue` sends its parts to `backup-parts` through it.
+    pub queue: Option<Arc<dyn JobQueue>>,
 }
 
 impl Ctx {

@@ -42,6 +42,16 @@ pub enum RowCountMode {
     Off,
 }
 
+/// Where the parts of a backup in parts run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartsRun {
+    /// In the coordinator's own process, `PGVAULT_BACKUP_JOBS` at once (the default).
+    Process,
+    /// One message per part on `backup-parts`, run by other instances (function `backup-parts`)
+    /// while the coordinator holds the snapshot and waits for their results.
+    Queue,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentitySettings {
     ManagedIdentity { client_id: Option<String> },
@@ -85,6 +95,8 @@ pub struct Settings {
     pub parallel_above: Option<u64>,
     /// Parts of one backup in parts that run at once.
     pub backup_jobs: usize,
+    /// Where the parts of a backup in parts run (`PGVAULT_PARTS_RUN`).
+    pub parts_run: PartsRun,
     /// Where a parallel restore downloads its archive.
     pub restore_scratch_dir: PathBuf,
     /// Bytes that must stay free in `restore_scratch_dir` after the download.
@@ -232,6 +244,17 @@ impl Settings {
         };
         let parallel_above = Some(r.number("PGVAULT_PARALLEL_ABOVE_MIB")? << 20);
         let backup_jobs = r.number("PGVAULT_BACKUP_JOBS")? as usize;
+        let parts_run = match r.value("PGVAULT_PARTS_RUN").as_str() {
+            "process" => PartsRun::Process,
+            "queue" if queue_service_uri.is_none() => {
+                return Err(bad(
+                    "PGVAULT_PARTS_RUN",
+                    "queue needs the job queues: set JobsQueue__queueServiceUri, or PGVAULT_PARTS_RUN=process",
+                ));
+            }
+            "queue" => PartsRun::Queue,
+            other => return Err(r.not_allowed("PGVAULT_PARTS_RUN", other)),
+        };
         let restore_scratch_dir =
             r.set("PGVAULT_RESTORE_SCRATCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let restore_scratch_reserve = r.number("PGVAULT_RESTORE_SCRATCH_RESERVE_MIB")? << 20;
@@ -312,6 +335,7 @@ impl Settings {
             row_counts,
             parallel_above,
             backup_jobs,
+            parts_run,
             restore_scratch_dir,
             restore_scratch_reserve,
             pgbackrest_targets,
@@ -530,8 +554,11 @@ mod tests {
     /// error names the setting.
     #[test]
     fn the_parser_takes_ranges_and_words_from_the_table() {
-        // So that PGVAULT_STORAGE=azure parses.
-        let base = [("PGVAULT_BLOB_ENDPOINT", "https://acct.blob.core.windows.net")];
+        // So that PGVAULT_STORAGE=azure and PGVAULT_PARTS_RUN=queue parse.
+        let base = [
+            ("PGVAULT_BLOB_ENDPOINT", "https://acct.blob.core.windows.net"),
+            ("JobsQueue__queueServiceUri", "https://acct.queue.core.windows.net"),
+        ];
         let parse = |name: &str, v: &str| {
             let mut m = map(&base);
             m.insert(name.to_string(), v.to_string());
@@ -567,6 +594,9 @@ mod tests {
             }
         }
         assert!(ranges > 0 && words > 0, "the table has ranges and word lists to try");
+        // Parts on the queue need the queues.
+        let e = Settings::from_map(map(&[("PGVAULT_PARTS_RUN", "queue")])).unwrap_err();
+        assert!(e.to_string().starts_with("setting PGVAULT_PARTS_RUN: queue needs the job queues"), "{e}");
         let e = parse("PGVAULT_TIER_AFTER_DAYS", "100001").unwrap_err();
         assert_eq!(e.to_string(), "setting PGVAULT_TIER_AFTER_DAYS: \"100001\" is not a whole number from 0 to 100000");
         // The messages as they have always read.

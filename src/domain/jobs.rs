@@ -10,6 +10,24 @@ pub use crate::domain::schedule::parse_ncrontab;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+/// The most a queue message may hold (64 KiB), counted as the service counts it: the text
+/// XML-escaped (see [`queue_size`]). A rejected record kept on `<queue>-rejected` and a part
+/// message on `backup-parts` must fit.
+pub const MAX_QUEUE_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The size of `text` in a queue message: the Queue REST API carries it inside XML, so each
+/// `&` `<` `>` `"` `'` may grow to an entity (at most 6 bytes). An upper bound.
+pub fn queue_size(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\'' => 6,
+            b'&' => 5,
+            b'<' | b'>' => 4,
+            _ => 1,
+        })
+        .sum()
+}
+
 pub const BACKUP_JOBS_QUEUE: &str = "backup-jobs";
 /// Where messages that can never succeed are kept, with their reason, for an operator.
 /// The error for a queue message that does not parse as `what`. A message that is base64

@@ -3,6 +3,9 @@
 //! ```text
 //! <server>/<database>/<stamp>-<job id>.manifest.json          the manifest, written last
 //! <server>/<database>/<stamp>-<job id>.<attempt>.dump[.zst]   the pg_dump archive
+//! <server>/<database>/<stamp>-<job id>.<attempt>[-<delivery>].<part>.<ext>  a part (in parts)
+//! <server>/<database>/<stamp>-<job id>.<attempt>.<part>.result.json   a part worker's report
+//!                                                             (PGVAULT_PARTS_RUN=queue)
 //! <server>/@globals/<stamp>-<job id>.manifest.json            pg_dumpall --globals-only
 //! <server>/@globals/<stamp>-<job id>.<attempt>.sql[.zst]
 //! @rejected/<queue>/<stamp>-<unique>.txt                     a rejected message too large to keep
@@ -133,6 +136,21 @@ pub fn data_blob(id: &str, attempt: &str, extension: &str) -> String {
 pub fn part_blob(id: &str, attempt: &str, part: &str, extension: &str) -> String {
     format!("{id}.{attempt}.{part}.{extension}")
 }
+
+/// Where a part worker of a fanned-out backup in parts (`PGVAULT_PARTS_RUN=queue`) reports on
+/// one part: `<id>.<attempt>.<part name>.result.json`, beside the parts, read and deleted by the
+/// coordinator before it writes the set manifest. Left behind only by an attempt that ended
+/// (an orphan of its job, as its parts are).
+pub fn part_result(id: &str, attempt: &str, part: &str) -> String {
+    format!("{}{part}{PART_RESULT_SUFFIX}", part_results_prefix(id, attempt))
+}
+
+/// The listing prefix of one attempt's part results: `<id>.<attempt>.`.
+pub fn part_results_prefix(id: &str, attempt: &str) -> String {
+    format!("{id}.{attempt}.")
+}
+
+pub const PART_RESULT_SUFFIX: &str = ".result.json";
 
 /// The listing prefix for a server, or a server and database.
 pub fn prefix(server: Option<&str>, database: Option<&str>) -> String {

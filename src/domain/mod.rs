@@ -6,6 +6,7 @@ pub mod dbprops;
 pub mod doctor;
 pub mod envelope;
 pub mod error;
+pub mod fanout;
 pub mod inventory;
 pub mod jobs;
 pub mod layout;

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::context::{Ctx, unknown_server};
 
+pub mod fanout;
 pub mod parts;
 
 /// What a run did.

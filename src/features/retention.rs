@@ -431,6 +431,7 @@ mod tests {
             cancel: Default::default(),
             alerter: std::sync::Arc::new(crate::seams::alerts::Alerter::new(None)),
             keys: None,
+            queue: None,
         };
         let store = ctx.store.as_ref();
         let now = OffsetDateTime::now_utc();

@@ -8,6 +8,7 @@
 //! string. [`Invocation`] accepts the clean form and all of those.
 
 pub mod backup_now;
+pub mod backup_parts;
 pub mod backup_scheduler;
 pub mod backup_worker;
 pub mod doctor;
@@ -44,6 +45,7 @@ pub const FUNCTIONS: &[&str] = &[
     "backup-now",
     "doctor",
     "status",
+    "backup-parts",
 ];
 
 /// What the handlers share.
@@ -84,6 +86,7 @@ pub fn app(state: AppState) -> Router {
         .route("/backup-now", post(backup_now::handle))
         .route("/doctor", post(doctor::handle))
         .route("/status", post(status::handle))
+        .route("/backup-parts", post(backup_parts::handle))
         .fallback(|uri: Uri| async move {
             refusal(StatusCode::NOT_FOUND, format!("no function is served at {}", uri.path()))
         })
@@ -293,23 +296,7 @@ pub fn queue_message(body: &[u8], binding: &str) -> Result<QueueMessage, Reply> 
     })
 }
 
-/// The largest rejected record sent to `<queue>-rejected` as it is, counted as the service
-/// counts it: the record's text XML-escaped (see [`queue_size`]) within the 64 KiB a queue
-/// message may hold.
-pub const MAX_QUEUE_MESSAGE_BYTES: usize = 64 * 1024;
-
-/// The size of `text` in a queue message: the Queue REST API carries it inside XML, so each
-/// `&` `<` `>` `"` `'` may grow to an entity (at most 6 bytes). An upper bound.
-pub fn queue_size(text: &str) -> usize {
-    text.bytes()
-        .map(|b| match b {
-            b'"' | b'\'' => 6,
-            b'&' => 5,
-            b'<' | b'>' => 4,
-            _ => 1,
-        })
-        .sum()
-}
+pub use crate::domain::jobs::{MAX_QUEUE_MESSAGE_BYTES, queue_size};
 
 /// The longest reason kept in a rejected record; a longer one is cut (the logs hold it whole).
 const MAX_REASON_CHARS: usize = 8 * 1024;

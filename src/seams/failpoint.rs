@@ -11,7 +11,9 @@
 //! (`[p%][count*]task[(arg)]`, chained with `->`). The task that acts is `return`, with an
 //! argument that says what to do:
 //! - `return` or `return(kill)`: SIGKILL this process at once (no destructor, no reply);
-//! - `return(hold:<path>)`: create `<path>.reached`, then wait until `<path>` exists, and go on.
+//! - `return(hold:<path>)`: create `<path>.reached`, then wait until `<path>` exists, and go on;
+//! - `return(error)`, at a point passed with [`injected`]: the caller fails as it would on a
+//!   transient error there.
 //!
 //! `backup.block-staged=3*off->return` kills the process when the fourth block has been staged.
 
@@ -24,6 +26,14 @@ pub const POINTS: &[(&str, &str)] = &[
     ("backup.after-commit", "the data blob committed, its manifest not yet created"),
     ("backup.after-manifest", "the manifest created, the reply not yet sent"),
     ("backup.parts-planned", "a backup in parts: the snapshot exported and the parts planned, none started"),
+    (
+        "backup.parts-sent",
+        "a backup in parts on the backup-parts queue: every part sent, the coordinator about to wait for results",
+    ),
+    (
+        "backup.part-run",
+        "a part worker (backup-parts) about to run its part; `return(error)` fails the delivery transiently",
+    ),
     (
         "backup.parts-committed",
         "a backup in parts: every part committed, the snapshot released, the set manifest not yet written",
@@ -71,6 +81,23 @@ pub fn hit(name: &str) {
     eval(name)
 }
 
+/// Pass fail point `name` where a test may inject a failure: true when armed with
+/// `return(error)` (the caller then fails transiently); any other action acts as in [`hit`].
+pub fn injected(name: &str) -> bool {
+    fn eval(name: &str) -> bool {
+        fail::fail_point!(name, |arg: Option<String>| {
+            if arg.as_deref() == Some("error") {
+                eprintln!("pgvault: fail point {name}: error");
+                return true;
+            }
+            act(name, arg.as_deref());
+            false
+        });
+        false
+    }
+    eval(name)
+}
+
 fn act(name: &str, arg: Option<&str>) {
     match arg {
         None | Some("kill") => {
@@ -101,7 +128,7 @@ fn act(name: &str, arg: Option<&str>) {
                     _ => wait(),
                 }
             }
-            None => panic!("fail point {name}: unknown action {other:?} (kill, hold:<path>)"),
+            None => panic!("fail point {name}: unknown action {other:?} (kill, hold:<path>, error)"),
         },
     }
 }

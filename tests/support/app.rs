@@ -231,6 +231,7 @@ fn function_of(queue: &str) -> (&'static str, &'static str) {
         pgvault::domain::jobs::BACKUP_JOBS_QUEUE => ("backup-worker", "job"),
         pgvault::features::restore::RESTORE_REQUESTS_QUEUE => ("restore-requests", "request"),
         pgvault::features::restore::RESTORE_TASKS_QUEUE => ("restore-worker", "task"),
+        pgvault::domain::fanout::BACKUP_PARTS_QUEUE => ("backup-parts", "part"),
         other => panic!("no function is triggered by {other}"),
     }
 }

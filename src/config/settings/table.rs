@@ -162,6 +162,12 @@ pub const ALL: &[Setting] = &[
         .defaults_to("2")
         .whole(1, 64),
     Setting::new(
+        "PGVAULT_PARTS_RUN",
+        "where the parts of a backup in parts run: `process` in the coordinator's own process (`PGVAULT_BACKUP_JOBS` at once), `queue` fanned out as messages on `backup-parts` to other instances (function `backup-parts`) while the coordinator holds the snapshot and waits; `queue` needs `JobsQueue__queueServiceUri`",
+    )
+    .defaults_to("process")
+    .one_of(&["process", "queue"]),
+    Setting::new(
         "PGVAULT_RESTORE_SCRATCH_DIR",
         "where a parallel restore (`jobs` > 1) keeps its local copy of the archive",
     )

@@ -14,7 +14,7 @@
 
 use super::{BlockSizer, Outcome, Producer, estimated_counts, exact_counts, stream_counts, upload_blocks};
 use crate::config::context::Ctx;
-use crate::config::settings::RowCountMode;
+use crate::config::settings::{PartsRun, RowCountMode};
 use crate::domain::envelope::{self, DataKey};
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::BackupJob;
@@ -63,6 +63,39 @@ pub(super) struct SetRun<'a> {
     pub database_properties: Option<crate::domain::dbprops::DatabaseProperties>,
 }
 
+/// What running one part needs: [`run_part`] builds nothing else. The coordinator makes it from
+/// its [`SetRun`]; a part worker of the `backup-parts` queue (`super::fanout`) from the message,
+/// with its own login and pg_dump.
+pub(super) struct PartEnv<'a> {
+    pub ctx: &'a Ctx,
+    pub job: &'a BackupJob,
+    pub paths: &'a BackupPaths,
+    pub database: &'a str,
+    pub snapshot: String,
+    pub conn: ConnSpec,
+    pub tool: ToolBinary,
+    /// pg_dump's common arguments (as [`SetRun::args`]).
+    pub args: Vec<String>,
+    /// The coordinator's compression (the set manifest records one for every part).
+    pub compression: crate::domain::manifest::Compression,
+}
+
+impl SetRun<'_> {
+    pub(super) fn part_env(&self) -> PartEnv<'_> {
+        PartEnv {
+            ctx: self.ctx,
+            job: self.job,
+            paths: self.paths,
+            database: self.database,
+            snapshot: self.snapshot.clone(),
+            conn: self.conn.clone(),
+            tool: self.tool.clone(),
+            args: self.args.clone(),
+            compression: self.ctx.settings.compression,
+        }
+    }
+}
+
 /// Whether a database goes in parts: larger than `PGVAULT_PARALLEL_ABOVE_MIB`, measured in the
 /// coordinator's transaction.
 pub(super) async fn wanted(ctx: &Ctx, client: &tokio_postgres::Client) -> Result<bool> {
@@ -76,12 +109,12 @@ pub(super) async fn wanted(ctx: &Ctx, client: &tokio_postgres::Client) -> Result
 }
 
 /// Why a part that lost its snapshot failed: the exporting transaction is gone.
-fn snapshot_gone(snapshot: &str) -> Error {
+pub(super) fn snapshot_gone(snapshot: &str) -> Error {
     Error::permanent(format!("snapshot {snapshot} no longer exists (the coordinator ended)"))
         .with_hint("nothing of this attempt is published; the job is retried as a whole in a new snapshot")
 }
 
-fn lost_snapshot(e: &Error) -> bool {
+pub(super) fn lost_snapshot(e: &Error) -> bool {
     e.to_string().contains("invalid snapshot identifier")
 }
 
@@ -103,21 +136,28 @@ pub(super) async fn run(r: SetRun<'_>) -> Result<Outcome> {
     );
     failpoint::hit("backup.parts-planned");
     let key = r.sealing.as_ref().map(|(k, _)| k);
-    // Boxed: the futures borrow the run, and a plain `map` of async blocks trips the compiler's
-    // Send inference for the handler's future.
-    let futures: Vec<futures::future::BoxFuture<'_, (usize, Result<Part>)>> = plan
-        .parts
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let r = &r;
-            let attempt = attempt.as_str();
-            let run: futures::future::BoxFuture<'_, (usize, Result<Part>)> =
-                Box::pin(async move { (i, run_part_retrying(r, spec, attempt, key).await) });
-            run
-        })
-        .collect();
-    let runs = futures::stream::iter(futures).buffer_unordered(settings.backup_jobs.max(1)).collect::<Vec<_>>();
+    let env = r.part_env();
+    let runs: futures::future::BoxFuture<'_, Vec<(usize, Result<Part>)>> = match settings.parts_run {
+        PartsRun::Process => {
+            // Boxed: the futures borrow the run, and a plain `map` of async blocks trips the
+            // compiler's Send inference for the handler's future.
+            let futures: Vec<futures::future::BoxFuture<'_, (usize, Result<Part>)>> = plan
+                .parts
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| {
+                    let env = &env;
+                    let attempt = attempt.as_str();
+                    let run: futures::future::BoxFuture<'_, (usize, Result<Part>)> =
+                        Box::pin(async move { (i, run_part_retrying(env, spec, attempt, key).await) });
+                    run
+                })
+                .collect();
+            Box::pin(futures::stream::iter(futures).buffer_unordered(settings.backup_jobs.max(1)).collect::<Vec<_>>())
+        }
+        // Each part on `backup-parts`, run by another instance; this one holds the snapshot.
+        PartsRun::Queue => Box::pin(super::fanout::run_on_queue(&r, &plan.parts, &attempt)),
+    };
     // As for one archive: `exact` counts in the snapshot while the parts run, `cross-check` each
     // table's own rows (as its COPY holds them) to compare with the parts' streams afterwards.
     let counts = async {
@@ -262,7 +302,7 @@ async fn created_since(client: &tokio_postgres::Client, catalog: &Catalog) -> Ve
         .collect()
 }
 
-async fn run_part_retrying(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&DataKey>) -> Result<Part> {
+async fn run_part_retrying(r: &PartEnv<'_>, spec: &PartSpec, attempt: &str, key: Option<&DataKey>) -> Result<Part> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -279,12 +319,13 @@ async fn run_part_retrying(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: 
     }
 }
 
-/// Dump one part into its own blob and commit it.
-async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&DataKey>) -> Result<Part> {
+/// Dump one part into its own blob and commit it. `attempt` names the blob (a part worker adds
+/// its delivery to the coordinator's attempt).
+pub(super) async fn run_part(r: &PartEnv<'_>, spec: &PartSpec, attempt: &str, key: Option<&DataKey>) -> Result<Part> {
     let ctx = r.ctx;
     let settings = &ctx.settings;
     let what = format!("back up {}: part {:?}", r.job.describe(), spec.name);
-    let compression = settings.compression;
+    let compression = r.compression;
     let mut ext = match spec.kind {
         PartKind::Copy => "copy".to_string(),
         PartKind::Schema | PartKind::Data => "dump".to_string(),
@@ -413,7 +454,7 @@ async fn run_part(r: &SetRun<'_>, spec: &PartSpec, attempt: &str, key: Option<&D
 /// fails the part, naming the table, rather than leaving rows out. Dates, intervals and floats
 /// are written as pg_dump writes them (ISO, `postgres`, every digit), whatever `DateStyle` the
 /// database or role sets: a restore parses them under its own settings.
-async fn copy_out(r: &SetRun<'_>, sql: &str, tx: mpsc::Sender<std::io::Result<Bytes>>) -> Result<()> {
+async fn copy_out(r: &PartEnv<'_>, sql: &str, tx: mpsc::Sender<std::io::Result<Bytes>>) -> Result<()> {
     // On failure the channel just closes (the part is not committed: this error decides), so
     // the COPY's own error, not the producer's, is the one reported.
     let client = pg::connect(&r.conn).await?;
