@@ -171,13 +171,17 @@ $fill$;
 \endif
 
 \if :do_fill_a
+\o /dev/null
 SELECT bench_fill('customers', 'customers', 1, :n_customers, :n_customers);
 SELECT bench_fill('orders', 'orders', 1, :n_orders, :n_customers);
+\o
 \endif
 
 \if :do_fill_b
+\o /dev/null
 SELECT bench_fill('documents', 'documents', 1, :n_documents, :n_customers);
 SELECT bench_fill('measurements', 'measurements', 1, :n_measurements, :n_customers);
+\o
 \endif
 
 \if :do_drop_helpers
