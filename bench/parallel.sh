@@ -55,15 +55,6 @@ par_check_tools() {
     command -v python3 >/dev/null || fail "python3 is missing (it reads pgvault's JSON listing)"
 }
 
-# manifest_json ID PYTHON-EXPRESSION: evaluate the expression over backup ID's manifest `m`
-# (pgvault list --json; top-level fields, so a set manifest's parts are not mistaken for it)
-manifest_json() {
-    "$PGVAULT" list --json --server "$DEMO_SERVER" 2>/dev/null | python3 -c '
-import json, sys
-m = next(m for m in json.load(sys.stdin) if m.get("id") == sys.argv[1])
-print(eval(sys.argv[2]))' "$1" "$2"
-}
-
 # par_plan KIND: the tables of a dataset and their fill ranges, one "kind table lo hi bytes"
 # line per fill item; a table larger than a fair share of one session is cut into row ranges
 # so the sessions end together.
