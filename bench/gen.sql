@@ -15,6 +15,12 @@
 --   psql -v target_mb=200 -v step=fill_b -f bench/gen.sql   -- documents, measurements
 --   psql -v target_mb=200 -v step=finish -f bench/gen.sql   -- drop helpers, vacuum freeze analyze
 -- target_mb is the wanted table data size (heap + TOAST, without indexes) in MiB.
+--
+-- What a row of each table holds is written once, in bench_fill(kind, table, lo, hi,
+-- n_customers): it fills rows lo..hi of any table shaped like one of the four (CREATE TABLE ...
+-- (LIKE orders INCLUDING ALL)). bench/parallel.sh builds its databases of many tables, and of one
+-- huge table filled by several sessions at once, with it after `step=setup`, and drops the
+-- helpers with `step=drop_helpers`.
 
 \set ON_ERROR_STOP 1
 SET synchronous_commit = off;
@@ -30,7 +36,7 @@ SELECT (:target_mb * 1048576.0 * 0.05 / 190)::bigint AS n_customers,
 \gset
 
 SELECT :'step' = 'setup' AS do_setup, :'step' = 'fill_a' AS do_fill_a, :'step' = 'fill_b' AS do_fill_b,
-       :'step' = 'finish' AS do_finish
+       :'step' = 'finish' AS do_finish, :'step' IN ('finish', 'drop_helpers') AS do_drop_helpers
 \gset
 
 \if :do_setup
@@ -99,10 +105,15 @@ CREATE TABLE measurements (
     quality    smallint NOT NULL,
     ok         boolean NOT NULL
 );
-\endif
 
-\if :do_fill_a
-INSERT INTO customers
+-- Fill rows lo..hi (the row number i, from which the deterministic columns derive) of table tbl,
+-- shaped like table kind. n_customers is the range of orders.customer_id.
+CREATE FUNCTION bench_fill(kind text, tbl text, lo int, hi int, n_customers bigint) RETURNS void
+LANGUAGE plpgsql AS $fill$
+BEGIN
+    CASE kind
+    WHEN 'customers' THEN
+        EXECUTE 'INSERT INTO ' || quote_ident(tbl) || $q$
 SELECT i,
        initcap(bench_word(bench_rank())) || ' ' || initcap(bench_word(1000 + abs(hashint8(i)) % 19000)),
        bench_word(bench_rank()) || '.' || i || '@' || bench_word(1 + i % 300) || (ARRAY['.com', '.org', '.net', '.de', '.io'])[1 + i % 5],
@@ -115,11 +126,11 @@ SELECT i,
                           'theme', (ARRAY['light', 'dark', 'system'])[1 + i % 3],
                           'lang', (ARRAY['en', 'de', 'fr', 'ja', 'pt'])[1 + i % 5],
                           'score', round((random() * 100)::numeric, 1))
-FROM generate_series(1, :n_customers) AS i;
-
-INSERT INTO orders
+FROM generate_series($1, $2) AS i$q$ USING lo, hi;
+    WHEN 'orders' THEN
+        EXECUTE 'INSERT INTO ' || quote_ident(tbl) || $q$
 SELECT i,
-       1 + abs(hashint8(i)) % :n_customers,
+       1 + abs(hashint8(i)) % $3,
        timestamptz '2020-01-01 00:00:00+00' + i * interval '2 seconds' + random() * interval '1 second',
        (ARRAY['placed', 'paid', 'paid', 'shipped', 'shipped', 'shipped', 'delivered', 'returned'])[1 + abs(hashint8(i * 5)) % 8],
        round((random() * 400 + 1)::numeric, 2),
@@ -132,11 +143,9 @@ SELECT i,
        md5(random()::text),
        ('10.' || (i % 256) || '.' || (abs(hashint8(i)) % 256) || '.' || (i % 253 + 1))::inet,
        CASE WHEN i % 10 < 3 THEN bench_phrase(i) END
-FROM generate_series(1, :n_orders) AS i;
-\endif
-
-\if :do_fill_b
-INSERT INTO documents
+FROM generate_series($1, $2) AS i$q$ USING lo, hi, n_customers;
+    WHEN 'documents' THEN
+        EXECUTE 'INSERT INTO ' || quote_ident(tbl) || $q$
 SELECT i, 1 + abs(hashint8(i)) % 100000, title, body,
        (ARRAY['en', 'en', 'en', 'de', 'fr', 'es'])[1 + i % 6],
        timestamptz '2018-01-01 00:00:00+00' + random() * interval '2000 days',
@@ -145,9 +154,9 @@ SELECT i, 1 + abs(hashint8(i)) % 100000, title, body,
             THEN (SELECT decode(string_agg(md5(random()::text || k), ''), 'hex') FROM generate_series(1, 8 + i % 48) AS k)
        END
 FROM (SELECT i, initcap(left(bench_phrase(-i), 20 + i % 40)) AS title, bench_text(i, 2 + i % 10) AS body
-      FROM generate_series(1, :n_documents) AS i) AS d;
-
-INSERT INTO measurements
+      FROM generate_series($1, $2) AS i) AS d$q$ USING lo, hi;
+    WHEN 'measurements' THEN
+        EXECUTE 'INSERT INTO ' || quote_ident(tbl) || $q$
 SELECT 1 + i % 5000,
        timestamptz '2024-01-01 00:00:00+00' + (i / 5000) * interval '1 minute',
        CASE WHEN i % 2 = 0 THEN round((20 + 10 * sin(i / 5000.0) + random())::numeric, 2)::float8
@@ -155,12 +164,33 @@ SELECT 1 + i % 5000,
        (ARRAY['C', 'kPa', '%', 'lx', 'ppm'])[1 + (i % 5000) % 5],
        (CASE WHEN random() < 0.98 THEN 100 ELSE (random() * 100)::int END)::smallint,
        random() < 0.995
-FROM generate_series(1, :n_measurements) AS i;
+FROM generate_series($1, $2) AS i$q$ USING lo, hi;
+    END CASE;
+END
+$fill$;
+\endif
+
+\if :do_fill_a
+\o /dev/null
+SELECT bench_fill('customers', 'customers', 1, :n_customers, :n_customers);
+SELECT bench_fill('orders', 'orders', 1, :n_orders, :n_customers);
+\o
+\endif
+
+\if :do_fill_b
+\o /dev/null
+SELECT bench_fill('documents', 'documents', 1, :n_documents, :n_customers);
+SELECT bench_fill('measurements', 'measurements', 1, :n_measurements, :n_customers);
+\o
+\endif
+
+\if :do_drop_helpers
+DROP FUNCTION bench_fill(text, text, int, int, bigint), bench_text(bigint, int), bench_phrase(bigint), bench_rank(),
+    bench_word(int);
+DROP TABLE bench_phrases;
 \endif
 
 \if :do_finish
-DROP FUNCTION bench_text(bigint, int), bench_phrase(bigint), bench_rank(), bench_word(int);
-DROP TABLE bench_phrases;
 CREATE INDEX orders_customer_idx ON orders (customer_id);
 CREATE INDEX measurements_sensor_ts_idx ON measurements (sensor_id, ts);
 VACUUM (FREEZE, ANALYZE);
