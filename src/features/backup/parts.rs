@@ -30,7 +30,7 @@ use crate::seams::pg::{self, ConnSpec, ToolBinary};
 use crate::seams::progress::Progress;
 use crate::seams::store::{CreateOutcome, block_id};
 use crate::seams::tools::{Stdout, ToolRun};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::io::Read;
 use std::sync::Arc;
@@ -466,16 +466,26 @@ async fn copy_out(r: &PartEnv<'_>, sql: &str, tx: mpsc::Sender<std::io::Result<B
     client.batch_execute(&setup).await.map_err(|e| pg::query_error("import the snapshot", e))?;
     let stream = client.copy_out(sql).await.map_err(|e| pg::query_error("start the COPY", e))?;
     futures::pin_mut!(stream);
+    // The server sends one message per row: gathered into batches, so the producer thread is
+    // woken once per batch, not once per row (per-row hand-offs tripled the part's CPU).
+    let mut batch = BytesMut::with_capacity(COPY_BATCH);
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| pg::query_error("read the COPY", e))?;
+        batch.extend_from_slice(&piece);
         // The producer ends (and says why) when the upload stops: stop reading then.
-        if tx.send(Ok(piece)).await.is_err() {
+        if batch.len() >= COPY_BATCH && tx.send(Ok(batch.split().freeze())).await.is_err() {
             return Ok(());
         }
+    }
+    if !batch.is_empty() && tx.send(Ok(batch.freeze())).await.is_err() {
+        return Ok(());
     }
     let _ = client.batch_execute("COMMIT").await;
     Ok(())
 }
+
+/// How much of a COPY's output is handed to the producer at a time.
+const COPY_BATCH: usize = 256 << 10;
 
 /// A blocking `Read` over the COPY's pieces, counting lines (rows, in COPY text format).
 struct ChannelReader {
@@ -494,7 +504,7 @@ impl Read for ChannelReader {
         }
         let n = buf.len().min(self.current.len());
         let piece = self.current.split_to(n);
-        self.lines.fetch_add(piece.iter().filter(|&&b| b == b'\n').count() as u64, Ordering::Relaxed);
+        self.lines.fetch_add(memchr::memchr_iter(b'\n', &piece).count() as u64, Ordering::Relaxed);
         buf[..n].copy_from_slice(&piece);
         Ok(n)
     }
