@@ -392,4 +392,28 @@ async fn a_coordinator_that_ends_publishes_nothing_and_the_retry_succeeds() {
         text.lines().filter_map(|l| l.strip_prefix("orphan (data without manifest, not a backup): ")).collect();
     assert_eq!(orphans, left.iter().map(String::as_str).collect::<BTreeSet<_>>(), "{text}");
     assert!(found[0].data_blobs().iter().all(|b| !orphans.contains(b)));
+
+    // A timeout for idle transactions set on the database does not end the coordinator's
+    // snapshot while it waits for its parts: it turns the timeout off for its own transaction,
+    // as pg_dump does for its sessions. Held at the plan until the coordinator has been idle in
+    // its transaction for three times the timeout.
+    psql_blocking(&stack.pg, "postgres", "ALTER DATABASE shop SET idle_in_transaction_session_timeout = '300ms'");
+    let go = dir.path().join("go-idle");
+    let mut child = spawn_backup(&stack, "shop", &format!("backup.parts-planned=return(hold:{})", go.display()));
+    blocking(|| wait_reached(&go, &mut child));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while psql_blocking(
+        &stack.pg,
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND application_name = 'pgvault' \
+         AND state = 'idle in transaction' AND clock_timestamp() - state_change > interval '900 ms'",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "the coordinator's transaction was never idle that long (or was ended)");
+    }
+    std::fs::write(&go, "").unwrap();
+    let (ok, out) = blocking(|| finish(child));
+    assert!(ok, "{out}");
+    assert_eq!(manifests(&store, &prefix).await.len(), 2, "{out}");
+    psql_blocking(&stack.pg, "postgres", "ALTER DATABASE shop RESET idle_in_transaction_session_timeout");
 }

@@ -145,8 +145,14 @@ pub async fn run(ctx: &Ctx, job: &BackupJob) -> Result<Outcome> {
     let mut database_properties = None;
     let mut snapshot_id = None;
     if job.kind == BackupKind::Database {
+        // The transaction idles while pg_dump (or the parts) read its snapshot: a server, database
+        // or role timeout for idle transactions (or, from 17, for transactions) must not end it,
+        // as pg_dump itself makes sure for its own sessions.
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL idle_in_transaction_session_timeout = 0{}",
+                if server_version_num >= 170000 { "; SET LOCAL transaction_timeout = 0" } else { "" }
+            ))
             .await
             .map_err(|e| pg::query_error("begin snapshot transaction", e))?;
         let snap: String = client

@@ -308,8 +308,13 @@ async fn run_part_retrying(r: &PartEnv<'_>, spec: &PartSpec, attempt: &str, key:
         tries += 1;
         match run_part(r, spec, attempt, key).await {
             Ok(p) => return Ok(p),
+            // In this process the snapshot is lost only with the coordinator's own session (the
+            // server ended it: a restart, a failover, an administrator): the job is tried again
+            // as a whole, in a new snapshot, as the hint says.
             Err(e) if lost_snapshot(&e) => {
-                return Err(snapshot_gone(&r.snapshot).context(format!("part {:?}", spec.name)));
+                let gone = snapshot_gone(&r.snapshot);
+                let again = Error::transient(gone.message()).with_hint(gone.hint().unwrap_or_default());
+                return Err(again.context(format!("part {:?}", spec.name)));
             }
             Err(e) if e.is_permanent() || tries >= PART_TRIES || r.ctx.cancel.is_cancelled() => return Err(e),
             Err(e) => {
@@ -453,15 +458,19 @@ pub(super) async fn run_part(r: &PartEnv<'_>, spec: &PartSpec, attempt: &str, ke
 /// to the blocking producer. Row security off, as pg_dump does: a policy that would hide rows
 /// fails the part, naming the table, rather than leaving rows out. Dates, intervals and floats
 /// are written as pg_dump writes them (ISO, `postgres`, every digit), whatever `DateStyle` the
-/// database or role sets: a restore parses them under its own settings.
+/// database or role sets: a restore parses them under its own settings. No statement or
+/// transaction timeout of the role's ends a long COPY (pg_dump sets the same for its sessions).
 async fn copy_out(r: &PartEnv<'_>, sql: &str, tx: mpsc::Sender<std::io::Result<Bytes>>) -> Result<()> {
     // On failure the channel just closes (the part is not committed: this error decides), so
     // the COPY's own error, not the producer's, is the one reported.
     let client = pg::connect(&r.conn).await?;
+    let (_, server_version_num) = pg::server_version(&client).await?;
     let setup = format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; SET LOCAL row_security = off; \
-         SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres; SET LOCAL extra_float_digits = 3",
-        crate::domain::sql::quote_literal(&r.snapshot)
+         SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres; SET LOCAL extra_float_digits = 3; \
+         SET LOCAL statement_timeout = 0{}",
+        crate::domain::sql::quote_literal(&r.snapshot),
+        if server_version_num >= 170000 { "; SET LOCAL transaction_timeout = 0" } else { "" }
     );
     client.batch_execute(&setup).await.map_err(|e| pg::query_error("import the snapshot", e))?;
     let stream = client.copy_out(sql).await.map_err(|e| pg::query_error("start the COPY", e))?;
