@@ -15,7 +15,7 @@
 use super::parts::{PartEnv, SetRun, lost_snapshot, run_part, snapshot_gone};
 use crate::config::context::{Ctx, unknown_server};
 use crate::domain::envelope::DataKey;
-use crate::domain::error::{Error, Result};
+use crate::domain::error::{Error, Kind, Result};
 use crate::domain::fanout::{
     BACKUP_PARTS_QUEUE, PART_MESSAGE_VERSION, PartMessage, PartOutcome, PartResult, WrappedDataKey,
 };
@@ -304,7 +304,7 @@ async fn run_message(ctx: &Ctx, msg: &PartMessage) -> Result<Part> {
     tracing::info!(job = %job.job_id, part = %msg.part.name, snapshot = %msg.snapshot, "part started");
     match run_part(&env, &msg.part, &attempt, key.as_ref()).await {
         Ok(p) => Ok(p),
-        Err(e) if lost_snapshot(&e) => Err(snapshot_gone(&msg.snapshot).context(&what)),
+        Err(e) if lost_snapshot(&e) => Err(snapshot_gone(&msg.snapshot, Kind::Permanent).context(&what)),
         Err(e) => Err(e),
     }
 }

@@ -16,7 +16,7 @@ use super::{BlockSizer, Outcome, Producer, estimated_counts, exact_counts, strea
 use crate::config::context::Ctx;
 use crate::config::settings::{PartsRun, RowCountMode};
 use crate::domain::envelope::{self, DataKey};
-use crate::domain::error::{Error, Result};
+use crate::domain::error::{Error, Kind, Result};
 use crate::domain::jobs::BackupJob;
 use crate::domain::layout::{self, BackupKind, BackupPaths};
 use crate::domain::manifest::{self, Encryption, Manifest, RowCounts, TableCount, Tool};
@@ -108,10 +108,16 @@ pub(super) async fn wanted(ctx: &Ctx, client: &tokio_postgres::Client) -> Result
     Ok(size as u64 > above)
 }
 
-/// Why a part that lost its snapshot failed: the exporting transaction is gone.
-pub(super) fn snapshot_gone(snapshot: &str) -> Error {
-    Error::permanent(format!("snapshot {snapshot} no longer exists (the coordinator ended)"))
-        .with_hint("nothing of this attempt is published; the job is retried as a whole in a new snapshot")
+/// Why a part that lost its snapshot failed: the exporting transaction is gone. `kind` says who
+/// fails: the job in the coordinator's own process (transient: the host delivers it again, in a
+/// new snapshot), or one part message on a part worker (permanent: that message can never run).
+pub(super) fn snapshot_gone(snapshot: &str, kind: Kind) -> Error {
+    let message = format!("snapshot {snapshot} no longer exists (the coordinator ended)");
+    let e = match kind {
+        Kind::Transient => Error::transient(message),
+        Kind::Permanent => Error::permanent(message),
+    };
+    e.with_hint("nothing of this attempt is published; the job is retried as a whole in a new snapshot")
 }
 
 pub(super) fn lost_snapshot(e: &Error) -> bool {
@@ -312,9 +318,7 @@ async fn run_part_retrying(r: &PartEnv<'_>, spec: &PartSpec, attempt: &str, key:
             // server ended it: a restart, a failover, an administrator): the job is tried again
             // as a whole, in a new snapshot, as the hint says.
             Err(e) if lost_snapshot(&e) => {
-                let gone = snapshot_gone(&r.snapshot);
-                let again = Error::transient(gone.message()).with_hint(gone.hint().unwrap_or_default());
-                return Err(again.context(format!("part {:?}", spec.name)));
+                return Err(snapshot_gone(&r.snapshot, Kind::Transient).context(format!("part {:?}", spec.name)));
             }
             Err(e) if e.is_permanent() || tries >= PART_TRIES || r.ctx.cancel.is_cancelled() => return Err(e),
             Err(e) => {
