@@ -486,8 +486,13 @@ async fn copy_out(r: &PartEnv<'_>, sql: &str, tx: mpsc::Sender<std::io::Result<B
         let piece = piece.map_err(|e| pg::query_error("read the COPY", e))?;
         batch.extend_from_slice(&piece);
         // The producer ends (and says why) when the upload stops: stop reading then.
-        if batch.len() >= COPY_BATCH && tx.send(Ok(batch.split().freeze())).await.is_err() {
-            return Ok(());
+        if batch.len() >= COPY_BATCH {
+            if tx.send(Ok(batch.split().freeze())).await.is_err() {
+                return Ok(());
+            }
+            // Room for the next batch at once (reusing this buffer once the producer is done
+            // with it), rather than regrowing from nothing by doubling.
+            batch.reserve(COPY_BATCH);
         }
     }
     if !batch.is_empty() && tx.send(Ok(batch.freeze())).await.is_err() {
